@@ -1,0 +1,30 @@
+# The two commands a newcomer runs: `make demo` (set up + run the main job) and `make test` (set up + run the tests).
+# Both create .venv on first use and are fast when it is already there.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= demo_run
+
+.PHONY: setup demo test lint compile clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m cxrlt.demo --workdir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,109 @@
+"""``cxrlt eval``: join a submission CSV with a label CSV by ImageID and class name, score it, write the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlt.data.tables import TableError, read_label_csv, read_training_csv
+from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES, frequency_bands
+from cxrlt.metrics import EvalResult, evaluate
+from cxrlt.plots import per_class_ap_chart, reliability_diagram
+
+
+class EvalInputError(ValueError):
+    """Predictions and labels cannot be matched; the message says which IDs or classes are at fault."""
+
+
+def _preview(items) -> str:
+    items = sorted(items)
+    return f"{items[:5]}{' ...' if len(items) > 5 else ''} ({len(items)} in all)"
+
+
+def align(pred: pd.DataFrame, pred_classes: list[str], labels: pd.DataFrame, label_classes: list[str],
+          classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Match rows by ImageID and columns by class name; refuse anything missing, extra or duplicated."""
+    for name, df in (("predictions", pred), ("labels", labels)):
+        dup = df["ImageID"][df["ImageID"].duplicated()]
+        if len(dup):
+            raise EvalInputError(f"{name}: duplicate ImageIDs {_preview(set(dup))}")
+    pred_ids, label_ids = set(pred["ImageID"]), set(labels["ImageID"])
+    if pred_ids - label_ids:
+        raise EvalInputError(f"predictions have ImageIDs that are not in the labels: {_preview(pred_ids - label_ids)}")
+    if label_ids - pred_ids:
+        raise EvalInputError(f"labels have ImageIDs with no prediction: {_preview(label_ids - pred_ids)}")
+    if classes is None:
+        extra = [c for c in pred_classes if c not in label_classes]
+        if extra:
+            raise EvalInputError(f"predicted classes have no label column: {extra}")
+        classes = list(pred_classes)
+        for group, task in ((KNOWN_CLASSES, "Task 1"), (UNSEEN_CLASSES, "Task 2")):
+            present = [c for c in group if c in classes]
+            if present and len(present) < len(group):
+                raise EvalInputError(f"predictions have {len(present)} of the {len(group)} {task} classes; "
+                                     f"missing {[c for c in group if c not in present]}")
+    missing = [c for c in classes if c not in pred_classes]
+    if missing:
+        raise EvalInputError(f"predictions lack classes {missing}")
+    if not classes:
+        raise EvalInputError("no CXR-LT class columns in the predictions")
+    labels = labels.set_index("ImageID").loc[pred["ImageID"]]
+    y_true = labels[classes].to_numpy()
+    y_prob = pred[classes].to_numpy(dtype=np.float64)
+    return y_true, y_prob, classes, list(pred["ImageID"])
+
+
+def bands_from_training(train_csv: str | Path) -> dict[str, str]:
+    train = read_training_csv(train_csv)
+    return frequency_bands({c: int(train[c].sum()) for c in KNOWN_CLASSES}, len(train))
+
+
+def _clean(obj):
+    """JSON without NaN: undefined scores become null."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def evaluate_files(pred_csv: str | Path, labels_csv: str | Path, out_dir: str | Path,
+                   train_csv: str | Path | None = None, classes: list[str] | None = None,
+                   n_bootstrap: int = 200, seed: int = 0) -> dict:
+    """Score ``pred_csv`` against ``labels_csv`` and write metrics.json, per_class.csv and two PNG plots."""
+    pred, pred_classes = read_label_csv(pred_csv)
+    unknown = [c for c in pred.columns if c != "ImageID" and c not in pred_classes]
+    if unknown:
+        raise EvalInputError(f"{pred_csv}: columns that are not CXR-LT classes: {unknown}")
+    labels, label_classes = read_label_csv(labels_csv)
+    y_true, y_prob, classes, _ = align(pred, pred_classes, labels, label_classes, classes)
+    if train_csv is not None:
+        bands, band_source = bands_from_training(train_csv), f"training prevalence ({Path(train_csv).name})"
+    else:
+        prevalence = {c: int(y_true[:, j].sum()) for j, c in enumerate(classes)}
+        bands, band_source = frequency_bands(prevalence, len(y_true)), "evaluation-set prevalence (no --train-csv)"
+    bands = {c: b for c, b in bands.items() if c in classes}
+    try:
+        result: EvalResult = evaluate(y_true, y_prob, classes, bands, n_bootstrap=n_bootstrap, seed=seed)
+    except ValueError as exc:
+        raise EvalInputError(str(exc)) from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = _clean({**result.summary(), "band_source": band_source, "n_images": len(y_true),
+                      "predictions": str(pred_csv), "labels": str(labels_csv)})
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    table = pd.DataFrame.from_dict(summary["per_class"], orient="index")
+    table.index.name = "class"
+    table.to_csv(out / "per_class.csv")
+    reliability_diagram(y_true, y_prob, out / "reliability.png")
+    per_class_ap_chart({c: result.per_class[c].AP for c in classes}, bands, out / "per_class_ap.png", classes)
+    return summary
+
+
+__all__ = ["EvalInputError", "TableError", "align", "bands_from_training", "evaluate_files"]

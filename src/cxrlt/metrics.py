@@ -1,0 +1,145 @@
+"""CXR-LT metrics: macro mAP (primary), mAUROC, mF1 at p > 0.5 and mECE, per class, per band, with bootstrap CIs.
+
+Semantics follow the organisers' reference code (per-class sklearn scores, unweighted mean over classes). A class with
+no positives (or, for AUROC, no negatives) in the evaluation set has no defined score: it is excluded from the means
+and listed in ``excluded``. ECE defaults to per-class 10 equal-width bins, L1, macro mean; the pooled (flattened)
+15-bin variant is reported as ``mECE_pooled15``. The official ECE definition is unpublished, so both are reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from torchmetrics.functional.classification import binary_calibration_error
+
+THRESHOLD = 0.5
+
+
+def calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error with equal-width bins and the L1 norm (torchmetrics' implementation)."""
+    preds = torch.as_tensor(np.ascontiguousarray(probs), dtype=torch.float64)
+    target = torch.as_tensor(np.ascontiguousarray(targets), dtype=torch.long)
+    return float(binary_calibration_error(preds, target, n_bins=n_bins, norm="l1"))
+
+
+@dataclass
+class ClassScores:
+    AP: float | None
+    AUROC: float | None
+    F1: float
+    ECE: float
+    n_pos: int
+    n: int
+
+
+@dataclass
+class EvalResult:
+    classes: list[str]
+    per_class: dict[str, ClassScores]
+    bands: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    mECE_pooled15: float = float("nan")
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def mean(self, metric: str, classes: Sequence[str] | None = None) -> float:
+        vals = [getattr(self.per_class[c], metric) for c in (classes or self.classes)]
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    @property
+    def scored_classes(self) -> list[str]:
+        return [c for c in self.classes if self.per_class[c].AP is not None]
+
+    def summary(self) -> dict:
+        scored = self.scored_classes
+        out = {
+            "mAP": self.mean("AP", scored),
+            "mAUROC": self.mean("AUROC", scored),
+            "mF1": self.mean("F1", scored),
+            "mECE": self.mean("ECE", scored),
+            "mECE_pooled15": self.mECE_pooled15,
+            "n_classes_scored": len(scored),
+            "excluded": self.excluded,
+        }
+        if self.bands:
+            out["bands"] = {}
+            for band in ("head", "medium", "tail"):
+                members = [c for c in scored if self.bands.get(c) == band]
+                out["bands"][band] = {"n_classes": len(members), "mAP": self.mean("AP", members) if members else None,
+                                      "mAUROC": self.mean("AUROC", members) if members else None}
+        if self.ci:
+            out["ci95"] = {k: list(v) for k, v in self.ci.items()}
+        out["per_class"] = {c: {**vars(self.per_class[c]), "band": self.bands.get(c)} for c in self.classes}
+        return out
+
+
+def score_class(y: np.ndarray, p: np.ndarray) -> ClassScores:
+    n_pos = int(y.sum())
+    has_both = 0 < n_pos < len(y)
+    return ClassScores(
+        AP=float(average_precision_score(y, p)) if n_pos > 0 else None,
+        AUROC=float(roc_auc_score(y, p)) if has_both else None,
+        F1=float(f1_score(y, (p > THRESHOLD).astype(int), zero_division=0)),
+        ECE=calibration_error(p, y),
+        n_pos=n_pos,
+        n=int(len(y)),
+    )
+
+
+def evaluate(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    classes: Sequence[str],
+    bands: Mapping[str, str] | None = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> EvalResult:
+    """Score an ``(N, C)`` probability matrix against binary labels; column ``j`` is class ``classes[j]``."""
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_true.shape != y_prob.shape or y_true.ndim != 2 or y_true.shape[1] != len(classes):
+        raise ValueError(f"labels {y_true.shape}, probabilities {y_prob.shape} and {len(classes)} classes disagree")
+    if not np.isfinite(y_prob).all() or y_prob.min() < 0 or y_prob.max() > 1:
+        raise ValueError("probabilities must be finite and within [0, 1]")
+    if not np.isin(y_true, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    per_class, excluded = {}, {}
+    for j, name in enumerate(classes):
+        per_class[name] = score_class(y_true[:, j], y_prob[:, j])
+        if per_class[name].n_pos == 0:
+            excluded[name] = "no positives in the evaluation set"
+        elif per_class[name].AUROC is None:
+            excluded[name] = "no negatives in the evaluation set (AUROC undefined)"
+    result = EvalResult(list(classes), per_class, dict(bands or {}), excluded,
+                        mECE_pooled15=calibration_error(y_prob.ravel(), y_true.ravel(), n_bins=15))
+    if n_bootstrap:
+        result.ci = bootstrap_ci(y_true, y_prob, n_bootstrap, seed)
+    return result
+
+
+def macro_ap(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Macro mAP over the classes that have positives (the model-selection and gate metric)."""
+    keep = y_true.sum(0) > 0
+    if not keep.any():
+        return float("nan")
+    return float(np.mean(average_precision_score(y_true[:, keep], y_prob[:, keep], average=None)))
+
+
+def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n: int = 200, seed: int = 0,
+                 alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap (images resampled with replacement) for mAP and mAUROC."""
+    rng = np.random.default_rng(seed)
+    maps, aucs = [], []
+    for _ in range(n):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        yt, yp = y_true[idx], y_prob[idx]
+        maps.append(macro_ap(yt, yp))
+        both = (yt.sum(0) > 0) & (yt.sum(0) < len(yt))
+        if both.any():
+            aucs.append(float(np.mean(roc_auc_score(yt[:, both], yp[:, both], average=None))))
+    q = (100 * alpha / 2, 100 * (1 - alpha / 2))
+    return {"mAP": tuple(np.nanpercentile(maps, q)), "mAUROC": tuple(np.nanpercentile(aucs, q))}

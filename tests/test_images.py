@@ -1,0 +1,104 @@
+import cv2
+import numpy as np
+import pytest
+
+from cxrlt.data.dicom import array_to_dicom
+from cxrlt.data.images import (
+    ImageReadError,
+    PreprocessConfig,
+    decode_image,
+    load_preprocessed,
+    pad_to_square,
+    preprocess_array,
+    read_image,
+    to_unit_range,
+)
+
+
+def _write_png(path, arr):
+    assert cv2.imwrite(str(path), arr)
+    return path
+
+
+def _gradient16(h=40, w=30, lo=10000, span=3000):
+    return (lo + np.linspace(0, span, h * w).reshape(h, w)).astype(np.uint16)
+
+
+def test_reads_8_and_16_bit_png(tmp_path):
+    a8 = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    a16 = _gradient16()
+    assert np.array_equal(read_image(_write_png(tmp_path / "a8.png", a8)), a8)
+    out16 = read_image(_write_png(tmp_path / "a16.png", a16))
+    assert out16.dtype == np.uint16 and np.array_equal(out16, a16)
+
+
+def test_16_bit_percentile_clip_ignores_burned_in_marker():
+    img = _gradient16(100, 100)
+    img[:3, :3] = 65535  # 0.09 % of pixels at full scale
+    unit = to_unit_range(img)
+    assert unit.dtype == np.float32 and unit.min() == 0.0 and unit.max() == 1.0
+    # without the clip the marker would squash the anatomy into the bottom ~5 % of the range
+    assert np.median(unit) == pytest.approx(0.5, abs=0.05)
+
+
+def test_pad_to_square_keeps_aspect_and_centres():
+    img = np.ones((40, 20), np.float32)
+    sq = pad_to_square(img)
+    assert sq.shape == (40, 40)
+    assert sq[:, :10].sum() == 0 and sq[:, 30:].sum() == 0 and sq[:, 10:30].min() == 1
+
+
+def test_preprocess_array_output_shape_and_range():
+    out = preprocess_array(_gradient16(50, 37), PreprocessConfig(size=32))
+    assert out.shape == (32, 32) and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("monochrome1", [False, True])
+def test_dicom_with_rescale_and_monochrome1_matches_png(tmp_path, monochrome1):
+    arr = _gradient16(32, 32)
+    dcm = array_to_dicom(arr, tmp_path / "x.dcm", monochrome1=monochrome1, rescale_slope=2.0, rescale_intercept=-100)
+    out = read_image(dcm)
+    assert out.shape == arr.shape
+    expected = arr.astype(np.float32) * 2.0 - 100
+    # After MONOCHROME1 inversion bright stays bright: the result is monotone in the original pixel values.
+    assert np.corrcoef(out.ravel(), expected.ravel())[0, 1] > 0.999
+    cfg = PreprocessConfig(size=16)
+    png = _write_png(tmp_path / "x.png", arr)
+    np.testing.assert_allclose(load_preprocessed(dcm, cfg), load_preprocessed(png, cfg), atol=2e-3)
+
+
+def test_truncated_png_raises_naming_the_file(tmp_path):
+    path = _write_png(tmp_path / "t.png", _gradient16())
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageReadError, match=r"t\.png.*truncated"):
+        read_image(path)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [(b"", "empty"), (b"\x00\x01garbage" * 10, "cannot decode"), (b"\x89PNG\r\n\x1a\n" + b"\x00" * 10, "header")],
+)
+def test_bad_bytes_raise_clear_errors(payload, message):
+    with pytest.raises(ImageReadError, match=message):
+        decode_image(payload, "upload")
+
+
+def test_missing_file_and_dicom_without_pixels(tmp_path):
+    with pytest.raises(ImageReadError, match="not found"):
+        read_image(tmp_path / "nope.png")
+    dcm = array_to_dicom(_gradient16(8, 8), tmp_path / "np.dcm", with_pixels=False)
+    with pytest.raises(ImageReadError, match="no pixel data"):
+        read_image(dcm)
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    path = _write_png(tmp_path / "big.png", np.zeros((300, 300), np.uint8))
+    with pytest.raises(ImageReadError, match="over the limit"):
+        read_image(path, max_pixels=10_000)
+
+
+def test_nan_input_is_refused():
+    img = np.ones((4, 4), np.float32)
+    img[0, 0] = np.nan
+    with pytest.raises(ImageReadError, match="NaN"):
+        to_unit_range(img)

@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+from typer.testing import CliRunner
+
+from cxrlt.cli import app
+from cxrlt.labels import KNOWN_CLASSES
+from cxrlt.metrics import calibration_error, evaluate, macro_ap
+
+
+def _random_task(seed, n=300, c=6):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < rng.uniform(0.02, 0.4, c)).astype(int)
+    p = np.clip(0.3 * y + rng.random((n, c)) * 0.7, 0, 1)
+    return y, p
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_ap_and_auroc_equal_sklearn(seed):
+    y, p = _random_task(seed)
+    res = evaluate(y, p, [f"c{j}" for j in range(y.shape[1])])
+    for j in range(y.shape[1]):
+        assert abs(res.per_class[f"c{j}"].AP - average_precision_score(y[:, j], p[:, j])) < 1e-9
+        assert abs(res.per_class[f"c{j}"].AUROC - roc_auc_score(y[:, j], p[:, j])) < 1e-9
+    assert res.summary()["mAP"] == pytest.approx(np.mean(average_precision_score(y, p, average=None)), abs=1e-12)
+    assert macro_ap(y, p) == pytest.approx(res.summary()["mAP"], abs=1e-12)
+
+
+def test_class_without_positives_is_excluded_and_reported():
+    y, p = _random_task(0, c=3)
+    y[:, 1] = 0
+    res = evaluate(y, p, ["a", "b", "c"])
+    s = res.summary()
+    assert s["per_class"]["b"]["AP"] is None and "b" in s["excluded"]
+    assert s["mAP"] == pytest.approx(np.mean([res.per_class["a"].AP, res.per_class["c"].AP]))
+    assert s["n_classes_scored"] == 2
+
+
+def test_f1_threshold_is_strictly_greater_than_half():
+    y = np.array([[1], [1], [0], [0]])
+    p = np.array([[0.5], [0.9], [0.1], [0.6]])
+    assert pytest.approx(0.5) == evaluate(y, p, ["x"]).per_class["x"].F1  # TP=1 (0.9), FN=1 (0.5), FP=1 (0.6)
+
+
+def test_ece_by_hand():
+    # 10 equal-width bins: 0.05 bin has p=[.05,.05] y=[0,1] -> |0.5-0.05|*2/4 ; 0.95 bin p=[.95,.95] y=[1,1] -> .05*2/4
+    p = np.array([0.05, 0.05, 0.95, 0.95])
+    y = np.array([0, 1, 1, 1])
+    assert calibration_error(p, y, n_bins=10) == pytest.approx(0.45 * 0.5 + 0.05 * 0.5)
+
+
+def test_bands_and_bootstrap():
+    y, p = _random_task(3, c=3)
+    res = evaluate(y, p, ["a", "b", "c"], bands={"a": "head", "b": "tail", "c": "tail"}, n_bootstrap=50)
+    s = res.summary()
+    assert s["bands"]["tail"]["mAP"] == pytest.approx(np.mean([res.per_class["b"].AP, res.per_class["c"].AP]))
+    lo, hi = s["ci95"]["mAP"]
+    assert lo <= s["mAP"] <= hi
+
+
+@pytest.mark.parametrize(("bad", "match"), [(np.nan, "finite"), (1.5, "within")])
+def test_invalid_probabilities_are_rejected(bad, match):
+    y, p = _random_task(0, n=10, c=2)
+    p[0, 0] = bad
+    with pytest.raises(ValueError, match=match):
+        evaluate(y, p, ["a", "b"])
+
+
+def _write_pred_and_labels(tmp_path, synth_data, shuffle_columns=False):
+    labels = pd.read_csv(synth_data / "CXRLT_2026_dev_labels.csv", dtype={"ImageID": str})
+    rng = np.random.default_rng(0)
+    pred = labels[["ImageID"]].copy()
+    for c in KNOWN_CLASSES:
+        pred[c] = np.clip(0.6 * labels[c] + 0.4 * rng.random(len(labels)), 0, 1)
+    if shuffle_columns:
+        pred = pred[["ImageID", *reversed(KNOWN_CLASSES)]].iloc[::-1]
+    pred.to_csv(tmp_path / "pred.csv", index=False)
+    return tmp_path / "pred.csv", synth_data / "CXRLT_2026_dev_labels.csv"
+
+
+def test_eval_cli_writes_report_and_is_keyed_by_name(synth_data, tmp_path):
+    (tmp_path / "a").mkdir()
+    pred, labels = _write_pred_and_labels(tmp_path / "a", synth_data)
+    args = ["eval", "--labels", str(labels), "--train-csv", str(synth_data / "CXRLT_2026_training.csv"),
+            "--bootstrap", "20"]
+    result = CliRunner().invoke(app, [*args, "--pred", str(pred), "--out", str(tmp_path / "ra")])
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "ra" / "metrics.json").read_text())
+    assert {"mAP", "mAUROC", "mF1", "mECE", "per_class", "bands"} <= set(m)
+    assert set(m["per_class"]["cardiomegaly"]) >= {"AP", "AUROC", "F1", "ECE", "n_pos"}
+    for png in ("reliability.png", "per_class_ap.png"):
+        assert (tmp_path / "ra" / png).stat().st_size > 1000
+    assert (tmp_path / "ra" / "per_class.csv").exists()
+    (tmp_path / "b").mkdir()
+    pred_b, _ = _write_pred_and_labels(tmp_path / "b", synth_data, shuffle_columns=True)
+    CliRunner().invoke(app, [*args, "--pred", str(pred_b), "--out", str(tmp_path / "rb")])
+    mb = json.loads((tmp_path / "rb" / "metrics.json").read_text())
+    assert mb["mAP"] == pytest.approx(m["mAP"], abs=1e-12)
+
+
+def test_eval_cli_names_missing_ids_and_classes(synth_data, tmp_path):
+    pred, labels = _write_pred_and_labels(tmp_path, synth_data)
+    df = pd.read_csv(pred, dtype={"ImageID": str})
+    df.iloc[1:].to_csv(tmp_path / "missing_row.csv", index=False)
+    df.drop(columns=["Mass"]).to_csv(tmp_path / "missing_col.csv", index=False)
+    df.assign(Pneumonia=0.1).to_csv(tmp_path / "extra_col.csv", index=False)
+    r1 = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "missing_row.csv"), "--labels", str(labels),
+                                  "--out", str(tmp_path / "o1")])
+    assert r1.exit_code == 1 and "no prediction" in r1.output and df["ImageID"][0] in r1.output
+    r2 = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "missing_col.csv"), "--labels", str(labels),
+                                  "--out", str(tmp_path / "o2")])
+    assert r2.exit_code == 1 and "Mass" in r2.output
+    r3 = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "extra_col.csv"), "--labels", str(labels),
+                                  "--out", str(tmp_path / "o3")])
+    assert r3.exit_code == 1 and "Pneumonia" in r3.output
