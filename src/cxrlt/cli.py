@@ -136,6 +136,112 @@ def data_split(
     typer.echo(json.dumps({k: summary[k] for k in ("images", "patients", "excluded_images")}))
 
 
+@app.command("train")
+def train_cmd(
+    member: Annotated[str, typer.Option(help="router, or <view>/<kind> with view frontal|lateral|mixed and kind "
+                                             "pcam|swin|cait (e.g. frontal/pcam).")],
+    config: Annotated[Path, typer.Option(help="Profile YAML (configs/tiny.yaml, configs/paper.yaml).")],
+    data: DataDir,
+    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, member.json, val_logits.csv).")],
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt if it exists.")] = False,
+    pcam_checkpoint: Annotated[Path | None,
+                               typer.Option(help="cait only: best.pt of the same view's pcam member.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocess cache directory (cxrlt data preprocess).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the profile's epoch count.")] = None,
+) -> None:
+    """Train the router or one ensemble member (plain process, or under torchrun --nproc_per_node N)."""
+    from cxrlt.training.trainer import TrainRequest, train_member
+
+    try:
+        summary = train_member(TrainRequest(member, config, data, out, resume, pcam_checkpoint, cache, epochs))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        typer.echo(f"{member}: best {summary['val_metric']} {summary['best_val_score']:.4f} at epoch "
+                   f"{summary['best_epoch'] + 1}; TTA validation {summary['val_tta']}; run dir {out}")
+
+
+ensemble_app = typer.Typer(help="Fit and inspect per-view ensembles.", no_args_is_help=True)
+app.add_typer(ensemble_app, name="ensemble")
+
+
+@ensemble_app.command("build")
+def ensemble_build(
+    runs: Annotated[Path, typer.Option(help="Directory with router/ and <view>/<kind>/ member runs.")],
+    data: DataDir,
+    config: Annotated[Path, typer.Option(help="Profile YAML used for training.")],
+    out: Annotated[Path, typer.Option(help="Ensemble directory to write.")],
+) -> None:
+    """Grid-search each view's member weights on validation mAP (simplex, step from the profile) and bundle."""
+    from cxrlt.config import load_config
+    from cxrlt.data.tables import TRAINING_CSV
+    from cxrlt.ensemble import build_ensemble
+
+    try:
+        spec = build_ensemble(runs, out, data / TRAINING_CSV, load_config(config))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for view, v in spec["views"].items():
+        typer.echo(f"{view}: weights {v['weights']} val mAP {v['val_mAP']:.4f} (members {v['val_mAP_members']})")
+
+
+@app.command("predict")
+def predict_cmd(
+    ensemble: Annotated[Path, typer.Option(help="Ensemble directory (cxrlt ensemble build).")],
+    out: Annotated[Path, typer.Option(help="Submission CSV to write.")],
+    data: Annotated[Path | None, typer.Option("--data", help="CXR-LT data directory.")] = None,
+    split: Annotated[str, typer.Option(help="dev or test (reads CXRLT_2026_<split>_labels.csv for the IDs).")] = "dev",
+    images: Annotated[list[Path] | None, typer.Argument(help="Explicit PNG/DICOM files instead of --data.")] = None,
+    mixed: Annotated[bool, typer.Option(help="Use the mixed ensemble without routing.")] = False,
+) -> None:
+    """Router -> chosen view ensemble -> 30 probabilities per image, in submission format."""
+    from cxrlt.data.images import ImageReadError
+    from cxrlt.data.tables import IMAGES_DIR, read_id_list, write_submission
+    from cxrlt.inference import EnsemblePredictor
+    from cxrlt.labels import KNOWN_CLASSES
+
+    if split not in ("dev", "test"):
+        _fail("--split must be dev or test")
+    if images:
+        paths, ids = list(images), [p.name for p in images]
+    elif data is not None:
+        ids = read_id_list(data / f"CXRLT_2026_{split}_labels.csv")
+        paths = [data / IMAGES_DIR / i for i in ids]
+    else:
+        _fail("give --data DIR or image files")
+    try:
+        predictor = EnsemblePredictor(ensemble, mixed=mixed)
+        frame = predictor.predict_files(paths)
+    except (ImageReadError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    write_submission(out, ids, frame, KNOWN_CLASSES)
+    views = frame["view"].value_counts().to_dict()
+    typer.echo(f"wrote {len(ids)} predictions to {out} (views: {views})")
+
+
+report_app = typer.Typer(help="Reproduce the result tables in docs/results.md (synthetic data).",
+                         no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("task1")
+def report_task1(
+    work: Annotated[Path, typer.Option(help="Working directory (data, runs, ensemble); reused if present.")] = Path(
+        "report_work/task1"),
+    config: Annotated[Path, typer.Option(help="Profile YAML.")] = Path("configs/tiny.yaml"),
+    out: Annotated[Path, typer.Option(help="Markdown file whose Task 1 section is (re)written.")] = Path(
+        "docs/results.md"),
+    n_images: Annotated[int, typer.Option(help="Synthetic images to generate.")] = 2000,
+    size: Annotated[int, typer.Option(help="Synthetic image size.")] = 64,
+) -> None:
+    """Train every Task 1 member on synthetic data, build both ensembles, run the loss ablation, write the table."""
+    from cxrlt.reports import task1_report, update_section
+
+    text = task1_report(work, config, n_images=n_images, size=size)
+    update_section(out, "task1", text)
+    typer.echo(text)
+
+
 @app.command("eval")
 def eval_cmd(
     pred: Annotated[Path, typer.Option(help="Submission CSV: ImageID + one probability column per class.")],

@@ -29,11 +29,9 @@ def patient_split(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 42) -
     return df.iloc[train_idx].reset_index(drop=True), df.iloc[val_idx].reset_index(drop=True)
 
 
-def split_dataset(train_csv: str | Path, out_dir: str | Path, metadata_csv: str | Path | None = None,
-                  removal_csv: str | Path | None = None, val_fraction: float = 0.1, seed: int = 42) -> dict:
-    """Write ``train.csv``, ``val.csv`` and ``{train,val}_{frontal,lateral}.csv`` manifests to ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def split_frames(train_csv: str | Path, metadata_csv: str | Path | None = None, removal_csv: str | Path | None = None,
+                 val_fraction: float = 0.1, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The train/val manifests (with a ``view`` column when projections are known) and a summary, in memory."""
     df = drop_removed(read_training_csv(train_csv), removal_csv)
     summary: dict = {"input_images": len(df), "seed": seed, "val_fraction": val_fraction}
     if metadata_csv is not None:
@@ -50,6 +48,15 @@ def split_dataset(train_csv: str | Path, out_dir: str | Path, metadata_csv: str 
     train, val = patient_split(df, val_fraction, seed)
     summary["patients"] = {"train": int(train["PatientID"].nunique()), "val": int(val["PatientID"].nunique())}
     summary["images"] = {"train": len(train), "val": len(val)}
+    return train, val, summary
+
+
+def split_dataset(train_csv: str | Path, out_dir: str | Path, metadata_csv: str | Path | None = None,
+                  removal_csv: str | Path | None = None, val_fraction: float = 0.1, seed: int = 42) -> dict:
+    """Write ``train.csv``, ``val.csv`` and ``{train,val}_{frontal,lateral}.csv`` manifests to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val, summary = split_frames(train_csv, metadata_csv, removal_csv, val_fraction, seed)
     files = {"train": "train.csv", "val": "val.csv"}
     train.to_csv(out / files["train"], index=False)
     val.to_csv(out / files["val"], index=False)

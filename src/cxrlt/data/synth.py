@@ -268,7 +268,7 @@ def _finding_mask(pattern: FindingPattern, view: str, h: int, w: int, rng: np.ra
     cx, cy = centres[pattern.location]
     side = min(h, w)
     cx, cy = (cx + rng.normal(0, 0.02)) * w, (cy + rng.normal(0, 0.02)) * h
-    r = side * (0.1 if pattern.extent == "large" else 0.045) * rng.uniform(0.85, 1.15)
+    r = side * (0.1 if pattern.extent == "large" else 0.06) * rng.uniform(0.85, 1.15)
     vertical = pattern.location == "spine"
     angle = (90.0 if vertical else 0.0) + rng.uniform(-25, 25)
     mask = np.zeros((h, w), np.float32)
@@ -309,7 +309,7 @@ def render(spec: _ImageSpec, size: int, index_seed: tuple[int, int]) -> np.ndarr
     w = int(round(size * rng.uniform(0.82, 1.0)))  # non-square like real detectors; padding is exercised
     img = _anatomy(view, h, w, anatomy_rng)
     for name in spec.findings:
-        amplitude = rng.uniform(0.22, 0.38) * (1 if FINDING_PATTERNS[name].density == "dense" else -1)
+        amplitude = rng.uniform(0.28, 0.45) * (1 if FINDING_PATTERNS[name].density == "dense" else -1)
         img += amplitude * _finding_mask(FINDING_PATTERNS[name], view, h, w, rng)
     img = cv2.GaussianBlur(img, (0, 0), 0.6 * size / 256)
     img = img * rng.uniform(0.9, 1.1) + rng.normal(0, 0.02, img.shape).astype(np.float32)

@@ -1,0 +1,99 @@
+"""Per-view logit ensembles: simplex grid search of member weights on validation mAP, and the ensemble bundle.
+
+An ensemble directory holds ``ensemble.json`` plus one sub-directory per trained member (``router/``,
+``frontal/pcam/`` ...). ``ensemble.json`` records the views, each view's members and fitted weights, the class order
+(always addressed by name), the preprocessing and TTA settings and the optional normal-gating exponent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlt.data.tables import read_training_csv
+from cxrlt.labels import KNOWN_CLASSES, NORMAL
+from cxrlt.metrics import macro_ap
+from cxrlt.models.factory import MEMBER_KINDS
+
+ENSEMBLE_JSON = "ensemble.json"
+
+
+def simplex_grid(n: int, step: float = 0.05) -> np.ndarray:
+    """All weight vectors of length ``n`` on the simplex with the given step (weights sum to 1)."""
+    k = int(round(1 / step))
+    rows = [c for c in itertools.product(range(k + 1), repeat=n - 1) if sum(c) <= k]
+    return np.array([[*c, k - sum(c)] for c in rows], dtype=np.float64) / k
+
+
+def fit_weights(member_logits: dict[str, np.ndarray], y: np.ndarray, step: float = 0.05) -> tuple[dict, float]:
+    """Grid-search logit weights maximising macro mAP; ties keep the most uniform weights."""
+    names = list(member_logits)
+    stack = np.stack([member_logits[n] for n in names])  # (M, N, C)
+    best_w, best_score = None, -1.0
+    grid = simplex_grid(len(names), step)
+    order = np.argsort(np.abs(grid - 1 / len(names)).sum(1), kind="stable")  # uniform-first tie-breaking
+    for w in grid[order]:
+        score = macro_ap(y, 1 / (1 + np.exp(-np.tensordot(w, stack, axes=1))))
+        if score > best_score + 1e-12:
+            best_w, best_score = w, score
+    return {n: float(v) for n, v in zip(names, best_w, strict=True)}, float(best_score)
+
+
+def normal_gate(probs: pd.DataFrame | dict, alpha: float | None) -> pd.DataFrame | dict:
+    """p_c <- p_c * (1 - p_Normal)^alpha for every class but Normal (off when alpha is None or 0)."""
+    if not alpha:
+        return probs
+    gate = (1 - np.asarray(probs[NORMAL])) ** alpha
+    out = probs.copy()
+    for c in KNOWN_CLASSES:
+        if c != NORMAL and c in out:
+            out[c] = np.clip(np.asarray(probs[c]) * gate, 1e-6, 1 - 1e-6)
+    return out
+
+
+def _val_logits(member_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(member_dir / "val_logits.csv", dtype={"ImageID": str}).set_index("ImageID")
+
+
+def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | Path, config: dict,
+                   views: tuple[str, ...] = ("frontal", "lateral", "mixed")) -> dict:
+    """Collect trained members from ``runs_dir`` (``router/``, ``<view>/<kind>/``), fit weights per view, bundle."""
+    runs, out = Path(runs_dir), Path(out_dir)
+    labels = read_training_csv(train_csv).set_index("ImageID")
+    spec = {"classes": list(KNOWN_CLASSES), "views": {}, "image_size": int(config["data"]["image_size"]),
+            "tta": config["inference"]["tta"], "normal_gate_alpha": config["inference"]["normal_gate_alpha"],
+            "profile": config.get("profile"), "grid_step": config["ensemble"]["grid_step"]}
+    out.mkdir(parents=True, exist_ok=True)
+    if (runs / "router" / "member.json").exists():
+        shutil.copytree(runs / "router", out / "router", dirs_exist_ok=True)
+        spec["router"] = "router"
+    for view in views:
+        members = [k for k in MEMBER_KINDS if (runs / view / k / "member.json").exists()]
+        if not members:
+            continue
+        frames = {k: _val_logits(runs / view / k) for k in members}
+        common = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+        y = labels.loc[common, list(KNOWN_CLASSES)].to_numpy()
+        logits = {k: frames[k].loc[common, list(KNOWN_CLASSES)].to_numpy() for k in members}
+        weights, score = fit_weights(logits, y, spec["grid_step"])
+        single = {k: macro_ap(y, 1 / (1 + np.exp(-v))) for k, v in logits.items()}
+        spec["views"][view] = {"members": {k: f"{view}/{k}" for k in members}, "weights": weights,
+                               "val_mAP": score, "val_mAP_members": single, "n_val": len(common)}
+        for k in members:
+            shutil.copytree(runs / view / k, out / view / k, dirs_exist_ok=True)
+    if not spec["views"]:
+        raise ValueError(f"{runs}: no trained members found (expected <view>/<kind>/member.json)")
+    (out / ENSEMBLE_JSON).write_text(json.dumps(spec, indent=2))
+    return spec
+
+
+def load_spec(ensemble_dir: str | Path) -> dict:
+    path = Path(ensemble_dir) / ENSEMBLE_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{ensemble_dir} is not an ensemble directory (no {ENSEMBLE_JSON})")
+    return json.loads(path.read_text())

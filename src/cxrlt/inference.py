@@ -1,0 +1,81 @@
+"""In-process Task 1 predictor: router -> chosen view's ensemble (or the mixed ensemble) -> 30 probabilities.
+
+This is the reference the served Triton pipeline is compared against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrlt.data.images import PreprocessConfig, load_preprocessed
+from cxrlt.ensemble import load_spec, normal_gate
+from cxrlt.labels import KNOWN_CLASSES
+from cxrlt.models.factory import ROUTER_CLASSES
+from cxrlt.training.data import normalize
+from cxrlt.training.trainer import load_member
+from cxrlt.tta import TTAModel
+
+
+class EnsemblePredictor:
+    """Loads an ensemble directory once; ``predict`` takes [0, 1] square images of the ensemble's size."""
+
+    def __init__(self, ensemble_dir: str | Path, mixed: bool = False, device: str = "cpu"):
+        self.dir = Path(ensemble_dir)
+        self.spec = load_spec(self.dir)
+        self.mixed = mixed
+        self.device = torch.device(device)
+        self.size = int(self.spec["image_size"])
+        if mixed and "mixed" not in self.spec["views"]:
+            raise ValueError(f"{ensemble_dir} has no mixed ensemble")
+        if not mixed and "router" not in self.spec:
+            raise ValueError(f"{ensemble_dir} has no router; use mixed mode")
+        self.router = None if mixed else load_member(self.dir / self.spec["router"])[0].to(self.device)
+        self.members: dict[str, dict[str, torch.nn.Module]] = {}
+        for view, vspec in self.spec["views"].items():
+            self.members[view] = {k: TTAModel(load_member(self.dir / path)[0], self.spec["tta"]).to(self.device).eval()
+                                  for k, path in vspec["members"].items()}
+
+    @torch.no_grad()
+    def view_logits(self, view: str, x: torch.Tensor) -> np.ndarray:
+        vspec = self.spec["views"][view]
+        total = sum(vspec["weights"][k] * self.members[view][k](x) for k in vspec["members"])
+        return total.cpu().numpy()
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, batch_size: int = 64) -> pd.DataFrame:
+        """``(N, S, S)`` float [0, 1] images -> frame with 30 class columns, ``view`` and ``view_confidence``."""
+        rows = []
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(normalize(images[start : start + batch_size].astype(np.float32)))[:, None]
+            x = x.to(self.device)
+            if self.mixed:
+                views = np.array(["mixed"] * len(x))
+                conf = np.ones(len(x))
+            else:
+                p = torch.softmax(self.router(x), dim=1).cpu().numpy()
+                views = np.array(ROUTER_CLASSES)[p.argmax(1)]
+                conf = p.max(1)
+            logits = np.zeros((len(x), len(KNOWN_CLASSES)), np.float32)
+            for view in np.unique(views):
+                target = view if view in self.spec["views"] else "mixed"
+                if target not in self.spec["views"]:
+                    raise ValueError(f"router chose {view!r} but the ensemble has no {view} or mixed members")
+                idx = np.flatnonzero(views == view)
+                logits[idx] = self.view_logits(target, x[idx])
+            frame = pd.DataFrame(1 / (1 + np.exp(-logits)), columns=list(KNOWN_CLASSES))
+            frame["view"], frame["view_confidence"] = views, conf
+            rows.append(frame)
+        out = pd.concat(rows, ignore_index=True)
+        gated = normal_gate(out[list(KNOWN_CLASSES)], self.spec.get("normal_gate_alpha"))
+        out[list(KNOWN_CLASSES)] = gated
+        return out
+
+    def predict_files(self, paths: Sequence[str | Path]) -> pd.DataFrame:
+        cfg = PreprocessConfig(size=self.size)
+        images = np.stack([load_preprocessed(p, cfg) for p in paths]) if paths else np.zeros((0, self.size, self.size))
+        return self.predict(images)

@@ -1,0 +1,49 @@
+"""Factory functions: build the router and each ensemble member from a profile's model config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxrlt.models.members import CaiTOverCNN, PooledCNN, TimmClassifier
+
+MEMBER_KINDS: tuple[str, ...] = ("pcam", "swin", "cait")
+ROUTER_CLASSES: tuple[str, ...] = ("frontal", "lateral")
+
+
+def build_router(cfg: dict, in_chans: int = 1) -> nn.Module:
+    """EfficientNet-B0 (paper) or any timm classifier with 2 outputs: frontal, lateral."""
+    return TimmClassifier(cfg["arch"], len(ROUTER_CLASSES), in_chans, **cfg.get("kwargs", {}))
+
+
+def build_pooled_cnn(cfg: dict, num_classes: int, in_chans: int = 1) -> PooledCNN:
+    return PooledCNN(cfg["backbone"], num_classes, cfg.get("head", "pcam"), in_chans, cfg.get("backbone_kwargs"),
+                     cfg.get("drop", 0.0))
+
+
+def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int, in_chans: int = 1,
+                 pcam_checkpoint: str | Path | None = None, for_loading: bool = False) -> nn.Module:
+    """Build one ensemble member.
+
+    ``cait`` needs the trained PCAM member's checkpoint (its frozen trunk), unless ``for_loading`` is set because a
+    complete cait state dict (trunk included) is loaded right after.
+    """
+    if kind == "pcam":
+        return build_pooled_cnn(models_cfg["pcam"], num_classes, in_chans)
+    if kind == "swin":
+        cfg = models_cfg["swin"]
+        return TimmClassifier(cfg["arch"], num_classes, in_chans, img_size=image_size, **cfg.get("kwargs", {}))
+    if kind == "cait":
+        if pcam_checkpoint is None and not for_loading:
+            raise ValueError("the cait member needs the trained pcam member of the same view (--pcam-checkpoint)")
+        cnn = build_pooled_cnn(models_cfg["pcam"], num_classes, in_chans)
+        if pcam_checkpoint is not None:
+            state = torch.load(pcam_checkpoint, map_location="cpu", weights_only=True)
+            cnn.load_state_dict(state.get("model", state))
+        with torch.no_grad():
+            hw = cnn.features(torch.zeros(1, in_chans, image_size, image_size)).shape[-1]
+        cfg = models_cfg["cait"]
+        return CaiTOverCNN(cnn, num_classes, hw, cfg.get("arch", "cait_xxs24_224"), cfg.get("kwargs"))
+    raise ValueError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")

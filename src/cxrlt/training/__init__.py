@@ -1,0 +1,1 @@
+"""Training app for the ensemble members and the router: sampler, augmentation, datasets, the DDP trainer."""

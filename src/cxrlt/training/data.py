@@ -1,0 +1,73 @@
+"""Datasets over manifests: images from the preprocess cache (or raw files), labels keyed by class name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from cxrlt.data.images import PreprocessConfig, load_preprocessed
+from cxrlt.data.preprocess import CACHE_CONFIG, cached_name
+from cxrlt.training.augment import AugmentConfig, augment
+from cxrlt.training.sampler import sample_rng
+
+INPUT_MEAN = 0.5
+INPUT_STD = 0.25
+
+
+def normalize(img01: np.ndarray | torch.Tensor):
+    """[0, 1] radiograph -> network input (the same constants are exported with every model)."""
+    return (img01 - INPUT_MEAN) / INPUT_STD
+
+
+class ImageStore:
+    """Loads [0, 1] square images of one size, from a cache directory when it matches, else from raw files."""
+
+    def __init__(self, image_dir: str | Path, size: int, cache_dir: str | Path | None = None):
+        self.image_dir, self.size = Path(image_dir), size
+        self.cache_dir = Path(cache_dir) if cache_dir and (Path(cache_dir) / CACHE_CONFIG).exists() else None
+        self._memory: dict[str, np.ndarray] = {}
+
+    def load(self, image_id: str) -> np.ndarray:
+        if image_id in self._memory:
+            return self._memory[image_id]
+        if self.cache_dir is not None and (self.cache_dir / cached_name(image_id)).exists():
+            img = cv2.imread(str(self.cache_dir / cached_name(image_id)), cv2.IMREAD_UNCHANGED).astype(np.float32)
+            img /= 65535.0
+            if img.shape[0] != self.size:
+                img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
+            return img
+        return load_preprocessed(self.image_dir / image_id, PreprocessConfig(size=self.size))
+
+    def preload(self, image_ids, progress: bool = True) -> None:
+        for image_id in tqdm(list(dict.fromkeys(image_ids)), desc="load images", unit="img", disable=not progress):
+            self._memory[image_id] = self.load(image_id)
+
+
+class ManifestDataset(Dataset):
+    """(image tensor (1, S, S), target vector, row index) for each manifest row; augmentation seeded per sample."""
+
+    def __init__(self, manifest: pd.DataFrame, store: ImageStore, targets: np.ndarray,
+                 augment_cfg: AugmentConfig | None = None, seed: int = 0, allow_flip: bool = True):
+        self.ids = manifest["ImageID"].tolist()
+        self.store, self.targets = store, np.asarray(targets, dtype=np.float32)
+        self.augment_cfg, self.seed, self.allow_flip = augment_cfg, seed, allow_flip
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        img = self.store.load(self.ids[index])
+        if self.augment_cfg is not None:
+            img = augment(img, sample_rng(self.seed, self.epoch, index), self.augment_cfg, self.allow_flip)
+        x = torch.from_numpy(normalize(np.ascontiguousarray(img, dtype=np.float32)))[None]
+        return x, torch.from_numpy(self.targets[index]), index

@@ -1,0 +1,334 @@
+"""``cxrlt train``: train the router or one ensemble member, as a plain process or under ``torchrun``.
+
+AdamW + per-step cosine schedule with warm-up, gradient clipping, EMA, AMP on GPU; deterministic on CPU. Every epoch
+writes a full checkpoint (model, EMA, optimiser, scheduler, sampler, epoch, best score) atomically, so ``--resume``
+continues a killed run to the same result as an uninterrupted one. The best EMA weights by validation mAP (router:
+accuracy) are kept in ``best.pt``; validation logits with TTA go to ``val_logits.csv`` for ensemble fitting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxrlt.config import config_hash, load_config, train_settings
+from cxrlt.data.split import split_frames
+from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, VIEWS
+from cxrlt.labels import KNOWN_CLASSES
+from cxrlt.losses import build_loss
+from cxrlt.metrics import evaluate, macro_ap
+from cxrlt.models.factory import MEMBER_KINDS, ROUTER_CLASSES, build_member, build_router
+from cxrlt.training import distributed as D
+from cxrlt.training.augment import AugmentConfig
+from cxrlt.training.data import ImageStore, ManifestDataset
+from cxrlt.training.sampler import EpochShardedSampler, repeat_factors
+from cxrlt.tta import TTAModel
+
+log = logging.getLogger(__name__)
+
+MEMBER_VIEWS = (*VIEWS, "mixed")
+KILL_AFTER_EPOCH_ENV = "CXRLT_KILL_AFTER_EPOCH"  # fault injection for the resume test: SIGKILL after this epoch
+
+
+def parse_member(member: str) -> tuple[str | None, str]:
+    """``router`` -> (None, "router"); ``frontal/pcam`` -> ("frontal", "pcam")."""
+    if member == "router":
+        return None, "router"
+    view, _, kind = member.partition("/")
+    if view not in MEMBER_VIEWS or kind not in MEMBER_KINDS:
+        raise ValueError(f"member must be 'router' or '<view>/<kind>' with view in {MEMBER_VIEWS} and kind in "
+                         f"{MEMBER_KINDS}; got {member!r}")
+    return view, kind
+
+
+def all_members() -> list[str]:
+    return ["router"] + [f"{v}/{k}" for v in MEMBER_VIEWS for k in MEMBER_KINDS]
+
+
+@dataclass
+class TrainRequest:
+    member: str
+    config: dict | str | Path
+    data_dir: Path
+    out_dir: Path
+    resume: bool = False
+    pcam_checkpoint: Path | None = None
+    cache_dir: Path | None = None
+    epochs: int | None = None
+    progress: bool = True
+
+
+def _frames(data_dir: Path, cfg: dict, view: str | None):
+    meta = data_dir / PADCHEST_METADATA_CSV
+    train, val, _ = split_frames(data_dir / TRAINING_CSV, meta if meta.exists() else None, None,
+                                 cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
+    if view in VIEWS:
+        if (train["view"] == "").all():
+            raise ValueError(f"{data_dir}: no projection metadata ({PADCHEST_METADATA_CSV}); train 'mixed' members")
+        train, val = train[train["view"] == view], val[val["view"] == view]
+    if view is None and (train["view"] == "").all():
+        raise ValueError(f"{data_dir}: the router needs projection labels ({PADCHEST_METADATA_CSV})")
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"no {view or 'router'} images to train or validate on")
+    return train.reset_index(drop=True), val.reset_index(drop=True)
+
+
+def _targets(df: pd.DataFrame, router: bool) -> np.ndarray:
+    if router:
+        return np.stack([(df["view"] == v).to_numpy() for v in ROUTER_CLASSES], axis=1).astype(np.float32)
+    return df[list(KNOWN_CLASSES)].to_numpy(np.float32)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _score(router: bool, y: np.ndarray, logits: np.ndarray) -> float:
+    if router:
+        return float((logits.argmax(1) == y.argmax(1)).mean())
+    return macro_ap(y, 1 / (1 + np.exp(-logits)))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, info: D.DistInfo,
+                   n: int, tta: str = "none") -> np.ndarray:
+    """Logits for every row of the loader's dataset, gathered across ranks (duplicates from padding dropped)."""
+    net = TTAModel(model, tta) if tta != "none" else model
+    net.eval()
+    idx, out = [], []
+    for x, _, i in loader:
+        out.append(net(x.to(device)).float().cpu().numpy())
+        idx.append(i.numpy())
+    parts = D.gather_objects((np.concatenate(idx), np.concatenate(out)), info)
+    logits = np.zeros((n, parts[0][1].shape[1]), np.float32)
+    for i, o in parts:
+        logits[i] = o
+    return logits
+
+
+def train_member(req: TrainRequest) -> dict:
+    """Train one member (see the module docstring); returns the summary also written to ``member.json``."""
+    cfg = load_config(req.config)
+    view, kind = parse_member(req.member)
+    router = kind == "router"
+    ts = train_settings(cfg, kind)
+    epochs = req.epochs or ts["epochs"]
+    info, device = D.setup()
+    seed = int(ts["seed"])
+    torch.manual_seed(seed)
+    out = Path(req.out_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    D.barrier(info)
+
+    size = int(cfg["data"]["image_size"])
+    train_df, val_df = _frames(Path(req.data_dir), cfg, view)
+    y_train, y_val = _targets(train_df, router), _targets(val_df, router)
+    store = ImageStore(Path(req.data_dir) / IMAGES_DIR, size, req.cache_dir)
+    if cfg["data"].get("preload", True):
+        store.preload(pd.concat([train_df["ImageID"], val_df["ImageID"]]), progress=req.progress and info.is_main)
+    aug = AugmentConfig.from_dict(ts.get("augment"))
+    train_ds = ManifestDataset(train_df, store, y_train, aug, seed, allow_flip=not router)
+    val_ds = ManifestDataset(val_df, store, y_val)
+    factors = repeat_factors(y_train, ts["sampler_threshold"], ts["sampler_cap"]) \
+        if (ts["sampler"] == "repeat_factor" and not router) else None
+    sampler = EpochShardedSampler(len(train_ds), factors, seed, info.rank, info.world_size)
+    batch = int(ts["batch_size"])
+    if batch % info.world_size:
+        raise ValueError(f"global batch {batch} is not divisible by {info.world_size} processes")
+    loader = DataLoader(train_ds, batch_size=batch // info.world_size, sampler=sampler, drop_last=True,
+                        num_workers=int(ts["num_workers"]))
+    val_loader = DataLoader(val_ds, batch_size=max(1, batch // info.world_size), num_workers=int(ts["num_workers"]),
+                            sampler=EpochShardedSampler(len(val_ds), None, seed, info.rank, info.world_size, False))
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_ds)} training images is less than one batch of {batch}")
+
+    if router:
+        model = build_router(cfg["models"]["router"])
+        criterion: nn.Module = nn.CrossEntropyLoss()
+    else:
+        model = build_member(kind, cfg["models"], len(KNOWN_CLASSES), size, pcam_checkpoint=req.pcam_checkpoint)
+        counts = y_train.sum(0).astype(int).tolist()
+        criterion = build_loss(ts["loss"], counts, **ts.get("loss_kwargs", {}))
+    model.to(device)
+    ema = ModelEmaV3(model, decay=float(ts["ema_decay"]), use_warmup=True)  # warm-up: short runs are not stale
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=float(ts["lr"]), weight_decay=float(ts["weight_decay"]))
+    steps = len(loader)
+    scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps, lr_min=float(ts["lr"]) * ts["min_lr_ratio"],
+                                  warmup_t=int(ts["warmup_epochs"] * steps), warmup_lr_init=float(ts["lr"]) * 0.01,
+                                  warmup_prefix=True, t_in_epochs=False)
+    net = DistributedDataParallel(model) if info.enabled else model
+    use_amp = bool(ts["amp"]) and device.type == "cuda"
+
+    start_epoch, best, best_epoch, history = 0, -1.0, -1, []
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if req.resume and last_path.exists():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
+        history = state["history"]
+        if info.is_main:
+            log.info("resumed %s from epoch %d", req.member, state["epoch"])
+    elif req.resume and info.is_main:
+        log.info("no checkpoint in %s: starting from scratch", out)
+
+    mlflow_run = _mlflow_start(req, cfg, info)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        torch.manual_seed(seed * 1000 + epoch * 10 + info.rank)  # dropout/drop-path: a function of the epoch
+        net.train()
+        running, seen = 0.0, 0
+        bar = tqdm(loader, desc=f"{req.member} epoch {epoch + 1}/{epochs}", unit="batch",
+                   disable=not (req.progress and info.is_main), leave=False)
+        for step, (x, y, _) in enumerate(bar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = net(x)
+            loss = criterion(logits.float(), y)
+            if getattr(criterion, "reduction", "mean") == "sum":
+                loss = loss / len(y)  # per-sample sum over classes, mean over the batch: DDP-invariant
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if ts["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(params, float(ts["grad_clip"]))
+            optimizer.step()
+            scheduler.step_update(epoch * steps + step + 1)
+            ema.update(model, step=epoch * steps + step)
+            running += loss.item() * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        val_logits = predict_logits(ema.module, val_loader, device, info, len(val_ds))
+        score = _score(router, y_val, val_logits)
+        train_loss = sum(D.gather_objects(running, info)) / sum(D.gather_objects(seen, info))
+        record = {"epoch": epoch, "train_loss": train_loss, "val_score": score, "seconds": time.time() - t0}
+        history.append(record)
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch
+        if info.is_main:
+            metric = "val_accuracy" if router else "val_mAP"
+            log.info("%s epoch %d/%d loss %.4f %s %.4f%s", req.member, epoch + 1, epochs, train_loss, metric, score,
+                     " (best)" if improved else "")
+            if improved:
+                _atomic_save({"model": ema.module.state_dict(), "epoch": epoch, "score": score}, best_path)
+            _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "epoch": epoch,
+                          "best": best, "best_epoch": best_epoch, "history": history}, last_path)
+            _mlflow_log_epoch(mlflow_run, record, metric)
+        D.barrier(info)
+        if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(epoch) and info.is_main:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    summary = _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, view, kind, best, best_epoch,
+                      history)
+    _mlflow_end(mlflow_run, out, summary)
+    D.teardown(info)
+    return summary
+
+
+def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, view, kind, best, best_epoch, history):
+    """Reload the best EMA weights, write TTA validation logits and the member card."""
+    out = Path(req.out_dir)
+    state = torch.load(out / "best.pt", map_location="cpu", weights_only=True) if (out / "best.pt").exists() else None
+    D.barrier(info)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    tta = "none" if router else cfg["inference"]["tta"]
+    logits = predict_logits(model, val_loader, device, info, len(val_df), tta)
+    classes = list(ROUTER_CLASSES) if router else list(KNOWN_CLASSES)
+    summary = {
+        "member": req.member, "kind": kind, "view": view, "classes": classes,
+        "image_size": int(cfg["data"]["image_size"]), "in_chans": 1, "tta": tta,
+        "best_epoch": best_epoch, "best_val_score": best,
+        "val_metric": "accuracy" if router else "mAP", "history": history,
+        "config_hash": config_hash(cfg), "profile": cfg.get("profile"),
+        "model_config": cfg["models"]["router" if router else kind],
+        "pcam_model_config": cfg["models"].get("pcam") if kind == "cait" else None,
+        "pcam_checkpoint": str(req.pcam_checkpoint) if req.pcam_checkpoint else None,
+        "world_size": info.world_size,
+    }
+    if not router:
+        res = evaluate(y_val.astype(int), 1 / (1 + np.exp(-logits)), classes)
+        summary["val_tta"] = {k: v for k, v in res.summary().items() if k in ("mAP", "mAUROC", "mF1", "mECE")}
+    else:
+        summary["val_tta"] = {"accuracy": _score(True, y_val, logits)}
+    if info.is_main:
+        frame = pd.DataFrame(logits, columns=classes)
+        frame.insert(0, "ImageID", val_df["ImageID"].to_numpy())
+        frame.to_csv(out / "val_logits.csv", index=False)
+        (out / "member.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def load_member(member_dir: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a trained member from its directory (``member.json`` + ``best.pt``) for inference or export."""
+    member_dir = Path(member_dir)
+    card = json.loads((member_dir / "member.json").read_text())
+    models_cfg = {card["kind"]: card["model_config"]}
+    if card["kind"] == "router":
+        model = build_router(card["model_config"])
+    elif card["kind"] == "cait":
+        models_cfg["pcam"] = card["pcam_model_config"]
+        model = build_member("cait", models_cfg, len(card["classes"]), card["image_size"], for_loading=True)
+    else:
+        model = build_member(card["kind"], models_cfg, len(card["classes"]), card["image_size"])
+    state = torch.load(member_dir / "best.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    return model.eval(), card
+
+
+# ------------------------------------------------------------------------------------------------------------ MLflow
+def _mlflow_start(req: TrainRequest, cfg: dict, info: D.DistInfo):
+    if not info.is_main or not os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    import mlflow
+
+    mlflow.set_experiment(os.environ.get("CXRLT_MLFLOW_EXPERIMENT", "cxrlt-train"))
+    run = mlflow.start_run(run_name=req.member.replace("/", "-"))
+    flat = {f"train.{k}": v for k, v in train_settings(cfg, parse_member(req.member)[1]).items()
+            if not isinstance(v, dict)}
+    mlflow.log_params({"member": req.member, "profile": cfg.get("profile"), "config_hash": config_hash(cfg),
+                       "world_size": info.world_size, **flat})
+    return run
+
+
+def _mlflow_log_epoch(run, record: dict, metric: str) -> None:
+    if run is None:
+        return
+    import mlflow
+
+    mlflow.log_metrics({"train_loss": record["train_loss"], metric: record["val_score"]}, step=record["epoch"])
+
+
+def _mlflow_end(run, out: Path, summary: dict) -> None:
+    if run is None:
+        return
+    import mlflow
+
+    mlflow.log_metrics({f"best_{k}": v for k, v in summary["val_tta"].items() if v is not None})
+    mlflow.log_artifact(str(out / "member.json"))
+    mlflow.end_run()

@@ -1,0 +1,97 @@
+"""Trainer behaviour on tiny synthetic data: outputs, kill + resume, and DDP (gloo) equivalence."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from cxrlt.training.trainer import KILL_AFTER_EPOCH_ENV, load_member
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "profile": "test",
+    "data": {"image_size": 32, "val_fraction": 0.2, "split_seed": 0, "preload": True},
+    "models": {
+        "router": {"arch": "mobilenetv3_small_050"},
+        "pcam": {"backbone": "convnextv2_atto", "head": "pcam"},
+        "swin": {"arch": "swinv2_tiny_window8_256",
+                 "kwargs": {"window_size": 4, "embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2],
+                            "drop_path_rate": 0.0}},
+        "cait": {"arch": "cait_xxs24_224", "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}},
+    },
+    "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 0, "ema_decay": 0.9, "loss": "asl",
+              "sampler": "repeat_factor", "augment": {"flip_p": 0.0, "clahe_p": 0.3}, "seed": 0},
+    "inference": {"tta": "none"},
+}
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "test.yaml"
+    path.write_text(yaml.safe_dump(CONFIG))
+    return path
+
+
+def _train(args, env_extra=None, nproc=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "cxrlt.cli", "train", *args]
+    else:
+        cmd = [sys.executable, "-m", "cxrlt.cli", "train", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_member_run_writes_card_logits_and_checkpoints(synth_data, config_path, tmp_path):
+    out = tmp_path / "pcam"
+    r = _train(["--member", "mixed/pcam", "--config", str(config_path), "--data", str(synth_data), "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = json.loads((out / "member.json").read_text())
+    assert card["member"] == "mixed/pcam" and len(card["history"]) == 2 and card["val_metric"] == "mAP"
+    assert {"mAP", "mAUROC", "mF1", "mECE"} <= set(card["val_tta"])
+    header = (out / "val_logits.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "ImageID" and header[1:4] == ["Normal", "aortic elongation", "cardiomegaly"]
+    model, _ = load_member(out)
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 30)
+    cait = tmp_path / "cait"
+    r = _train(["--member", "mixed/cait", "--config", str(config_path), "--data", str(synth_data), "--out", str(cait),
+                "--pcam-checkpoint", str(out / "best.pt"), "--epochs", "1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    model, card = load_member(cait)
+    assert card["kind"] == "cait" and model(torch.zeros(2, 1, 32, 32)).shape == (2, 30)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(synth_data, config_path, tmp_path):
+    args = ["--member", "frontal/swin", "--config", str(config_path), "--data", str(synth_data)]
+    full = _train([*args, "--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = _train([*args, "--out", str(tmp_path / "killed")], {KILL_AFTER_EPOCH_ENV: "0"})
+    assert killed.returncode == -9, "the run should have been SIGKILLed after epoch 1"
+    assert (tmp_path / "killed" / "last.pt").exists() and not (tmp_path / "killed" / "member.json").exists()
+    resumed = _train([*args, "--out", str(tmp_path / "killed"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "killed" / "last.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_one_and_two_processes_reach_the_same_weights(synth_data, config_path, tmp_path):
+    args = ["--member", "mixed/swin", "--config", str(config_path), "--data", str(synth_data), "--epochs", "1"]
+    single = _train([*args, "--out", str(tmp_path / "p1")])
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = _train([*args, "--out", str(tmp_path / "p2")], nproc=2)
+    assert double.returncode == 0, double.stderr[-3000:]
+    a, b = _weights(tmp_path / "p1" / "last.pt"), _weights(tmp_path / "p2" / "last.pt")
+    assert json.loads((tmp_path / "p2" / "member.json").read_text())["world_size"] == 2
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
