@@ -219,6 +219,111 @@ def predict_cmd(
     typer.echo(f"wrote {len(ids)} predictions to {out} (views: {views})")
 
 
+zeroshot_app = typer.Typer(help="Task 2: zero-shot recognition of unseen findings (dual-branch CLIP).",
+                           no_args_is_help=True)
+app.add_typer(zeroshot_app, name="zeroshot")
+
+
+@zeroshot_app.command("train")
+def zeroshot_train(
+    config: Annotated[Path, typer.Option(help="Profile YAML (its zeroshot: section).")],
+    data: DataDir,
+    out: Annotated[Path, typer.Option(help="Model directory (zeroshot.json, best.pt, last.pt).")],
+    alpha: Annotated[float | None, typer.Option(help="ASL branch weight (0 = plain CLIP fine-tuning).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the profile's epochs.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    hold_out: Annotated[str, typer.Option(help="Comma-separated known classes to hold out (proxy validation).")] = "",
+    cache: Annotated[Path | None, typer.Option(help="Preprocess cache directory.")] = None,
+) -> None:
+    """Fine-tune CLIP with contrastive + alpha * ASL on label-synthesised reports (torchrun-capable)."""
+    from cxrlt.zeroshot.text import LeakError
+    from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
+
+    held = [c.strip() for c in hold_out.split(",") if c.strip()]
+    try:
+        card = train_zeroshot(ZeroShotRequest(config, data, out, held, resume, cache, epochs, alpha))
+    except (ValueError, FileNotFoundError, LeakError) as exc:
+        _fail(str(exc))
+    typer.echo(f"best known-class validation mAP {card['best_val_known_mAP']:.4f} at epoch {card['best_epoch'] + 1}; "
+               f"model {out}")
+
+
+@zeroshot_app.command("predict")
+def zeroshot_predict(
+    model: Annotated[Path, typer.Option(help="Zero-shot model directory.")],
+    out: Annotated[Path, typer.Option(help="CSV to write (ImageID + one column per class).")],
+    data: Annotated[Path | None, typer.Option("--data", help="CXR-LT data directory.")] = None,
+    split: Annotated[str, typer.Option(help="dev or test.")] = "test",
+    classes: Annotated[str, typer.Option(help="Comma-separated class names or free-text findings "
+                                              "(default: the 6 unseen classes).")] = "",
+    scoring: Annotated[str | None, typer.Option(help="sigmoid or softmax_pn (default: the model's).")] = None,
+    prompts: Annotated[str | None, typer.Option(help="names, descriptions or hybrid (default: the model's).")] = None,
+    images: Annotated[list[Path] | None, typer.Argument(help="Explicit PNG/DICOM files instead of --data.")] = None,
+) -> None:
+    """Score images for unseen findings (or any named findings) zero-shot; writes the Task 2 submission CSV."""
+    import numpy as np
+
+    from cxrlt.data.images import ImageReadError, PreprocessConfig, load_preprocessed
+    from cxrlt.data.tables import IMAGES_DIR, read_id_list, write_submission
+    from cxrlt.labels import UNSEEN_CLASSES, canonical_class
+    from cxrlt.zeroshot.predict import ZeroShotPredictor
+
+    names = [c.strip() for c in classes.split(",") if c.strip()] or list(UNSEEN_CLASSES)
+    names = [canonical_class(c) if c.lower() in {u.lower() for u in UNSEEN_CLASSES} else c for c in names]
+    if images:
+        paths, ids = list(images), [p.name for p in images]
+    elif data is not None:
+        ids = read_id_list(data / f"CXRLT_2026_{split}_labels.csv")
+        paths = [data / IMAGES_DIR / i for i in ids]
+    else:
+        _fail("give --data DIR or image files")
+    try:
+        predictor = ZeroShotPredictor(model)
+        cfg = PreprocessConfig(size=predictor.image_size)
+        arr = np.stack([load_preprocessed(p, cfg) for p in paths])
+        probs = predictor.predict(arr, names, scoring, prompts)
+    except (ImageReadError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    write_submission(out, ids, {c: probs[:, j] for j, c in enumerate(names)}, names)
+    typer.echo(f"wrote {len(ids)} x {len(names)} zero-shot probabilities to {out}")
+
+
+@zeroshot_app.command("calibrate")
+def zeroshot_calibrate(
+    model: Annotated[Path, typer.Option(help="Zero-shot model directory (calibration is saved in its card).")],
+    data: DataDir,
+    split: Annotated[str, typer.Option(help="Labelled split whose known classes are used.")] = "dev",
+) -> None:
+    """Fit a Platt calibration of the zero-shot scores on the *known* classes; it is applied to unseen ones."""
+    from cxrlt.labels import KNOWN_CLASSES
+    from cxrlt.zeroshot.predict import ZeroShotPredictor
+    from cxrlt.zeroshot.proxy import load_eval_images
+
+    predictor = ZeroShotPredictor(model)
+    classes = [c for c in KNOWN_CLASSES if c in predictor.card["train_classes"]]
+    labels, images = load_eval_images(data, f"CXRLT_2026_{split}_labels.csv", predictor.image_size)
+    cal = predictor.fit_calibration(images, labels[classes].to_numpy(), classes)
+    typer.echo(f"calibration a={cal['a']:.3f} b={cal['b']:.3f} ({cal['scoring']}), saved to {model}/zeroshot.json")
+
+
+@zeroshot_app.command("proxy-validate")
+def zeroshot_proxy(
+    config: Annotated[Path, typer.Option(help="Profile YAML.")],
+    data: DataDir,
+    out: Annotated[Path, typer.Option(help="Directory for the per-group runs and proxy_validation.json.")],
+    groups: Annotated[str, typer.Option(help="Comma-separated proxy groups.")] = "A,B,C",
+    epochs: Annotated[int | None, typer.Option(help="Override the profile's epochs.")] = None,
+) -> None:
+    """Hold out each proxy group of 6 known classes, train without them, score them zero-shot (AP per class)."""
+    from cxrlt.zeroshot.proxy import proxy_validate
+
+    summary = proxy_validate(config, data, out, [g.strip() for g in groups.split(",")], epochs)
+    for g, r in summary["groups"].items():
+        typer.echo(f"group {g}: mAP {r['mAP']:.4f} (chance {r['chance_mAP']:.4f}) "
+                   + ", ".join(f"{c} {v['AP']:.3f}" for c, v in r["per_class"].items() if v["AP"] is not None))
+    typer.echo(f"average mAP over groups: {summary['average_mAP']:.4f}")
+
+
 report_app = typer.Typer(help="Reproduce the result tables in docs/results.md (synthetic data).",
                          no_args_is_help=True)
 app.add_typer(report_app, name="report")
@@ -239,6 +344,23 @@ def report_task1(
 
     text = task1_report(work, config, n_images=n_images, size=size)
     update_section(out, "task1", text)
+    typer.echo(text)
+
+
+@report_app.command("task2")
+def report_task2(
+    work: Annotated[Path, typer.Option(help="Working directory; reused if present.")] = Path("report_work/task2"),
+    config: Annotated[Path, typer.Option(help="Profile YAML.")] = Path("configs/tiny.yaml"),
+    out: Annotated[Path, typer.Option(help="Markdown file whose Task 2 section is (re)written.")] = Path(
+        "docs/results.md"),
+    n_images: Annotated[int, typer.Option(help="Synthetic images to generate.")] = 2000,
+    epochs: Annotated[int, typer.Option(help="Epochs per CLIP model.")] = 10,
+) -> None:
+    """Train the zero-shot CLIP with alpha 0 / 1.0 / 1.5, compare prompts, run the proxy groups, write the tables."""
+    from cxrlt.reports import task2_report, update_section
+
+    text = task2_report(work, config, n_images=n_images, epochs=epochs)
+    update_section(out, "task2", text)
     typer.echo(text)
 
 

@@ -1,0 +1,244 @@
+"""``cxrlt zeroshot train``: fine-tune the dual-branch CLIP on label-synthesised reports.
+
+Plain process or ``torchrun``; AdamW, cosine schedule (T_max = epochs), EMA; checkpoint every epoch and ``--resume``;
+MLflow logging when ``MLFLOW_TRACKING_URI`` is set. ``held_out`` classes (proxy validation) are removed from the
+text, the ASL targets and the training images, and a :class:`LeakGuard` checks every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxrlt.config import config_hash, load_config
+from cxrlt.data.split import split_frames
+from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV
+from cxrlt.labels import KNOWN_CLASSES
+from cxrlt.metrics import macro_ap
+from cxrlt.training import distributed as D
+from cxrlt.training.augment import AugmentConfig
+from cxrlt.training.data import ImageStore, ManifestDataset
+from cxrlt.training.sampler import EpochShardedSampler, sample_rng
+from cxrlt.training.trainer import KILL_AFTER_EPOCH_ENV, _atomic_save
+from cxrlt.zeroshot.bank import load_bank, prompts_for
+from cxrlt.zeroshot.loss import DualBranchLoss
+from cxrlt.zeroshot.model import DualBranchCLIP, build_clip, tokenize
+from cxrlt.zeroshot.text import LeakGuard, synth_report
+
+log = logging.getLogger(__name__)
+
+ZS_DEFAULTS = {
+    "model": "tiny", "checkpoint": None, "image_size": 64, "embed_dim": 128,
+    "vision": {"layers": [1, 1, 1, 1], "width": 32}, "text": {"context_length": 48, "width": 128, "heads": 4,
+                                                              "layers": 3},
+    "bank": "synthetic", "alpha": 1.5, "asl": {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05},
+    "epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1, "ema_decay": 0.999,
+    "grad_clip": 1.0, "prompts": "hybrid", "scoring": "sigmoid", "sigmoid_scale": 5.0, "tta": "none",
+    "augment": {"flip_p": 0.0, "rotate_deg": 5, "scale": [0.95, 1.05], "translate": 0.05, "clahe_p": 0.0},
+    "seed": 0, "num_workers": 0,
+}
+
+
+def zeroshot_settings(cfg: dict) -> dict:
+    out = {**ZS_DEFAULTS, **cfg.get("zeroshot", {})}
+    out["context_length"] = 77 if out["model"] == "chexzero" else int(out["text"].get("context_length", 77))
+    if out["model"] == "chexzero":
+        out["image_size"] = 224
+    return out
+
+
+@dataclass
+class ZeroShotRequest:
+    config: dict | str | Path
+    data_dir: Path
+    out_dir: Path
+    held_out: list[str] = field(default_factory=list)
+    resume: bool = False
+    cache_dir: Path | None = None
+    epochs: int | None = None
+    alpha: float | None = None
+    progress: bool = True
+
+
+def _groups(labels: np.ndarray) -> torch.Tensor:
+    """An integer id per distinct label set (identical sets are contrastive matches)."""
+    _, ids = np.unique(labels.astype(np.uint8), axis=0, return_inverse=True)
+    return torch.from_numpy(ids.reshape(-1).astype(np.int64))
+
+
+def class_text_embeddings(model: DualBranchCLIP, bank, classes, mode: str, context_length: int,
+                          device: torch.device) -> torch.Tensor:
+    """Prompt-ensembled class embeddings: mean of L2-normalised prompt embeddings, renormalised. (K, D)."""
+    out = []
+    for c in classes:
+        emb = model.encode_text(tokenize(prompts_for(bank[c], mode), context_length).to(device))
+        out.append(torch.nn.functional.normalize(emb.mean(0), dim=-1))
+    return torch.stack(out)
+
+
+def train_zeroshot(req: ZeroShotRequest) -> dict:
+    cfg = load_config(req.config)
+    zs = zeroshot_settings(cfg)
+    if req.alpha is not None:
+        zs["alpha"] = req.alpha
+    epochs = req.epochs or int(zs["epochs"])
+    info, device = D.setup()
+    seed = int(zs["seed"])
+    torch.manual_seed(seed)
+    out = Path(req.out_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    D.barrier(info)
+
+    bank = load_bank(zs["bank"])
+    held_out = list(req.held_out)
+    guard = LeakGuard(held_out, bank)
+    train_classes = [c for c in KNOWN_CLASSES if c not in held_out]
+    guard.check_classes(train_classes)
+    meta = Path(req.data_dir) / PADCHEST_METADATA_CSV
+    train_df, val_df, _ = split_frames(Path(req.data_dir) / TRAINING_CSV, meta if meta.exists() else None, None,
+                                       cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
+    if held_out:  # the paper also drops images positive for a held-out class
+        train_df = train_df[train_df[held_out].sum(axis=1) == 0].reset_index(drop=True)
+    y_train = train_df[train_classes].to_numpy(np.float32)
+    guard.check_labels([[c for c, v in zip(train_classes, row, strict=True) if v] for row in y_train])
+    y_val = val_df[train_classes].to_numpy(np.float32)
+
+    size = int(zs["image_size"])
+    store = ImageStore(Path(req.data_dir) / IMAGES_DIR, size, req.cache_dir)
+    if cfg["data"].get("preload", True):
+        store.preload(pd.concat([train_df["ImageID"], val_df["ImageID"]]), progress=req.progress and info.is_main)
+    train_ds = ManifestDataset(train_df, store, y_train, AugmentConfig.from_dict(zs["augment"]), seed)
+    val_ds = ManifestDataset(val_df, store, y_val)
+    sampler = EpochShardedSampler(len(train_ds), None, seed, info.rank, info.world_size)
+    batch = int(zs["batch_size"])
+    loader = DataLoader(train_ds, batch_size=batch // info.world_size, sampler=sampler, drop_last=True,
+                        num_workers=int(zs["num_workers"]))
+    val_loader = DataLoader(val_ds, batch_size=batch, num_workers=int(zs["num_workers"]))
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_ds)} training images is less than one batch of {batch}")
+
+    ctx = int(zs["context_length"])
+    model = DualBranchCLIP(build_clip(zs), ctx).to(device)
+    net = DistributedDataParallel(model) if info.enabled else model
+    ema = ModelEmaV3(model, decay=float(zs["ema_decay"]), use_warmup=True)
+    criterion = DualBranchLoss(float(zs["alpha"]), **zs["asl"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(zs["lr"]), weight_decay=float(zs["weight_decay"]))
+    steps = len(loader)
+    scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps, lr_min=float(zs["lr"]) * 0.01,
+                                  warmup_t=int(zs["warmup_epochs"] * steps), warmup_lr_init=float(zs["lr"]) * 0.01,
+                                  warmup_prefix=True, t_in_epochs=False)
+    start_epoch, best, best_epoch, history = 0, -1.0, -1, []
+    if req.resume and (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
+        history = state["history"]
+
+    run = _mlflow_start(zs, cfg, held_out, info)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        torch.manual_seed(seed * 1000 + epoch * 10 + info.rank)
+        net.train()
+        totals = {"loss": 0.0, "contrastive": 0.0, "asl": 0.0}
+        bar = tqdm(loader, desc=f"zeroshot epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+                   disable=not (req.progress and info.is_main))
+        for step, (x, y, idx) in enumerate(bar):
+            texts = [synth_report([c for c, v in zip(train_classes, row, strict=True) if v], bank,
+                                  sample_rng(seed + 1, epoch, int(i))) for row, i in zip(y.numpy(), idx, strict=True)]
+            prompt_rng = sample_rng(seed + 2, epoch, step)
+            class_prompts = [(p := prompts_for(bank[c], zs["prompts"]))[int(prompt_rng.integers(len(p)))]
+                             for c in train_classes]
+            guard.check_texts(texts + class_prompts)
+            x, y = x.to(device), y.to(device)
+            img, txt, cls = net(x, tokenize(texts, ctx).to(device), tokenize(class_prompts, ctx).to(device))
+            loss, parts = criterion(img, txt, cls, model.clip.logit_scale, model.asl_scale, model.asl_bias, y,
+                                    _groups(y.cpu().numpy()).to(device), info.rank, info.world_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(zs["grad_clip"]))
+            optimizer.step()
+            scheduler.step_update(epoch * steps + step + 1)
+            ema.update(model, step=epoch * steps + step)
+            totals["loss"] += loss.item()
+            for k, v in parts.items():
+                totals[k] += v
+            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.3f}")
+        score = known_class_map(ema.module, val_loader, bank, train_classes, zs, device)
+        record = {"epoch": epoch, **{k: v / steps for k, v in totals.items()}, "val_known_mAP": score,
+                  "seconds": time.time() - t0}
+        history.append(record)
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch
+        if info.is_main:
+            log.info("zeroshot epoch %d/%d loss %.4f (clip %.4f, asl %.4f) val known-class mAP %.4f%s", epoch + 1,
+                     epochs, record["loss"], record["contrastive"], record["asl"], score, " (best)" if improved else "")
+            if improved:
+                _atomic_save({"model": ema.module.state_dict(), "epoch": epoch, "score": score}, out / "best.pt")
+            _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                          "history": history}, out / "last.pt")
+            if run is not None:
+                import mlflow
+
+                mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+        D.barrier(info)
+        if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(epoch) and info.is_main:
+            os.kill(os.getpid(), 9)
+
+    card = {"kind": "zeroshot", "settings": zs, "held_out": held_out, "train_classes": train_classes,
+            "best_epoch": best_epoch, "best_val_known_mAP": best, "history": history, "config_hash": config_hash(cfg),
+            "profile": cfg.get("profile"), "world_size": info.world_size}
+    if info.is_main:
+        (out / "zeroshot.json").write_text(json.dumps(card, indent=2, default=str))
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metric("best_val_known_mAP", best)
+            mlflow.log_artifact(str(out / "zeroshot.json"))
+            mlflow.end_run()
+    D.teardown(info)
+    return card
+
+
+@torch.no_grad()
+def known_class_map(model: DualBranchCLIP, loader: DataLoader, bank, classes, zs: dict, device) -> float:
+    """Leak-free model selection: zero-shot mAP of the *training* classes on validation images."""
+    model.eval()
+    emb = class_text_embeddings(model, bank, classes, zs["prompts"], int(zs["context_length"]), device)
+    scores, labels = [], []
+    for x, y, _ in loader:
+        scores.append((model.encode_image(x.to(device)) @ emb.T).cpu().numpy())
+        labels.append(y.numpy())
+    return macro_ap(np.concatenate(labels), 1 / (1 + np.exp(-5 * np.concatenate(scores))))
+
+
+def _mlflow_start(zs: dict, cfg: dict, held_out: list[str], info: D.DistInfo):
+    if not info.is_main or not os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    import mlflow
+
+    mlflow.set_experiment(os.environ.get("CXRLT_MLFLOW_EXPERIMENT", "cxrlt-train"))
+    run = mlflow.start_run(run_name="zeroshot" + (f"-holdout-{len(held_out)}" if held_out else ""))
+    mlflow.log_params({f"zeroshot.{k}": v for k, v in zs.items() if not isinstance(v, dict)}
+                      | {"config_hash": config_hash(cfg), "held_out": ",".join(held_out) or "none"})
+    return run
