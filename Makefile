@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_run
 
-.PHONY: setup demo test lint compile clean
+.PHONY: setup demo test lint compile clean kubectl
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m cxrlt.demo --workdir $(DEMO_DIR)
 
-test: $(STAMP)
+# kubectl renders infra/ overlays in the tests; Debian's package, installed when missing (tests skip without it).
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq kubectl) \
+	  || echo "kubectl could not be installed: the infra render tests will be skipped"
+
+test: $(STAMP) kubectl
 	$(PY) -m ruff check src tests bench
 	$(PY) -m pytest -q
 

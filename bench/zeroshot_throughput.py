@@ -37,48 +37,52 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device}")
     for profile in args.profiles:
-        zs = zeroshot_settings(load_config(ROOT / "configs" / f"{profile}.yaml"))
-        batch = int(zs["batch_size"]) if device.type == "cuda" or profile == "tiny" else 8
-        steps = args.steps if device.type == "cuda" or profile == "tiny" else 2
-        model = DualBranchCLIP(build_clip({**zs, "checkpoint": None}), zs["context_length"]).to(device)
-        bank = load_bank(zs["bank"])
-        rng = np.random.default_rng(0)
-        y = torch.from_numpy((rng.random((batch, 30)) < 0.05).astype(np.float32)).to(device)
-        texts = [synth_report([c for c, v in zip(KNOWN_CLASSES, row, strict=True) if v], bank, rng)
-                 for row in y.cpu().numpy()]
-        prompts = [prompts_for(bank[c], "hybrid")[0] for c in KNOWN_CLASSES]
-        x = torch.randn(batch, 1, zs["image_size"], zs["image_size"], device=device)
-        loss_fn = DualBranchLoss(1.5)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-        amp = device.type == "cuda"
+        run_profile(profile, args.steps, device)
 
-        def step():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                img, txt, cls = model(x, tokenize(texts, zs["context_length"]).to(device),
-                                      tokenize(prompts, zs["context_length"]).to(device))
-            loss, _ = loss_fn(img.float(), txt.float(), cls.float(), model.clip.logit_scale, model.asl_scale,
-                              model.asl_bias, y, torch.arange(batch, device=device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
 
-        def image_only():
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                model.encode_image(x)
+def run_profile(profile: str, steps_arg: int, device: torch.device) -> None:
+    zs = zeroshot_settings(load_config(ROOT / "configs" / f"{profile}.yaml"))
+    batch = int(zs["batch_size"]) if device.type == "cuda" or profile == "tiny" else 8
+    steps = steps_arg if device.type == "cuda" or profile == "tiny" else 2
+    model = DualBranchCLIP(build_clip({**zs, "checkpoint": None}), zs["context_length"]).to(device)
+    bank = load_bank(zs["bank"])
+    rng = np.random.default_rng(0)
+    y = torch.from_numpy((rng.random((batch, 30)) < 0.05).astype(np.float32)).to(device)
+    texts = [synth_report([c for c, v in zip(KNOWN_CLASSES, row, strict=True) if v], bank, rng)
+             for row in y.cpu().numpy()]
+    prompts = [prompts_for(bank[c], "hybrid")[0] for c in KNOWN_CLASSES]
+    x = torch.randn(batch, 1, zs["image_size"], zs["image_size"], device=device)
+    loss_fn = DualBranchLoss(1.5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    amp = device.type == "cuda"
 
-        for fn in (step, image_only):
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            img, txt, cls = model(x, tokenize(texts, zs["context_length"]).to(device),
+                                  tokenize(prompts, zs["context_length"]).to(device))
+        loss, _ = loss_fn(img.float(), txt.float(), cls.float(), model.clip.logit_scale, model.asl_scale,
+                          model.asl_bias, y, torch.arange(batch, device=device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def image_only():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            model.encode_image(x)
+
+    for fn in (step, image_only):
+        fn()
+    rates = {}
+    for name, fn in (("train step", step), ("image forward", image_only)):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
             fn()
-        rates = {}
-        for name, fn in (("train step", step), ("image forward", image_only)):
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            _sync(device)
-            rates[name] = steps * batch / (time.perf_counter() - t0)
-        print(f"{profile:<6} model={zs['model']:<8} size={zs['image_size']:<4} batch={batch:<4} "
-              f"train {rates['train step']:8.1f} samples/s | image forward {rates['image forward']:8.1f} samples/s "
-              f"| forward/train {rates['image forward'] / rates['train step']:.1f}")
+        _sync(device)
+        rates[name] = steps * batch / (time.perf_counter() - t0)
+    print(f"{profile:<6} model={zs['model']:<8} size={zs['image_size']:<4} batch={batch:<4} "
+          f"train {rates['train step']:8.1f} samples/s | image forward {rates['image forward']:8.1f} samples/s "
+          f"| forward/train {rates['image forward'] / rates['train step']:.1f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""One source of truth for deployment names: images, ports, secrets, namespaces, the registered model.
+
+KFP components, the serving code and the kustomize manifests in ``infra/`` all use these values; a test renders the
+manifests and checks that they agree.
+"""
+
+from __future__ import annotations
+
+from cxrlt import __version__
+
+IMAGE_REGISTRY = "ghcr.io/cxrlt"
+IMAGE_TAG = __version__
+IMAGES = {
+    "train": f"{IMAGE_REGISTRY}/cxrlt-train:{IMAGE_TAG}",  # CUDA PyTorch + project + kfp (training components)
+    "serve": f"{IMAGE_REGISTRY}/cxrlt-serve:{IMAGE_TAG}",  # NGC tritonserver + python-model dependencies
+    "tools": f"{IMAGE_REGISTRY}/cxrlt-tools:{IMAGE_TAG}",  # CPU steps: validation, evaluation, registration
+}
+
+NAMESPACE = "cxrlt"
+PIPELINES_NAMESPACE = "kubeflow"
+HOSPITAL_NAMESPACE_LABEL = {"cxrlt.io/hospital-integration": "true"}
+
+TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+MLFLOW_PORT = 5000
+MLFLOW_SERVICE = "mlflow"
+TRITON_SERVICE = "triton"
+MLFLOW_TRACKING_URI = f"http://{MLFLOW_SERVICE}.{NAMESPACE}.svc.cluster.local:{MLFLOW_PORT}"
+
+SECRETS = {
+    "mlflow_db": "cxrlt-mlflow-db",  # key: uri (postgresql://...)
+    "s3": "cxrlt-s3",  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL
+    "mlflow_auth": "cxrlt-mlflow-auth",  # keys: MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_ADMIN_PASSWORD
+}
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
+
+REGISTERED_MODEL = "cxrlt-bundle"
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+
+TRAINJOB_RUNTIME = "torch-distributed"
+TRAINER_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")

@@ -1,0 +1,128 @@
+"""infra/: overlays render, core resources validate against Kubernetes schemas, the TrainJob against the Trainer CRD,
+and names/ports/images agree with cxrlt.platform."""
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from cxrlt import platform as P
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "kubeflow-trainer"
+K8S_VERSION = "1.32.0"
+CORE_GROUPS = ("v1", "apps/v1", "autoscaling/v2", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1")
+
+
+def _kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.skip("kubectl not found: install Debian's kubectl package (apt-get install kubectl) to render overlays")
+    return path
+
+
+@pytest.fixture(scope="module", params=["dev", "prod"])
+def rendered(request):
+    out = subprocess.run([_kubectl(), "kustomize", str(ROOT / "infra" / "overlays" / request.param)],
+                         capture_output=True, text=True, check=True).stdout
+    return request.param, [d for d in yaml.safe_load_all(out) if d]
+
+
+def _by_kind(docs, kind, name):
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def test_core_resources_validate_against_kubernetes_schemas(rendered):
+    _, docs = rendered
+    core = [d for d in docs if d["apiVersion"] in CORE_GROUPS]
+    assert len(core) >= 11
+    for doc in core:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy",
+                                         "ServiceMonitor", "ConfigMap"}
+
+
+def test_trainjob_template_validates_against_the_trainer_crd():
+    crd = yaml.safe_load((FIXTURES / "trainer.kubeflow.org_trainjobs.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    job = yaml.safe_load((ROOT / "infra" / "base" / "trainer" / "trainjob.yaml").read_text())
+    jsonschema.validate(job, schema)
+    assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    runtime = yaml.safe_load((FIXTURES / "torch_distributed_runtime.yaml").read_text())
+    assert job["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"] == P.TRAINJOB_RUNTIME
+    assert job["spec"]["trainer"]["image"] == P.IMAGES["train"]
+    bad = {**job, "spec": {**job["spec"], "trainer": {**job["spec"]["trainer"], "numNodes": "two"}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_names_ports_images_and_secrets_agree_with_platform(rendered):
+    overlay, docs = rendered
+    triton = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    container = triton["containers"][0]
+    assert container["image"] == P.IMAGES["serve"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == P.TRITON_PORTS
+    assert triton["initContainers"][0]["image"] == P.IMAGES["tools"]
+    assert f"models:/{P.REGISTERED_MODEL}@{P.CHAMPION_ALIAS}" in triton["initContainers"][0]["args"]
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in triton["volumes"])
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == container["startupProbe"]["httpGet"]["path"]
+    assert triton["securityContext"]["runAsNonRoot"] is True
+    service = _by_kind(docs, "Service", P.TRITON_SERVICE)
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == P.TRITON_PORTS
+    mlflow = _by_kind(docs, "Deployment", P.MLFLOW_SERVICE)["spec"]["template"]["spec"]["containers"][0]
+    assert mlflow["image"] == P.IMAGES["tools"] and mlflow["ports"][0]["containerPort"] == P.MLFLOW_PORT
+    assert "--workers=1" in mlflow["args"]
+    assert any(f"{P.MLFLOW_SERVICE}.{P.NAMESPACE}.svc.cluster.local" in a for a in mlflow["args"])
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in mlflow["env"] if "valueFrom" in e}
+    expected = {P.SECRETS["mlflow_db"], P.SECRETS["s3"]} | ({P.SECRETS["mlflow_auth"]} if overlay == "prod" else set())
+    assert secrets == expected
+    assert ("--app-name=basic-auth" in mlflow["args"]) == (overlay == "prod")
+    assert all(d["metadata"].get("namespace", P.NAMESPACE) == P.NAMESPACE for d in docs if d["kind"] != "Namespace")
+
+
+def test_network_policies_restrict_triton_grpc_and_mlflow(rendered):
+    _, docs = rendered
+    triton = _by_kind(docs, "NetworkPolicy", "triton-ingress")["spec"]["ingress"]
+    grpc_rule = next(r for r in triton if r["ports"][0]["port"] == P.TRITON_PORTS["grpc"])
+    assert grpc_rule["from"][0]["namespaceSelector"]["matchLabels"] == P.HOSPITAL_NAMESPACE_LABEL
+    mlflow = _by_kind(docs, "NetworkPolicy", "mlflow-ingress")["spec"]["ingress"][0]
+    assert mlflow["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": P.PIPELINES_NAMESPACE}
+
+
+def _schedule_module():
+    spec = importlib.util.spec_from_file_location("schedule_retraining",
+                                                  ROOT / "infra" / "scripts" / "schedule_retraining.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_schedule_script_creates_a_recurring_run():
+    mod = _schedule_module()
+    calls = {}
+
+    class FakeClient:
+        def create_experiment(self, name, namespace=None):
+            calls["experiment"] = name
+            return type("E", (), {"experiment_id": "exp-1"})()
+
+        def create_recurring_run(self, **kwargs):
+            calls["run"] = kwargs
+            return type("R", (), {"recurring_run_id": "rr-1"})()
+
+    params = mod.parse_params(["data_uri=s3://b/d", "epochs=3"])
+    run = mod.schedule("http://kfp", "p.yaml", "0 0 2 * * 0", params, client=FakeClient())
+    assert run.recurring_run_id == "rr-1" and calls["experiment"] == mod.EXPERIMENT
+    assert calls["run"]["params"] == {"data_uri": "s3://b/d", "epochs": 3}
+    assert calls["run"]["no_catchup"] is True and calls["run"]["max_concurrency"] == 1
+    with pytest.raises(ValueError, match="6 fields"):
+        mod.validate_cron("0 2 * * 0")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        mod.parse_params(["oops"])
