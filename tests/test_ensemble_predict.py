@@ -6,31 +6,20 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from cxrlt.cli import app
-from cxrlt.config import load_config
 from cxrlt.data.dicom import array_to_dicom
-from cxrlt.ensemble import build_ensemble, load_spec
+from cxrlt.ensemble import load_spec
 from cxrlt.inference import EnsemblePredictor
 from cxrlt.labels import KNOWN_CLASSES
-from cxrlt.training.trainer import TrainRequest, train_member
-from tests.test_training import CONFIG
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(synth_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ens")
-    cfg = load_config({**CONFIG, "train": {**CONFIG["train"], "epochs": 1}, "inference": {"tta": "flip"}})
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    runs = root / "runs"
-    for member in ("router", "frontal/pcam", "frontal/swin", "lateral/pcam", "mixed/pcam"):
-        train_member(TrainRequest(member, cfg, synth_data, runs / member, progress=False))
-    build_ensemble(runs, root / "ensemble", synth_data / "CXRLT_2026_training.csv", cfg)
-    return root
+def trained(tiny_bundle):
+    return tiny_bundle
 
 
 def test_ensemble_spec(trained):

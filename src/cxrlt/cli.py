@@ -324,6 +324,112 @@ def zeroshot_proxy(
     typer.echo(f"average mAP over groups: {summary['average_mAP']:.4f}")
 
 
+@app.command("export")
+def export_cmd(
+    ensemble: Annotated[Path, typer.Option(help="Ensemble directory (cxrlt ensemble build).")],
+    out: Annotated[Path, typer.Option(help="Served-bundle directory to write (replaced).")],
+    zeroshot: Annotated[Path | None, typer.Option(help="Zero-shot model directory.")] = None,
+    check: Annotated[bool, typer.Option(help="Compare PyTorch and ONNX Runtime on random inputs.")] = True,
+) -> None:
+    """Export every served network to ONNX (dynamic batch axis) with the metadata serving needs."""
+    from cxrlt.export import export_bundle
+
+    try:
+        bundle = export_bundle(ensemble, zeroshot, out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"served bundle {out}: views {list(bundle['views'])}, zero-shot {'yes' if bundle['zeroshot'] else 'no'}")
+
+
+serve_app = typer.Typer(help="Triton serving: build the model repository, start and stop the server.",
+                        no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("build")
+def serve_build(
+    bundle: Annotated[str, typer.Option(help="Served-bundle directory, or models:/<name>@<alias> from MLflow.")],
+    out: Annotated[Path, typer.Option(help="Model repository directory to write (replaced).")],
+    onnx_runtime: Annotated[str, typer.Option(help="python (ONNX Runtime in the python backend; embedded default) "
+                                                   "or native (platform onnxruntime_onnx; NGC image).")] = "python",
+    instances: Annotated[int, typer.Option(help="Instances per compute model.")] = 1,
+) -> None:
+    """Build the Triton model repository: preprocess, router, view ensembles, zero-shot head, cxr entry point."""
+    from serving.repository import build_repository
+
+    bundle_dir = Path(bundle)
+    if bundle.startswith("models:/"):
+        from cxrlt.registry import download_bundle
+
+        bundle_dir = download_bundle(bundle, out.parent / (out.name + "_bundle"))
+    try:
+        summary = build_repository(bundle_dir, out, onnx_runtime, instances)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"model repository {out}: {', '.join(summary['models'])} ({onnx_runtime} ONNX)")
+
+
+@serve_app.command("up")
+def serve_up(
+    repository: Annotated[Path, typer.Option(help="Model repository (cxrlt serve build).")],
+    name: Annotated[str, typer.Option(help="Server name (state under ~/.cache/cxrlt/servers/NAME).")] = "default",
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port (0 = a free one).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0 = a free one).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port (0 = a free one).")] = 8002,
+) -> None:
+    """Start the bundled tritonserver (creating the serving environment on first use) and wait until ready."""
+    from serving.server import ServeError, start
+
+    try:
+        h = start(repository, name, host, http_port, grpc_port, metrics_port)
+    except ServeError as exc:
+        _fail(str(exc))
+    typer.echo(f"triton ready: gRPC {h.grpc_url}, HTTP {h.http_url}, metrics {h.host}:{h.metrics_port} "
+               f"(pid {h.pid}, log {h.log_file})")
+
+
+@serve_app.command("down")
+def serve_down(name: Annotated[str, typer.Option(help="Server name.")] = "default") -> None:
+    """Drain and stop a server started by cxrlt serve up."""
+    from serving.server import stop
+
+    typer.echo("stopped" if stop(name) else f"no server named {name!r} is recorded")
+
+
+@app.command("infer")
+def infer_cmd(
+    files: Annotated[list[Path], typer.Argument(help="PNG or DICOM files.")],
+    url: Annotated[str, typer.Option(help="Triton gRPC address HOST:PORT.")] = "127.0.0.1:8001",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    timeout: Annotated[float, typer.Option(help="Per-call timeout in seconds.")] = 30.0,
+    top: Annotated[int, typer.Option(help="Findings per image in the table.")] = 8,
+) -> None:
+    """Send images to the served cxr model over gRPC and print the findings (known and unseen)."""
+    from serving.client import CXRClient
+
+    client = CXRClient(url, timeout=timeout)
+    try:
+        results = client.infer_files(files)
+        bands = client.bands()
+    except Exception as exc:  # tritonclient raises its own exception type with the server's message
+        _fail(f"inference failed: {exc}")
+    finally:
+        client.close()
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    for r in results:
+        typer.echo(f"\n{r.source}  view={r.view} ({r.view_confidence:.2f})  model={r.model_version}")
+        if r.error:
+            typer.secho(f"  error: {r.error}", fg=typer.colors.RED)
+            continue
+        typer.echo(f"  {'finding':<32} {'probability':>11}  {'kind':<7} band")
+        for f in r.findings()[:top]:
+            band = bands.get(f.name, "zero-shot" if f.kind == "unseen" else "-")
+            typer.echo(f"  {f.name:<32} {f.probability:>11.3f}  {f.kind:<7} {band}")
+
+
 report_app = typer.Typer(help="Reproduce the result tables in docs/results.md (synthetic data).",
                          no_args_is_help=True)
 app.add_typer(report_app, name="report")

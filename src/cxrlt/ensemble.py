@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.data.tables import read_training_csv
-from cxrlt.labels import KNOWN_CLASSES, NORMAL
+from cxrlt.labels import KNOWN_CLASSES, NORMAL, frequency_bands
 from cxrlt.metrics import macro_ap
 from cxrlt.models.factory import MEMBER_KINDS
 
@@ -68,6 +68,7 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
     spec = {"classes": list(KNOWN_CLASSES), "views": {}, "image_size": int(config["data"]["image_size"]),
             "tta": config["inference"]["tta"], "normal_gate_alpha": config["inference"]["normal_gate_alpha"],
             "profile": config.get("profile"), "grid_step": config["ensemble"]["grid_step"]}
+    spec["bands"] = frequency_bands({c: int(labels[c].sum()) for c in KNOWN_CLASSES}, len(labels))
     out.mkdir(parents=True, exist_ok=True)
     if (runs / "router" / "member.json").exists():
         shutil.copytree(runs / "router", out / "router", dirs_exist_ok=True)

@@ -1,0 +1,167 @@
+"""A small client for hospital integrations: send PNG/DICOM files to the ``cxr`` model over Triton gRPC.
+
+Sync (:class:`CXRClient`) and asyncio (:class:`AsyncCXRClient`) variants; batching, per-call timeouts and retries
+with backoff on UNAVAILABLE (server starting, draining or restarting). Results are keyed by class name, which the
+client reads from the served model's configuration, never by position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODEL = "cxr"
+OUTPUTS = ("KNOWN_PROBS", "UNSEEN_PROBS", "VIEW", "VIEW_CONFIDENCE", "MODEL_VERSION", "ERROR")
+
+
+@dataclass
+class Finding:
+    name: str
+    probability: float
+    kind: str  # "known" or "unseen"
+
+
+@dataclass
+class Result:
+    source: str
+    view: str
+    view_confidence: float
+    model_version: str
+    known: dict[str, float]
+    unseen: dict[str, float]
+    error: str = ""
+
+    def findings(self) -> list[Finding]:
+        rows = [Finding(n, p, "known") for n, p in self.known.items()]
+        rows += [Finding(n, p, "unseen") for n, p in self.unseen.items()]
+        return sorted(rows, key=lambda f: -f.probability)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "view": self.view, "view_confidence": self.view_confidence,
+                "model_version": self.model_version, "known": self.known, "unseen": self.unseen,
+                "error": self.error}
+
+
+def _decode(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _inputs(module, payloads: Sequence[bytes]):
+    arr = np.array([[p] for p in payloads], dtype=np.object_)
+    tensor = module.InferInput("IMAGE", list(arr.shape), "BYTES")
+    tensor.set_data_from_numpy(arr)
+    return [tensor], [module.InferRequestedOutput(o) for o in OUTPUTS]
+
+
+def _results(response, sources: Sequence[str], known: list[str], unseen: list[str]) -> list[Result]:
+    k, u = response.as_numpy("KNOWN_PROBS"), response.as_numpy("UNSEEN_PROBS")
+    out = []
+    for i, src in enumerate(sources):
+        err = _decode(response.as_numpy("ERROR")[i][0])
+        out.append(Result(src, _decode(response.as_numpy("VIEW")[i][0]),
+                          float(response.as_numpy("VIEW_CONFIDENCE")[i][0]),
+                          _decode(response.as_numpy("MODEL_VERSION")[i][0]),
+                          {} if err else {n: float(k[i, j]) for j, n in enumerate(known)},
+                          {} if err else {n: float(u[i, j]) for j, n in enumerate(unseen)}, err))
+    return out
+
+
+def _classes(config: dict) -> tuple[list[str], list[str]]:
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    return json.loads(params["known_classes"]), json.loads(params["unseen_classes"])
+
+
+class CXRClient:
+    """Synchronous gRPC client. ``timeout`` is per call (seconds); UNAVAILABLE is retried ``retries`` times."""
+
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5, batch_size: int = 8):
+        import tritonclient.grpc as grpcclient
+
+        self._mod = grpcclient
+        self.client = grpcclient.InferenceServerClient(url)
+        self.timeout, self.retries, self.backoff, self.batch_size = timeout, retries, backoff, batch_size
+        self._names: tuple[list[str], list[str]] | None = None
+
+    def classes(self) -> tuple[list[str], list[str]]:
+        if self._names is None:
+            self._config = self.client.get_model_config(MODEL, as_json=True)["config"]
+            self._names = _classes(self._config)
+        return self._names
+
+    def bands(self) -> dict[str, str]:
+        """Head/medium/tail band of each known class (training prevalence), as served with the model."""
+        self.classes()
+        params = {k: v["string_value"] for k, v in self._config.get("parameters", {}).items()}
+        return json.loads(params.get("bands", "{}"))
+
+    def _infer(self, payloads: Sequence[bytes]):
+        from tritonclient.utils import InferenceServerException
+
+        inputs, outputs = _inputs(self._mod, payloads)
+        for attempt in range(self.retries + 1):
+            try:
+                return self.client.infer(MODEL, inputs, outputs=outputs, client_timeout=self.timeout)
+            except InferenceServerException as exc:
+                if "UNAVAILABLE" not in str(exc.status()) or attempt == self.retries:
+                    raise
+                time.sleep(self.backoff * 2**attempt)
+        raise RuntimeError("unreachable")
+
+    def infer_bytes(self, payloads: Sequence[bytes], sources: Sequence[str] | None = None) -> list[Result]:
+        sources = list(sources or [f"item {i}" for i in range(len(payloads))])
+        known, unseen = self.classes()
+        results = []
+        for i in range(0, len(payloads), self.batch_size):
+            chunk = payloads[i : i + self.batch_size]
+            results += _results(self._infer(chunk), sources[i : i + len(chunk)], known, unseen)
+        return results
+
+    def infer_files(self, paths: Sequence[str | Path]) -> list[Result]:
+        return self.infer_bytes([Path(p).read_bytes() for p in paths], [str(p) for p in paths])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncCXRClient:
+    """asyncio variant: ``await client.infer_files(paths)`` sends the batches concurrently."""
+
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5, batch_size: int = 8):
+        import tritonclient.grpc.aio as aioclient
+
+        self._mod = aioclient
+        self.client = aioclient.InferenceServerClient(url)
+        self.timeout, self.retries, self.backoff, self.batch_size = timeout, retries, backoff, batch_size
+
+    async def _infer(self, payloads):
+        from tritonclient.utils import InferenceServerException
+
+        inputs, outputs = _inputs(self._mod, payloads)
+        for attempt in range(self.retries + 1):
+            try:
+                return await self.client.infer(MODEL, inputs, outputs=outputs, client_timeout=self.timeout)
+            except InferenceServerException as exc:
+                if "UNAVAILABLE" not in str(exc.status()) or attempt == self.retries:
+                    raise
+                await asyncio.sleep(self.backoff * 2**attempt)
+        raise RuntimeError("unreachable")
+
+    async def infer_files(self, paths: Sequence[str | Path]) -> list[Result]:
+        config = await self.client.get_model_config(MODEL, as_json=True)
+        known, unseen = _classes(config["config"])
+        payloads = [Path(p).read_bytes() for p in paths]
+        chunks = [(i, payloads[i : i + self.batch_size]) for i in range(0, len(payloads), self.batch_size)]
+        responses = await asyncio.gather(*(self._infer(c) for _, c in chunks))
+        results = []
+        for (i, chunk), response in zip(chunks, responses, strict=True):
+            results += _results(response, [str(p) for p in paths[i : i + len(chunk)]], known, unseen)
+        return results
+
+    async def close(self) -> None:
+        await self.client.close()

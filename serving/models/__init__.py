@@ -1,0 +1,1 @@
+"""Triton python-backend model sources, copied into ``<repo>/<model>/1/model.py`` by the repository builder."""

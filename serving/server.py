@@ -1,0 +1,188 @@
+"""``cxrlt serve up`` / ``down``: the real ``tritonserver`` from the nvidia-pytriton wheel, no Docker.
+
+The python-backend models run in a separate serving environment (numpy < 2: the bundled python backend returns empty
+tensors with numpy 2; onnxruntime, OpenCV, pydicom), created on first use. The server binds 127.0.0.1 by default,
+loads models explicitly, and is stopped by PID: traffic first (the entry model is unloaded so new requests are
+refused while in-flight ones finish), then SIGTERM, then SIGKILL after a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SERVE_ENV_PACKAGES = ("numpy<2", "onnxruntime>=1.17", "opencv-python-headless>=4.8,<4.12", "pydicom>=2.4",
+                      "nvidia-pytriton==0.7.0")
+DEFAULT_ENV = Path(os.environ.get("CXRLT_SERVE_ENV", Path.home() / ".cache" / "cxrlt" / "serve-env"))
+STATE_DIR = Path(os.environ.get("CXRLT_STATE_DIR", Path.home() / ".cache" / "cxrlt" / "servers"))
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+class ServeError(RuntimeError):
+    """The server could not be started or stopped; the message carries the relevant log lines."""
+
+
+@dataclass
+class ServerHandle:
+    name: str
+    pid: int
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    repository: str
+    log_file: str
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ensure_serving_env(env: Path = DEFAULT_ENV, python: str = sys.executable) -> Path:
+    """Create the python-backend environment once (a marker file records the package set)."""
+    env = Path(env)
+    marker = env / ".cxrlt-serve-env.json"
+    if marker.exists() and json.loads(marker.read_text()).get("packages") == list(SERVE_ENV_PACKAGES):
+        return env
+    print(f"creating the Triton serving environment in {env} (first use; about a minute) ...", flush=True)
+    subprocess.run([python, "-m", "venv", "--clear", str(env)], check=True)
+    subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", *SERVE_ENV_PACKAGES], check=True)
+    marker.write_text(json.dumps({"packages": list(SERVE_ENV_PACKAGES)}))
+    return env
+
+
+def _tritonserver_dir(env: Path) -> Path:
+    found = sorted(env.glob("lib/python3*/site-packages/pytriton/tritonserver"))
+    if not found:
+        raise ServeError(f"no tritonserver in {env}; delete it and retry (cxrlt serve up recreates it)")
+    return found[0]
+
+
+def _backend_dir(env: Path, state: Path) -> Path:
+    """A backend directory we own, with symlinks (copies break the RPATHs to the bundled CUDA runtime)."""
+    ts = _tritonserver_dir(env)
+    backend = state / "backends" / "python"
+    backend.mkdir(parents=True, exist_ok=True)
+    links = {"libtriton_python.so": ts / "backends" / "python" / "libtriton_python.so",
+             "triton_python_backend_utils.py": ts / "backends" / "python" / "triton_python_backend_utils.py",
+             "triton_python_backend_stub": ts / "python_backend_stubs" / PY / "triton_python_backend_stub"}
+    for name, target in links.items():
+        link = backend / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+        if name.endswith("stub") or name.endswith(".so"):
+            target.chmod(target.stat().st_mode | 0o111)
+    (ts / "bin" / "tritonserver").chmod(0o755)
+    return backend.parent
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1", http_port: int = 0,
+          grpc_port: int = 0, metrics_port: int = 0, env: Path = DEFAULT_ENV, timeout: float = 240,
+          state_dir: Path = STATE_DIR) -> ServerHandle:
+    """Start tritonserver on ``repository`` and wait until ready; ports 0 pick free loopback ports."""
+    env = ensure_serving_env(env)
+    state = Path(state_dir) / name
+    state.mkdir(parents=True, exist_ok=True)
+    if (state / "server.json").exists():
+        old = ServerHandle(**json.loads((state / "server.json").read_text()))
+        if _alive(old.pid):
+            raise ServeError(f"server {name!r} already runs (pid {old.pid}, gRPC {old.grpc_url}); cxrlt serve down")
+    ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
+    log_file = state / "tritonserver.log"
+    cmd = [str(_tritonserver_dir(env) / "bin" / "tritonserver"), f"--model-repository={Path(repository).resolve()}",
+           f"--backend-directory={_backend_dir(env, state)}", "--model-control-mode=explicit", "--load-model=*",
+           f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
+           f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
+           "--exit-timeout-secs=20", "--log-verbose=0"]
+    run_env = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, start_new_session=True)
+    handle = ServerHandle(name, proc.pid, host, *ports, str(Path(repository).resolve()), str(log_file))
+    (state / "server.json").write_text(json.dumps(asdict(handle), indent=2))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            (state / "server.json").unlink(missing_ok=True)
+            raise ServeError(f"tritonserver exited with code {proc.returncode}:\n{_tail(log_file)}")
+        if _ready(handle.http_url):
+            return handle
+        time.sleep(0.5)
+    stop(name, state_dir=state_dir)
+    raise ServeError(f"tritonserver not ready after {timeout:.0f} s:\n{_tail(log_file)}")
+
+
+def _tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process counts as gone
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def handle_of(name: str = "default", state_dir: Path = STATE_DIR) -> ServerHandle | None:
+    path = Path(state_dir) / name / "server.json"
+    return ServerHandle(**json.loads(path.read_text())) if path.exists() else None
+
+
+def stop(name: str = "default", timeout: float = 30, state_dir: Path = STATE_DIR) -> bool:
+    """Drain (unload the entry model), SIGTERM the process group, SIGKILL after ``timeout``. False if none ran."""
+    handle = handle_of(name, state_dir)
+    if handle is None:
+        return False
+    if _alive(handle.pid):
+        try:
+            req = urllib.request.Request(f"{handle.http_url}/v2/repository/models/cxr/unload", data=b"{}",
+                                         method="POST")
+            urllib.request.urlopen(req, timeout=10).close()
+        except OSError:
+            pass  # already unreachable: go straight to SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(handle.pid, signal.SIGTERM)
+        deadline = time.time() + timeout
+        while _alive(handle.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        if _alive(handle.pid):
+            os.killpg(handle.pid, signal.SIGKILL)
+    (Path(state_dir) / name / "server.json").unlink(missing_ok=True)
+    return True

@@ -1,0 +1,110 @@
+"""``cxrlt export``: every served network to ONNX (dynamic batch axis) plus the metadata serving needs.
+
+A *served bundle* is a directory:
+
+    bundle.json                      classes, views, weights, gating, sizes, zero-shot scoring, version, lineage
+    onnx/router.onnx                 (B, 1, S, S) -> (B, 2) logits (frontal, lateral)
+    onnx/<view>_<kind>.onnx          (B, 1, S, S) -> (B, 30) logits, TTA folded in
+    onnx/clip_image.onnx             (B, 1, S2, S2) -> (B, D) normalised image embedding
+    zeroshot/text_embeddings.npy     (6, D): img @ E.T is the mean prompt cosine
+    zeroshot/text_classes.json       class order and the sigmoid scale/bias
+
+Every ONNX file uses the tensor names ``INPUT`` / ``OUTPUT`` so the same Triton configs serve the native
+onnxruntime backend and the python-backend runner.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrlt import __version__
+from cxrlt.ensemble import load_spec
+from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
+from cxrlt.training.trainer import load_member
+from cxrlt.tta import TTAModel
+
+BUNDLE_JSON = "bundle.json"
+INPUT_NAME, OUTPUT_NAME = "INPUT", "OUTPUT"
+OPSET = 17
+
+
+def export_onnx(module: nn.Module, image_size: int, path: str | Path) -> Path:
+    """Export a (B, 1, S, S) -> (B, K) module with a dynamic batch axis and check the graph."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    example = torch.zeros(2, 1, image_size, image_size)
+    with torch.no_grad():
+        torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=OPSET,
+                          dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)))
+    return path
+
+
+def onnx_outputs(path: str | Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run([OUTPUT_NAME], {INPUT_NAME: x.astype(np.float32)})[0]
+
+
+def parity(module: nn.Module, path: str | Path, x: np.ndarray) -> float:
+    """Max absolute difference between PyTorch and ONNX Runtime outputs on ``x``."""
+    with torch.no_grad():
+        ref = module.eval()(torch.from_numpy(x.astype(np.float32))).numpy()
+    return float(np.abs(ref - onnx_outputs(path, x)).max())
+
+
+def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out_dir: str | Path,
+                  lineage: dict | None = None) -> dict:
+    """Write the served bundle (see the module docstring) and return ``bundle.json``'s content."""
+    ens, out = Path(ensemble_dir), Path(out_dir)
+    spec = load_spec(ens)
+    if "router" not in spec:
+        raise ValueError(f"{ens} has no router; the served pipeline routes by projection")
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "onnx").mkdir(parents=True)
+    size = int(spec["image_size"])
+    router, _ = load_member(ens / spec["router"])
+    export_onnx(router, size, out / "onnx" / "router.onnx")
+    views = {}
+    for view, vspec in spec["views"].items():
+        members = {}
+        for kind, rel in vspec["members"].items():
+            model, _ = load_member(ens / rel)
+            name = f"{view}_{kind}"
+            export_onnx(TTAModel(model, spec["tta"]), size, out / "onnx" / f"{name}.onnx")
+            members[kind] = name
+        views[view] = {"members": members, "weights": vspec["weights"]}
+    bundle = {"format": 1, "cxrlt_version": __version__, "known_classes": list(KNOWN_CLASSES),
+              "router_classes": ["frontal", "lateral"], "image_size": size, "tta": spec["tta"],
+              "normal_gate_alpha": spec.get("normal_gate_alpha"), "views": views,
+              "preprocess": {"percentiles": [0.5, 99.5], "max_pixels": 64_000_000, "mean": 0.5, "std": 0.25},
+              "bands": spec.get("bands", {}), "zeroshot": None, "lineage": lineage or {}}
+    if zeroshot_dir is not None:
+        from cxrlt.zeroshot.predict import ZeroShotPredictor
+
+        predictor = ZeroShotPredictor(zeroshot_dir)
+        scoring = predictor.export_pieces(out / "zeroshot", list(UNSEEN_CLASSES))
+        export_onnx(predictor.image_encoder(), predictor.image_size, out / "onnx" / "clip_image.onnx")
+        bundle["zeroshot"] = {"classes": scoring["classes"], "image_size": predictor.image_size, "a": scoring["a"],
+                              "b": scoring["b"], "prompts": scoring["prompts"]}
+    (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2))
+    return bundle
+
+
+def load_bundle(bundle_dir: str | Path) -> dict:
+    path = Path(bundle_dir) / BUNDLE_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{bundle_dir} is not a served bundle (no {BUNDLE_JSON}); run cxrlt export")
+    return json.loads(path.read_text())

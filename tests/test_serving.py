@@ -1,0 +1,204 @@
+"""Serving end to end: ONNX parity on golden tensors, the model repository, the real tritonserver over gRPC
+(PNG and DICOM vs the in-process predictors), and every kind of bad input."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrlt.data.dicom import array_to_dicom
+from cxrlt.export import export_bundle, onnx_outputs
+from cxrlt.inference import EnsemblePredictor
+from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
+from cxrlt.training.data import normalize
+from cxrlt.training.trainer import load_member
+from cxrlt.tta import TTAModel
+
+pytestmark = pytest.mark.slow
+GOLDEN = np.load(Path(__file__).parent / "golden" / "radiographs_32.npy")
+PARITY_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("served") / "bundle"
+    export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", out)
+    return out
+
+
+def test_onnx_parity_on_golden_tensors(tiny_bundle, bundle):
+    x = normalize(GOLDEN)[:, None].astype(np.float32)
+    for name, member in (("router", "router"), ("frontal_pcam", "frontal/pcam"), ("frontal_swin", "frontal/swin")):
+        model, _ = load_member(tiny_bundle / "ensemble" / member)
+        net = model if name == "router" else TTAModel(model, "flip")
+        with torch.no_grad():
+            ref = net.eval()(torch.from_numpy(x)).numpy()
+        got = onnx_outputs(bundle / "onnx" / f"{name}.onnx", x)
+        assert got.shape == ref.shape and np.abs(got - ref).max() < PARITY_ATOL, name
+    from cxrlt.zeroshot.predict import ZeroShotPredictor
+
+    encoder = ZeroShotPredictor(tiny_bundle / "zeroshot").image_encoder()
+    with torch.no_grad():
+        ref = encoder(torch.from_numpy(x)).numpy()
+    assert np.abs(onnx_outputs(bundle / "onnx" / "clip_image.onnx", x) - ref).max() < PARITY_ATOL
+    one = onnx_outputs(bundle / "onnx" / "router.onnx", x[:1])
+    assert one.shape == (1, 2), "dynamic batch axis"
+
+
+@pytest.mark.parametrize("runtime", ["python", "native"])
+def test_repository_layout(bundle, tmp_path, runtime):
+    from serving.repository import build_repository
+
+    summary = build_repository(bundle, tmp_path / "repo", runtime)
+    assert {"preprocess", "router", "frontal_ensemble", "frontal_combiner", "zeroshot", "cxr"} <= set(summary["models"])
+    config = (tmp_path / "repo" / "frontal_pcam" / "config.pbtxt").read_text()
+    assert "max_batch_size: 16" in config and "dims: [ 1, 32, 32 ]" in config and "dynamic_batching" in config
+    if runtime == "native":
+        assert 'platform: "onnxruntime_onnx"' in config and (tmp_path / "repo/frontal_pcam/1/model.onnx").exists()
+    else:
+        assert 'backend: "python"' in config and (tmp_path / "repo/frontal_pcam/1/model.py").exists()
+    assert 'platform: "ensemble"' in (tmp_path / "repo" / "frontal_ensemble" / "config.pbtxt").read_text()
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    from serving.repository import build_repository
+    from serving.server import start, stop
+
+    root = tmp_path_factory.mktemp("triton")
+    build_repository(bundle, root / "repo", "python")
+    handle = start(root / "repo", name=f"pytest-{root.name}", http_port=0, grpc_port=0, metrics_port=0,
+                   state_dir=root / "state")
+    yield handle
+    stop(handle.name, state_dir=root / "state")
+    from serving.server import _alive
+
+    assert not _alive(handle.pid)
+
+
+@pytest.fixture(scope="module")
+def images(synth_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imgs")
+    ids = pd.read_csv(synth_data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:4]
+    pngs = [synth_data / "images" / i for i in ids]
+    dcm = array_to_dicom(cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED), folder / "first.dcm", monochrome1=True)
+    return pngs, dcm
+
+
+def test_grpc_matches_in_process_predictors(server, tiny_bundle, images):
+    from cxrlt.zeroshot.predict import ZeroShotPredictor
+    from serving.client import CXRClient
+
+    pngs, dcm = images
+    client = CXRClient(server.grpc_url, batch_size=3)
+    results = client.infer_files([*pngs, dcm])
+    client.close()
+    ref = EnsemblePredictor(tiny_bundle / "ensemble").predict_files(pngs)
+    zs = ZeroShotPredictor(tiny_bundle / "zeroshot")
+    from cxrlt.data.images import PreprocessConfig, load_preprocessed
+
+    zs_ref = zs.predict(np.stack([load_preprocessed(p, PreprocessConfig(size=zs.image_size)) for p in pngs]),
+                        list(UNSEEN_CLASSES), "sigmoid")
+    for i, r in enumerate(results[:4]):
+        assert r.error == "" and r.view == ref.loc[i, "view"]
+        assert r.view_confidence == pytest.approx(ref.loc[i, "view_confidence"], abs=1e-4)
+        np.testing.assert_allclose([r.known[c] for c in KNOWN_CLASSES], ref.loc[i, list(KNOWN_CLASSES)].to_numpy(float),
+                                   atol=1e-4)
+        np.testing.assert_allclose([r.unseen[c] for c in UNSEEN_CLASSES], zs_ref[i], atol=1e-4)
+        assert r.model_version.startswith("local:")
+    # the MONOCHROME1 DICOM of the first PNG gives the same answer as the PNG
+    np.testing.assert_allclose(list(results[4].known.values()), list(results[0].known.values()), atol=2e-3)
+
+
+def test_async_client(server, images):
+    import asyncio
+
+    from serving.client import AsyncCXRClient
+
+    async def go():
+        client = AsyncCXRClient(server.grpc_url, batch_size=2)
+        try:
+            return await client.infer_files(images[0])
+        finally:
+            await client.close()
+
+    results = asyncio.run(go())
+    assert len(results) == 4 and all(set(r.known) == set(KNOWN_CLASSES) for r in results)
+
+
+def _raw_request(server, inputs):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tensors = []
+    for name, arr, dtype in inputs:
+        t = grpcclient.InferInput(name, list(arr.shape), dtype)
+        t.set_data_from_numpy(arr)
+        tensors.append(t)
+    try:
+        return client.infer("cxr", tensors, outputs=[grpcclient.InferRequestedOutput("KNOWN_PROBS"),
+                                                     grpcclient.InferRequestedOutput("ERROR")])
+    finally:
+        client.close()
+
+
+def _png_bytes(shape=(40, 40), dtype=np.uint16) -> bytes:
+    ok, buf = cv2.imencode(".png", (np.random.default_rng(0).random(shape) * 1000).astype(dtype))
+    return buf.tobytes()
+
+
+def _bad_cases(tmp_path):
+    good = _png_bytes()
+    no_pixels = array_to_dicom(np.zeros((16, 16), np.uint16), tmp_path / "np.dcm", with_pixels=False).read_bytes()
+    nan = np.full((1, 40, 40), np.nan, np.float32)
+    inf = np.full((1, 40, 40), np.inf, np.float32)
+    obj = lambda b: np.array([[b]], dtype=np.object_)  # noqa: E731
+    return {
+        "wrong dtype": ([("PIXELS", np.zeros((1, 40, 40), np.int32), "INT32")], "data-type"),
+        "wrong rank": ([("PIXELS", np.zeros((1, 2, 40, 40), np.float32), "FP32")], "shape"),
+        "empty bytes": ([("IMAGE", obj(b""), "BYTES")], "empty"),
+        "truncated png": ([("IMAGE", obj(good[: len(good) // 2]), "BYTES")], "truncated"),
+        "random bytes": ([("IMAGE", obj(np.random.default_rng(1).bytes(500)), "BYTES")], "cannot decode"),
+        "dicom without pixels": ([("IMAGE", obj(no_pixels), "BYTES")], "no pixel data"),
+        "decompression bomb": ([("IMAGE", obj(_png_bomb()), "BYTES")], "over the limit"),
+        "nan pixels": ([("PIXELS", nan, "FP32")], "NaN"),
+        "inf pixels": ([("PIXELS", inf, "FP32")], "NaN or Inf"),
+    }
+
+
+def _png_bomb() -> bytes:
+    import struct
+    import zlib
+
+    width = height = 20_000  # 400 M pixels declared in the header; tiny file
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def test_bad_inputs_get_invalid_argument_and_server_stays_ready(server, tmp_path):
+    from tritonclient.utils import InferenceServerException
+
+    for case, (inputs, fragment) in _bad_cases(tmp_path).items():
+        with pytest.raises(InferenceServerException) as info:
+            _raw_request(server, inputs)
+        assert "INVALID_ARG" in str(info.value.status()), (case, info.value)
+        assert fragment.lower() in str(info.value).lower(), (case, str(info.value))
+    # a batch mixing good and bad items: the good ones still answer, the bad one carries its error
+    mixed = np.array([[_png_bytes()], [b"garbage bytes"], [_png_bytes((50, 30))]], dtype=np.object_)
+    response = _raw_request(server, [("IMAGE", mixed, "BYTES")])
+    errors = [e[0].decode() for e in response.as_numpy("ERROR")]
+    assert errors[0] == "" and "cannot decode" in errors[1] and errors[2] == ""
+    probs = response.as_numpy("KNOWN_PROBS")
+    assert np.isfinite(probs[[0, 2]]).all() and np.isnan(probs[1]).all()
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.http_url}/v2/health/ready") as r:
+        assert r.status == 200
+    good = _raw_request(server, [("IMAGE", np.array([[_png_bytes()]], dtype=np.object_), "BYTES")])
+    assert np.isfinite(good.as_numpy("KNOWN_PROBS")).all()
