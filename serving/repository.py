@@ -92,7 +92,7 @@ def _ensemble(name: str, input_shape, steps: list[tuple[str, dict, dict]], outpu
 
 
 def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: str = "python",
-                     instances: int = 1) -> dict:
+                     instances: int = 1, model_version: str | None = None) -> dict:
     """Write the model repository for ``bundle_dir`` into ``out_dir`` (replaced); returns a summary."""
     if onnx_runtime not in ONNX_RUNTIMES:
         raise ValueError(f"onnx runtime must be one of {ONNX_RUNTIMES}")
@@ -147,7 +147,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
             "zeroshot", [1, zs_size, zs_size],
             [("clip_image", {"INPUT": "INPUT"}, {"OUTPUT": "embedding"}),
              ("zeroshot_head", {"EMBEDDING": "embedding"}, {"PROBS": "PROBS"})], ("PROBS", [len(zs["classes"])])))
-    version = bundle.get("lineage", {}).get("model_version") or f"local:{bundle_dir.resolve().name}"
+    version = model_version or bundle.get("lineage", {}).get("model_version") or f"local:{bundle_dir.resolve().name}"
     _python_model(repo, "cxr", "cxr.py", _config(
         "cxr", [_tensor("IMAGE", "TYPE_STRING", [1], optional=True),
                 _tensor("PIXELS", "TYPE_FP32", [-1, -1], optional=True)],

@@ -8,17 +8,15 @@ refused while in-flight ones finish), then SIGTERM, then SIGKILL after a timeout
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cxrlt.procs import alive, free_port, spawn, stop_group, wait_ready
 
 SERVE_ENV_PACKAGES = ("numpy<2", "onnxruntime>=1.17", "opencv-python-headless>=4.8,<4.12", "pydicom>=2.4",
                       "nvidia-pytriton==0.7.0")
@@ -49,12 +47,6 @@ class ServerHandle:
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def ensure_serving_env(env: Path = DEFAULT_ENV, python: str = sys.executable) -> Path:
@@ -96,14 +88,6 @@ def _backend_dir(env: Path, state: Path) -> Path:
     return backend.parent
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1", http_port: int = 0,
           grpc_port: int = 0, metrics_port: int = 0, env: Path = DEFAULT_ENV, timeout: float = 240,
           state_dir: Path = STATE_DIR) -> ServerHandle:
@@ -113,7 +97,7 @@ def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1"
     state.mkdir(parents=True, exist_ok=True)
     if (state / "server.json").exists():
         old = ServerHandle(**json.loads((state / "server.json").read_text()))
-        if _alive(old.pid):
+        if alive(old.pid):
             raise ServeError(f"server {name!r} already runs (pid {old.pid}, gRPC {old.grpc_url}); cxrlt serve down")
     ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
     log_file = state / "tritonserver.log"
@@ -123,41 +107,15 @@ def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1"
            f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
            "--exit-timeout-secs=20", "--log-verbose=0"]
     run_env = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
-    with open(log_file, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env, start_new_session=True)
+    proc = spawn(cmd, log_file, run_env)
     handle = ServerHandle(name, proc.pid, host, *ports, str(Path(repository).resolve()), str(log_file))
     (state / "server.json").write_text(json.dumps(asdict(handle), indent=2))
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            (state / "server.json").unlink(missing_ok=True)
-            raise ServeError(f"tritonserver exited with code {proc.returncode}:\n{_tail(log_file)}")
-        if _ready(handle.http_url):
-            return handle
-        time.sleep(0.5)
-    stop(name, state_dir=state_dir)
-    raise ServeError(f"tritonserver not ready after {timeout:.0f} s:\n{_tail(log_file)}")
-
-
-def _tail(path: Path, n: int = 25) -> str:
     try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of this process counts as gone
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
+        wait_ready(proc, f"{handle.http_url}/v2/health/ready", timeout, log_file, "tritonserver")
+    except RuntimeError as exc:
+        (state / "server.json").unlink(missing_ok=True)
+        raise ServeError(str(exc)) from None
+    return handle
 
 
 def handle_of(name: str = "default", state_dir: Path = STATE_DIR) -> ServerHandle | None:
@@ -170,19 +128,13 @@ def stop(name: str = "default", timeout: float = 30, state_dir: Path = STATE_DIR
     handle = handle_of(name, state_dir)
     if handle is None:
         return False
-    if _alive(handle.pid):
+    if alive(handle.pid):
         try:
             req = urllib.request.Request(f"{handle.http_url}/v2/repository/models/cxr/unload", data=b"{}",
                                          method="POST")
             urllib.request.urlopen(req, timeout=10).close()
         except OSError:
             pass  # already unreachable: go straight to SIGTERM
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(handle.pid, signal.SIGTERM)
-        deadline = time.time() + timeout
-        while _alive(handle.pid) and time.time() < deadline:
-            time.sleep(0.2)
-        if _alive(handle.pid):
-            os.killpg(handle.pid, signal.SIGKILL)
+        stop_group(handle.pid, timeout)
     (Path(state_dir) / name / "server.json").unlink(missing_ok=True)
     return True

@@ -74,9 +74,9 @@ def server(bundle, tmp_path_factory):
                    state_dir=root / "state")
     yield handle
     stop(handle.name, state_dir=root / "state")
-    from serving.server import _alive
+    from cxrlt.procs import alive
 
-    assert not _alive(handle.pid)
+    assert not alive(handle.pid)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 
-EXPERIMENT = "cxrlt-retraining"
-SERVICE_ACCOUNT = "cxrlt-pipeline-runner"
+try:
+    from pipelines.schedule import EXPERIMENT, schedule, validate_cron  # noqa: F401 - re-exported for callers
+except ImportError as exc:  # the compiled pipeline and this script come with the cxrlt project
+    raise SystemExit("install the cxrlt project first (pip install -e .): this script uses pipelines.schedule") from exc
 
 
 def parse_params(items: list[str]) -> dict:
@@ -29,27 +31,6 @@ def parse_params(items: list[str]) -> dict:
         except json.JSONDecodeError:
             params[key] = value
     return params
-
-
-def validate_cron(cron: str) -> str:
-    fields = cron.split()
-    if len(fields) != 6:
-        raise ValueError(f"KFP cron needs 6 fields (seconds first), got {len(fields)}: {cron!r}")
-    return cron
-
-
-def schedule(host: str, package: str, cron: str, params: dict, job_name: str = "cxrlt-weekly-retraining",
-             experiment: str = EXPERIMENT, namespace: str | None = None, client=None):
-    """Create (or reuse) the experiment and a recurring run of ``package``; returns the recurring run."""
-    if client is None:
-        import kfp
-
-        client = kfp.Client(host=host, namespace=namespace)
-    exp = client.create_experiment(experiment, namespace=namespace)
-    return client.create_recurring_run(
-        experiment_id=exp.experiment_id, job_name=job_name, cron_expression=validate_cron(cron),
-        pipeline_package_path=package, params=params, max_concurrency=1, no_catchup=True, enable_caching=False,
-        service_account=SERVICE_ACCOUNT, enabled=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -357,13 +357,14 @@ def serve_build(
     """Build the Triton model repository: preprocess, router, view ensembles, zero-shot head, cxr entry point."""
     from serving.repository import build_repository
 
-    bundle_dir = Path(bundle)
+    bundle_dir, version = Path(bundle), None
     if bundle.startswith("models:/"):
-        from cxrlt.registry import download_bundle
+        from cxrlt.registry import download_bundle, version_of
 
         bundle_dir = download_bundle(bundle, out.parent / (out.name + "_bundle"))
+        version = version_of(bundle)
     try:
-        summary = build_repository(bundle_dir, out, onnx_runtime, instances)
+        summary = build_repository(bundle_dir, out, onnx_runtime, instances, version)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"model repository {out}: {', '.join(summary['models'])} ({onnx_runtime} ONNX)")
@@ -428,6 +429,141 @@ def infer_cmd(
         for f in r.findings()[:top]:
             band = bands.get(f.name, "zero-shot" if f.kind == "unseen" else "-")
             typer.echo(f"  {f.name:<32} {f.probability:>11.3f}  {f.kind:<7} {band}")
+
+
+mlflow_app = typer.Typer(help="A local MLflow tracking/registry server (SQLite + local or S3 artifacts).",
+                         no_args_is_help=True)
+app.add_typer(mlflow_app, name="mlflow")
+
+
+@mlflow_app.command("up")
+def mlflow_up(
+    data: Annotated[Path, typer.Option(help="Directory for mlflow.db and local artifacts.")] = Path("mlflow_data"),
+    port: Annotated[int, typer.Option(help="Port (0 = a free one).")] = 5000,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    artifacts: Annotated[str | None, typer.Option(help="Artifact destination (default DATA/artifacts; or "
+                                                       "s3://bucket/prefix with MLFLOW_S3_ENDPOINT_URL/AWS_* set).")]
+    = None,
+    allowed_hosts: Annotated[str | None, typer.Option(help="Comma-separated Host headers to accept.")] = None,
+) -> None:
+    """Start mlflow server (one worker, job execution off) and wait until /health answers."""
+    from cxrlt.mlflow_server import start
+
+    try:
+        state = start(data, port, host, artifacts, allowed_hosts)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    uri = state["tracking_uri"]
+    typer.echo(f"MLflow at {uri} (pid {state['pid']}); export MLFLOW_TRACKING_URI={uri}")
+
+
+@mlflow_app.command("down")
+def mlflow_down() -> None:
+    """Stop the server started by cxrlt mlflow up."""
+    from cxrlt.mlflow_server import stop
+
+    typer.echo("stopped" if stop() else "no MLflow server is recorded")
+
+
+registry_app = typer.Typer(help="Registry: promote the challenger, roll the champion back.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("promote")
+def registry_promote(
+    labels: Annotated[Path, typer.Option(help="Labels of the evaluation set both versions were scored on.")],
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI.")] = None,
+    name: Annotated[str, typer.Option(help="Registered model.")] = "cxrlt-bundle",
+    margin: Annotated[float, typer.Option(help="Non-inferiority margin on mAP.")] = 0.02,
+) -> None:
+    """champion <- challenger if it passed its gate and its mAP CI (paired bootstrap) is within the margin."""
+    from cxrlt.registry import RegistryError, promote
+
+    try:
+        decision = promote(labels, name, tracking_uri, margin)
+    except RegistryError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(decision))
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI.")] = None,
+    name: Annotated[str, typer.Option(help="Registered model.")] = "cxrlt-bundle",
+) -> None:
+    """Point champion back at the previous champion (from the alias audit trail)."""
+    from cxrlt.registry import RegistryError, rollback
+
+    try:
+        typer.echo(json.dumps(rollback(name, tracking_uri)))
+    except RegistryError as exc:
+        _fail(str(exc))
+
+
+pipeline_app = typer.Typer(help="Kubeflow pipelines: compile, run locally, schedule.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("pipelines/compiled")) -> None:
+    """Compile every pipeline to KFP IR YAML."""
+    from pipelines.compile import compile_all
+
+    for path in compile_all(out):
+        typer.echo(str(path))
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    data: DataDir,
+    config: Annotated[Path, typer.Option(help="Profile YAML.")] = Path("configs/tiny.yaml"),
+    local: Annotated[bool, typer.Option("--local", help="Run with kfp.local's SubprocessRunner.")] = True,
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI.")] = None,
+    root: Annotated[Path, typer.Option(help="Local pipeline root.")] = Path("local_outputs"),
+    epochs: Annotated[int, typer.Option(help="Member epochs (0 = profile).")] = 0,
+    zeroshot_epochs: Annotated[int, typer.Option(help="Zero-shot epochs (0 = profile).")] = 0,
+    min_map: Annotated[float, typer.Option(help="Gate: minimum mAP.")] = 0.1,
+    max_ece: Annotated[float, typer.Option(help="Gate: maximum mECE.")] = 0.5,
+) -> None:
+    """Run the training pipeline on this machine (validate ... register)."""
+    from pipelines.local_run import run_training_local
+
+    if not local:
+        _fail("only --local runs from here; compile and upload for a cluster (cxrlt pipeline schedule)")
+    if not tracking_uri:
+        _fail("set MLFLOW_TRACKING_URI or --tracking-uri (cxrlt mlflow up prints it)")
+    from cxrlt.config import load_config
+
+    size = int(load_config(config)["data"]["cache_size"])
+    result = run_training_local(root, data_dir=str(data.resolve()), config=str(config.resolve()),
+                                tracking_uri=tracking_uri, epochs=epochs, zeroshot_epochs=zeroshot_epochs,
+                                min_map=min_map, max_ece=max_ece, cache_size=size)
+    typer.echo(f"pipeline finished; outputs under {result['run_dir']}")
+
+
+@pipeline_app.command("schedule")
+def pipeline_schedule(
+    host: Annotated[str, typer.Option(help="KFP API endpoint.")],
+    cron: Annotated[str, typer.Option(help="Six-field cron with seconds, e.g. '0 0 2 * * 0'.")],
+    package: Annotated[Path, typer.Option(help="Compiled pipeline YAML.")] = Path(
+        "pipelines/compiled/training_pipeline.yaml"),
+    param: Annotated[list[str] | None, typer.Option(help="Pipeline parameter KEY=VALUE (repeatable).")] = None,
+    job_name: Annotated[str, typer.Option(help="Recurring run name.")] = "cxrlt-weekly-retraining",
+) -> None:
+    """Create a KFP recurring run of the compiled training pipeline on a KFP endpoint."""
+    from pipelines.schedule import schedule
+
+    params = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--param must be KEY=VALUE, got {item!r}")
+        params[key] = value
+    try:
+        run = schedule(host, str(package), cron, params, job_name)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"recurring run {getattr(run, 'recurring_run_id', '?')} created ({cron})")
 
 
 report_app = typer.Typer(help="Reproduce the result tables in docs/results.md (synthetic data).",

@@ -1,68 +1,94 @@
-"""``make demo``: the main job on the embedded default, end to end on synthetic data.
+"""``make demo``: the whole system on the embedded default, end to end, on synthetic data.
 
-Today it runs the data layer (synthesise -> validate -> preprocess -> split) and scores a prevalence baseline, so a
-newcomer sees every report format; training, registry and serving steps join as they land.
+synthesise -> MLflow server -> training pipeline on kfp.local (validate, preprocess, split, members + router +
+zero-shot CLIP in parallel, ensemble weights, evaluate, gate, ONNX export, register challenger) -> promote to
+champion -> Triton model repository from ``models:/cxrlt-bundle@champion`` -> tritonserver -> PNG and DICOM images
+over gRPC -> findings table. Everything it started is stopped at the end, also on failure.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+
+def _step(n: int, total: int, title: str) -> None:
+    print(f"\n=== [{n}/{total}] {title}", flush=True)
 
 
-def _step(title: str) -> None:
-    print(f"\n=== {title}", flush=True)
-
-
-def _cxrlt(*args: str) -> None:
-    cmd = [sys.executable, "-m", "cxrlt.cli", *args]
+def _cxrlt(*args: str, env: dict | None = None) -> None:
     print("$ cxrlt " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
-
-
-def prevalence_baseline(train_csv: Path, labels_csv: Path, out_csv: Path) -> Path:
-    """Predict each class's training prevalence for every image: the floor any model must beat."""
-    from cxrlt.data.tables import read_training_csv, write_submission
-    from cxrlt.labels import KNOWN_CLASSES
-
-    train = read_training_csv(train_csv)
-    ids = pd.read_csv(labels_csv, dtype={"ImageID": str})["ImageID"]
-    probs = {c: np.full(len(ids), float(train[c].mean())) for c in KNOWN_CLASSES}
-    return write_submission(out_csv, ids, probs, KNOWN_CLASSES)
+    subprocess.run([sys.executable, "-m", "cxrlt.cli", *args], check=True, env=env)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("demo_run"), help="where everything is written")
     parser.add_argument("--n-images", type=int, default=800)
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per ensemble member")
+    parser.add_argument("--zeroshot-epochs", type=int, default=8)
+    parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
     args = parser.parse_args(argv)
     work = args.workdir.resolve()
-    data, t0 = work / "data", time.time()
-    _step("1/5 synthetic CXR-LT dataset (synthetic data, not PadChest)")
-    _cxrlt("data", "synth", "--out", str(data), "--n-images", str(args.n_images), "--size", str(args.size),
-           "--workers", "2")
-    _step("2/5 data validation (great-expectations suite + image checks)")
-    _cxrlt("data", "validate", "--data", str(data), "--out", str(work / "validation"), "--min-positives", "0")
-    _step("3/5 preprocess cache")
-    _cxrlt("data", "preprocess", "--data", str(data), "--out", str(work / "cache"), "--size", "64")
-    _step("4/5 patient-disjoint + projection split")
-    _cxrlt("data", "split", "--data", str(data), "--out", str(work / "splits"))
-    _step("5/5 evaluate the prevalence baseline on the synthetic dev set")
-    pred = prevalence_baseline(data / "CXRLT_2026_training.csv", data / "CXRLT_2026_dev_labels.csv",
-                               work / "baseline_dev.csv")
-    _cxrlt("eval", "--pred", str(pred), "--labels", str(data / "CXRLT_2026_dev_labels.csv"),
-           "--train-csv", str(data / "CXRLT_2026_training.csv"), "--out", str(work / "eval_baseline"))
-    metrics = json.loads((work / "eval_baseline" / "metrics.json").read_text())
-    print(f"\nDone in {time.time() - t0:.0f} s. Prevalence-baseline mAP on synthetic dev: {metrics['mAP']:.3f}")
-    print(f"Look at: {work / 'validation' / 'validation.md'}, {work / 'eval_baseline'} (metrics.json, PNG plots)")
+    work.mkdir(parents=True, exist_ok=True)
+    state = work / "state"
+    env = {**os.environ, "CXRLT_STATE_DIR": str(state), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    os.environ.update({k: env[k] for k in ("CXRLT_STATE_DIR", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
+    from cxrlt import mlflow_server
+    from serving import server as triton
+
+    data, t0, total = work / "data", time.time(), 8
+    started_mlflow = started_triton = False
+    try:
+        _step(1, total, "synthetic CXR-LT dataset (synthetic data, not PadChest)")
+        if not (data / "CXRLT_2026_training.csv").exists():
+            _cxrlt("data", "synth", "--out", str(data), "--n-images", str(args.n_images), "--size", "64",
+                   "--workers", "2", env=env)
+        _step(2, total, "MLflow server (SQLite + local artifacts, 127.0.0.1)")
+        ml = mlflow_server.start(work / "mlflow", port=0, state_dir=state)
+        started_mlflow = True
+        env["MLFLOW_TRACKING_URI"] = ml["tracking_uri"]
+        print(f"MLflow UI: {ml['tracking_uri']}", flush=True)
+        _step(3, total, "training pipeline on kfp.local (SubprocessRunner, use_venv=False)")
+        _cxrlt("pipeline", "run", "--local", "--data", str(data), "--config", str(args.config.resolve()),
+               "--root", str(work / "pipeline"), "--epochs", str(args.epochs), "--zeroshot-epochs",
+               str(args.zeroshot_epochs), "--min-map", "0.05", "--max-ece", "0.6", env=env)
+        _step(4, total, "promote challenger -> champion (non-inferiority on the dev set)")
+        _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), env=env)
+        _step(5, total, "Triton model repository from models:/cxrlt-bundle@champion")
+        _cxrlt("serve", "build", "--bundle", "models:/cxrlt-bundle@champion", "--out", str(work / "model_repository"),
+               env=env)
+        _step(6, total, "tritonserver from the nvidia-pytriton wheel (python backend + ONNX Runtime)")
+        handle = triton.start(work / "model_repository", name="demo", http_port=0, grpc_port=0, metrics_port=0,
+                              state_dir=state)
+        started_triton = True
+        print(f"Triton ready: gRPC {handle.grpc_url}, metrics http://{handle.host}:{handle.metrics_port}/metrics")
+        _step(7, total, "send PNG and DICOM images over gRPC")
+        import cv2
+        import pandas as pd
+
+        from cxrlt.data.dicom import array_to_dicom
+
+        ids = pd.read_csv(data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:2].tolist()
+        pngs = [data / "images" / i for i in ids]
+        dcm = array_to_dicom(cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED), work / "example.dcm", monochrome1=True)
+        _cxrlt("infer", *map(str, [*pngs, dcm]), "--url", handle.grpc_url, "--top", "6", env=env)
+        _step(8, total, "done")
+        print(f"Finished in {time.time() - t0:.0f} s. Everything above ran on synthetic data.")
+        print(f"- pipeline outputs (metrics.json, plots, validation report): {work / 'pipeline'}")
+        print(f"- MLflow database and artifacts: {work / 'mlflow'} (`cxrlt mlflow up --data {work / 'mlflow'}` "
+              "to browse the UI again)")
+        print(f"- model repository: {work / 'model_repository'}")
+    finally:
+        if started_triton:
+            triton.stop("demo", state_dir=state)
+        if started_mlflow:
+            mlflow_server.stop(state_dir=state)
+        print("stopped the servers this demo started", flush=True)
 
 
 if __name__ == "__main__":

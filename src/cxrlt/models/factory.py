@@ -42,8 +42,8 @@ def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int,
         if pcam_checkpoint is not None:
             state = torch.load(pcam_checkpoint, map_location="cpu", weights_only=True)
             cnn.load_state_dict(state.get("model", state))
-        with torch.no_grad():
-            hw = cnn.features(torch.zeros(1, in_chans, image_size, image_size)).shape[-1]
+        with torch.no_grad():  # eval: a batch of one through BatchNorm in training mode is an error
+            hw = cnn.eval().features(torch.zeros(1, in_chans, image_size, image_size)).shape[-1]
         cfg = models_cfg["cait"]
         return CaiTOverCNN(cnn, num_classes, hw, cfg.get("arch", "cait_xxs24_224"), cfg.get("kwargs"))
     raise ValueError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")

@@ -1,0 +1,40 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components._base import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def train_zeroshot(config: str, data_dir: str, cache: Input[Dataset], model: Output[Model], alpha: float = 1.5,
+                   launcher: str = "local", nproc: int = 1, epochs: int = 0, gpus_per_node: int = 1) -> float:
+    """Fine-tune the dual-branch CLIP (contrastive + alpha * ASL); returns the known-class validation mAP.
+
+    Args:
+        config: profile YAML path.
+        data_dir: CXR-LT data directory.
+        cache: preprocess cache (used when its size matches the CLIP input).
+        model: zero-shot model directory.
+        alpha: ASL branch weight.
+        launcher: local (torchrun) or trainjob.
+        nproc: processes per node.
+        epochs: override (0 = profile).
+        gpus_per_node: GPUs per node for a TrainJob.
+    """
+    import json
+    from pathlib import Path
+
+    from cxrlt.launch import launch_local, launch_trainjob, trainjob_body
+
+    args = ["zeroshot", "train", "--config", config, "--data", data_dir, "--out", model.path, "--alpha", str(alpha),
+            "--cache", cache.path, "--resume"]
+    if epochs:
+        args += ["--epochs", str(epochs)]
+    if launcher == "local":
+        launch_local(args, nproc)
+    elif launcher == "trainjob":
+        launch_trainjob(trainjob_body(f"cxrlt-zeroshot-{abs(hash(model.path)) % 10**8}", args, gpus_per_node))
+    else:
+        raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
+    card = json.loads((Path(model.path) / "zeroshot.json").read_text())
+    model.metadata["best_val_known_mAP"] = card["best_val_known_mAP"]
+    return float(card["best_val_known_mAP"])

@@ -1,0 +1,80 @@
+"""Launch distributed training: ``torchrun`` locally, or a Kubeflow Trainer ``TrainJob`` on a cluster.
+
+The TrainJob path creates ``trainer.kubeflow.org/v1alpha1`` TrainJobs (``torch-distributed`` runtime) through the
+Kubernetes API, streams their conditions, and fails with the job's own reason.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from cxrlt.platform import IMAGES, NAMESPACE, TRAINER_API, TRAINJOB_RUNTIME
+
+LAUNCHERS = ("local", "trainjob")
+
+
+def local_command(cli_args: list[str], nproc: int = 1) -> list[str]:
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "cxrlt.cli", *cli_args]
+    return [sys.executable, "-m", "cxrlt.cli", *cli_args]
+
+
+def launch_local(cli_args: list[str], nproc: int = 1) -> None:
+    """Run ``cxrlt <cli_args>`` (under torchrun when nproc > 1); raises with the tail of the output on failure."""
+    proc = subprocess.run(local_command(cli_args, nproc), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_nodes: int = 1,
+                  image: str | None = None, env: dict | None = None, namespace: str = NAMESPACE) -> dict:
+    group, version, _ = TRAINER_API
+    return {
+        "apiVersion": f"{group}/{version}", "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "cxrlt"}},
+        "spec": {
+            "runtimeRef": {"name": TRAINJOB_RUNTIME, "apiGroup": group, "kind": "ClusterTrainingRuntime"},
+            "trainer": {"image": image or IMAGES["train"], "command": ["cxrlt"], "args": cli_args,
+                        "numNodes": num_nodes,
+                        "resourcesPerNode": {"limits": {"nvidia.com/gpu": str(gpus_per_node)}},
+                        "env": [{"name": k, "value": str(v)} for k, v in (env or {}).items()]},
+        },
+    }
+
+
+def _custom_objects_api():
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
+
+
+def launch_trainjob(body: dict, api=None, poll_s: float = 10.0, timeout_s: float = 24 * 3600,
+                    log: Callable[[str], None] = print) -> dict:
+    """Create the TrainJob and wait for ``Complete``; raise with the ``Failed`` condition's reason and message."""
+    api = api or _custom_objects_api()
+    group, version, plural = TRAINER_API
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    api.create_namespaced_custom_object(group, version, ns, plural, body)
+    deadline, last = time.time() + timeout_s, None
+    while time.time() < deadline:
+        obj = api.get_namespaced_custom_object(group, version, ns, plural, name)
+        conditions = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+        summary = ", ".join(f"{t}={c.get('status')}" for t, c in conditions.items()) or "pending"
+        if summary != last:
+            log(f"TrainJob {ns}/{name}: {summary}")
+            last = summary
+        if conditions.get("Failed", {}).get("status") == "True":
+            c = conditions["Failed"]
+            raise RuntimeError(f"TrainJob {name} failed: {c.get('reason')}: {c.get('message')}")
+        if conditions.get("Complete", {}).get("status") == "True":
+            return obj
+        time.sleep(poll_s)
+    raise TimeoutError(f"TrainJob {name} did not finish within {timeout_s:.0f} s")

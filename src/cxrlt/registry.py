@@ -1,0 +1,220 @@
+"""MLflow model registry for the served bundle: registration with lineage, challenger/champion aliases with an audit
+trail, promotion by paired bootstrap on the same evaluation set, rollback, and download for serving.
+
+The bundle (ONNX files, ensemble weights, prompt embeddings, label order, preprocessing config) is logged as one
+``mlflow.pyfunc`` model whose ``predict`` runs the ONNX pipeline, so ``models:/cxrlt-bundle@champion`` is both the
+serving source and a loadable model. A failed gate never reaches this module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
+
+AUDIT_TAG = "alias_audit"
+EVAL_ARTIFACT = "evaluation"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation was refused; the message says why."""
+
+
+def _bundle_model_class():
+    import mlflow.pyfunc
+
+    class BundleModel(mlflow.pyfunc.PythonModel):
+        """Routes each image (``image_path`` column) through the bundle's ONNX router and view ensemble."""
+
+        def load_context(self, context):
+            import onnxruntime as ort
+
+            self.dir = Path(context.artifacts["bundle"])
+            self.spec = json.loads((self.dir / "bundle.json").read_text())
+            self.sessions = {p.stem: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                             for p in (self.dir / "onnx").glob("*.onnx")}
+
+        def _run(self, name, x):
+            return self.sessions[name].run(["OUTPUT"], {"INPUT": x})[0]
+
+        def predict(self, context, model_input, params=None):
+            from cxrlt.data.images import PreprocessConfig, load_preprocessed
+
+            size = int(self.spec["image_size"])
+            x = np.stack([(load_preprocessed(p, PreprocessConfig(size=size)) - 0.5) / 0.25
+                          for p in model_input["image_path"]])[:, None].astype(np.float32)
+            views = np.array(self.spec["router_classes"])[self._run("router", x).argmax(1)]
+            logits = np.zeros((len(x), len(self.spec["known_classes"])))
+            for view in np.unique(views):
+                target = view if view in self.spec["views"] else "mixed"
+                idx = np.flatnonzero(views == view)
+                v = self.spec["views"][target]
+                logits[idx] = sum(w * self._run(v["members"][k], x[idx]) for k, w in v["weights"].items())
+            out = pd.DataFrame(1 / (1 + np.exp(-logits)), columns=self.spec["known_classes"])
+            out["view"] = views
+            return out
+
+    return BundleModel
+
+
+def _client(tracking_uri: str | None):
+    import mlflow
+    from mlflow import MlflowClient
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient()
+
+
+def _audit(client, name: str, entry: dict) -> None:
+    model = client.get_registered_model(name)
+    log = json.loads(model.tags.get(AUDIT_TAG, "[]"))
+    log.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry})
+    client.set_registered_model_tag(name, AUDIT_TAG, json.dumps(log[-50:]))
+
+
+def _set_alias(client, name: str, alias: str, version: str, reason: str) -> None:
+    try:
+        previous = client.get_model_version_by_alias(name, alias).version
+    except Exception:  # MLflow raises RestException when the alias is unset
+        previous = None
+    client.set_registered_model_alias(name, alias, version)
+    _audit(client, name, {"alias": alias, "from": previous, "to": str(version), "reason": reason})
+
+
+def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, lineage: dict,
+                    evaluation_csv: str | Path | None = None, name: str = REGISTERED_MODEL,
+                    tracking_uri: str | None = None, experiment: str = "cxrlt-registry") -> str:
+    """Log the bundle as a pyfunc model, register a version with lineage tags, point ``challenger`` at it."""
+    import mlflow
+
+    if not gate_evidence.get("passed"):
+        raise RegistryError("the evaluation gate did not pass: nothing is registered")
+    client = _client(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="register-bundle") as run:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        mlflow.log_dict(gate_evidence, "gate_evidence.json")
+        if evaluation_csv is not None:
+            mlflow.log_artifact(str(evaluation_csv), artifact_path=EVAL_ARTIFACT)
+        info = mlflow.pyfunc.log_model(name="bundle", python_model=_bundle_model_class()(),
+                                       artifacts={"bundle": str(bundle_dir)},
+                                       pip_requirements=["onnxruntime", "opencv-python-headless", "pandas", "numpy"])
+    version = mlflow.register_model(info.model_uri, name).version
+    tags = {"lineage." + k: str(v) for k, v in lineage.items()}
+    tags.update({"metrics": json.dumps(metrics), "gate_evidence": json.dumps(gate_evidence), "run_id": run.info.run_id,
+                 "evaluation_artifact": f"runs:/{run.info.run_id}/{EVAL_ARTIFACT}" if evaluation_csv else ""})
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    _set_alias(client, name, CHALLENGER_ALIAS, version, "registered after a passing gate")
+    return str(version)
+
+
+def _evaluation(client, name: str, version: str) -> pd.DataFrame:
+    import mlflow
+
+    mv = client.get_model_version(name, version)
+    uri = mv.tags.get("evaluation_artifact")
+    if not uri:
+        raise RegistryError(f"version {version} has no evaluation predictions to compare")
+    folder = Path(mlflow.artifacts.download_artifacts(uri))
+    return pd.read_csv(next(folder.glob("*.csv")), dtype={"ImageID": str})
+
+
+def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: pd.DataFrame, classes: list[str],
+                     n: int = 200, seed: int = 0) -> dict:
+    """mAP difference (challenger - champion) on the same images with a 95 % percentile bootstrap CI."""
+    from cxrlt.metrics import macro_ap
+
+    ids = sorted(set(challenger["ImageID"]) & set(champion["ImageID"]) & set(labels["ImageID"]))
+    if len(ids) < len(labels) or len(ids) < len(challenger):
+        raise RegistryError("challenger and champion were not evaluated on the same evaluation set")
+    y = labels.set_index("ImageID").loc[ids, classes].to_numpy()
+    a = challenger.set_index("ImageID").loc[ids, classes].to_numpy()
+    b = champion.set_index("ImageID").loc[ids, classes].to_numpy()
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        i = rng.integers(0, len(ids), len(ids))
+        diffs.append(macro_ap(y[i], a[i]) - macro_ap(y[i], b[i]))
+    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+    return {"diff": macro_ap(y, a) - macro_ap(y, b), "ci95": [float(lo), float(hi)], "n_images": len(ids)}
+
+
+def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
+            margin: float = 0.02, n_bootstrap: int = 200) -> dict:
+    """Move ``champion`` to the challenger if it passed its gate and is non-inferior on the same evaluation set:
+    the lower end of the 95 % CI of (challenger - champion) mAP must be >= -margin."""
+    from cxrlt.data.tables import read_label_csv
+    from cxrlt.labels import KNOWN_CLASSES
+
+    client = _client(tracking_uri)
+    try:
+        challenger = client.get_model_version_by_alias(name, CHALLENGER_ALIAS)
+    except Exception:
+        raise RegistryError(f"{name} has no {CHALLENGER_ALIAS} version to promote") from None
+    if not json.loads(challenger.tags.get("gate_evidence", "{}")).get("passed"):
+        raise RegistryError(f"version {challenger.version} did not pass its gate")
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except Exception:
+        champion = None
+    decision = {"challenger": challenger.version, "champion": champion.version if champion else None}
+    if champion is None:
+        decision.update(promoted=True, reason="no champion yet")
+    elif champion.version == challenger.version:
+        decision.update(promoted=False, reason="challenger is already champion")
+    else:
+        labels, _ = read_label_csv(labels_csv)
+        stats = paired_bootstrap(_evaluation(client, name, challenger.version),
+                                 _evaluation(client, name, champion.version), labels, list(KNOWN_CLASSES),
+                                 n_bootstrap)
+        decision.update(stats)
+        decision["promoted"] = stats["ci95"][0] >= -margin
+        decision["reason"] = (f"CI low {stats['ci95'][0]:.4f} {'>=' if decision['promoted'] else '<'} -{margin}")
+    if decision["promoted"]:
+        _set_alias(client, name, CHAMPION_ALIAS, challenger.version, decision["reason"])
+        client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+        _audit(client, name, {"alias": CHALLENGER_ALIAS, "from": challenger.version, "to": None,
+                              "reason": "promoted"})
+    return decision
+
+
+def rollback(name: str = REGISTERED_MODEL, tracking_uri: str | None = None) -> dict:
+    """Point ``champion`` back at the version it held before its last move (from the audit trail)."""
+    client = _client(tracking_uri)
+    log = json.loads(client.get_registered_model(name).tags.get(AUDIT_TAG, "[]"))
+    moves = [e for e in log if e["alias"] == CHAMPION_ALIAS and e["from"] and e.get("reason") != "rollback"]
+    if not moves:
+        raise RegistryError(f"{name} has no previous champion to roll back to")
+    target = moves[-1]["from"]
+    current = client.get_model_version_by_alias(name, CHAMPION_ALIAS).version
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, target)
+    _audit(client, name, {"alias": CHAMPION_ALIAS, "from": current, "to": target, "reason": "rollback"})
+    return {"champion": target, "previous": current}
+
+
+def download_bundle(model_uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
+    """Fetch ``models:/name@alias`` and return the served-bundle directory inside it."""
+    import mlflow
+
+    _client(tracking_uri)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst)))
+    found = list(local.rglob("bundle.json"))
+    if not found:
+        raise RegistryError(f"{model_uri} holds no served bundle")
+    return found[0].parent
+
+
+def version_of(model_uri: str, tracking_uri: str | None = None) -> str:
+    """``models:/name@alias`` -> "name/version" (served as the model version string)."""
+    client = _client(tracking_uri)
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    return f"{name}/{client.get_model_version_by_alias(name, alias).version}"

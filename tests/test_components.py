@@ -1,0 +1,120 @@
+"""KFP components (python_func unit tests), the TrainJob launcher against a fake Kubernetes API, and the compiled
+pipeline YAML."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from components.gate.component import gate
+from components.split_projection.component import split_projection
+from components.validate_data.component import validate_data
+from cxrlt import platform as P
+from cxrlt.launch import launch_trainjob, local_command, trainjob_body
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _artifact(path):
+    return SimpleNamespace(path=str(path), uri=str(path), metadata={})
+
+
+class TestGate:
+    def test_pass_and_evidence(self, tmp_path):
+        art = _artifact(tmp_path / "evidence.json")
+        assert gate.python_func(mAP=0.4, mECE=0.1, min_map=0.3, max_ece=0.2, evidence=art) == "pass"
+        assert json.loads((tmp_path / "evidence.json").read_text())["passed"] is True and art.metadata["passed"]
+
+    @pytest.mark.parametrize(("m", "e"), [(0.2, 0.1), (0.4, 0.3)])
+    def test_fail_on_either_threshold(self, m, e, tmp_path):
+        art = _artifact(tmp_path / "evidence.json")
+        assert gate.python_func(mAP=m, mECE=e, min_map=0.3, max_ece=0.2, evidence=art) == "fail"
+        assert any(not c["passed"] for c in json.loads((tmp_path / "evidence.json").read_text())["checks"])
+
+
+class TestValidateData:
+    def test_clean_data_returns_manifest_hash(self, synth_data, tmp_path):
+        digest = validate_data.python_func(data_dir=str(synth_data), report=_artifact(tmp_path / "r"),
+                                           min_positives=0)
+        assert len(digest) == 16 and (tmp_path / "r" / "validation.json").exists()
+
+    def test_faulty_data_fails_naming_the_defects(self, faulty_data, tmp_path):
+        with pytest.raises(RuntimeError, match="unseen_leak"):
+            validate_data.python_func(data_dir=str(faulty_data), report=_artifact(tmp_path / "r"), min_positives=0)
+
+
+def test_split_projection_component(synth_data, tmp_path):
+    art = _artifact(tmp_path / "splits")
+    summary = json.loads(split_projection.python_func(data_dir=str(synth_data), splits=art))
+    assert (tmp_path / "splits" / "train_frontal.csv").exists() and art.metadata["train"] == summary["images"]["train"]
+
+
+class FakeCustomObjects:
+    """Enough of kubernetes.client.CustomObjectsApi for the launcher: a job that runs, then ends as scripted."""
+
+    def __init__(self, final: dict):
+        self.created, self.polls, self.final = None, 0, final
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        assert (group, version, plural) == P.TRAINER_API
+        self.created = body
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.polls += 1
+        if self.polls < 3:
+            return {"status": {"conditions": [{"type": "Created", "status": "True"}]}}
+        return {"status": {"conditions": [self.final]}}
+
+
+def test_trainjob_launcher_streams_status_until_complete():
+    api = FakeCustomObjects({"type": "Complete", "status": "True"})
+    messages = []
+    body = trainjob_body("cxrlt-frontal-pcam-1", ["train", "--member", "frontal/pcam"], gpus_per_node=4)
+    launch_trainjob(body, api=api, poll_s=0, log=messages.append)
+    assert api.created["spec"]["runtimeRef"]["name"] == P.TRAINJOB_RUNTIME
+    assert api.created["spec"]["trainer"]["image"] == P.IMAGES["train"]
+    assert api.created["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
+    assert any("Complete=True" in m for m in messages)
+
+
+def test_trainjob_launcher_fails_with_the_jobs_reason():
+    api = FakeCustomObjects({"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                             "message": "node 0 OOMKilled"})
+    with pytest.raises(RuntimeError, match="BackoffLimitExceeded: node 0 OOMKilled"):
+        launch_trainjob(trainjob_body("j", ["train"]), api=api, poll_s=0, log=lambda m: None)
+
+
+def test_trainjob_body_validates_against_the_trainer_crd():
+    import jsonschema
+
+    crd = yaml.safe_load((ROOT / "tests/fixtures/kubeflow-trainer/trainer.kubeflow.org_trainjobs.yaml").read_text())
+    jsonschema.validate(trainjob_body("j", ["train"], 2, 2, env={"A": 1}),
+                        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+def test_local_launcher_uses_torchrun_for_several_processes():
+    assert local_command(["train"], 1)[1:3] == ["-m", "cxrlt.cli"]
+    assert "torch.distributed.run" in local_command(["train"], 2) and "--nproc_per_node=2" in local_command(["x"], 2)
+
+
+def test_compiled_pipelines(tmp_path):
+    from pipelines.compile import compile_all
+
+    paths = compile_all(tmp_path)
+    docs = list(yaml.safe_load_all(paths[0].read_text()))
+    assert len(docs) == 2, "IR + kubernetes platform spec"
+    ir, platform = docs
+    assert ir["pipelineInfo"]["name"] == "cxrlt-training"
+    execs = ir["deploymentSpec"]["executors"]
+    images = {e["container"]["image"] for e in execs.values()}
+    assert images <= {P.IMAGES["train"], P.IMAGES["tools"]}
+    assert not any("pip install" in " ".join(e["container"].get("command", [])) for e in execs.values())
+    text = paths[0].read_text()
+    assert "parameterIterator" in text and "register-challenger" in text and "nvidia.com/gpu" in text
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert any("emptyDirMounts" in e for e in k8s.values())
+    assert any(s.get("secretName") == P.SECRETS["s3"] for e in k8s.values() for s in e.get("secretAsEnv", []))
+    promotion = yaml.safe_load(paths[1].read_text())
+    assert promotion["pipelineInfo"]["name"] == "cxrlt-promotion"

@@ -1,0 +1,101 @@
+"""The training pipeline on kfp.local against a real MLflow server: a passing gate registers a challenger, a failing
+gate registers nothing, promotion and rollback move champion; serve build pulls the champion bundle."""
+
+import json
+
+import pytest
+import yaml
+
+from cxrlt import mlflow_server
+from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
+from tests.conftest import TINY_CONFIG
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    state = mlflow_server.start(root / "data", port=0, state_dir=root / "state")
+    yield state["tracking_uri"]
+    assert mlflow_server.stop(state_dir=root / "state")
+    from cxrlt.procs import alive
+
+    assert not alive(state["pid"])
+
+
+@pytest.fixture(scope="module")
+def pipeline_config(tmp_path_factory):
+    cfg = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "cache_size": 32}}
+    cfg["models"] = {**cfg["models"], "pcam": {"backbone": "resnet18", "head": "pcam"}}
+    path = tmp_path_factory.mktemp("cfg") / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(root, data, config, uri, min_map):
+    from pipelines.local_run import run_training_local
+
+    return run_training_local(root, data_dir=str(data), config=str(config), tracking_uri=uri, epochs=1,
+                              zeroshot_epochs=1, min_map=min_map, max_ece=1.0, cache_size=32,
+                              jobs=[{"view": "frontal", "member": "pcam"}, {"view": "lateral", "member": "pcam-only"},
+                                    {"view": "mixed", "member": "swin"}])
+
+
+def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from cxrlt.registry import RegistryError, promote, register_bundle, rollback
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = MlflowClient()
+    first = _run(tmp_path / "run1", synth_data, pipeline_config, mlflow_uri, min_map=0.0)
+    versions = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+    assert len(versions) == 1
+    v1 = versions[0]
+    assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHALLENGER_ALIAS: v1.version}
+    assert {"lineage.data_manifest_hash", "lineage.git_commit", "lineage.config_hash", "lineage.pipeline_run",
+            "metrics", "gate_evidence"} <= set(v1.tags)
+    assert json.loads(v1.tags["gate_evidence"])["passed"] is True
+
+    _run(tmp_path / "run2", synth_data, pipeline_config, mlflow_uri, min_map=1.1)  # impossible gate
+    assert len(client.search_model_versions(f"name='{REGISTERED_MODEL}'")) == 1, "a failed gate registers nothing"
+    assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHALLENGER_ALIAS: v1.version}
+
+    labels = synth_data / "CXRLT_2026_dev_labels.csv"
+    decision = promote(labels, tracking_uri=mlflow_uri)
+    assert decision["promoted"] and client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: "1"}
+
+    # a second version scored on the same evaluation set (same predictions -> non-inferior)
+    run_dir = next((tmp_path / "run1").glob("cxrlt-training-*"))
+    bundle = next(run_dir.rglob("bundle.json")).parent
+    report = next(run_dir.rglob("predictions.csv")).parent
+    v2 = register_bundle(bundle, json.loads((report / "summary.json").read_text()), {"passed": True},
+                         {"data_manifest_hash": "same"}, report / "predictions.csv", tracking_uri=mlflow_uri)
+    decision = promote(labels, tracking_uri=mlflow_uri)
+    assert decision["promoted"] and abs(decision["diff"]) < 1e-12 and decision["ci95"][0] <= 0 <= decision["ci95"][1]
+    assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: v2}
+    assert rollback(tracking_uri=mlflow_uri) == {"champion": "1", "previous": v2}
+    assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: "1"}
+    audit = json.loads(client.get_registered_model(REGISTERED_MODEL).tags["alias_audit"])
+    assert [e["alias"] for e in audit][-2:] == [CHALLENGER_ALIAS, CHAMPION_ALIAS] and audit[-1]["reason"] == "rollback"
+    with pytest.raises(RegistryError, match="challenger"):
+        promote(labels, tracking_uri=mlflow_uri)
+    with pytest.raises(RegistryError, match="gate"):
+        register_bundle(bundle, {}, {"passed": False}, {}, tracking_uri=mlflow_uri)
+
+    # the champion is a loadable pyfunc model and the source of the Triton repository
+    from cxrlt.registry import download_bundle
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}")
+    import pandas as pd
+
+    ids = pd.read_csv(labels, dtype=str)["ImageID"][:2]
+    out = pyfunc.predict(pd.DataFrame({"image_path": [str(synth_data / "images" / i) for i in ids]}))
+    assert list(out.columns[:2]) == ["Normal", "aortic elongation"] and len(out) == 2
+    from serving.repository import build_repository
+
+    local = download_bundle(f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", tmp_path / "dl", mlflow_uri)
+    summary = build_repository(local, tmp_path / "repo", model_version=f"{REGISTERED_MODEL}/1")
+    assert "cxr" in summary["models"] and "first" not in str(first)
