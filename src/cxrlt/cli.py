@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -156,7 +157,7 @@ def train_cmd(
         summary = train_member(TrainRequest(member, config, data, out, resume, pcam_checkpoint, cache, epochs))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"{member}: best {summary['val_metric']} {summary['best_val_score']:.4f} at epoch "
                    f"{summary['best_epoch'] + 1}; TTA validation {summary['val_tta']}; run dir {out}")
 

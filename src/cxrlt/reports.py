@@ -203,7 +203,7 @@ def task2_report(work: Path, config_path: Path, n_images: int = 2000, size: int 
         f"{size} px (seed {seed}), profile `{config_path}`, {epochs} epochs per model, one seed per setting "
         f"(differences under ~0.03 mAP are noise: {n_pos.min()}-{n_pos.max()} positives per unseen class in "
         f"{len(labels)} test images). Scoring: sigmoid(5 x mean prompt cosine). Unseen names never "
-        f"occur in synthetic training text, so names-only prompts carry no signal there; the descriptions do. "
+        f"occur in synthetic training text; compare the names-only and hybrid rows to see what the descriptions add. "
         f"Run time {time.time() - t0:.0f} s.",
         "",
         "### Unseen findings: ASL weight alpha and prompting",
