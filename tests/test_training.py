@@ -10,24 +10,11 @@ import torch
 import yaml
 
 from cxrlt.training.trainer import KILL_AFTER_EPOCH_ENV, load_member
+from tests.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.slow
 
-CONFIG = {
-    "profile": "test",
-    "data": {"image_size": 32, "val_fraction": 0.2, "split_seed": 0, "preload": True},
-    "models": {
-        "router": {"arch": "mobilenetv3_small_050"},
-        "pcam": {"backbone": "convnextv2_atto", "head": "pcam"},
-        "swin": {"arch": "swinv2_tiny_window8_256",
-                 "kwargs": {"window_size": 4, "embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2],
-                            "drop_path_rate": 0.0}},
-        "cait": {"arch": "cait_xxs24_224", "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}},
-    },
-    "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 0, "ema_decay": 0.9, "loss": "asl",
-              "sampler": "repeat_factor", "augment": {"flip_p": 0.0, "clahe_p": 0.3}, "seed": 0},
-    "inference": {"tta": "none"},
-}
+CONFIG = TINY_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +24,15 @@ def config_path(tmp_path_factory):
     return path
 
 
-def _train(args, env_extra=None, nproc=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    env.pop("MLFLOW_TRACKING_URI", None)
+def _train(args, env_extra=None, nproc=None, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update({"PYTHONUNBUFFERED": "1", **(env_extra or {})})
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "cxrlt.cli", "train", *args]
     else:
         cmd = [sys.executable, "-m", "cxrlt.cli", "train", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def _weights(path):
@@ -95,3 +82,22 @@ def test_one_and_two_processes_reach_the_same_weights(synth_data, config_path, t
     assert json.loads((tmp_path / "p2" / "member.json").read_text())["world_size"] == 2
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_mlflow_logging_when_tracking_uri_is_set(synth_data, config_path, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = _train(["--member", "mixed/pcam", "--config", str(config_path), "--data", str(synth_data), "--out",
+                str(tmp_path / "run"), "--epochs", "2"], {"MLFLOW_TRACKING_URI": uri,
+                                                         "CXRLT_MLFLOW_EXPERIMENT": "pytest"}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["pytest"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["member"] == "mixed/pcam" and "train.lr" in run.data.params
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_mAP")
+    assert [m.step for m in history] == [0, 1]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"member.json", "val_per_class_ap.png"} <= artifacts

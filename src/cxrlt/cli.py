@@ -26,6 +26,20 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _image_inputs(images: list[Path] | None, data: Path | None, split: str) -> tuple[list[Path], list[str]]:
+    """Explicit files, or the ImageIDs of DATA/CXRLT_2026_<split>_labels.csv; returns (paths, ImageIDs)."""
+    from cxrlt.data.tables import IMAGES_DIR, read_id_list
+
+    if images:
+        return list(images), [p.name for p in images]
+    if data is None:
+        _fail("give --data DIR or image files")
+    if split not in ("dev", "test"):
+        _fail("--split must be dev or test")
+    ids = read_id_list(data / f"CXRLT_2026_{split}_labels.csv")
+    return [data / IMAGES_DIR / i for i in ids], ids
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -197,19 +211,11 @@ def predict_cmd(
 ) -> None:
     """Router -> chosen view ensemble -> 30 probabilities per image, in submission format."""
     from cxrlt.data.images import ImageReadError
-    from cxrlt.data.tables import IMAGES_DIR, read_id_list, write_submission
+    from cxrlt.data.tables import write_submission
     from cxrlt.inference import EnsemblePredictor
     from cxrlt.labels import KNOWN_CLASSES
 
-    if split not in ("dev", "test"):
-        _fail("--split must be dev or test")
-    if images:
-        paths, ids = list(images), [p.name for p in images]
-    elif data is not None:
-        ids = read_id_list(data / f"CXRLT_2026_{split}_labels.csv")
-        paths = [data / IMAGES_DIR / i for i in ids]
-    else:
-        _fail("give --data DIR or image files")
+    paths, ids = _image_inputs(images, data, split)
     try:
         predictor = EnsemblePredictor(ensemble, mixed=mixed)
         frame = predictor.predict_files(paths)
@@ -265,19 +271,13 @@ def zeroshot_predict(
     import numpy as np
 
     from cxrlt.data.images import ImageReadError, PreprocessConfig, load_preprocessed
-    from cxrlt.data.tables import IMAGES_DIR, read_id_list, write_submission
+    from cxrlt.data.tables import write_submission
     from cxrlt.labels import UNSEEN_CLASSES, canonical_class
     from cxrlt.zeroshot.predict import ZeroShotPredictor
 
     names = [c.strip() for c in classes.split(",") if c.strip()] or list(UNSEEN_CLASSES)
     names = [canonical_class(c) if c.lower() in {u.lower() for u in UNSEEN_CLASSES} else c for c in names]
-    if images:
-        paths, ids = list(images), [p.name for p in images]
-    elif data is not None:
-        ids = read_id_list(data / f"CXRLT_2026_{split}_labels.csv")
-        paths = [data / IMAGES_DIR / i for i in ids]
-    else:
-        _fail("give --data DIR or image files")
+    paths, ids = _image_inputs(images, data, split)
     try:
         predictor = ZeroShotPredictor(model)
         cfg = PreprocessConfig(size=predictor.image_size)

@@ -269,7 +269,7 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
         "model_config": cfg["models"]["router" if router else kind],
         "pcam_model_config": cfg["models"].get("pcam") if kind == "cait" else None,
         "pcam_checkpoint": str(req.pcam_checkpoint) if req.pcam_checkpoint else None,
-        "world_size": info.world_size,
+        "world_size": info.world_size, "data_dir": str(Path(req.data_dir).resolve()),
     }
     if not router:
         res = evaluate(y_val.astype(int), 1 / (1 + np.exp(-logits)), classes)
@@ -331,4 +331,16 @@ def _mlflow_end(run, out: Path, summary: dict) -> None:
 
     mlflow.log_metrics({f"best_{k}": v for k, v in summary["val_tta"].items() if v is not None})
     mlflow.log_artifact(str(out / "member.json"))
+    if summary["kind"] != "router":  # per-class AP of the best EMA weights on validation, grouped by band
+        from cxrlt.evaluation import bands_from_training
+        from cxrlt.plots import per_class_ap_chart
+
+        logits = pd.read_csv(out / "val_logits.csv", dtype={"ImageID": str}).set_index("ImageID")
+        train = pd.read_csv(Path(summary["data_dir"]) / TRAINING_CSV, dtype={"ImageID": str}).set_index("ImageID")
+        y = train.loc[logits.index, list(KNOWN_CLASSES)].to_numpy()
+        res = evaluate(y, 1 / (1 + np.exp(-logits[list(KNOWN_CLASSES)].to_numpy())), list(KNOWN_CLASSES))
+        chart = per_class_ap_chart({c: res.per_class[c].AP for c in KNOWN_CLASSES},
+                                   bands_from_training(Path(summary["data_dir"]) / TRAINING_CSV),
+                                   out / "val_per_class_ap.png", title=f"{summary['member']}: validation AP")
+        mlflow.log_artifact(str(chart))
     mlflow.end_run()
