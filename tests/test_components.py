@@ -45,6 +45,15 @@ class TestValidateData:
             validate_data.python_func(data_dir=str(faulty_data), report=_artifact(tmp_path / "r"), min_positives=0)
 
 
+def test_preprocess_component(synth_data, tmp_path):
+    from components.preprocess.component import preprocess
+
+    art = _artifact(tmp_path / "cache")
+    n = preprocess.python_func(data_dir=str(synth_data), cache=art, size=16, workers=1)
+    assert n == 400 and art.metadata == {"size": 16, "images": 400}
+    assert (tmp_path / "cache" / "cache_config.json").exists()
+
+
 def test_split_projection_component(synth_data, tmp_path):
     art = _artifact(tmp_path / "splits")
     summary = json.loads(split_projection.python_func(data_dir=str(synth_data), splits=art))
