@@ -405,7 +405,7 @@ def infer_cmd(
     url: Annotated[str, typer.Option(help="Triton gRPC address HOST:PORT.")] = "127.0.0.1:8001",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     timeout: Annotated[float, typer.Option(help="Per-call timeout in seconds.")] = 30.0,
-    top: Annotated[int, typer.Option(help="Findings per image in the table.")] = 8,
+    top: Annotated[int, typer.Option(help="Known findings per image in the table (all unseen ones follow).")] = 8,
 ) -> None:
     """Send images to the served cxr model over gRPC and print the findings (known and unseen)."""
     from serving.client import CXRClient
@@ -427,7 +427,8 @@ def infer_cmd(
             typer.secho(f"  error: {r.error}", fg=typer.colors.RED)
             continue
         typer.echo(f"  {'finding':<32} {'probability':>11}  {'kind':<7} band")
-        for f in r.findings()[:top]:
+        known = [f for f in r.findings() if f.kind == "known"][:top]
+        for f in known + [f for f in r.findings() if f.kind == "unseen"]:  # top known, then every unseen
             band = bands.get(f.name, "zero-shot" if f.kind == "unseen" else "-")
             typer.echo(f"  {f.name:<32} {f.probability:>11.3f}  {f.kind:<7} {band}")
 
