@@ -37,6 +37,18 @@ def setup(device: torch.device | None = None) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local), device
 
 
+def start_run(out_dir, seed: int) -> tuple[DistInfo, torch.device]:
+    """Process group (if any), the global seed, and the run directory made by rank 0 before anyone uses it."""
+    from pathlib import Path
+
+    info, device = setup()
+    torch.manual_seed(seed)
+    if info.is_main:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    barrier(info)
+    return info, device
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

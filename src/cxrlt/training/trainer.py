@@ -130,13 +130,8 @@ def train_member(req: TrainRequest) -> dict:
     router = kind == "router"
     ts = train_settings(cfg, kind)
     epochs = req.epochs or ts["epochs"]
-    info, device = D.setup()
-    seed = int(ts["seed"])
-    torch.manual_seed(seed)
-    out = Path(req.out_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    D.barrier(info)
+    seed, out = int(ts["seed"]), Path(req.out_dir)
+    info, device = D.start_run(out, seed)
 
     size = int(cfg["data"]["image_size"])
     train_df, val_df = _frames(Path(req.data_dir), cfg, view)

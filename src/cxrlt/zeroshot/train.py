@@ -95,13 +95,8 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     if req.alpha is not None:
         zs["alpha"] = req.alpha
     epochs = req.epochs or int(zs["epochs"])
-    info, device = D.setup()
-    seed = int(zs["seed"])
-    torch.manual_seed(seed)
-    out = Path(req.out_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    D.barrier(info)
+    seed, out = int(zs["seed"]), Path(req.out_dir)
+    info, device = D.start_run(out, seed)
 
     bank = load_bank(zs["bank"])
     held_out = list(req.held_out)
