@@ -175,3 +175,31 @@ def test_proxy_validation_holds_out_and_scores_a_group(synth_data, tmp_path):
     assert card["held_out"] == list(PROXY_GROUPS["C"])
     assert not set(card["train_classes"]) & set(PROXY_GROUPS["C"])
     assert set(summary["groups"]["C"]["per_class"]) == set(PROXY_GROUPS["C"])
+
+
+@pytest.mark.slow
+def test_zeroshot_killed_run_resumes_to_the_same_weights(synth_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cxrlt.training.trainer import KILL_AFTER_EPOCH_ENV
+
+    cfg = {"profile": "test", "data": {"val_fraction": 0.2, "split_seed": 0},
+           "zeroshot": {**TINY_ZS, "epochs": 2, "batch_size": 32}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    base = [sys.executable, "-m", "cxrlt.cli", "zeroshot", "train", "--config", str(tmp_path / "cfg.yaml"), "--data",
+            str(synth_data)]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full = subprocess.run([*base, "--out", str(tmp_path / "full")], env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = subprocess.run([*base, "--out", str(tmp_path / "k")], env={**env, KILL_AFTER_EPOCH_ENV: "0"},
+                            capture_output=True, text=True)
+    assert killed.returncode == -9
+    resumed = subprocess.run([*base, "--out", str(tmp_path / "k"), "--resume"], env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "k" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)

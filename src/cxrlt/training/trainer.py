@@ -100,6 +100,20 @@ def _atomic_save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
+def restore_checkpoint(path: Path, **stateful) -> tuple[int, float, int, list]:
+    """Load ``last.pt`` into each stateful object (model, ema, optimizer, scheduler, sampler ...).
+
+    Returns (next epoch, best score, best epoch, history); a fresh start when there is no checkpoint.
+    """
+    if not path.exists():
+        return 0, -1.0, -1, []
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for key, obj in stateful.items():
+        obj.load_state_dict(state[key])
+    log.info("resumed from %s (epoch %d done)", path, state["epoch"] + 1)
+    return state["epoch"] + 1, state["best"], state["best_epoch"], state["history"]
+
+
 def _score(router: bool, y: np.ndarray, logits: np.ndarray) -> float:
     if router:
         return float((logits.argmax(1) == y.argmax(1)).mean())
@@ -173,21 +187,10 @@ def train_member(req: TrainRequest) -> dict:
     net = DistributedDataParallel(model) if info.enabled else model
     use_amp = bool(ts["amp"]) and device.type == "cuda"
 
-    start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if req.resume and last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
-        history = state["history"]
-        if info.is_main:
-            log.info("resumed %s from epoch %d", req.member, state["epoch"])
-    elif req.resume and info.is_main:
-        log.info("no checkpoint in %s: starting from scratch", out)
+    start_epoch, best, best_epoch, history = restore_checkpoint(
+        last_path, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
+    ) if req.resume else (0, -1.0, -1, [])
 
     mlflow_run = _mlflow_start(req, cfg, info)
     for epoch in range(start_epoch, epochs):

@@ -32,7 +32,7 @@ from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
 from cxrlt.training.data import ImageStore, ManifestDataset
 from cxrlt.training.sampler import EpochShardedSampler, sample_rng
-from cxrlt.training.trainer import KILL_AFTER_EPOCH_ENV, _atomic_save
+from cxrlt.training.trainer import KILL_AFTER_EPOCH_ENV, _atomic_save, restore_checkpoint
 from cxrlt.zeroshot.bank import load_bank, prompts_for
 from cxrlt.zeroshot.loss import DualBranchLoss
 from cxrlt.zeroshot.model import DualBranchCLIP, build_clip, tokenize
@@ -136,15 +136,9 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps, lr_min=float(zs["lr"]) * 0.01,
                                   warmup_t=int(zs["warmup_epochs"] * steps), warmup_lr_init=float(zs["lr"]) * 0.01,
                                   warmup_prefix=True, t_in_epochs=False)
-    start_epoch, best, best_epoch, history = 0, -1.0, -1, []
-    if req.resume and (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
-        history = state["history"]
+    start_epoch, best, best_epoch, history = restore_checkpoint(
+        out / "last.pt", model=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
+    ) if req.resume else (0, -1.0, -1, [])
 
     run = _mlflow_start(zs, cfg, held_out, info)
     for epoch in range(start_epoch, epochs):
