@@ -37,9 +37,12 @@ def split_frames(train_csv: str | Path, metadata_csv: str | Path | None = None, 
     if metadata_csv is not None:
         proj = read_projections(metadata_csv)
         df["view"] = df["ImageID"].map(proj.views)
-        unknown = int(df["view"].isna().sum())
-        summary["excluded_projections"] = dict(proj.excluded)
-        summary["excluded_images"] = unknown
+        projection = pd.read_csv(metadata_csv, dtype=str, keep_default_na=False).set_index("ImageID")["Projection"]
+        excluded = df.loc[df["view"].isna(), "ImageID"]
+        # counted over *training* images: the projection (COSTAL, blank, ...) or "not in metadata"
+        reasons = excluded.map(lambda i: (projection.get(i, "<not in metadata>").strip() or "<blank>"))
+        summary["excluded_projections"] = reasons.value_counts().to_dict()
+        summary["excluded_images"] = len(excluded)
         df = df[df["view"].notna()].reset_index(drop=True)
     else:
         df["view"] = ""
