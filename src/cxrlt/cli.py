@@ -330,7 +330,6 @@ def export_cmd(
     ensemble: Annotated[Path, typer.Option(help="Ensemble directory (cxrlt ensemble build).")],
     out: Annotated[Path, typer.Option(help="Served-bundle directory to write (replaced).")],
     zeroshot: Annotated[Path | None, typer.Option(help="Zero-shot model directory.")] = None,
-    check: Annotated[bool, typer.Option(help="Compare PyTorch and ONNX Runtime on random inputs.")] = True,
 ) -> None:
     """Export every served network to ONNX (dynamic batch axis) with the metadata serving needs."""
     from cxrlt.export import export_bundle

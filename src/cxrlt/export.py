@@ -57,13 +57,6 @@ def onnx_outputs(path: str | Path, x: np.ndarray) -> np.ndarray:
     return sess.run([OUTPUT_NAME], {INPUT_NAME: x.astype(np.float32)})[0]
 
 
-def parity(module: nn.Module, path: str | Path, x: np.ndarray) -> float:
-    """Max absolute difference between PyTorch and ONNX Runtime outputs on ``x``."""
-    with torch.no_grad():
-        ref = module.eval()(torch.from_numpy(x.astype(np.float32))).numpy()
-    return float(np.abs(ref - onnx_outputs(path, x)).max())
-
-
 def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out_dir: str | Path,
                   lineage: dict | None = None) -> dict:
     """Write the served bundle (see the module docstring) and return ``bundle.json``'s content."""

@@ -56,10 +56,6 @@ def parse_member(member: str) -> tuple[str | None, str]:
     return view, kind
 
 
-def all_members() -> list[str]:
-    return ["router"] + [f"{v}/{k}" for v in MEMBER_VIEWS for k in MEMBER_KINDS]
-
-
 @dataclass
 class TrainRequest:
     member: str
