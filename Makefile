@@ -24,12 +24,12 @@ kubectl:
 	  || echo "kubectl could not be installed: the infra render tests will be skipped"
 
 test: $(STAMP) kubectl
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src components pipelines serving infra bench tests
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src tests bench
+	$(PY) -m ruff check src components pipelines serving infra bench tests
+	$(PY) -m ruff format --check src components pipelines serving infra bench tests
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from cxrlt.export import load_bundle
+from cxrlt.export import bundle_contracts, load_bundle
 
 MODELS_DIR = Path(__file__).parent / "models"
 ONNX_RUNTIMES = ("python", "native")
@@ -68,9 +68,9 @@ def _python_model(repo: Path, name: str, source: str, config: str, files: dict[s
     _write(repo, name, config, {"model.py": MODELS_DIR / source, "_common.py": MODELS_DIR / "_common.py"}, files)
 
 
-def _onnx_model(repo: Path, name: str, onnx_file: Path, size: int, out_dim: int, runtime: str,
+def _onnx_model(repo: Path, name: str, onnx_file: Path, shape: list[int], out_dim: int, runtime: str,
                 instances: int) -> None:
-    inputs = [_tensor("INPUT", "TYPE_FP32", [1, size, size])]
+    inputs = [_tensor("INPUT", "TYPE_FP32", shape)]
     outputs = [_tensor("OUTPUT", "TYPE_FP32", [out_dim])]
     if runtime == "native":
         _write(repo, name, _config(name, inputs, outputs, platform="onnxruntime_onnx", instances=instances),
@@ -101,9 +101,11 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
     if repo.exists():
         shutil.rmtree(repo)
     repo.mkdir(parents=True)
-    size, known = int(bundle["image_size"]), bundle["known_classes"]
-    zs = bundle.get("zeroshot")
-    zs_size = int(zs["image_size"]) if zs else size
+    known, zs = bundle["known_classes"], bundle.get("zeroshot")
+    task1, zs_contract = bundle_contracts(bundle)
+    zs_contract = zs_contract or task1
+    shape = [task1.channels, task1.size, task1.size]  # every network input follows the bundle's contracts
+    zs_shape = [zs_contract.channels, zs_contract.size, zs_contract.size]
     onnx = bundle_dir / "onnx"
 
     import cxrlt.data.images as images_module
@@ -111,15 +113,16 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
     _python_model(repo, "preprocess", "preprocess.py", _config(
         "preprocess", [_tensor("IMAGE", "TYPE_STRING", [1], optional=True),
                        _tensor("PIXELS", "TYPE_FP32", [-1, -1], optional=True)],
-        [_tensor("TASK1_INPUT", "TYPE_FP32", [1, size, size]), _tensor("ZS_INPUT", "TYPE_FP32", [1, zs_size, zs_size]),
+        [_tensor("TASK1_INPUT", "TYPE_FP32", shape), _tensor("ZS_INPUT", "TYPE_FP32", zs_shape),
          _tensor("ERROR", "TYPE_STRING", [1])], dynamic=False, instances=instances,
-        params={"task1_size": size, "zeroshot_size": zs_size, "max_pixels": bundle["preprocess"]["max_pixels"]}),
+        params={"task1_preprocess": json.dumps(task1.to_dict()),
+                "zeroshot_preprocess": json.dumps(zs_contract.to_dict())}),
         files={"cxrlt_images.py": Path(images_module.__file__)})
-    _onnx_model(repo, "router", onnx / "router.onnx", size, len(bundle["router_classes"]), onnx_runtime, instances)
+    _onnx_model(repo, "router", onnx / "router.onnx", shape, len(bundle["router_classes"]), onnx_runtime, instances)
     for view, vspec in bundle["views"].items():
         steps = []
         for kind, name in vspec["members"].items():
-            _onnx_model(repo, name, onnx / f"{name}.onnx", size, len(known), onnx_runtime, instances)
+            _onnx_model(repo, name, onnx / f"{name}.onnx", shape, len(known), onnx_runtime, instances)
             steps.append((name, {"INPUT": "INPUT"}, {"OUTPUT": f"logits_{kind}"}))
         weights = {f"LOGITS_{k}": w for k, w in vspec["weights"].items()}
         _python_model(repo, f"{view}_combiner", "combiner.py", _config(
@@ -131,12 +134,12 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
                       {"PROBS": "PROBS"}))
         (repo / f"{view}_ensemble" / "1").mkdir(parents=True)
         (repo / f"{view}_ensemble" / "config.pbtxt").write_text(
-            _ensemble(f"{view}_ensemble", [1, size, size], steps, ("PROBS", [len(known)])))
+            _ensemble(f"{view}_ensemble", shape, steps, ("PROBS", [len(known)])))
     if zs:
         import numpy as np
 
         dim = int(np.load(bundle_dir / "zeroshot" / "text_embeddings.npy").shape[1])
-        _onnx_model(repo, "clip_image", onnx / "clip_image.onnx", zs_size, dim, onnx_runtime, instances)
+        _onnx_model(repo, "clip_image", onnx / "clip_image.onnx", zs_shape, dim, onnx_runtime, instances)
         _python_model(repo, "zeroshot_head", "zeroshot_head.py", _config(
             "zeroshot_head", [_tensor("EMBEDDING", "TYPE_FP32", [dim])],
             [_tensor("PROBS", "TYPE_FP32", [len(zs["classes"])])], instances=instances),
@@ -144,7 +147,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
                    "text_classes.json": bundle_dir / "zeroshot" / "text_classes.json"})
         (repo / "zeroshot" / "1").mkdir(parents=True)
         (repo / "zeroshot" / "config.pbtxt").write_text(_ensemble(
-            "zeroshot", [1, zs_size, zs_size],
+            "zeroshot", zs_shape,
             [("clip_image", {"INPUT": "INPUT"}, {"OUTPUT": "embedding"}),
              ("zeroshot_head", {"EMBEDDING": "embedding"}, {"PROBS": "PROBS"})], ("PROBS", [len(zs["classes"])])))
     version = model_version or bundle.get("lineage", {}).get("model_version") or f"local:{bundle_dir.resolve().name}"

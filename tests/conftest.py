@@ -26,12 +26,12 @@ def faulty_data(tmp_path_factory) -> Path:
 
 
 TINY_MODELS = {
-    "router": {"arch": "mobilenetv3_small_050"},
-    "pcam": {"backbone": "convnextv2_atto", "head": "pcam"},
+    "router": {"arch": "mobilenetv3_small_050", "pretrained": None},
+    "pcam": {"backbone": "convnextv2_atto", "head": "pcam", "pretrained": None},
     "swin": {"arch": "swinv2_tiny_window8_256",
              "kwargs": {"window_size": 4, "embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2],
-                        "drop_path_rate": 0.0}},
-    "cait": {"arch": "cait_xxs24_224", "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}},
+                        "drop_path_rate": 0.0}, "pretrained": None},
+    "cait": {"arch": "cait_xxs24_224", "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}, "pretrained": None},
 }
 TINY_CONFIG = {
     "profile": "test",

@@ -27,7 +27,7 @@ def mlflow_uri(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline_config(tmp_path_factory):
     cfg = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "cache_size": 32}}
-    cfg["models"] = {**cfg["models"], "pcam": {"backbone": "resnet18", "head": "pcam"}}
+    cfg["models"] = {**cfg["models"], "pcam": {"backbone": "resnet18", "head": "pcam", "pretrained": None}}
     path = tmp_path_factory.mktemp("cfg") / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -13,7 +13,7 @@ from cxrlt.data.dicom import array_to_dicom
 from cxrlt.export import export_bundle, onnx_outputs
 from cxrlt.inference import EnsemblePredictor
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
-from cxrlt.training.data import normalize
+from cxrlt.data.images import PreprocessConfig
 from cxrlt.training.trainer import load_member
 from cxrlt.tta import TTAModel
 
@@ -30,7 +30,7 @@ def bundle(tiny_bundle, tmp_path_factory):
 
 
 def test_onnx_parity_on_golden_tensors(tiny_bundle, bundle):
-    x = normalize(GOLDEN)[:, None].astype(np.float32)
+    x = PreprocessConfig(size=GOLDEN.shape[-1]).normalize(GOLDEN)
     for name, member in (("router", "router"), ("frontal_pcam", "frontal/pcam"), ("frontal_swin", "frontal/swin")):
         model, _ = load_member(tiny_bundle / "ensemble" / member)
         net = model if name == "router" else TTAModel(model, "flip")

@@ -13,8 +13,8 @@ from cxrlt.training.trainer import parse_member
 from cxrlt.tta import TTAModel, tta_views
 
 TINY_MODELS = {
-    "router": {"arch": "mobilenetv3_small_100"},
-    "pcam": {"backbone": "convnextv2_atto", "head": "pcam"},
+    "router": {"arch": "mobilenetv3_small_100", "pretrained": None},
+    "pcam": {"backbone": "convnextv2_atto", "head": "pcam", "pretrained": None},
     "swin": {"arch": "swinv2_tiny_window8_256",
              "kwargs": {"window_size": 4, "embed_dim": 24, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 2]}},
     "cait": {"arch": "cait_xxs24_224", "kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}},

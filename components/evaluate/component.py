@@ -28,7 +28,7 @@ def evaluate(ensemble: Input[Model], zeroshot: Input[Model], data_dir: str, metr
     import numpy as np
     from sklearn.metrics import average_precision_score, confusion_matrix
 
-    from cxrlt.data.images import PreprocessConfig, load_preprocessed
+    from cxrlt.data.images import load_preprocessed
     from cxrlt.data.tables import read_projections, write_submission
     from cxrlt.evaluation import evaluate_files
     from cxrlt.inference import EnsemblePredictor
@@ -40,14 +40,13 @@ def evaluate(ensemble: Input[Model], zeroshot: Input[Model], data_dir: str, metr
     out.mkdir(parents=True, exist_ok=True)
     labels_csv = data / f"CXRLT_2026_{split}_labels.csv"
     predictor = EnsemblePredictor(ensemble.path)
-    labels, images = load_eval_images(data, labels_csv.name, predictor.size)
+    labels, images = load_eval_images(data, labels_csv.name, predictor.preprocess)
     pred = predictor.predict(images)
     write_submission(out / "predictions.csv", labels["ImageID"], pred, KNOWN_CLASSES)
     summary = evaluate_files(out / "predictions.csv", labels_csv, out, train_csv=data / "CXRLT_2026_training.csv",
                              n_bootstrap=100)
     zs = ZeroShotPredictor(zeroshot.path)
-    zs_images = np.stack([load_preprocessed(data / "images" / i, PreprocessConfig(size=zs.image_size))
-                          for i in labels["ImageID"]])
+    zs_images = np.stack([load_preprocessed(data / "images" / i, zs.preprocess) for i in labels["ImageID"]])
     probs = zs.predict(zs_images, list(UNSEEN_CLASSES))
     aps = [average_precision_score(labels[c], probs[:, j]) for j, c in enumerate(UNSEEN_CLASSES) if labels[c].sum()]
     unseen_map = float(np.mean(aps)) if aps else float("nan")

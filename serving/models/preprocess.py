@@ -1,23 +1,25 @@
 """Encoded image bytes (PNG 8/16-bit, DICOM) or a raw grayscale array -> the exact training preprocessing.
 
-Uses cxrlt's own image module (copied beside this file as cxrlt_images.py), so serving and training cannot drift.
+Uses cxrlt's own image module (copied beside this file as cxrlt_images.py) and the bundle's two preprocessing
+contracts (size, channels, mean/std, percentiles, pixel limit: the ``task1_preprocess`` / ``zeroshot_preprocess``
+parameters), so serving and training cannot drift.
 Per item: a bad item gets an ERROR string; a request whose items are all bad gets INVALID_ARGUMENT.
 """
+
+import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from _common import bytes_array, invalid, parameters
 from cxrlt_images import ImageReadError, PreprocessConfig, decode_image, preprocess_array
 
-MEAN, STD = 0.5, 0.25
-
 
 class TritonPythonModel:
     def initialize(self, args):
         p = parameters(args)
-        self.max_pixels = int(p["max_pixels"])
-        self.task1 = PreprocessConfig(size=int(p["task1_size"]), max_pixels=self.max_pixels)
-        self.zs = PreprocessConfig(size=int(p["zeroshot_size"]), max_pixels=self.max_pixels)
+        self.task1 = PreprocessConfig.from_dict(json.loads(p["task1_preprocess"]))
+        self.zs = PreprocessConfig.from_dict(json.loads(p["zeroshot_preprocess"]))
+        self.max_pixels = min(self.task1.max_pixels, self.zs.max_pixels)
 
     def _items(self, request):
         encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE")
@@ -47,7 +49,7 @@ class TritonPythonModel:
             zs = preprocess_array(img, self.zs)
         except ImageReadError as exc:
             raise ImageReadError(f"{source}: {exc}") from None
-        return (t1 - MEAN) / STD, (zs - MEAN) / STD
+        return self.task1.normalize(t1), self.zs.normalize(zs)
 
     def execute(self, requests):
         responses = []
@@ -57,12 +59,12 @@ class TritonPythonModel:
             except ImageReadError as exc:
                 responses.append(invalid(str(exc)))
                 continue
-            t1 = np.zeros((len(items), 1, self.task1.size, self.task1.size), np.float32)
-            zs = np.zeros((len(items), 1, self.zs.size, self.zs.size), np.float32)
+            t1 = np.zeros((len(items), self.task1.channels, self.task1.size, self.task1.size), np.float32)
+            zs = np.zeros((len(items), self.zs.channels, self.zs.size, self.zs.size), np.float32)
             errors = []
             for i, (kind, item) in enumerate(items):
                 try:
-                    t1[i, 0], zs[i, 0] = self._one(kind, item, i)
+                    t1[i], zs[i] = self._one(kind, item, i)
                     errors.append("")
                 except ImageReadError as exc:
                     errors.append(str(exc))

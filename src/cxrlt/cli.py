@@ -270,7 +270,7 @@ def zeroshot_predict(
     """Score images for unseen findings (or any named findings) zero-shot; writes the Task 2 submission CSV."""
     import numpy as np
 
-    from cxrlt.data.images import ImageReadError, PreprocessConfig, load_preprocessed
+    from cxrlt.data.images import ImageReadError, load_preprocessed
     from cxrlt.data.tables import write_submission
     from cxrlt.labels import UNSEEN_CLASSES, canonical_class
     from cxrlt.zeroshot.predict import ZeroShotPredictor
@@ -280,8 +280,7 @@ def zeroshot_predict(
     paths, ids = _image_inputs(images, data, split)
     try:
         predictor = ZeroShotPredictor(model)
-        cfg = PreprocessConfig(size=predictor.image_size)
-        arr = np.stack([load_preprocessed(p, cfg) for p in paths])
+        arr = np.stack([load_preprocessed(p, predictor.preprocess) for p in paths])
         probs = predictor.predict(arr, names, scoring, prompts)
     except (ImageReadError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -302,7 +301,7 @@ def zeroshot_calibrate(
 
     predictor = ZeroShotPredictor(model)
     classes = [c for c in KNOWN_CLASSES if c in predictor.card["train_classes"]]
-    labels, images = load_eval_images(data, f"CXRLT_2026_{split}_labels.csv", predictor.image_size)
+    labels, images = load_eval_images(data, f"CXRLT_2026_{split}_labels.csv", predictor.preprocess)
     cal = predictor.fit_calibration(images, labels[classes].to_numpy(), classes)
     typer.echo(f"calibration a={cal['a']:.3f} b={cal['b']:.3f} ({cal['scoring']}), saved to {model}/zeroshot.json")
 

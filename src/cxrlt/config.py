@@ -1,53 +1,322 @@
-"""Profiles (``configs/*.yaml``): one schema for the tiny CPU profile and the paper profile."""
+"""Profiles (``configs/*.yaml``): one typed, validated schema for the tiny CPU profile, the paper profile and any other.
+
+Every key is declared here with its type and range, so an unknown or misspelt key, a wrong type or an impossible
+value fails when the profile is loaded, naming the key and the file, before any GPU hour is spent. Each network's
+``pretrained`` key has no default: random initialisation is allowed only where a profile writes ``null``.
+
+``load_profile`` returns the typed :class:`Profile`; ``load_config`` returns its validated plain-dict form, which is
+what trainers, cards and hashes use.
+"""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DEFAULTS: dict = {
-    "profile": "custom",
-    "data": {"image_size": 64, "cache_size": 64, "val_fraction": 0.1, "split_seed": 42, "preload": True},
-    "models": {},
-    "train": {
-        "epochs": 3, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1, "min_lr_ratio": 0.01,
-        "grad_clip": 1.0, "ema_decay": 0.99, "loss": "asl", "loss_kwargs": {}, "sampler": "repeat_factor",
-        "sampler_threshold": 0.01, "sampler_cap": 10.0, "augment": {}, "num_workers": 0, "seed": 0, "amp": True,
-        "overrides": {},
-    },
-    "inference": {"tta": "flip", "normal_gate_alpha": None},
-    "ensemble": {"grid_step": 0.05},
-    "zeroshot": {},
+from cxrlt.data.images import DEFAULT_MAX_PIXELS, DEFAULT_PERCENTILES, PreprocessConfig
+
+#: Named input normalisations (per-channel mean, std on [0, 1] pixels). ``cxrlt`` is this project's 1-channel
+#: default; ``imagenet`` is timm's ImageNet statistics (seed 000 and HPH); ``clip`` is OpenAI CLIP's;
+#: ``chexzero`` is CheXzero's grayscale statistics (101.48761 / 83.43944 on the 0-255 scale).
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cxrlt": ((0.5,), (0.25,)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "chexzero": ((101.48761 / 255,) * 3, (83.43944 / 255,) * 3),
 }
+MEMBER_NETWORKS = ("router", "pcam", "swin", "cait")
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
+class ConfigError(ValueError):
+    """A profile failed validation; the message names the file and every offending key."""
 
 
-def load_config(path: str | Path | dict) -> dict:
-    """Read a profile YAML (or take a dict) and fill in defaults."""
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class InputConfig(_Strict):
+    """How a [0, 1] radiograph is presented to the networks (becomes the bundle's preprocessing contract)."""
+
+    channels: Literal[1, 3] = 1
+    normalization: Literal["cxrlt", "imagenet", "clip", "chexzero"] = "cxrlt"
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    max_pixels: PositiveInt = DEFAULT_MAX_PIXELS
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, v):
+        if not 0 <= v[0] < v[1] <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(v)}")
+        return v
+
+    def contract(self, size: int) -> PreprocessConfig:
+        mean, std = NORMALIZATIONS[self.normalization]
+        if len(mean) == 1 and self.channels == 3:
+            mean, std = mean * 3, std * 3
+        if len(mean) == 3 and self.channels == 1:
+            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        return PreprocessConfig(size=size, percentiles=tuple(self.percentiles), max_pixels=self.max_pixels,
+                                channels=self.channels, mean=tuple(mean), std=tuple(std))
+
+
+class DataConfig(_Strict):
+    image_size: Annotated[int, Field(ge=16)] = 64
+    cache_size: Annotated[int, Field(ge=16)] = 64
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    split_seed: int = 42
+    preload: bool = True
+    input: InputConfig = InputConfig()
+
+
+class RouterConfig(_Strict):
+    arch: str
+    kwargs: dict[str, Any] = {}
+    pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
+
+
+class PooledCNNConfig(_Strict):
+    backbone: str
+    head: Literal["pcam", "csra"] = "pcam"
+    backbone_kwargs: dict[str, Any] = {}
+    drop: Fraction = 0.0
+    pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
+
+
+class TimmMemberConfig(_Strict):
+    arch: str
+    kwargs: dict[str, Any] = {}
+    pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
+
+
+class CaiTConfig(TimmMemberConfig):
+    arch: str = "cait_xxs24_224"
+
+
+class ModelsConfig(_Strict):
+    router: RouterConfig
+    pcam: PooledCNNConfig
+    swin: TimmMemberConfig
+    cait: CaiTConfig
+
+
+class AugmentSettings(_Strict):
+    flip_p: Fraction = 0.5
+    rotate_deg: Annotated[float, Field(ge=0, le=180)] = 20.0
+    scale: tuple[PositiveFloat, PositiveFloat] = (0.9, 1.1)
+    translate: Annotated[float, Field(ge=0, lt=0.5)] = 0.05
+    clahe_p: Fraction = 0.3
+    clahe_clip: PositiveFloat = 2.0
+
+
+class TrainOverride(_Strict):
+    """Per-network changes to ``train`` (any subset of its keys)."""
+
+    epochs: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
+    lr: PositiveFloat | None = None
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    warmup_epochs: Annotated[float, Field(ge=0)] | None = None
+    min_lr_ratio: Fraction | None = None
+    warmup_lr_ratio: Fraction | None = None
+    grad_clip: Annotated[float, Field(ge=0)] | None = None
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None
+    loss: Literal["bce", "asl", "asl_weighted", "db"] | None = None
+    loss_kwargs: dict[str, Any] | None = None
+    sampler: Literal["repeat_factor", "none"] | None = None
+    sampler_threshold: Fraction | None = None
+    sampler_cap: Annotated[float, Field(ge=1)] | None = None
+    augment: AugmentSettings | None = None
+    num_workers: Annotated[int, Field(ge=0)] | None = None
+    seed: int | None = None
+    amp: bool | None = None
+
+
+class TrainConfig(_Strict):
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    warmup_epochs: Annotated[float, Field(ge=0)] = 1
+    min_lr_ratio: Fraction = 0.01
+    warmup_lr_ratio: Fraction = 0.01
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    loss: Literal["bce", "asl", "asl_weighted", "db"] = "asl"
+    loss_kwargs: dict[str, Any] = {}
+    sampler: Literal["repeat_factor", "none"] = "repeat_factor"
+    sampler_threshold: Fraction = 0.01
+    sampler_cap: Annotated[float, Field(ge=1)] = 10.0
+    augment: AugmentSettings = AugmentSettings()
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    seed: int = 0
+    amp: bool = True
+    overrides: dict[Literal["router", "pcam", "swin", "cait"], TrainOverride] = {}
+
+
+class InferenceConfig(_Strict):
+    tta: Literal["none", "flip", "medium"] = "flip"
+    normal_gate_alpha: Annotated[float, Field(ge=0)] | None = None
+
+
+class EnsembleConfig(_Strict):
+    grid_step: Annotated[float, Field(gt=0, le=1)] = 0.05
+
+
+class TinyCLIPVision(_Strict):
+    layers: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (1, 1, 1, 1)
+    width: PositiveInt = 32
+
+
+class TinyCLIPText(_Strict):
+    context_length: PositiveInt = 48
+    width: PositiveInt = 128
+    heads: PositiveInt = 4
+    layers: PositiveInt = 3
+
+
+class ASLSettings(_Strict):
+    gamma_neg: Annotated[float, Field(ge=0)] = 4
+    gamma_pos: Annotated[float, Field(ge=0)] = 0
+    clip: Annotated[float, Field(ge=0, lt=1)] = 0.05
+
+
+class ZeroShotConfig(_Strict):
+    """Task 2 CLIP. ``model``: ``tiny`` (small conv-tower CLIP, CPU) or an open_clip architecture name
+    (``ViT-B-32-quickgelu`` for CheXzero, ``ViT-L-14`` ...), whose image size and context length come from
+    open_clip's own model config."""
+
+    model: str = "tiny"
+    pretrained: str | None = Field(default=None, description="open_clip tag, weight file/URI or mirror name")
+    image_size: PositiveInt = 64
+    embed_dim: PositiveInt = 128
+    vision: TinyCLIPVision = TinyCLIPVision()
+    text: TinyCLIPText = TinyCLIPText()
+    input: InputConfig = InputConfig()
+    bank: Literal["clinical", "synthetic"] = "synthetic"
+    alpha: Annotated[float, Field(ge=0)] = 1.5
+    asl: ASLSettings = ASLSettings()
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    warmup_epochs: Annotated[float, Field(ge=0)] = 1
+    min_lr_ratio: Fraction = 0.01
+    warmup_lr_ratio: Fraction = 0.01
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    prompts: Literal["names", "descriptions", "hybrid"] = "hybrid"
+    scoring: Literal["sigmoid", "softmax_pn"] = "sigmoid"
+    sigmoid_scale: PositiveFloat = 5.0
+    tta: Literal["none", "flip", "medium"] = "none"
+    augment: AugmentSettings = AugmentSettings(flip_p=0.0, rotate_deg=5, scale=(0.95, 1.05), clahe_p=0.0)
+    seed: int = 0
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v == "tiny":
+            return v
+        import open_clip
+
+        if v not in open_clip.list_models():
+            raise ValueError(f"unknown zero-shot model {v!r}: 'tiny' or an open_clip model name such as "
+                             "ViT-B-32-quickgelu (CheXzero) or ViT-L-14")
+        return v
+
+    def resolved(self) -> dict:
+        """Settings with the architecture's own image size and context length filled in."""
+        out = self.model_dump(mode="json")
+        if self.model == "tiny":
+            out["context_length"] = self.text.context_length
+        else:
+            import open_clip
+
+            arch = open_clip.get_model_config(self.model)
+            size = arch["vision_cfg"]["image_size"]
+            out["image_size"] = int(size[0] if isinstance(size, list | tuple) else size)
+            out["context_length"] = int(arch["text_cfg"].get("context_length", 77))
+        out["preprocess"] = self.input.contract(out["image_size"]).to_dict()
+        return out
+
+
+class Profile(_Strict):
+    profile: str = "custom"
+    weights_mirror: str | None = Field(default=None, description="s3:// prefix of a weights mirror")
+    data: DataConfig = DataConfig()
+    models: ModelsConfig | None = Field(default=None, description="Task 1 networks; a zero-shot-only profile omits it")
+    train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
+    zeroshot: ZeroShotConfig = ZeroShotConfig()
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.data.cache_size < self.data.image_size:
+            raise ValueError(f"data.cache_size ({self.data.cache_size}) is smaller than data.image_size "
+                             f"({self.data.image_size}): the cache would be upsampled")
+        return self
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        msg = "unknown key (not in the schema; misspelt?)" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "missing" and key.endswith("pretrained"):
+            msg += " (write `pretrained: null` for random initialisation)"
+        lines.append(f"  {key}: {msg}")
+    return f"invalid profile {source}:\n" + "\n".join(lines)
+
+
+def load_profile(path: str | Path | dict | Profile) -> Profile:
+    """Read and validate a profile YAML (or a dict); raises :class:`ConfigError` naming the file and keys."""
+    if isinstance(path, Profile):
+        return path
     if isinstance(path, dict):
-        raw = path
+        raw, source = path, "<dict>"
     else:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"config {path} not found (profiles live in configs/)")
-        raw = yaml.safe_load(path.read_text()) or {}
-    return _merge(DEFAULTS, raw)
+        raw, source = yaml.safe_load(path.read_text()) or {}, str(path)
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path | dict | Profile) -> dict:
+    """The validated profile as a plain dict (every default filled in)."""
+    return load_profile(path).model_dump(mode="json")
 
 
 def train_settings(cfg: dict, member_kind: str) -> dict:
-    """Training settings for one member kind: ``train`` with ``train.overrides[kind]`` applied."""
-    return _merge(cfg["train"], cfg["train"].get("overrides", {}).get(member_kind, {}))
+    """Training settings for one network: ``train`` with ``train.overrides[kind]`` applied."""
+    over = {k: v for k, v in (cfg["train"].get("overrides", {}).get(member_kind) or {}).items() if v is not None}
+    return {**cfg["train"], **over}
 
 
-def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def task1_preprocess(cfg: dict) -> PreprocessConfig:
+    """The Task 1 networks' preprocessing contract from a validated profile dict."""
+    return InputConfig.model_validate(cfg["data"]["input"]).contract(int(cfg["data"]["image_size"]))
+
+
+def zeroshot_settings(cfg: dict) -> dict:
+    """The zero-shot section with the architecture's image size, context length and contract filled in."""
+    return ZeroShotConfig.model_validate(cfg["zeroshot"]).resolved()
+
+
+def config_hash(cfg: dict | Profile) -> str:
+    """Hash of the validated profile (defaults filled in), so equal profiles hash equally however written."""
+    data = load_config(cfg) if isinstance(cfg, Profile) else load_config(cfg)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

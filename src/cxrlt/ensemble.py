@@ -2,7 +2,7 @@
 
 An ensemble directory holds ``ensemble.json`` plus one sub-directory per trained member (``router/``,
 ``frontal/pcam/`` ...). ``ensemble.json`` records the views, each view's members and fitted weights, the class order
-(always addressed by name), the preprocessing and TTA settings and the optional normal-gating exponent.
+(always addressed by name), the preprocessing contract, TTA settings and the optional normal-gating exponent.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlt.config import task1_preprocess
 from cxrlt.data.tables import read_training_csv
 from cxrlt.labels import KNOWN_CLASSES, NORMAL, frequency_bands
 from cxrlt.metrics import macro_ap
@@ -65,7 +66,9 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
     """Collect trained members from ``runs_dir`` (``router/``, ``<view>/<kind>/``), fit weights per view, bundle."""
     runs, out = Path(runs_dir), Path(out_dir)
     labels = read_training_csv(train_csv).set_index("ImageID")
-    spec = {"classes": list(KNOWN_CLASSES), "views": {}, "image_size": int(config["data"]["image_size"]),
+    contract = task1_preprocess(config)
+    spec = {"classes": list(KNOWN_CLASSES), "views": {}, "image_size": contract.size,
+            "preprocess": contract.to_dict(),
             "tta": config["inference"]["tta"], "normal_gate_alpha": config["inference"]["normal_gate_alpha"],
             "profile": config.get("profile"), "grid_step": config["ensemble"]["grid_step"]}
     spec["bands"] = frequency_bands({c: int(labels[c].sum()) for c in KNOWN_CLASSES}, len(labels))
@@ -89,6 +92,11 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
             shutil.copytree(runs / view / k, out / view / k, dirs_exist_ok=True)
     if not spec["views"]:
         raise ValueError(f"{runs}: no trained members found (expected <view>/<kind>/member.json)")
+    for card_path in sorted(out.glob("**/member.json")):  # one contract for every network the ensemble serves
+        card = json.loads(card_path.read_text())
+        if card.get("preprocess", spec["preprocess"]) != spec["preprocess"]:
+            raise ValueError(f"{card_path.parent}: trained with preprocessing {card['preprocess']}, but the profile's "
+                             f"contract is {spec['preprocess']}; retrain it or use the profile it was trained with")
     (out / ENSEMBLE_JSON).write_text(json.dumps(spec, indent=2))
     return spec
 

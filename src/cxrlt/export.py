@@ -3,9 +3,12 @@
 A *served bundle* is a directory:
 
     bundle.json                      classes, views, weights, gating, sizes, zero-shot scoring, version, lineage
-    onnx/router.onnx                 (B, 1, S, S) -> (B, 2) logits (frontal, lateral)
-    onnx/<view>_<kind>.onnx          (B, 1, S, S) -> (B, 30) logits, TTA folded in
-    onnx/clip_image.onnx             (B, 1, S2, S2) -> (B, D) normalised image embedding
+    onnx/router.onnx                 (B, C, S, S) -> (B, 2) logits (frontal, lateral)
+    onnx/<view>_<kind>.onnx          (B, C, S, S) -> (B, 30) logits, TTA folded in
+    onnx/clip_image.onnx             (B, C2, S2, S2) -> (B, D) normalised image embedding
+
+``bundle.json["preprocess"]`` and ``bundle.json["zeroshot"]["preprocess"]`` are the preprocessing contracts (size,
+channels, mean/std, percentiles, pixel limit) that every consumer of the bundle reads.
     zeroshot/text_embeddings.npy     (6, D): img @ E.T is the mean prompt cosine
     zeroshot/text_classes.json       class order and the sigmoid scale/bias
 
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from cxrlt import __version__
+from cxrlt.data.images import PreprocessConfig
 from cxrlt.ensemble import load_spec
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
 from cxrlt.training.trainer import load_member
@@ -34,14 +38,14 @@ INPUT_NAME, OUTPUT_NAME = "INPUT", "OUTPUT"
 OPSET = 17
 
 
-def export_onnx(module: nn.Module, image_size: int, path: str | Path) -> Path:
-    """Export a (B, 1, S, S) -> (B, K) module with a dynamic batch axis and check the graph."""
+def export_onnx(module: nn.Module, image_size: int, path: str | Path, channels: int = 1) -> Path:
+    """Export a (B, C, S, S) -> (B, K) module with a dynamic batch axis and check the graph."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
-    example = torch.zeros(2, 1, image_size, image_size)
+    example = torch.zeros(2, channels, image_size, image_size)
     with torch.no_grad():
         torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=OPSET,
@@ -67,33 +71,43 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
     if out.exists():
         shutil.rmtree(out)
     (out / "onnx").mkdir(parents=True)
-    size = int(spec["image_size"])
+    preprocess = spec.get("preprocess") or {"size": spec["image_size"]}
+    size, channels = int(preprocess["size"]), int(preprocess.get("channels", 1))
     router, _ = load_member(ens / spec["router"])
-    export_onnx(router, size, out / "onnx" / "router.onnx")
+    export_onnx(router, size, out / "onnx" / "router.onnx", channels)
     views = {}
     for view, vspec in spec["views"].items():
         members = {}
         for kind, rel in vspec["members"].items():
             model, _ = load_member(ens / rel)
             name = f"{view}_{kind}"
-            export_onnx(TTAModel(model, spec["tta"]), size, out / "onnx" / f"{name}.onnx")
+            export_onnx(TTAModel(model, spec["tta"]), size, out / "onnx" / f"{name}.onnx", channels)
             members[kind] = name
         views[view] = {"members": members, "weights": vspec["weights"]}
     bundle = {"format": 1, "cxrlt_version": __version__, "known_classes": list(KNOWN_CLASSES),
               "router_classes": ["frontal", "lateral"], "image_size": size, "tta": spec["tta"],
               "normal_gate_alpha": spec.get("normal_gate_alpha"), "views": views,
-              "preprocess": {"percentiles": [0.5, 99.5], "max_pixels": 64_000_000, "mean": 0.5, "std": 0.25},
+              "preprocess": PreprocessConfig.from_dict(preprocess).to_dict(),
               "bands": spec.get("bands", {}), "zeroshot": None, "lineage": lineage or {}}
     if zeroshot_dir is not None:
         from cxrlt.zeroshot.predict import ZeroShotPredictor
 
         predictor = ZeroShotPredictor(zeroshot_dir)
         scoring = predictor.export_pieces(out / "zeroshot", list(UNSEEN_CLASSES))
-        export_onnx(predictor.image_encoder(), predictor.image_size, out / "onnx" / "clip_image.onnx")
+        export_onnx(predictor.image_encoder(), predictor.image_size, out / "onnx" / "clip_image.onnx",
+                    predictor.preprocess.channels)
         bundle["zeroshot"] = {"classes": scoring["classes"], "image_size": predictor.image_size, "a": scoring["a"],
-                              "b": scoring["b"], "prompts": scoring["prompts"]}
+                              "b": scoring["b"], "prompts": scoring["prompts"],
+                              "preprocess": predictor.preprocess.to_dict()}
     (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2))
     return bundle
+
+
+def bundle_contracts(bundle: dict) -> tuple[PreprocessConfig, PreprocessConfig | None]:
+    """The Task 1 and zero-shot preprocessing contracts of a bundle (bundles without them: 1 channel, 0.5/0.25)."""
+    task1 = PreprocessConfig.from_dict({"size": bundle["image_size"], **bundle["preprocess"]})
+    zs = bundle.get("zeroshot")
+    return task1, (PreprocessConfig.from_dict(zs.get("preprocess") or {"size": zs["image_size"]}) if zs else None)
 
 
 def load_bundle(bundle_dir: str | Path) -> dict:

@@ -16,20 +16,21 @@ from cxrlt.data.images import PreprocessConfig, load_preprocessed
 from cxrlt.ensemble import load_spec, normal_gate
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.models.factory import ROUTER_CLASSES
-from cxrlt.training.data import normalize
 from cxrlt.training.trainer import load_member
 from cxrlt.tta import TTAModel
 
 
 class EnsemblePredictor:
-    """Loads an ensemble directory once; ``predict`` takes [0, 1] square images of the ensemble's size."""
+    """Loads an ensemble directory once; ``predict`` takes [0, 1] square images of the ensemble's size and applies
+    the ensemble's preprocessing contract."""
 
     def __init__(self, ensemble_dir: str | Path, mixed: bool = False, device: str = "cpu"):
         self.dir = Path(ensemble_dir)
         self.spec = load_spec(self.dir)
         self.mixed = mixed
         self.device = torch.device(device)
-        self.size = int(self.spec["image_size"])
+        self.preprocess = PreprocessConfig.from_dict(self.spec.get("preprocess") or {"size": self.spec["image_size"]})
+        self.size = self.preprocess.size
         if mixed and "mixed" not in self.spec["views"]:
             raise ValueError(f"{ensemble_dir} has no mixed ensemble")
         if not mixed and "router" not in self.spec:
@@ -51,7 +52,7 @@ class EnsemblePredictor:
         """``(N, S, S)`` float [0, 1] images -> frame with 30 class columns, ``view`` and ``view_confidence``."""
         rows = []
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(normalize(images[start : start + batch_size].astype(np.float32)))[:, None]
+            x = torch.from_numpy(self.preprocess.normalize(images[start : start + batch_size]))
             x = x.to(self.device)
             if self.mixed:
                 views = np.array(["mixed"] * len(x))
@@ -76,6 +77,6 @@ class EnsemblePredictor:
         return out
 
     def predict_files(self, paths: Sequence[str | Path]) -> pd.DataFrame:
-        cfg = PreprocessConfig(size=self.size)
-        images = np.stack([load_preprocessed(p, cfg) for p in paths]) if paths else np.zeros((0, self.size, self.size))
+        images = np.stack([load_preprocessed(p, self.preprocess) for p in paths]) if paths else \
+            np.zeros((0, self.size, self.size))
         return self.predict(images)

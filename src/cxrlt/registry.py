@@ -43,11 +43,11 @@ def _bundle_model_class():
             return self.sessions[name].run(["OUTPUT"], {"INPUT": x})[0]
 
         def predict(self, context, model_input, params=None):
-            from cxrlt.data.images import PreprocessConfig, load_preprocessed
+            from cxrlt.data.images import load_preprocessed
+            from cxrlt.export import bundle_contracts
 
-            size = int(self.spec["image_size"])
-            x = np.stack([(load_preprocessed(p, PreprocessConfig(size=size)) - 0.5) / 0.25
-                          for p in model_input["image_path"]])[:, None].astype(np.float32)
+            contract, _ = bundle_contracts(self.spec)
+            x = np.stack([contract.normalize(load_preprocessed(p, contract)) for p in model_input["image_path"]])
             views = np.array(self.spec["router_classes"])[self._run("router", x).argmax(1)]
             logits = np.zeros((len(x), len(self.spec["known_classes"])))
             for view in np.unique(views):

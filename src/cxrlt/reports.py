@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrlt.config import load_config
+from cxrlt.config import load_config, task1_preprocess
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
 from cxrlt.data.synth import SynthConfig, generate
 from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TEST_LABELS_CSV, TRAINING_CSV, read_projections
@@ -24,28 +24,26 @@ from cxrlt.evaluation import bands_from_training
 from cxrlt.inference import EnsemblePredictor
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.metrics import evaluate
-from cxrlt.training.data import normalize
 from cxrlt.training.trainer import TrainRequest, load_member, train_member
 from cxrlt.tta import TTAModel
 
 VIEWS = ("frontal", "lateral", "mixed")
 
 
-def _test_set(data: Path, size: int):
+def _test_set(data: Path, preprocess: PreprocessConfig):
     labels = pd.read_csv(data / TEST_LABELS_CSV, dtype={"ImageID": str})
     views = read_projections(data / PADCHEST_METADATA_CSV).views
     labels = labels[labels["ImageID"].isin(views)].reset_index(drop=True)
     labels["view"] = labels["ImageID"].map(views)
-    cfg = PreprocessConfig(size=size)
-    images = np.stack([load_preprocessed(data / IMAGES_DIR / i, cfg) for i in labels["ImageID"]])
+    images = np.stack([load_preprocessed(data / IMAGES_DIR / i, preprocess) for i in labels["ImageID"]])
     return labels, images
 
 
 @torch.no_grad()
 def _member_probs(member_dir: Path, images: np.ndarray, tta: str) -> np.ndarray:
-    model, _ = load_member(member_dir)
+    model, card = load_member(member_dir)
     net = TTAModel(model, tta).eval()
-    x = torch.from_numpy(normalize(images.astype(np.float32)))[:, None]
+    x = torch.from_numpy(PreprocessConfig.from_dict(card["preprocess"]).normalize(images))
     return torch.sigmoid(torch.cat([net(x[i : i + 128]) for i in range(0, len(x), 128)])).numpy()
 
 
@@ -86,7 +84,7 @@ def task1_report(work: Path, config_path: Path, n_images: int = 2000, size: int 
     ens_dir = work / "ensemble"
     spec = build_ensemble(runs, ens_dir, data / TRAINING_CSV, cfg)
 
-    labels, images = _test_set(data, int(cfg["data"]["image_size"]))
+    labels, images = _test_set(data, task1_preprocess(cfg))
     bands = bands_from_training(data / TRAINING_CSV)
     y_all = labels[list(KNOWN_CLASSES)].to_numpy()
     tta = cfg["inference"]["tta"]
@@ -180,7 +178,7 @@ def task2_report(work: Path, config_path: Path, n_images: int = 2000, size: int 
             train_zeroshot(ZeroShotRequest(config_path, data, out, epochs=epochs, alpha=alpha))
         predictor = ZeroShotPredictor(out)
         if labels is None:
-            labels, images = load_eval_images(data, TEST_LABELS_CSV, predictor.image_size)
+            labels, images = load_eval_images(data, TEST_LABELS_CSV, predictor.preprocess)
         y = labels[unseen].to_numpy()
         for prompts in ("names", "hybrid"):
             p = predictor.predict(images, unseen, "sigmoid", prompts)

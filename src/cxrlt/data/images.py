@@ -28,22 +28,52 @@ class ImageReadError(ValueError):
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Everything that defines how raw pixels become a model input; stored with caches, models and serving."""
+    """The preprocessing contract: how raw pixels become a network input.
+
+    One object travels with every trained network (member card, ensemble spec, served bundle) and every consumer
+    (training, ``cxrlt predict``, ONNX export, the Triton ``preprocess`` model, the MLflow pyfunc) derives its
+    transform from it, so no consumer carries its own copy of these constants. ``channels`` 3 replicates the
+    grayscale radiograph before the per-channel ``mean``/``std`` (ImageNet, CLIP or CheXzero statistics).
+    """
 
     size: int = 512
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    channels: int = 1
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.25,)
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean {self.mean} and std {self.std} need one value per channel ({self.channels})")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "percentiles": list(self.percentiles), "max_pixels": self.max_pixels}
+        return {"size": self.size, "percentiles": list(self.percentiles), "max_pixels": self.max_pixels,
+                "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
+        """Read a stored contract; contracts written before channels/mean/std existed mean (1, 0.5, 0.25)."""
         return cls(
             size=int(d["size"]),
-            percentiles=tuple(d.get("percentiles", DEFAULT_PERCENTILES)),
+            percentiles=tuple(float(v) for v in d.get("percentiles", DEFAULT_PERCENTILES)),
             max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)),
+            channels=int(d.get("channels", 1)),
+            mean=tuple(float(v) for v in d.get("mean", (0.5,))),
+            std=tuple(float(v) for v in d.get("std", (0.25,))),
         )
+
+    def normalize(self, img01: np.ndarray) -> np.ndarray:
+        """[0, 1] image(s) ``(..., S, S)`` -> network input ``(..., C, S, S)`` float32."""
+        img01 = np.asarray(img01, dtype=np.float32)
+        x = np.repeat(img01[..., None, :, :], self.channels, axis=-3)
+        mean = np.asarray(self.mean, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(-1, 1, 1)
+        return (x - mean) / std
 
 
 def is_dicom(data: bytes) -> bool:

@@ -1,4 +1,8 @@
-"""Factory functions: build the router and each ensemble member from a profile's model config."""
+"""Factory functions: build the router and each ensemble member from a profile's model config.
+
+``weights=True`` loads each network's configured ``pretrained`` weights (training); ``weights=False`` builds the
+bare architecture because a trained checkpoint is loaded right after (inference, export).
+"""
 
 from __future__ import annotations
 
@@ -13,28 +17,36 @@ MEMBER_KINDS: tuple[str, ...] = ("pcam", "swin", "cait")
 ROUTER_CLASSES: tuple[str, ...] = ("frontal", "lateral")
 
 
-def build_router(cfg: dict, in_chans: int = 1) -> nn.Module:
+def _pretrained(cfg: dict, weights: bool) -> str | None:
+    return cfg.get("pretrained") if weights else None
+
+
+def build_router(cfg: dict, in_chans: int = 1, weights: bool = False, mirror: str | None = None) -> nn.Module:
     """EfficientNet-B0 (paper) or any timm classifier with 2 outputs: frontal, lateral."""
-    return TimmClassifier(cfg["arch"], len(ROUTER_CLASSES), in_chans, **cfg.get("kwargs", {}))
+    return TimmClassifier(cfg["arch"], len(ROUTER_CLASSES), in_chans, _pretrained(cfg, weights), mirror,
+                          **cfg.get("kwargs", {}))
 
 
-def build_pooled_cnn(cfg: dict, num_classes: int, in_chans: int = 1) -> PooledCNN:
+def build_pooled_cnn(cfg: dict, num_classes: int, in_chans: int = 1, weights: bool = False,
+                     mirror: str | None = None) -> PooledCNN:
     return PooledCNN(cfg["backbone"], num_classes, cfg.get("head", "pcam"), in_chans, cfg.get("backbone_kwargs"),
-                     cfg.get("drop", 0.0))
+                     cfg.get("drop", 0.0), _pretrained(cfg, weights), mirror)
 
 
 def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int, in_chans: int = 1,
-                 pcam_checkpoint: str | Path | None = None, for_loading: bool = False) -> nn.Module:
+                 pcam_checkpoint: str | Path | None = None, for_loading: bool = False, weights: bool = False,
+                 mirror: str | None = None) -> nn.Module:
     """Build one ensemble member.
 
     ``cait`` needs the trained PCAM member's checkpoint (its frozen trunk), unless ``for_loading`` is set because a
     complete cait state dict (trunk included) is loaded right after.
     """
     if kind == "pcam":
-        return build_pooled_cnn(models_cfg["pcam"], num_classes, in_chans)
+        return build_pooled_cnn(models_cfg["pcam"], num_classes, in_chans, weights, mirror)
     if kind == "swin":
         cfg = models_cfg["swin"]
-        return TimmClassifier(cfg["arch"], num_classes, in_chans, img_size=image_size, **cfg.get("kwargs", {}))
+        return TimmClassifier(cfg["arch"], num_classes, in_chans, _pretrained(cfg, weights), mirror,
+                              img_size=image_size, **cfg.get("kwargs", {}))
     if kind == "cait":
         if pcam_checkpoint is None and not for_loading:
             raise ValueError("the cait member needs the trained pcam member of the same view (--pcam-checkpoint)")
@@ -45,5 +57,6 @@ def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int,
         with torch.no_grad():  # eval: a batch of one through BatchNorm in training mode is an error
             hw = cnn.eval().features(torch.zeros(1, in_chans, image_size, image_size)).shape[-1]
         cfg = models_cfg["cait"]
-        return CaiTOverCNN(cnn, num_classes, hw, cfg.get("arch", "cait_xxs24_224"), cfg.get("kwargs"))
+        return CaiTOverCNN(cnn, num_classes, hw, cfg.get("arch", "cait_xxs24_224"), cfg.get("kwargs"),
+                           _pretrained(cfg, weights), mirror)
     raise ValueError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")

@@ -1,22 +1,33 @@
-"""Ensemble members: CNN + pooling head, a timm classifier (Swin-V2), and CaiT over a frozen CNN's feature map."""
+"""Ensemble members: CNN + pooling head, a timm classifier (Swin-V2), and CaiT over a frozen CNN's feature map.
+
+Each exposes ``weights``: where its pretrained weights came from (:class:`ResolvedWeights`), or None.
+"""
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
 from cxrlt.models.heads import CSRAHead, PCAMHead
+from cxrlt.weights import create_timm_model
+
+#: Key prefixes under which a cxrlt member checkpoint keeps each timm network, so a trained member's ``best.pt``
+#: can be the ``pretrained`` weight of another (transfer between datasets).
+TRUNK_PREFIXES = ("trunk.", "cnn.trunk.")
+CLASSIFIER_PREFIXES = ("net.",)
+CAIT_PREFIXES = ("cait.",)
 
 
 class PooledCNN(nn.Module):
     """A timm CNN trunk (ConvNeXt-V2 in the papers) with a PCAM or CSRA head; forward returns logits."""
 
     def __init__(self, backbone: str, num_classes: int, head: str = "pcam", in_chans: int = 1,
-                 backbone_kwargs: dict | None = None, drop: float = 0.0):
+                 backbone_kwargs: dict | None = None, drop: float = 0.0, pretrained: str | None = None,
+                 mirror: str | None = None):
         super().__init__()
-        self.trunk = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="", in_chans=in_chans,
-                                       **(backbone_kwargs or {}))
+        self.trunk, self.weights = create_timm_model(backbone, pretrained, mirror=mirror, prefixes=TRUNK_PREFIXES,
+                                                     num_classes=0, global_pool="", in_chans=in_chans,
+                                                     **(backbone_kwargs or {}))
         features = self.trunk.num_features
         if head == "pcam":
             self.head = PCAMHead(features, num_classes, drop)
@@ -36,9 +47,11 @@ class PooledCNN(nn.Module):
 class TimmClassifier(nn.Module):
     """Any timm classifier by name (Swin-V2 member, EfficientNet-B0 router)."""
 
-    def __init__(self, arch: str, num_classes: int, in_chans: int = 1, **kwargs):
+    def __init__(self, arch: str, num_classes: int, in_chans: int = 1, pretrained: str | None = None,
+                 mirror: str | None = None, **kwargs):
         super().__init__()
-        self.net = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        self.net, self.weights = create_timm_model(arch, pretrained, mirror=mirror, prefixes=CLASSIFIER_PREFIXES,
+                                                   num_classes=num_classes, in_chans=in_chans, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -52,14 +65,15 @@ class CaiTOverCNN(nn.Module):
     """
 
     def __init__(self, cnn: PooledCNN, num_classes: int, feature_hw: int, cait_arch: str = "cait_xxs24_224",
-                 cait_kwargs: dict | None = None):
+                 cait_kwargs: dict | None = None, pretrained: str | None = None, mirror: str | None = None):
         super().__init__()
         self.cnn = cnn
         for p in self.cnn.parameters():
             p.requires_grad_(False)
         self.cnn.eval()
-        self.cait = timm.create_model(cait_arch, pretrained=False, img_size=feature_hw, patch_size=1,
-                                      in_chans=cnn.trunk.num_features, num_classes=num_classes, **(cait_kwargs or {}))
+        self.cait, self.weights = create_timm_model(cait_arch, pretrained, mirror=mirror, prefixes=CAIT_PREFIXES,
+                                                    img_size=feature_hw, patch_size=1, in_chans=cnn.trunk.num_features,
+                                                    num_classes=num_classes, **(cait_kwargs or {}))
 
     def train(self, mode: bool = True):
         super().train(mode)

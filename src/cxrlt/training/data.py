@@ -16,20 +16,13 @@ from cxrlt.data.preprocess import CACHE_CONFIG, cached_name
 from cxrlt.training.augment import AugmentConfig, augment
 from cxrlt.training.sampler import sample_rng
 
-INPUT_MEAN = 0.5
-INPUT_STD = 0.25
-
-
-def normalize(img01: np.ndarray | torch.Tensor):
-    """[0, 1] radiograph -> network input (the same constants are exported with every model)."""
-    return (img01 - INPUT_MEAN) / INPUT_STD
-
 
 class ImageStore:
-    """Loads [0, 1] square images of one size, from a cache directory when it matches, else from raw files."""
+    """Loads [0, 1] square images of the contract's size, from a cache directory when it matches, else from raw
+    files; the contract also defines how the dataset turns them into network inputs."""
 
-    def __init__(self, image_dir: str | Path, size: int, cache_dir: str | Path | None = None):
-        self.image_dir, self.size = Path(image_dir), size
+    def __init__(self, image_dir: str | Path, preprocess: PreprocessConfig, cache_dir: str | Path | None = None):
+        self.image_dir, self.preprocess, self.size = Path(image_dir), preprocess, preprocess.size
         self.cache_dir = Path(cache_dir) if cache_dir and (Path(cache_dir) / CACHE_CONFIG).exists() else None
         self._memory: dict[str, np.ndarray] = {}
 
@@ -42,7 +35,7 @@ class ImageStore:
             if img.shape[0] != self.size:
                 img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
             return img
-        return load_preprocessed(self.image_dir / image_id, PreprocessConfig(size=self.size))
+        return load_preprocessed(self.image_dir / image_id, self.preprocess)
 
     def preload(self, image_ids, progress: bool = True) -> None:
         for image_id in tqdm(list(dict.fromkeys(image_ids)), desc="load images", unit="img", disable=not progress):
@@ -50,7 +43,7 @@ class ImageStore:
 
 
 class ManifestDataset(Dataset):
-    """(image tensor (1, S, S), target vector, row index) for each manifest row; augmentation seeded per sample."""
+    """(image tensor (C, S, S), target vector, row index) for each manifest row; augmentation seeded per sample."""
 
     def __init__(self, manifest: pd.DataFrame, store: ImageStore, targets: np.ndarray,
                  augment_cfg: AugmentConfig | None = None, seed: int = 0, allow_flip: bool = True):
@@ -69,5 +62,5 @@ class ManifestDataset(Dataset):
         img = self.store.load(self.ids[index])
         if self.augment_cfg is not None:
             img = augment(img, sample_rng(self.seed, self.epoch, index), self.augment_cfg, self.allow_flip)
-        x = torch.from_numpy(normalize(np.ascontiguousarray(img, dtype=np.float32)))[None]
+        x = torch.from_numpy(self.store.preprocess.normalize(img))
         return x, torch.from_numpy(self.targets[index]), index

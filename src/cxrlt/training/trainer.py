@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cxrlt.config import config_hash, load_config, train_settings
+from cxrlt.config import config_hash, load_config, task1_preprocess, train_settings
 from cxrlt.data.split import split_frames
 from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, VIEWS
 from cxrlt.labels import KNOWN_CLASSES
@@ -143,10 +143,13 @@ def train_member(req: TrainRequest) -> dict:
     seed, out = int(ts["seed"]), Path(req.out_dir)
     info, device = D.start_run(out, seed)
 
-    size = int(cfg["data"]["image_size"])
+    if cfg["models"] is None:
+        raise ValueError("the profile has no `models` section: it defines no Task 1 networks to train")
+    contract = task1_preprocess(cfg)
+    size, in_chans, mirror = contract.size, contract.channels, cfg.get("weights_mirror")
     train_df, val_df = _frames(Path(req.data_dir), cfg, view)
     y_train, y_val = _targets(train_df, router), _targets(val_df, router)
-    store = ImageStore(Path(req.data_dir) / IMAGES_DIR, size, req.cache_dir)
+    store = ImageStore(Path(req.data_dir) / IMAGES_DIR, contract, req.cache_dir)
     if cfg["data"].get("preload", True):
         store.preload(pd.concat([train_df["ImageID"], val_df["ImageID"]]), progress=req.progress and info.is_main)
     aug = AugmentConfig.from_dict(ts.get("augment"))
@@ -166,19 +169,22 @@ def train_member(req: TrainRequest) -> dict:
         raise ValueError(f"{len(train_ds)} training images is less than one batch of {batch}")
 
     if router:
-        model = build_router(cfg["models"]["router"])
+        model = build_router(cfg["models"]["router"], in_chans, weights=True, mirror=mirror)
         criterion: nn.Module = nn.CrossEntropyLoss()
     else:
-        model = build_member(kind, cfg["models"], len(KNOWN_CLASSES), size, pcam_checkpoint=req.pcam_checkpoint)
+        model = build_member(kind, cfg["models"], len(KNOWN_CLASSES), size, in_chans,
+                             pcam_checkpoint=req.pcam_checkpoint, weights=True, mirror=mirror)
         counts = y_train.sum(0).astype(int).tolist()
         criterion = build_loss(ts["loss"], counts, **ts.get("loss_kwargs", {}))
+    weights = model.weights  # where the pretrained weights came from (None: random init), for the member card
     model.to(device)
     ema = ModelEmaV3(model, decay=float(ts["ema_decay"]), use_warmup=True)  # warm-up: short runs are not stale
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(ts["lr"]), weight_decay=float(ts["weight_decay"]))
     steps = len(loader)
     scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps, lr_min=float(ts["lr"]) * ts["min_lr_ratio"],
-                                  warmup_t=int(ts["warmup_epochs"] * steps), warmup_lr_init=float(ts["lr"]) * 0.01,
+                                  warmup_t=int(ts["warmup_epochs"] * steps),
+                                  warmup_lr_init=float(ts["lr"]) * ts["warmup_lr_ratio"],
                                   warmup_prefix=True, t_in_epochs=False)
     net = DistributedDataParallel(model) if info.enabled else model
     use_amp = bool(ts["amp"]) and device.type == "cuda"
@@ -238,13 +244,14 @@ def train_member(req: TrainRequest) -> dict:
             os.kill(os.getpid(), signal.SIGKILL)
 
     summary = _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, view, kind, best, best_epoch,
-                      history)
+                      history, contract, weights)
     _mlflow_end(mlflow_run, out, summary)
     D.teardown(info)
     return summary
 
 
-def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, view, kind, best, best_epoch, history):
+def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, view, kind, best, best_epoch, history,
+            contract, weights):
     """Reload the best EMA weights, write TTA validation logits and the member card."""
     out = Path(req.out_dir)
     state = torch.load(out / "best.pt", map_location="cpu", weights_only=True) if (out / "best.pt").exists() else None
@@ -256,7 +263,8 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
     classes = list(ROUTER_CLASSES) if router else list(KNOWN_CLASSES)
     summary = {
         "member": req.member, "kind": kind, "view": view, "classes": classes,
-        "image_size": int(cfg["data"]["image_size"]), "in_chans": 1, "tta": tta,
+        "image_size": contract.size, "in_chans": contract.channels, "preprocess": contract.to_dict(), "tta": tta,
+        "pretrained": weights.card() if weights is not None else None,
         "best_epoch": best_epoch, "best_val_score": best,
         "val_metric": "accuracy" if router else "mAP", "history": history,
         "config_hash": config_hash(cfg), "profile": cfg.get("profile"),
@@ -283,13 +291,14 @@ def load_member(member_dir: str | Path) -> tuple[nn.Module, dict]:
     member_dir = Path(member_dir)
     card = json.loads((member_dir / "member.json").read_text())
     models_cfg = {card["kind"]: card["model_config"]}
+    in_chans = int(card.get("in_chans", 1))
     if card["kind"] == "router":
-        model = build_router(card["model_config"])
+        model = build_router(card["model_config"], in_chans)
     elif card["kind"] == "cait":
         models_cfg["pcam"] = card["pcam_model_config"]
-        model = build_member("cait", models_cfg, len(card["classes"]), card["image_size"], for_loading=True)
+        model = build_member("cait", models_cfg, len(card["classes"]), card["image_size"], in_chans, for_loading=True)
     else:
-        model = build_member(card["kind"], models_cfg, len(card["classes"]), card["image_size"])
+        model = build_member(card["kind"], models_cfg, len(card["classes"]), card["image_size"], in_chans)
     state = torch.load(member_dir / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     return model.eval(), card

@@ -1,38 +1,42 @@
-"""CLIP for radiographs: open_clip's CheXzero configuration (ViT-B/32, context 77) or a tiny conv-tower CLIP.
+"""CLIP for radiographs: any open_clip architecture (``ViT-B-32-quickgelu`` for CheXzero, ``ViT-L-14`` ...) or a
+tiny conv-tower CLIP for CPU runs.
 
-Grayscale inputs are repeated to 3 channels. Weights come only from a local checkpoint file (for example converted
-CheXzero weights) or from scratch; nothing is downloaded.
+Inputs are (B, C, H, W) from the zero-shot preprocessing contract; a 1-channel contract is repeated to the 3 channels
+the towers expect. Weights come from the profile's ``pretrained`` spec (see :mod:`cxrlt.weights`); nothing is
+downloaded at run time except through a configured hub cache or mirror.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import open_clip
 import torch
 from torch import nn
 
+from cxrlt.weights import ResolvedWeights, load_clip_weights
 
-def build_clip(cfg: dict) -> nn.Module:
-    """``cfg['model']``: ``chexzero`` (open_clip ViT-B-32) or ``tiny`` (ModifiedResNet tower, from the profile)."""
+
+def build_clip(cfg: dict, weights: bool = False, mirror: str | None = None) -> tuple[nn.Module, ResolvedWeights | None]:
+    """``cfg['model']``: ``tiny`` (ModifiedResNet tower sized by the profile) or an open_clip model name.
+
+    With ``weights``, the configured ``pretrained`` checkpoint is loaded (strictly: every key must match).
+    """
     kind = cfg.get("model", "tiny")
-    if kind == "chexzero":
-        model = open_clip.create_model("ViT-B-32", pretrained=None)
-    elif kind == "tiny":
+    if kind == "tiny":
         vision = open_clip.CLIPVisionCfg(image_size=int(cfg["image_size"]), **cfg.get("vision", {}))
         if isinstance(vision.layers, list):
             vision.layers = tuple(vision.layers)
         text = open_clip.CLIPTextCfg(vocab_size=49408, **cfg.get("text", {}))
         model = open_clip.CLIP(embed_dim=int(cfg.get("embed_dim", 128)), vision_cfg=vision, text_cfg=text)
+    elif kind in open_clip.list_models():
+        model = open_clip.create_model(kind, pretrained=None)
     else:
-        raise ValueError(f"unknown zero-shot model {kind!r}: choose chexzero or tiny")
-    if cfg.get("checkpoint"):
-        path = Path(cfg["checkpoint"])
-        if not path.exists():
-            raise FileNotFoundError(f"CLIP checkpoint {path} not found (weights are only loaded from local files)")
-        open_clip.load_checkpoint(model, str(path))
-    return model
+        raise ValueError(f"unknown zero-shot model {kind!r}: 'tiny' or an open_clip model name")
+    resolved = None
+    if weights and cfg.get("pretrained"):
+        resolved = load_clip_weights(model, cfg["pretrained"], None if kind == "tiny" else kind, mirror)
+    return model, resolved
 
 
 def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
@@ -50,7 +54,7 @@ class DualBranchCLIP(nn.Module):
         self.asl_bias = nn.Parameter(torch.tensor(-2.0))
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) normalised radiographs -> L2-normalised embeddings."""
+        """(B, C, H, W) normalised radiographs (C = 1 or 3) -> L2-normalised embeddings."""
         return nn.functional.normalize(self.clip.encode_image(x.expand(-1, 3, -1, -1)), dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -64,7 +68,7 @@ class DualBranchCLIP(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Standalone image tower for export: (B, 1, H, W) -> normalised embedding."""
+    """Standalone image tower for export: (B, C, H, W) normalised radiographs -> normalised embedding."""
 
     def __init__(self, model: DualBranchCLIP):
         super().__init__()

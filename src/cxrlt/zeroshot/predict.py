@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrlt.data.images import PreprocessConfig
 from cxrlt.zeroshot.bank import NEGATIVE_TEMPLATE, Finding, free_text_finding, load_bank, prompts_for
 from cxrlt.zeroshot.model import DualBranchCLIP, ImageEncoder, build_clip, tokenize
 
@@ -30,7 +31,9 @@ class ZeroShotPredictor:
         self.card = json.loads(card_path.read_text())
         self.settings = self.card["settings"]
         self.device = torch.device(device)
-        self.model = DualBranchCLIP(build_clip({**self.settings, "checkpoint": None}), self.settings["context_length"])
+        self.model = DualBranchCLIP(build_clip(self.settings)[0], self.settings["context_length"])
+        self.preprocess = PreprocessConfig.from_dict(self.settings.get("preprocess") or
+                                                     {"size": self.settings["image_size"]})
         state = torch.load(self.dir / "best.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
@@ -67,13 +70,12 @@ class ZeroShotPredictor:
 
     @torch.no_grad()
     def image_embeddings(self, images: np.ndarray, tta: str | None = None, batch_size: int = 128) -> torch.Tensor:
-        from cxrlt.training.data import normalize
         from cxrlt.tta import tta_views
 
         tta = tta or self.settings.get("tta", "none")
         out = []
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(normalize(images[i : i + batch_size].astype(np.float32)))[:, None].to(self.device)
+            x = torch.from_numpy(self.preprocess.normalize(images[i : i + batch_size])).to(self.device)
             emb = torch.stack([self.model.encode_image(v) for v in tta_views(x, tta)]).mean(0)
             out.append(torch.nn.functional.normalize(emb, dim=-1))
         return torch.cat(out) if out else torch.zeros(0, 1)

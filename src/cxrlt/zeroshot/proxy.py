@@ -21,10 +21,10 @@ from cxrlt.zeroshot.predict import ZeroShotPredictor
 from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
 
 
-def load_eval_images(data_dir: Path, labels_csv: str, size: int) -> tuple[pd.DataFrame, np.ndarray]:
+def load_eval_images(data_dir: Path, labels_csv: str, preprocess: PreprocessConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """The labelled images of ``labels_csv`` as [0, 1] squares under a model's preprocessing contract."""
     labels = pd.read_csv(data_dir / labels_csv, dtype={"ImageID": str})
-    cfg = PreprocessConfig(size=size)
-    return labels, np.stack([load_preprocessed(data_dir / IMAGES_DIR / i, cfg) for i in labels["ImageID"]])
+    return labels, np.stack([load_preprocessed(data_dir / IMAGES_DIR / i, preprocess) for i in labels["ImageID"]])
 
 
 def proxy_validate(config, data_dir: str | Path, out_dir: str | Path, groups: list[str] | None = None,
@@ -40,7 +40,7 @@ def proxy_validate(config, data_dir: str | Path, out_dir: str | Path, groups: li
             train_zeroshot(ZeroShotRequest(config, data_dir, run, held_out=held, epochs=epochs))
         predictor = ZeroShotPredictor(run)
         if cache is None or cache[0] != predictor.image_size:
-            cache = (predictor.image_size, *load_eval_images(data_dir, TEST_LABELS_CSV, predictor.image_size))
+            cache = (predictor.image_size, *load_eval_images(data_dir, TEST_LABELS_CSV, predictor.preprocess))
         labels, images = cache[1], cache[2]
         probs = predictor.predict(images, held, calibrated=False)
         per_class = {}

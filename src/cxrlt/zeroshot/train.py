@@ -23,7 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cxrlt.config import config_hash, load_config
+from cxrlt.config import config_hash, load_config, zeroshot_settings
+from cxrlt.data.images import PreprocessConfig
 from cxrlt.data.split import split_frames
 from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV
 from cxrlt.labels import KNOWN_CLASSES
@@ -39,26 +40,6 @@ from cxrlt.zeroshot.model import DualBranchCLIP, build_clip, tokenize
 from cxrlt.zeroshot.text import LeakGuard, synth_report
 
 log = logging.getLogger(__name__)
-
-ZS_DEFAULTS = {
-    "model": "tiny", "checkpoint": None, "image_size": 64, "embed_dim": 128,
-    "vision": {"layers": [1, 1, 1, 1], "width": 32}, "text": {"context_length": 48, "width": 128, "heads": 4,
-                                                              "layers": 3},
-    "bank": "synthetic", "alpha": 1.5, "asl": {"gamma_neg": 4, "gamma_pos": 0, "clip": 0.05},
-    "epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1, "ema_decay": 0.999,
-    "grad_clip": 1.0, "prompts": "hybrid", "scoring": "sigmoid", "sigmoid_scale": 5.0, "tta": "none",
-    "augment": {"flip_p": 0.0, "rotate_deg": 5, "scale": [0.95, 1.05], "translate": 0.05, "clahe_p": 0.0},
-    "seed": 0, "num_workers": 0,
-}
-
-
-def zeroshot_settings(cfg: dict) -> dict:
-    out = {**ZS_DEFAULTS, **cfg.get("zeroshot", {})}
-    out["context_length"] = 77 if out["model"] == "chexzero" else int(out["text"].get("context_length", 77))
-    if out["model"] == "chexzero":
-        out["image_size"] = 224
-    return out
-
 
 @dataclass
 class ZeroShotRequest:
@@ -112,8 +93,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     guard.check_labels([[c for c, v in zip(train_classes, row, strict=True) if v] for row in y_train])
     y_val = val_df[train_classes].to_numpy(np.float32)
 
-    size = int(zs["image_size"])
-    store = ImageStore(Path(req.data_dir) / IMAGES_DIR, size, req.cache_dir)
+    store = ImageStore(Path(req.data_dir) / IMAGES_DIR, PreprocessConfig.from_dict(zs["preprocess"]), req.cache_dir)
     if cfg["data"].get("preload", True):
         store.preload(pd.concat([train_df["ImageID"], val_df["ImageID"]]), progress=req.progress and info.is_main)
     train_ds = ManifestDataset(train_df, store, y_train, AugmentConfig.from_dict(zs["augment"]), seed)
@@ -127,14 +107,16 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
         raise ValueError(f"{len(train_ds)} training images is less than one batch of {batch}")
 
     ctx = int(zs["context_length"])
-    model = DualBranchCLIP(build_clip(zs), ctx).to(device)
+    clip, weights = build_clip(zs, weights=True, mirror=cfg.get("weights_mirror"))
+    model = DualBranchCLIP(clip, ctx).to(device)
     net = DistributedDataParallel(model) if info.enabled else model
     ema = ModelEmaV3(model, decay=float(zs["ema_decay"]), use_warmup=True)
     criterion = DualBranchLoss(float(zs["alpha"]), **zs["asl"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(zs["lr"]), weight_decay=float(zs["weight_decay"]))
     steps = len(loader)
-    scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps, lr_min=float(zs["lr"]) * 0.01,
-                                  warmup_t=int(zs["warmup_epochs"] * steps), warmup_lr_init=float(zs["lr"]) * 0.01,
+    scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps, lr_min=float(zs["lr"]) * zs["min_lr_ratio"],
+                                  warmup_t=int(zs["warmup_epochs"] * steps),
+                                  warmup_lr_init=float(zs["lr"]) * zs["warmup_lr_ratio"],
                                   warmup_prefix=True, t_in_epochs=False)
     start_epoch, best, best_epoch, history = restore_checkpoint(
         out / "last.pt", model=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
@@ -194,7 +176,8 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
         if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(epoch) and info.is_main:
             os.kill(os.getpid(), 9)
 
-    card = {"kind": "zeroshot", "settings": zs, "held_out": held_out, "train_classes": train_classes,
+    card = {"kind": "zeroshot", "settings": zs, "pretrained": weights.card() if weights else None,
+            "held_out": held_out, "train_classes": train_classes,
             "best_epoch": best_epoch, "best_val_known_mAP": best, "history": history, "config_hash": config_hash(cfg),
             "profile": cfg.get("profile"), "world_size": info.world_size}
     if info.is_main:

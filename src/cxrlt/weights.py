@@ -1,0 +1,406 @@
+"""Pretrained weights for every network, resolved the same way for timm members and the CLIP.
+
+A network's ``pretrained`` value is one of:
+
+* ``null`` - random initialisation (only when a profile writes it);
+* a tag: a timm pretrained tag (``convnextv2_tiny.fcmae_ft_in22k_in1k``), an open_clip pretrained tag of the
+  configured CLIP architecture (``openai``), or a name stored in the weights mirror (``chexzero``). Tags are looked
+  up in the mirror first (``weights_mirror`` in the profile or ``CXRLT_WEIGHTS_MIRROR``), sha256-verified, then in
+  the libraries' own hub caches (timm and open_clip resolve through ``huggingface_hub``);
+* a local file, an ``s3://`` URI, or an MLflow artifact URI (``models:/...``, ``runs:/...``).
+
+The file is always read here into a state dict (``.safetensors``, torch checkpoints wrapped in ``state_dict`` /
+``model`` / ``module.``, TorchScript archives) and handed to the library's own loader: timm's ``load_pretrained``
+(via ``pretrained_cfg_overlay=dict(state_dict=...)``: its checkpoint filters, stem adaptation for 1-channel input
+and classifier reset) or open_clip's state-dict conversion. A configured weight that cannot be found raises
+:class:`WeightsNotFoundError` naming what was looked for, where, and how to mirror it; never a silent random init.
+
+Mirror layout: ``<prefix>/<name>/<file>`` plus ``<prefix>/<name>/weights.json`` (file, sha256, size, source).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+MIRROR_ENV = "CXRLT_WEIGHTS_MIRROR"
+CACHE_ENV = "CXRLT_WEIGHTS_CACHE"
+MIRROR_CARD = "weights.json"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+#: Keys OpenAI's CLIP checkpoints carry beside the weights (TorchScript attributes), dropped before loading.
+OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A configured weight could not be found; the message says where it was looked for and how to mirror it."""
+
+
+class WeightsIntegrityError(RuntimeError):
+    """A downloaded weight file does not match the sha256 recorded in the mirror."""
+
+
+class WeightsMismatchError(RuntimeError):
+    """A weight file was found but does not fit the configured architecture."""
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a ``pretrained`` spec was found: the local file, a description of the source, and its sha256."""
+
+    spec: str
+    path: Path
+    source: str
+    sha256: str
+
+    def card(self) -> dict:
+        return {**asdict(self), "path": str(self.path)}
+
+
+def spec_kind(spec: str | None) -> str:
+    """``random``, ``s3``, ``mlflow``, ``file`` or ``tag`` (timm/open_clip tag or mirror name)."""
+    if spec is None:
+        return "random"
+    if spec.startswith("s3://"):
+        return "s3"
+    if spec.startswith(MLFLOW_SCHEMES):
+        return "mlflow"
+    if spec.startswith("hf-hub:"):
+        return "tag"
+    if "/" in spec or spec.startswith(("~", ".")) or spec.endswith(WEIGHT_SUFFIXES) or Path(spec).exists():
+        return "file"
+    return "tag"
+
+
+def mirror_uri(explicit: str | None = None) -> str | None:
+    return explicit or os.environ.get(MIRROR_ENV) or None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cxrlt" / "weights")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _how_to_mirror(spec: str, family: str, arch: str | None) -> str:
+    clip = f" --clip-arch {arch}" if family == "open_clip" else ""
+    return (f"To use it on a cluster without hub access, run where the hub (or the file) is reachable:\n"
+            f"    cxrlt weights mirror {spec}{clip} --to s3://BUCKET/weights\n"
+            f"(or `cxrlt weights mirror /path/to/file --name {spec} --to s3://BUCKET/weights` for a file you have), "
+            f"then set weights_mirror in the profile or {MIRROR_ENV}=s3://BUCKET/weights.")
+
+
+# ------------------------------------------------------------------------------------------------------ resolution
+def resolve(spec: str, family: str = "timm", arch: str | None = None, mirror: str | None = None,
+            use_mirror: bool = True) -> ResolvedWeights:
+    """Find the weight file for ``spec`` (see the module docstring) and return it as a local file.
+
+    ``use_mirror=False`` goes to the source itself (what ``cxrlt weights mirror`` copies from).
+    """
+    kind = spec_kind(spec)
+    if kind == "random":
+        raise ValueError("spec is null: nothing to resolve (random initialisation)")
+    if kind == "file":
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weight file {path} not found (pretrained: {spec!r}); give an existing file, "
+                                       "an s3:// or MLflow URI, a tag, or null for random initialisation")
+        return ResolvedWeights(spec, path, f"file {path.resolve()}", sha256_file(path))
+    if kind == "s3":
+        return _from_s3(spec)
+    if kind == "mlflow":
+        return _from_mlflow(spec)
+    looked: list[str] = []
+    uri = mirror_uri(mirror) if use_mirror else None
+    names = [spec] if family == "timm" or arch is None else [f"{arch}.{spec}", spec]
+    if uri:
+        for name in names:
+            found = fetch_from_mirror(uri, name)
+            if found is not None:
+                return found
+        looked.append(f"the weights mirror {uri} (no {' or '.join(n + '/' + MIRROR_CARD for n in names)})")
+    elif use_mirror:
+        looked.append(f"no weights mirror (weights_mirror in the profile and {MIRROR_ENV} are unset)")
+    hub = _timm_hub_file(spec, looked) if family == "timm" else _open_clip_file(arch, spec, looked)
+    if hub is not None:
+        return ResolvedWeights(spec, hub[0], hub[1], sha256_file(hub[0]))
+    raise WeightsNotFoundError(f"pretrained weights {spec!r} ({family}{' ' + arch if arch else ''}) not found.\n"
+                               "Looked in:\n  - " + "\n  - ".join(looked) + "\n" + _how_to_mirror(spec, family, arch))
+
+
+def _hf_download(repo_id: str, filenames: list[str], looked: list[str]) -> Path | None:
+    from huggingface_hub import hf_hub_download
+
+    for local_only in (True, False):  # the cache first: no network round trip when it is there
+        for filename in filenames:
+            try:
+                return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
+            except Exception as exc:  # offline, not cached, no such file: try the next
+                reason = type(exc).__name__
+        if local_only:
+            from huggingface_hub import constants
+
+            looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE} (no {repo_id}: {'/'.join(filenames)})")
+            if constants.HF_HUB_OFFLINE:
+                return None
+    looked.append(f"the Hugging Face hub {repo_id} ({reason})")
+    return None
+
+
+def _timm_hub_file(tag: str, looked: list[str]) -> tuple[Path, str] | None:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    arch, _, _ = tag.partition(".")
+    if not timm.is_model(arch):
+        looked.append(f"timm's model registry ({arch!r} is not a timm architecture)")
+        return None
+    try:
+        cfg = get_pretrained_cfg(tag)
+    except RuntimeError:
+        cfg = None
+    if cfg is None or "." not in tag:
+        tags = ", ".join(timm.list_pretrained(f"{arch}.*")[:6])
+        looked.append(f"timm's pretrained tags for {arch} ({tag!r} is not one; known: {tags or 'none'})")
+        return None
+    if not cfg.hf_hub_id:
+        looked.append(f"timm's pretrained config for {tag} (no Hugging Face hub id; download the file yourself)")
+        return None
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    path = _hf_download(cfg.hf_hub_id, files, looked)
+    return (path, f"timm hub {cfg.hf_hub_id}") if path else None
+
+
+def _open_clip_file(arch: str | None, tag: str, looked: list[str]) -> tuple[Path, str] | None:
+    import open_clip
+
+    if arch is None:
+        looked.append("open_clip (no CLIP architecture given)")
+        return None
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        looked.append(f"open_clip's pretrained tags for {arch} ({tag!r} is not one; known: {known})")
+        return None
+    if cfg.get("hf_hub"):
+        hub = cfg["hf_hub"].rstrip("/")
+        files = [cfg["hf_weights"]] if cfg.get("hf_weights") else ["open_clip_model.safetensors",
+                                                                     "open_clip_pytorch_model.bin"]
+        path = _hf_download(hub, files, looked)
+        return (path, f"open_clip hub {hub}") if path else None
+    looked.append(f"open_clip's pretrained config for {arch}/{tag} (URL only: {cfg.get('url')}; download it yourself)")
+    return None
+
+
+def _from_s3(uri: str) -> ResolvedWeights:
+    from cxrlt import storage
+
+    bucket, key = storage.parse_s3(uri)
+    target = cache_dir() / "s3" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(key).name
+    _download_s3(bucket, key, target, uri)
+    return ResolvedWeights(uri, target, f"s3 {uri}", sha256_file(target))
+
+
+def _download_s3(bucket: str, key: str, target: Path, uri: str) -> None:
+    from botocore.exceptions import ClientError
+
+    from cxrlt import storage
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    try:
+        storage.client().download_file(bucket, key, str(tmp))
+    except ClientError as exc:
+        raise WeightsNotFoundError(f"weight file {uri} not found in object storage "
+                                   f"({exc.response.get('Error', {}).get('Code', exc)}); check the URI and the "
+                                   "endpoint/credentials (MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID)") from None
+    tmp.replace(target)
+
+
+def _from_mlflow(uri: str) -> ResolvedWeights:
+    import mlflow
+
+    dst = cache_dir() / "mlflow" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except Exception as exc:  # MlflowException, connection errors
+        raise WeightsNotFoundError(f"MLflow artifact {uri} could not be downloaded ({exc}); check the URI and "
+                                   "MLFLOW_TRACKING_URI") from None
+    if local.is_dir():
+        files = sorted(p for p in local.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+        if len(files) != 1:
+            raise WeightsNotFoundError(f"MLflow artifact {uri} is a directory with {len(files)} weight files "
+                                       f"({[p.name for p in files][:5]}); name the file in the URI")
+        local = files[0]
+    return ResolvedWeights(uri, local, f"mlflow {uri}", sha256_file(local))
+
+
+# ---------------------------------------------------------------------------------------------------------- mirror
+def mirror_weights(spec: str, to: str, name: str | None = None, family: str = "timm",
+                   arch: str | None = None) -> dict:
+    """Store the weight file of ``spec`` under ``to`` with its sha256 and source; returns the mirror card."""
+    from cxrlt import __version__, storage
+
+    resolved = resolve(spec, family, arch, use_mirror=False)
+    if name is None:
+        name = (f"{arch}.{spec}" if family == "open_clip" else spec) if spec_kind(spec) == "tag" else \
+            resolved.path.stem
+    if not _NAME.match(name):
+        raise ValueError(f"mirror name {name!r}: use letters, digits and . _ @ + - (no slashes)")
+    bucket, prefix = storage.parse_s3(to)
+    s3 = storage.client()
+    storage.ensure_bucket(bucket, s3)
+    base = "/".join(filter(None, [prefix, name]))
+    s3.upload_file(str(resolved.path), bucket, f"{base}/{resolved.path.name}")
+    card = {"name": name, "file": resolved.path.name, "sha256": resolved.sha256,
+            "size": resolved.path.stat().st_size, "source": resolved.source, "spec": spec, "family": family,
+            "arch": arch, "mirrored_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cxrlt_version": __version__}
+    s3.put_object(Bucket=bucket, Key=f"{base}/{MIRROR_CARD}", Body=json.dumps(card, indent=2).encode())
+    return card
+
+
+def list_mirror(uri: str) -> list[dict]:
+    """Every mirror card under ``uri``, sorted by name."""
+    from cxrlt import storage
+
+    bucket, prefix = storage.parse_s3(uri)
+    s3 = storage.client()
+    cards = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else ""):
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/" + MIRROR_CARD):
+                cards.append(json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()))
+    return sorted(cards, key=lambda c: c["name"])
+
+
+def fetch_from_mirror(uri: str, name: str) -> ResolvedWeights | None:
+    """Download ``name`` from the mirror into the local cache and verify its sha256; None when not mirrored."""
+    from botocore.exceptions import ClientError
+
+    from cxrlt import storage
+
+    bucket, prefix = storage.parse_s3(uri)
+    base = "/".join(filter(None, [prefix, name]))
+    try:
+        card = json.loads(storage.client().get_object(Bucket=bucket, Key=f"{base}/{MIRROR_CARD}")["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+            return None
+        raise
+    target = cache_dir() / card["sha256"] / card["file"]
+    if not (target.exists() and sha256_file(target) == card["sha256"]):
+        _download_s3(bucket, f"{base}/{card['file']}", target, f"s3://{bucket}/{base}/{card['file']}")
+        digest = sha256_file(target)
+        if digest != card["sha256"]:
+            target.unlink()
+            raise WeightsIntegrityError(f"{uri}/{name}/{card['file']}: sha256 {digest} does not match the mirror's "
+                                        f"record {card['sha256']}; the mirrored file was changed or corrupted")
+    return ResolvedWeights(name, target, f"mirror {uri}/{name} (from {card['source']})", card["sha256"])
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+def read_state_dict(path: str | Path, prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """A flat tensor state dict from any of the supported checkpoint layouts.
+
+    Unwraps ``state_dict`` / ``model`` / ``module`` containers and ``module.`` key prefixes (DDP); a TorchScript
+    archive (OpenAI CLIP's ``.pt``) gives its parameters. With ``prefixes``, the first prefix that some keys carry
+    (``trunk.`` of a cxrlt member checkpoint) is stripped and keys outside it dropped.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj = load_file(str(path))
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            else:
+                raise WeightsMismatchError(f"{path}: not a readable weight file ({exc})") from None
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in ("state_dict", "model", "module", "model_state_dict") if k in obj), None)
+        if not isinstance(inner, dict):
+            break
+        obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise WeightsMismatchError(f"{path}: no state dict found (top-level keys: {list(obj)[:5] if obj else []})")
+    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def create_timm_model(arch: str, pretrained: str | None, *, mirror: str | None = None,
+                      prefixes: tuple[str, ...] = (), **kwargs) -> tuple[nn.Module, ResolvedWeights | None]:
+    """``timm.create_model`` with the weights of ``pretrained`` loaded by timm's own loader.
+
+    timm adapts the stem to ``in_chans`` (1-channel: the RGB kernels summed) and resets a classifier whose class
+    count differs. A tag must name the configured architecture (``arch.tag``), so the tag's own pretrained config
+    (first conv, classifier, class count) applies.
+    """
+    import timm
+
+    if pretrained is None:
+        return timm.create_model(arch, pretrained=False, **kwargs), None
+    name = arch
+    if spec_kind(pretrained) == "tag":
+        tag_arch = pretrained.partition(".")[0]
+        if timm.is_model(tag_arch) and tag_arch != arch:
+            raise WeightsMismatchError(f"pretrained tag {pretrained!r} is for {tag_arch}, but the network is {arch}")
+        if timm.is_model(tag_arch) and "." in pretrained:
+            name = pretrained
+    resolved = resolve(pretrained, "timm", mirror=mirror)
+    state = read_state_dict(resolved.path, prefixes)
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
+    except RuntimeError as exc:
+        raise WeightsMismatchError(f"{resolved.source}: weights do not fit {arch}: {str(exc)[:500]}") from None
+    log.info("%s: weights from %s (sha256 %s)", arch, resolved.source, resolved.sha256[:12])
+    return model, resolved
+
+
+def load_clip_weights(model: nn.Module, pretrained: str, arch: str | None, mirror: str | None = None
+                      ) -> ResolvedWeights:
+    """Load a CLIP checkpoint (OpenAI/CheXzero layout, open_clip layout, or a cxrlt zero-shot checkpoint) strictly."""
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed
+
+    resolved = resolve(pretrained, "open_clip", arch, mirror=mirror)
+    state = read_state_dict(resolved.path, prefixes=("clip.",))
+    for key in OPENAI_META_KEYS:
+        state.pop(key, None)
+    state = convert_to_custom_text_state_dict(state)
+    resize_pos_embed(state, model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsMismatchError(f"{resolved.source}: not a checkpoint of {arch or 'this CLIP'}: "
+                                   f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys "
+                                   f"{unexpected[:4]}")
+    log.info("CLIP %s: weights from %s (sha256 %s)", arch, resolved.source, resolved.sha256[:12])
+    return resolved
