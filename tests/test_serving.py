@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from cxrlt.data.dicom import array_to_dicom
+from cxrlt.data.images import PreprocessConfig
 from cxrlt.export import export_bundle, onnx_outputs
 from cxrlt.inference import EnsemblePredictor
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
-from cxrlt.data.images import PreprocessConfig
 from cxrlt.training.trainer import load_member
 from cxrlt.tta import TTAModel
 
@@ -202,3 +202,79 @@ def test_bad_inputs_get_invalid_argument_and_server_stays_ready(server, tmp_path
         assert r.status == 200
     good = _raw_request(server, [("IMAGE", np.array([[_png_bytes()]], dtype=np.object_), "BYTES")])
     assert np.isfinite(good.as_numpy("KNOWN_PROBS")).all()
+
+
+def _fake_pb_utils():
+    """The few pieces of Triton's python-backend API the preprocess model uses, to run it in-process."""
+    import types
+
+    class Tensor:
+        def __init__(self, name, array):
+            self._name, self._array = name, array
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None):
+            self.tensors = {t.name(): t.as_numpy() for t in output_tensors or []}
+            self.error = error
+
+    class TritonError:
+        INVALID_ARG = 3
+
+        def __init__(self, message, code=None):
+            self.message = message
+
+    mod = types.ModuleType("triton_python_backend_utils")
+    mod.Tensor, mod.InferenceResponse, mod.TritonError = Tensor, InferenceResponse, TritonError
+    mod.get_input_tensor_by_name = lambda request, name: request.get(name)
+    return mod
+
+
+def test_served_preprocess_applies_the_bundle_contract(bundle, synth_data, tmp_path, monkeypatch):
+    """Golden: the Triton preprocess model's tensors are exactly the bundle contract's transform of the image,
+    for a 3-channel ImageNet-normalised contract (the paper profile's), with no constants of its own."""
+    import importlib
+    import json
+    import shutil
+    import sys
+
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from cxrlt.data.images import load_preprocessed
+    from cxrlt.export import bundle_contracts
+    from serving.repository import build_repository
+
+    served = tmp_path / "bundle"
+    shutil.copytree(bundle, served)
+    spec = json.loads((served / "bundle.json").read_text())
+    spec["preprocess"].update(channels=3, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    (served / "bundle.json").write_text(json.dumps(spec))
+    build_repository(served, tmp_path / "repo", "python")
+    config = text_format.Parse((tmp_path / "repo/preprocess/config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert list(next(o for o in config.output if o.name == "TASK1_INPUT").dims) == [3, 32, 32]
+    router = text_format.Parse((tmp_path / "repo/router/config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert list(router.input[0].dims) == [3, 32, 32]
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    monkeypatch.syspath_prepend(str(tmp_path / "repo/preprocess/1"))
+    for name in ("_common", "cxrlt_images", "model"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    model = importlib.import_module("model").TritonPythonModel()
+    model.initialize({"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True)})
+    png = sorted((synth_data / "images").iterdir())[0]
+    request = {"IMAGE": sys.modules["triton_python_backend_utils"].Tensor(
+        "IMAGE", np.array([[png.read_bytes()]], dtype=np.object_))}
+    response = model.execute([request])[0]
+    task1, zs = bundle_contracts(spec)
+    np.testing.assert_allclose(response.tensors["TASK1_INPUT"][0], task1.normalize(load_preprocessed(png, task1)),
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(response.tensors["ZS_INPUT"][0], zs.normalize(load_preprocessed(png, zs)),
+                               rtol=0, atol=1e-6)
+    for name in ("_common", "cxrlt_images", "model"):
+        sys.modules.pop(name, None)

@@ -50,11 +50,11 @@ class WeightsNotFoundError(FileNotFoundError):
     """A configured weight could not be found; the message says where it was looked for and how to mirror it."""
 
 
-class WeightsIntegrityError(RuntimeError):
+class WeightsIntegrityError(ValueError):
     """A downloaded weight file does not match the sha256 recorded in the mirror."""
 
 
-class WeightsMismatchError(RuntimeError):
+class WeightsMismatchError(ValueError):
     """A weight file was found but does not fit the configured architecture."""
 
 
@@ -395,9 +395,14 @@ def load_clip_weights(model: nn.Module, pretrained: str, arch: str | None, mirro
     state = read_state_dict(resolved.path, prefixes=("clip.",))
     for key in OPENAI_META_KEYS:
         state.pop(key, None)
-    state = convert_to_custom_text_state_dict(state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):  # open_clip CustomTextCLIP
+        state = convert_to_custom_text_state_dict(state)
     resize_pos_embed(state, model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise WeightsMismatchError(f"{resolved.source}: not a checkpoint of {arch or 'this CLIP'}: "
+                                   f"{str(exc)[:400]}") from None
     if missing or unexpected:
         raise WeightsMismatchError(f"{resolved.source}: not a checkpoint of {arch or 'this CLIP'}: "
                                    f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys "

@@ -30,7 +30,7 @@ def build_clip(cfg: dict, weights: bool = False, mirror: str | None = None) -> t
         text = open_clip.CLIPTextCfg(vocab_size=49408, **cfg.get("text", {}))
         model = open_clip.CLIP(embed_dim=int(cfg.get("embed_dim", 128)), vision_cfg=vision, text_cfg=text)
     elif kind in open_clip.list_models():
-        model = open_clip.create_model(kind, pretrained=None)
+        model = open_clip.create_model(kind, pretrained=None, device=torch.get_default_device())
     else:
         raise ValueError(f"unknown zero-shot model {kind!r}: 'tiny' or an open_clip model name")
     resolved = None
