@@ -1,8 +1,9 @@
 """Benchmark: does a pretrained starting point help? Random init vs weights from a member trained elsewhere.
 
-Trains ``mixed/pcam`` (tiny profile) on synthetic dataset A, mirrors nothing and registers nothing: its ``best.pt``
-is used directly as the ``pretrained`` weight file of the same member on synthetic dataset B (another generator
-seed), and compared with random initialisation after the same number of epochs, side by side, per training seed.
+Trains ``mixed/pcam`` (tiny profile) on synthetic dataset A and logs its ``best.pt`` to MLflow (a local SQLite
+tracking store in a temporary folder). The artifact URI ``runs:/<run>/weights/best.pt`` is then the ``pretrained``
+weight of the same member on synthetic dataset B (another generator seed), compared with random initialisation after
+the same number of epochs, side by side, per training seed.
 All numbers are synthetic-data numbers. Usage:
     python bench/transfer.py [--images 800] [--epochs-source 6] [--epochs 3] [--seeds 0 1 2]
 """
@@ -40,8 +41,15 @@ def main() -> None:
         for name, seed in (("A", 0), ("B", 1)):
             generate(tmp / name, SynthConfig(n_images=args.images, size=128, seed=seed, workers=2), progress=False)
         source = _train(base, tmp / "A", tmp / "source", args.epochs_source)
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")  # this process only: the trainings log nothing
+        mlflow.set_experiment("transfer-bench")
+        with mlflow.start_run(run_name="source-mixed-pcam") as run:
+            mlflow.log_artifact(str(tmp / "source" / "best.pt"), artifact_path="weights")
+        weights_uri = f"runs:/{run.info.run_id}/weights/best.pt"
         print(f"source: mixed/pcam on dataset A (seed 0), {args.epochs_source} epochs, val mAP "
-              f"{source['best_val_score']:.4f}")
+              f"{source['best_val_score']:.4f}, logged as {weights_uri}")
         rows = []
         for seed in args.seeds:
             scores = {}
@@ -49,7 +57,7 @@ def main() -> None:
                 cfg = copy.deepcopy(base)
                 cfg["train"]["seed"] = seed
                 if init == "pretrained":
-                    cfg["models"]["pcam"]["pretrained"] = str(tmp / "source" / "best.pt")
+                    cfg["models"]["pcam"]["pretrained"] = weights_uri
                 card = _train(cfg, tmp / "B", tmp / f"{init}-{seed}", args.epochs)
                 scores[init] = [h["val_score"] for h in card["history"]]
                 assert (card["pretrained"] is not None) == (init == "pretrained")
