@@ -35,8 +35,9 @@ def train_zeroshot(config: str, data_dir: str, cache: Input[Dataset], model: Out
         launch_trainjob(trainjob_body(f"cxrlt-zeroshot-{abs(hash(model.path)) % 10**8}", args, gpus_per_node))
     else:
         raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
-    # Platt calibration on the *known* classes of the dev split (monotonic: rankings, hence AP, are unchanged)
-    launch_local(["zeroshot", "calibrate", "--model", model.path, "--data", data_dir, "--split", "dev"])
+    # Platt calibration on the *known* classes of the training split's validation part (monotonic: rankings, hence
+    # AP, are unchanged; dev stays for evaluation, test labels are never read)
+    launch_local(["zeroshot", "calibrate", "--model", model.path, "--data", data_dir, "--split", "val"])
     card = json.loads((Path(model.path) / "zeroshot.json").read_text())
     model.metadata["best_val_known_mAP"] = card["best_val_known_mAP"]
     return float(card["best_val_known_mAP"])

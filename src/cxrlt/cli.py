@@ -137,18 +137,24 @@ def data_split(
     removal: Annotated[Path | None, typer.Option(help="CSV of ImageIDs to drop.")] = None,
     val_fraction: Annotated[float, typer.Option(help="Fraction of patients for validation.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 42,
+    label_source: Annotated[str, typer.Option(help="all, or physician: keep only images whose PadChest MethodLabel "
+                                                   "is Physician (seed 000's physician-verified subset).")] = "all",
 ) -> None:
-    """Patient-disjoint train/val split, then the projection split into frontal/lateral manifests."""
+    """Patient-disjoint train/val split, then the projection split into frontal/lateral manifests.
+
+    Train with `cxrlt train --splits OUT` (and `cxrlt zeroshot train --splits OUT`) so that the removal list and the
+    label-source filter applied here are exactly what the networks see."""
     from cxrlt.data.split import split_dataset
     from cxrlt.data.tables import PADCHEST_METADATA_CSV, TRAINING_CSV, TableError
 
     if metadata is None and (data / PADCHEST_METADATA_CSV).exists():
         metadata = data / PADCHEST_METADATA_CSV
     try:
-        summary = split_dataset(data / TRAINING_CSV, out, metadata, removal, val_fraction, seed)
+        summary = split_dataset(data / TRAINING_CSV, out, metadata, removal, val_fraction, seed, label_source)
     except (TableError, ValueError) as exc:
         _fail(str(exc))
-    typer.echo(json.dumps({k: summary[k] for k in ("images", "patients", "excluded_images")}))
+    keys = ("images", "patients", "excluded_images", "removed_images", "label_source", "label_source_excluded_images")
+    typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}))
 
 
 @app.command("train")
@@ -163,12 +169,16 @@ def train_cmd(
                                typer.Option(help="cait only: best.pt of the same view's pcam member.")] = None,
     cache: Annotated[Path | None, typer.Option(help="Preprocess cache directory (cxrlt data preprocess).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the profile's epoch count.")] = None,
+    splits: Annotated[Path | None, typer.Option(help="Manifests from `cxrlt data split` (its removal list and label "
+                                                     "source apply); default: split DATA here, nothing removed.")
+                      ] = None,
 ) -> None:
     """Train the router or one ensemble member (plain process, or under torchrun --nproc_per_node N)."""
     from cxrlt.training.trainer import TrainRequest, train_member
 
     try:
-        summary = train_member(TrainRequest(member, config, data, out, resume, pcam_checkpoint, cache, epochs))
+        summary = train_member(TrainRequest(member, config, data, out, resume, pcam_checkpoint, cache, epochs,
+                                            splits=splits))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -241,6 +251,8 @@ def zeroshot_train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
     hold_out: Annotated[str, typer.Option(help="Comma-separated known classes to hold out (proxy validation).")] = "",
     cache: Annotated[Path | None, typer.Option(help="Preprocess cache directory.")] = None,
+    splits: Annotated[Path | None, typer.Option(help="Manifests from `cxrlt data split` (removal list, label "
+                                                     "source).")] = None,
 ) -> None:
     """Fine-tune CLIP with contrastive + alpha * ASL on label-synthesised reports (torchrun-capable)."""
     from cxrlt.zeroshot.text import LeakError
@@ -248,7 +260,7 @@ def zeroshot_train(
 
     held = [c.strip() for c in hold_out.split(",") if c.strip()]
     try:
-        card = train_zeroshot(ZeroShotRequest(config, data, out, held, resume, cache, epochs, alpha))
+        card = train_zeroshot(ZeroShotRequest(config, data, out, held, resume, cache, epochs, alpha, splits=splits))
     except (ValueError, FileNotFoundError, LeakError) as exc:
         _fail(str(exc))
     typer.echo(f"best known-class validation mAP {card['best_val_known_mAP']:.4f} at epoch {card['best_epoch'] + 1}; "
@@ -292,16 +304,23 @@ def zeroshot_predict(
 def zeroshot_calibrate(
     model: Annotated[Path, typer.Option(help="Zero-shot model directory (calibration is saved in its card).")],
     data: DataDir,
-    split: Annotated[str, typer.Option(help="Labelled split whose known classes are used.")] = "dev",
+    split: Annotated[str, typer.Option(help="Labelled images to fit on: val (the validation part of the training "
+                                            "split, default) or dev. Test labels are refused.")] = "val",
+    splits: Annotated[Path | None, typer.Option(help="Manifests from `cxrlt data split` (for --split val).")] = None,
 ) -> None:
     """Fit a Platt calibration of the zero-shot scores on the *known* classes; it is applied to unseen ones."""
     from cxrlt.labels import KNOWN_CLASSES
     from cxrlt.zeroshot.predict import ZeroShotPredictor
-    from cxrlt.zeroshot.proxy import load_eval_images
+    from cxrlt.zeroshot.proxy import labelled_eval_set
 
     predictor = ZeroShotPredictor(model)
     classes = [c for c in KNOWN_CLASSES if c in predictor.card["train_classes"]]
-    labels, images = load_eval_images(data, f"CXRLT_2026_{split}_labels.csv", predictor.preprocess)
+    data_split = predictor.card.get("data_split", {"val_fraction": 0.1, "split_seed": 42})
+    try:
+        labels, images = labelled_eval_set(data, split, predictor.preprocess, data_split["val_fraction"],
+                                           data_split["split_seed"], splits)
+    except ValueError as exc:
+        _fail(str(exc))
     cal = predictor.fit_calibration(images, labels[classes].to_numpy(), classes)
     typer.echo(f"calibration a={cal['a']:.3f} b={cal['b']:.3f} ({cal['scoring']}), saved to {model}/zeroshot.json")
 
@@ -313,11 +332,13 @@ def zeroshot_proxy(
     out: Annotated[Path, typer.Option(help="Directory for the per-group runs and proxy_validation.json.")],
     groups: Annotated[str, typer.Option(help="Comma-separated proxy groups.")] = "A,B,C",
     epochs: Annotated[int | None, typer.Option(help="Override the profile's epochs.")] = None,
+    splits: Annotated[Path | None, typer.Option(help="Manifests from `cxrlt data split`.")] = None,
 ) -> None:
-    """Hold out each proxy group of 6 known classes, train without them, score them zero-shot (AP per class)."""
+    """Hold out each proxy group of 6 known classes, train without them, score them zero-shot (AP per class) on the
+    validation part of the training set (never on test labels)."""
     from cxrlt.zeroshot.proxy import proxy_validate
 
-    summary = proxy_validate(config, data, out, [g.strip() for g in groups.split(",")], epochs)
+    summary = proxy_validate(config, data, out, [g.strip() for g in groups.split(",")], epochs, splits)
     for g, r in summary["groups"].items():
         typer.echo(f"group {g}: mAP {r['mAP']:.4f} (chance {r['chance_mAP']:.4f}) "
                    + ", ".join(f"{c} {v['AP']:.3f}" for c, v in r["per_class"].items() if v["AP"] is not None))

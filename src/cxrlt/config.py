@@ -138,6 +138,7 @@ class TrainOverride(_Strict):
     num_workers: Annotated[int, Field(ge=0)] | None = None
     seed: int | None = None
     amp: bool | None = None
+    select_on: Literal["mAP", "mAP+mAUC-BCE"] | None = None
 
 
 class TrainConfig(_Strict):
@@ -159,6 +160,8 @@ class TrainConfig(_Strict):
     num_workers: Annotated[int, Field(ge=0)] = 0
     seed: int = 0
     amp: bool = True
+    #: checkpoint selection: validation mAP, or seed 000's "mAP, mAUC and BCE on the augmented validation set"
+    select_on: Literal["mAP", "mAP+mAUC-BCE"] = "mAP"
     overrides: dict[Literal["router", "pcam", "swin", "cait"], TrainOverride] = {}
 
 
@@ -211,6 +214,7 @@ class ZeroShotConfig(_Strict):
     warmup_epochs: Annotated[float, Field(ge=0)] = 1
     min_lr_ratio: Fraction = 0.01
     warmup_lr_ratio: Fraction = 0.01
+    cosine_t_max: PositiveInt | None = Field(default=None, description="cosine period in epochs; null = epochs")
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     prompts: Literal["names", "descriptions", "hybrid"] = "hybrid"

@@ -129,6 +129,26 @@ def macro_ap(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     return float(np.mean(average_precision_score(y_true[:, keep], y_prob[:, keep], average=None)))
 
 
+def macro_auroc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Macro AUROC over the classes with both positives and negatives."""
+    both = (y_true.sum(0) > 0) & (y_true.sum(0) < len(y_true))
+    if not both.any():
+        return float("nan")
+    return float(np.mean(roc_auc_score(y_true[:, both], y_prob[:, both], average=None)))
+
+
+def selection_score(y_true: np.ndarray, logits: np.ndarray, rule: str = "mAP") -> float:
+    """Checkpoint-selection score: ``mAP``, or seed 000's ``mAP+mAUC-BCE`` (mean binary cross-entropy)."""
+    prob = 1 / (1 + np.exp(-logits))
+    if rule == "mAP":
+        return macro_ap(y_true, prob)
+    if rule == "mAP+mAUC-BCE":
+        # BCE from logits, numerically stable: max(z, 0) - z y + log(1 + exp(-|z|))
+        bce = np.maximum(logits, 0) - logits * y_true + np.log1p(np.exp(-np.abs(logits)))
+        return macro_ap(y_true, prob) + macro_auroc(y_true, prob) - float(bce.mean())
+    raise ValueError(f"unknown selection rule {rule!r}: mAP or mAP+mAUC-BCE")
+
+
 def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n: int = 200, seed: int = 0,
                  alpha: float = 0.05) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap (images resampled with replacement) for mAP and mAUROC."""

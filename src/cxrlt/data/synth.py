@@ -154,6 +154,9 @@ CHRONIC = frozenset(
 )
 #: Fraction of positive training labels that the report-derived labeller missed (label noise; evaluation is clean).
 TRAIN_LABEL_MISS_RATE = 0.02
+#: PadChest's ``MethodLabel``: 24.3 % of images were labelled by physicians, the rest by an RNN on the report
+#: (shared/notes/padchest_facts.md). The generator marks the same share as ``Physician``.
+PHYSICIAN_LABEL_RATE = 0.243
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
 
 
@@ -357,9 +360,12 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> dict:
             bar.update()
     bar.close()
 
+    method_rng = np.random.default_rng([cfg.seed, 4])
     meta = pd.DataFrame({"ImageID": [s.image_id for s in specs], "PatientID": [s.patient_id for s in specs],
                          "StudyDate_DICOM": [s.study_date for s in specs],
-                         "Projection": [s.projection for s in specs]})
+                         "Projection": [s.projection for s in specs],
+                         "MethodLabel": np.where(method_rng.random(len(specs)) < PHYSICIAN_LABEL_RATE, "Physician",
+                                                 "RNN_model")})
     meta.to_csv(out / PADCHEST_METADATA_CSV, index=False)
 
     noise_rng = np.random.default_rng([cfg.seed, 2])

@@ -134,6 +134,18 @@ def read_projections(path: str | Path) -> ProjectionTable:
     return ProjectionTable(views=views, excluded=excluded)
 
 
+LABEL_SOURCES = ("all", "physician")
+
+
+def read_label_methods(path: str | Path) -> dict[str, str]:
+    """ImageID -> PadChest ``MethodLabel`` (``Physician`` or ``RNN_model``) from the master/metadata CSV."""
+    df = _read_csv(path)
+    if "MethodLabel" not in df.columns:
+        raise TableError(f"{path}: no MethodLabel column, so labels cannot be filtered by source (PadChest's master "
+                         "CSV has one; use --label-source all)")
+    return dict(zip(df["ImageID"], df["MethodLabel"].fillna("").str.strip(), strict=True))
+
+
 def write_submission(path: str | Path, image_ids: Sequence[str], probs: dict[str, np.ndarray] | pd.DataFrame,
                      classes: Sequence[str]) -> Path:
     """Write ``ImageID`` + one probability column per class, in ``classes`` order, taking columns by name."""

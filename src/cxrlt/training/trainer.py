@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cxrlt.config import config_hash, load_config, task1_preprocess, train_settings
-from cxrlt.data.split import split_frames
+from cxrlt.data.split import training_frames
 from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, VIEWS
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.losses import build_loss
-from cxrlt.metrics import evaluate, macro_ap
+from cxrlt.metrics import evaluate, selection_score
 from cxrlt.models.factory import MEMBER_KINDS, ROUTER_CLASSES, build_member, build_router
 from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
@@ -67,12 +67,11 @@ class TrainRequest:
     cache_dir: Path | None = None
     epochs: int | None = None
     progress: bool = True
+    splits: Path | None = None  # manifests from `cxrlt data split` (removal list, label source); else split here
 
 
-def _frames(data_dir: Path, cfg: dict, view: str | None):
-    meta = data_dir / PADCHEST_METADATA_CSV
-    train, val, _ = split_frames(data_dir / TRAINING_CSV, meta if meta.exists() else None, None,
-                                 cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
+def _frames(data_dir: Path, cfg: dict, view: str | None, splits: Path | None = None):
+    train, val = training_frames(data_dir, splits, cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
     if view in VIEWS:
         if (train["view"] == "").all():
             raise ValueError(f"{data_dir}: no projection metadata ({PADCHEST_METADATA_CSV}); train 'mixed' members")
@@ -110,10 +109,10 @@ def restore_checkpoint(path: Path, **stateful) -> tuple[int, float, int, list]:
     return state["epoch"] + 1, state["best"], state["best_epoch"], state["history"]
 
 
-def _score(router: bool, y: np.ndarray, logits: np.ndarray) -> float:
+def _score(router: bool, y: np.ndarray, logits: np.ndarray, rule: str = "mAP") -> float:
     if router:
         return float((logits.argmax(1) == y.argmax(1)).mean())
-    return macro_ap(y, 1 / (1 + np.exp(-logits)))
+    return selection_score(y, logits, rule)
 
 
 @torch.no_grad()
@@ -147,7 +146,7 @@ def train_member(req: TrainRequest) -> dict:
         raise ValueError("the profile has no `models` section: it defines no Task 1 networks to train")
     contract = task1_preprocess(cfg)
     size, in_chans, mirror = contract.size, contract.channels, cfg.get("weights_mirror")
-    train_df, val_df = _frames(Path(req.data_dir), cfg, view)
+    train_df, val_df = _frames(Path(req.data_dir), cfg, view, req.splits)
     y_train, y_val = _targets(train_df, router), _targets(val_df, router)
     store = ImageStore(Path(req.data_dir) / IMAGES_DIR, contract, req.cache_dir)
     if cfg["data"].get("preload", True):
@@ -155,6 +154,10 @@ def train_member(req: TrainRequest) -> dict:
     aug = AugmentConfig.from_dict(ts.get("augment"))
     train_ds = ManifestDataset(train_df, store, y_train, aug, seed, allow_flip=not router)
     val_ds = ManifestDataset(val_df, store, y_val)
+    rule = "mAP" if router else ts["select_on"]
+    # seed 000 selects on the *augmented* validation set (fixed augmentations per image, the same every epoch);
+    # the clean validation set still gives the logits the ensemble weights are fitted on
+    select_ds = ManifestDataset(val_df, store, y_val, aug, seed + 1) if rule == "mAP+mAUC-BCE" else val_ds
     factors = repeat_factors(y_train, ts["sampler_threshold"], ts["sampler_cap"]) \
         if (ts["sampler"] == "repeat_factor" and not router) else None
     sampler = EpochShardedSampler(len(train_ds), factors, seed, info.rank, info.world_size)
@@ -163,8 +166,10 @@ def train_member(req: TrainRequest) -> dict:
         raise ValueError(f"global batch {batch} is not divisible by {info.world_size} processes")
     loader = DataLoader(train_ds, batch_size=batch // info.world_size, sampler=sampler, drop_last=True,
                         num_workers=int(ts["num_workers"]))
-    val_loader = DataLoader(val_ds, batch_size=max(1, batch // info.world_size), num_workers=int(ts["num_workers"]),
-                            sampler=EpochShardedSampler(len(val_ds), None, seed, info.rank, info.world_size, False))
+    val_loader, select_loader = (
+        DataLoader(ds, batch_size=max(1, batch // info.world_size), num_workers=int(ts["num_workers"]),
+                   sampler=EpochShardedSampler(len(ds), None, seed, info.rank, info.world_size, False))
+        for ds in (val_ds, select_ds))
     if len(loader) == 0:
         raise ValueError(f"{len(train_ds)} training images is less than one batch of {batch}")
 
@@ -221,8 +226,8 @@ def train_member(req: TrainRequest) -> dict:
             running += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        val_logits = predict_logits(ema.module, val_loader, device, info, len(val_ds))
-        score = _score(router, y_val, val_logits)
+        val_logits = predict_logits(ema.module, select_loader, device, info, len(val_ds))
+        score = _score(router, y_val, val_logits, rule)
         train_loss = sum(D.gather_objects(running, info)) / sum(D.gather_objects(seen, info))
         record = {"epoch": epoch, "train_loss": train_loss, "val_score": score, "seconds": time.time() - t0}
         history.append(record)
@@ -230,7 +235,7 @@ def train_member(req: TrainRequest) -> dict:
         if improved:
             best, best_epoch = score, epoch
         if info.is_main:
-            metric = "val_accuracy" if router else "val_mAP"
+            metric = "val_accuracy" if router else ("val_mAP" if rule == "mAP" else "val_mAP+mAUC-BCE")
             log.info("%s epoch %d/%d loss %.4f %s %.4f%s", req.member, epoch + 1, epochs, train_loss, metric, score,
                      " (best)" if improved else "")
             if improved:
@@ -266,7 +271,7 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
         "image_size": contract.size, "in_chans": contract.channels, "preprocess": contract.to_dict(), "tta": tta,
         "pretrained": weights.card() if weights is not None else None,
         "best_epoch": best_epoch, "best_val_score": best,
-        "val_metric": "accuracy" if router else "mAP", "history": history,
+        "val_metric": "accuracy" if router else train_settings(cfg, kind)["select_on"], "history": history,
         "config_hash": config_hash(cfg), "profile": cfg.get("profile"),
         "model_config": cfg["models"]["router" if router else kind],
         "pcam_model_config": cfg["models"].get("pcam") if kind == "cait" else None,

@@ -31,6 +31,9 @@ def soft_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, lo
 
 
 class DualBranchLoss(torch.nn.Module):
+    """Seed 000 eq. 2: L = L_clip + alpha * L_asl, with L_asl the ASL *averaged* over the batch and the K classes,
+    so alpha keeps the paper's balance whatever K is."""
+
     def __init__(self, alpha: float = 1.5, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05):
         super().__init__()
         self.alpha = alpha
@@ -42,5 +45,5 @@ class DualBranchLoss(torch.nn.Module):
         if self.alpha == 0:
             return contrastive, {"contrastive": contrastive.item(), "asl": 0.0}
         class_logits = asl_scale.exp() * image_features @ class_features.T + asl_bias
-        asl = self.asl(class_logits, targets) / len(targets)
+        asl = self.asl(class_logits, targets) / targets.numel()  # mean over images and classes
         return contrastive + self.alpha * asl, {"contrastive": contrastive.item(), "asl": asl.item()}

@@ -1,6 +1,7 @@
 """``cxrlt zeroshot train``: fine-tune the dual-branch CLIP on label-synthesised reports.
 
-Plain process or ``torchrun``; AdamW, cosine schedule (T_max = epochs), EMA; checkpoint every epoch and ``--resume``;
+Plain process or ``torchrun``; AdamW, cosine schedule (T_max = ``cosine_t_max`` epochs, default the run's epochs),
+EMA; checkpoint every epoch and ``--resume``;
 MLflow logging when ``MLFLOW_TRACKING_URI`` is set. ``held_out`` classes (proxy validation) are removed from the
 text, the ASL targets and the training images, and a :class:`LeakGuard` checks every batch.
 """
@@ -25,8 +26,8 @@ from tqdm import tqdm
 
 from cxrlt.config import config_hash, load_config, zeroshot_settings
 from cxrlt.data.images import PreprocessConfig
-from cxrlt.data.split import split_frames
-from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV
+from cxrlt.data.split import training_frames
+from cxrlt.data.tables import IMAGES_DIR
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.metrics import macro_ap
 from cxrlt.training import distributed as D
@@ -52,6 +53,7 @@ class ZeroShotRequest:
     epochs: int | None = None
     alpha: float | None = None
     progress: bool = True
+    splits: Path | None = None  # manifests from `cxrlt data split` (removal list, label source); else split here
 
 
 def _groups(labels: np.ndarray) -> torch.Tensor:
@@ -84,9 +86,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     guard = LeakGuard(held_out, bank)
     train_classes = [c for c in KNOWN_CLASSES if c not in held_out]
     guard.check_classes(train_classes)
-    meta = Path(req.data_dir) / PADCHEST_METADATA_CSV
-    train_df, val_df, _ = split_frames(Path(req.data_dir) / TRAINING_CSV, meta if meta.exists() else None, None,
-                                       cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
+    train_df, val_df = training_frames(req.data_dir, req.splits, cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
     if held_out:  # the paper also drops images positive for a held-out class
         train_df = train_df[train_df[held_out].sum(axis=1) == 0].reset_index(drop=True)
     y_train = train_df[train_classes].to_numpy(np.float32)
@@ -114,7 +114,8 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     criterion = DualBranchLoss(float(zs["alpha"]), **zs["asl"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(zs["lr"]), weight_decay=float(zs["weight_decay"]))
     steps = len(loader)
-    scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps, lr_min=float(zs["lr"]) * zs["min_lr_ratio"],
+    t_max = int(zs["cosine_t_max"] or epochs)  # seed 000: T_max = 7 epochs
+    scheduler = CosineLRScheduler(optimizer, t_initial=t_max * steps, lr_min=float(zs["lr"]) * zs["min_lr_ratio"],
                                   warmup_t=int(zs["warmup_epochs"] * steps),
                                   warmup_lr_init=float(zs["lr"]) * zs["warmup_lr_ratio"],
                                   warmup_prefix=True, t_in_epochs=False)
@@ -178,6 +179,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
 
     card = {"kind": "zeroshot", "settings": zs, "pretrained": weights.card() if weights else None,
             "held_out": held_out, "train_classes": train_classes,
+            "data_split": {"val_fraction": cfg["data"]["val_fraction"], "split_seed": cfg["data"]["split_seed"]},
             "best_epoch": best_epoch, "best_val_known_mAP": best, "history": history, "config_hash": config_hash(cfg),
             "profile": cfg.get("profile"), "world_size": info.world_size}
     if info.is_main:
