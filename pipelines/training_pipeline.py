@@ -40,19 +40,24 @@ def _cluster_settings(task, gpu: bool = False, s3: bool = True):
                                                   "challenger when the evaluation gate passes.")
 def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list = DEFAULT_JOBS,
                       min_map: float = 0.1, max_ece: float = 0.5, launcher: str = "local", nproc: int = 1,
-                      epochs: int = 0, zeroshot_epochs: int = 0, cache_size: int = 64, eval_split: str = "dev"):
+                      epochs: int = 0, zeroshot_epochs: int = 0, cache_size: int = 64, eval_split: str = "dev",
+                      label_source: str = "all", removal_csv: str = "", val_fraction: float = 0.1,
+                      split_seed: int = 42):
     validated = _cluster_settings(validate_data(data_dir=data_dir, min_positives=0)).set_caching_options(False)
     cache = _cluster_settings(preprocess(data_dir=data_dir, size=cache_size)).after(validated)
-    _cluster_settings(split_projection(data_dir=data_dir)).after(validated)
+    split = _cluster_settings(split_projection(data_dir=data_dir, label_source=label_source, removal_csv=removal_csv,
+                                               val_fraction=val_fraction, seed=split_seed)).after(validated)
+    splits = split.outputs["splits"]
     with dsl.ParallelFor(jobs, parallelism=2) as job:
         member = train_member(view=job.view, member=job.member, config=config, data_dir=data_dir,
-                              cache=cache.outputs["cache"], launcher=launcher, nproc=nproc, epochs=epochs)
+                              cache=cache.outputs["cache"], splits=splits, launcher=launcher, nproc=nproc,
+                              epochs=epochs)
         _cluster_settings(member, gpu=True).set_caching_options(False)
     router = train_member(view="", member="router", config=config, data_dir=data_dir, cache=cache.outputs["cache"],
-                          launcher=launcher, nproc=nproc, epochs=epochs)
+                          splits=splits, launcher=launcher, nproc=nproc, epochs=epochs)
     _cluster_settings(router, gpu=True).set_caching_options(False)
-    zs = train_zeroshot(config=config, data_dir=data_dir, cache=cache.outputs["cache"], launcher=launcher,
-                        nproc=nproc, epochs=zeroshot_epochs)
+    zs = train_zeroshot(config=config, data_dir=data_dir, cache=cache.outputs["cache"], splits=splits,
+                        launcher=launcher, nproc=nproc, epochs=zeroshot_epochs)
     _cluster_settings(zs, gpu=True).set_caching_options(False)
     ensemble = fit_ensemble(members=dsl.Collected(member.outputs["model"]), router=router.outputs["model"],
                             config=config, data_dir=data_dir)

@@ -118,7 +118,9 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
         params={"task1_preprocess": json.dumps(task1.to_dict()),
                 "zeroshot_preprocess": json.dumps(zs_contract.to_dict())}),
         files={"cxrlt_images.py": Path(images_module.__file__)})
-    _onnx_model(repo, "router", onnx / "router.onnx", shape, len(bundle["router_classes"]), onnx_runtime, instances)
+    if bundle["router_classes"]:
+        _onnx_model(repo, "router", onnx / "router.onnx", shape, len(bundle["router_classes"]), onnx_runtime,
+                    instances)
     for view, vspec in bundle["views"].items():
         steps = []
         for kind, name in vspec["members"].items():
@@ -129,6 +131,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
             f"{view}_combiner", [_tensor(n, "TYPE_FP32", [len(known)]) for n in weights],
             [_tensor("PROBS", "TYPE_FP32", [len(known)])], instances=instances,
             params={"weights": json.dumps(weights), "normal_gate_alpha": bundle.get("normal_gate_alpha") or 0,
+                    "combine": bundle.get("combine", "logit"),
                     "normal_index": known.index("Normal")}))
         steps.append((f"{view}_combiner", {f"LOGITS_{k}": f"logits_{k}" for k in vspec["members"]},
                       {"PROBS": "PROBS"}))

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from cxrlt.cli import app
-from cxrlt.data.split import split_dataset, split_frames
+from cxrlt.data.split import split_frames
 from cxrlt.data.tables import PADCHEST_METADATA_CSV, TEST_LABELS_CSV, TRAINING_CSV, TableError
 from cxrlt.metrics import macro_ap, macro_auroc, selection_score
 from cxrlt.zeroshot.loss import DualBranchLoss

@@ -5,16 +5,21 @@ from components._base import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def train_member(view: str, member: str, config: str, data_dir: str, cache: Input[Dataset], model: Output[Model],
-                 launcher: str = "local", nproc: int = 1, epochs: int = 0, gpus_per_node: int = 1) -> float:
+def train_member(view: str, member: str, config: str, data_dir: str, cache: Input[Dataset], splits: Input[Dataset],
+                 model: Output[Model], launcher: str = "local", nproc: int = 1, epochs: int = 0,
+                 gpus_per_node: int = 1) -> float:
     """Train one ensemble member (``pcam`` also trains that view's ``cait`` on its frozen trunk) or the router.
+
+    A profile without a router (HPH) makes the router step a no-op: the ensemble then serves every image with its
+    mixed members.
 
     Args:
         view: frontal, lateral, mixed, or "" for the router.
-        member: pcam (+cait), swin, cait-less pcam ("pcam-only"), or router.
+        member: pcam (+cait when the profile has one), swin, mlp, csra, cait-less pcam ("pcam-only"), or router.
         config: profile YAML path.
         data_dir: CXR-LT data directory.
         cache: preprocess cache.
+        splits: manifests from the split step (removal list and label source applied).
         model: run directory holding <view>/<kind>/ member runs.
         launcher: local (torchrun) or trainjob (Kubeflow Trainer).
         nproc: processes per node.
@@ -24,12 +29,18 @@ def train_member(view: str, member: str, config: str, data_dir: str, cache: Inpu
     import json
     from pathlib import Path
 
+    from cxrlt.config import load_config
     from cxrlt.launch import launch_local, launch_trainjob, trainjob_body
 
     if launcher not in ("local", "trainjob"):
         raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
+    models = load_config(config)["models"] or {}
+    if member == "router" and models.get("router") is None:
+        Path(model.path).mkdir(parents=True, exist_ok=True)
+        model.metadata.update({"members": [], "skipped": "the profile defines no router"})
+        return 0.0
     plan = [("router", "router")] if member == "router" else [(f"{view}/pcam", f"{view}/pcam")]
-    if member == "pcam":
+    if member == "pcam" and models.get("cait") is not None:
         plan.append((f"{view}/cait", f"{view}/cait"))
     elif member not in ("router", "pcam-only"):
         plan = [(f"{view}/{member}", f"{view}/{member}")]
@@ -37,7 +48,7 @@ def train_member(view: str, member: str, config: str, data_dir: str, cache: Inpu
     for name, rel in plan:
         out = Path(model.path) / rel
         args = ["train", "--member", name, "--config", config, "--data", data_dir, "--out", str(out),
-                "--cache", cache.path, "--resume"]
+                "--cache", cache.path, "--splits", splits.path, "--resume"]
         if epochs:
             args += ["--epochs", str(epochs)]
         if name.endswith("/cait"):

@@ -1,4 +1,8 @@
-"""One view's ensemble head: weighted sum of member logits (fitted weights), sigmoid, optional normal gating."""
+"""One view's ensemble head: members combined by the bundle's rule, then optional normal gating.
+
+``logit``: sigmoid of the weighted sum of member logits (seed 000); ``probability``: weighted mean of member
+probabilities (HPH). The same rule as ``cxrlt.ensemble.combine``.
+"""
 
 import json
 
@@ -13,13 +17,17 @@ class TritonPythonModel:
         self.weights = json.loads(p["weights"])  # {"LOGITS_pcam": 0.4, ...}
         self.alpha = float(p.get("normal_gate_alpha", "0") or 0)
         self.normal_index = int(p.get("normal_index", "0"))
+        self.combine = p.get("combine", "logit")
 
     def execute(self, requests):
         responses = []
         for r in requests:
-            logits = sum(w * pb_utils.get_input_tensor_by_name(r, name).as_numpy().astype(np.float64)
-                         for name, w in self.weights.items())
-            probs = 1.0 / (1.0 + np.exp(-logits))
+            logits = {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy().astype(np.float64)
+                      for name in self.weights}
+            if self.combine == "probability":
+                probs = sum(w * (1.0 / (1.0 + np.exp(-logits[name]))) for name, w in self.weights.items())
+            else:
+                probs = 1.0 / (1.0 + np.exp(-sum(w * logits[name] for name, w in self.weights.items())))
             if self.alpha:
                 gate = (1.0 - probs[:, self.normal_index : self.normal_index + 1]) ** self.alpha
                 gated = np.clip(probs * gate, 1e-6, 1 - 1e-6)

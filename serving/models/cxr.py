@@ -1,5 +1,7 @@
 """The entry point (BLS): preprocess -> router -> the chosen view's ensemble, plus the zero-shot head.
 
+A bundle without a router (HPH) sends every image to the mixed ensemble and reports the view as "mixed".
+
 Outputs per item: 30 known-finding probabilities, 6 unseen-finding probabilities, the chosen view, its confidence,
 the served model version and an error string (empty when the item was fine). Class names are in the model config's
 parameters, so clients key every probability by name.
@@ -41,6 +43,12 @@ class TritonPythonModel:
         confidence = np.zeros((n, 1), np.float32)
         idx = np.flatnonzero(good)
         x = pre["TASK1_INPUT"][idx]
+        if not self.router_classes:  # no router (HPH): the mixed ensemble serves every image
+            known[idx] = call("mixed_ensemble", {"INPUT": x}, ["PROBS"])["PROBS"]
+            for j in idx:
+                views[j] = "mixed"
+            confidence[idx, 0] = 1.0
+            return self._response(pre, idx, known, unseen, views, confidence, errors)
         logits = call("router", {"INPUT": x}, ["OUTPUT"])["OUTPUT"].astype(np.float64)
         prob = np.exp(logits - logits.max(1, keepdims=True))
         prob /= prob.sum(1, keepdims=True)
@@ -54,6 +62,10 @@ class TritonPythonModel:
             for j in sel:
                 views[idx[j]] = view
         confidence[idx, 0] = prob.max(1)
+        return self._response(pre, idx, known, unseen, views, confidence, errors)
+
+    def _response(self, pre, idx, known, unseen, views, confidence, errors):
+        n = len(errors)
         if self.has_zeroshot:
             unseen[idx] = call("zeroshot", {"INPUT": pre["ZS_INPUT"][idx]}, ["PROBS"])["PROBS"]
         return pb_utils.InferenceResponse([

@@ -545,20 +545,25 @@ def pipeline_run(
     zeroshot_epochs: Annotated[int, typer.Option(help="Zero-shot epochs (0 = profile).")] = 0,
     min_map: Annotated[float, typer.Option(help="Gate: minimum mAP.")] = 0.1,
     max_ece: Annotated[float, typer.Option(help="Gate: maximum mECE.")] = 0.5,
+    label_source: Annotated[str, typer.Option(help="all, or physician (PadChest MethodLabel == Physician).")] = "all",
+    removal: Annotated[Path | None, typer.Option(help="CSV of ImageIDs to drop before splitting.")] = None,
 ) -> None:
-    """Run the training pipeline on this machine (validate ... register)."""
+    """Run the training pipeline on this machine (validate ... register); the jobs follow the profile's networks."""
     from pipelines.local_run import run_training_local
 
     if not local:
         _fail("only --local runs from here; compile and upload for a cluster (cxrlt pipeline schedule)")
     if not tracking_uri:
         _fail("set MLFLOW_TRACKING_URI or --tracking-uri (cxrlt mlflow up prints it)")
-    from cxrlt.config import load_config
+    from cxrlt.config import load_config, pipeline_jobs
 
-    size = int(load_config(config)["data"]["cache_size"])
+    cfg = load_config(config)
     result = run_training_local(root, data_dir=str(data.resolve()), config=str(config.resolve()),
                                 tracking_uri=tracking_uri, epochs=epochs, zeroshot_epochs=zeroshot_epochs,
-                                min_map=min_map, max_ece=max_ece, cache_size=size)
+                                min_map=min_map, max_ece=max_ece, cache_size=int(cfg["data"]["cache_size"]),
+                                jobs=pipeline_jobs(cfg), label_source=label_source,
+                                removal_csv=str(removal.resolve()) if removal else "",
+                                val_fraction=cfg["data"]["val_fraction"], split_seed=cfg["data"]["split_seed"])
     typer.echo(f"pipeline finished; outputs under {result['run_dir']}")
 
 

@@ -29,7 +29,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "chexzero": ((101.48761 / 255,) * 3, (83.43944 / 255,) * 3),
 }
-MEMBER_NETWORKS = ("router", "pcam", "swin", "cait")
+MEMBER_NETWORKS = ("router", "pcam", "swin", "cait", "mlp", "csra")
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -49,6 +49,7 @@ class InputConfig(_Strict):
     channels: Literal[1, 3] = 1
     normalization: Literal["cxrlt", "imagenet", "clip", "chexzero"] = "cxrlt"
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    scaling: Literal["percentile", "bit_depth"] = "percentile"
     max_pixels: PositiveInt = DEFAULT_MAX_PIXELS
 
     @field_validator("percentiles")
@@ -65,7 +66,7 @@ class InputConfig(_Strict):
         if len(mean) == 3 and self.channels == 1:
             mean, std = (sum(mean) / 3,), (sum(std) / 3,)
         return PreprocessConfig(size=size, percentiles=tuple(self.percentiles), max_pixels=self.max_pixels,
-                                channels=self.channels, mean=tuple(mean), std=tuple(std))
+                                channels=self.channels, mean=tuple(mean), std=tuple(std), scaling=self.scaling)
 
 
 class DataConfig(_Strict):
@@ -85,7 +86,7 @@ class RouterConfig(_Strict):
 
 class PooledCNNConfig(_Strict):
     backbone: str
-    head: Literal["pcam", "csra"] = "pcam"
+    head: Literal["pcam", "csra", "mlp"] = "pcam"
     backbone_kwargs: dict[str, Any] = {}
     drop: Fraction = 0.0
     pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
@@ -102,10 +103,22 @@ class CaiTConfig(TimmMemberConfig):
 
 
 class ModelsConfig(_Strict):
-    router: RouterConfig
-    pcam: PooledCNNConfig
-    swin: TimmMemberConfig
-    cait: CaiTConfig
+    """Task 1 networks: seed 000 uses router + pcam/swin/cait, HPH the mlp and csra heads over one trunk."""
+
+    router: RouterConfig | None = None
+    pcam: PooledCNNConfig | None = None
+    swin: TimmMemberConfig | None = None
+    cait: CaiTConfig | None = None
+    mlp: PooledCNNConfig | None = None
+    csra: PooledCNNConfig | None = None
+
+    @model_validator(mode="after")
+    def _some_member(self):
+        if not any(getattr(self, k) is not None for k in ("pcam", "swin", "cait", "mlp", "csra")):
+            raise ValueError("models: define at least one ensemble member (pcam, swin, cait, mlp or csra)")
+        if self.cait is not None and self.pcam is None:
+            raise ValueError("models.cait runs over the frozen pcam trunk: models.pcam is needed too")
+        return self
 
 
 class AugmentSettings(_Strict):
@@ -162,21 +175,32 @@ class TrainConfig(_Strict):
     amp: bool = True
     #: checkpoint selection: validation mAP, or seed 000's "mAP, mAUC and BCE on the augmented validation set"
     select_on: Literal["mAP", "mAP+mAUC-BCE"] = "mAP"
-    overrides: dict[Literal["router", "pcam", "swin", "cait"], TrainOverride] = {}
+    overrides: dict[Literal["router", "pcam", "swin", "cait", "mlp", "csra"], TrainOverride] = {}
 
 
 class InferenceConfig(_Strict):
+    #: ``medium`` = identity, flip, +-5 deg, zoom 1.1 and 0.9 (HPH's set)
     tta: Literal["none", "flip", "medium"] = "flip"
+    #: average TTA views on logits (seed 000) or on probabilities (HPH)
+    tta_merge: Literal["logit", "probability"] = "logit"
     normal_gate_alpha: Annotated[float, Field(ge=0)] | None = None
 
 
 class EnsembleConfig(_Strict):
     grid_step: Annotated[float, Field(gt=0, le=1)] = 0.05
+    #: weighted sum of member logits then sigmoid (seed 000), or weighted mean of member probabilities (HPH)
+    combine: Literal["logit", "probability"] = "logit"
+    #: fixed raw member weights, normalised (HPH: 1.0 : 1.5); null = grid search on validation mAP
+    weights: dict[str, PositiveFloat] | None = None
 
 
 class TinyCLIPVision(_Strict):
-    layers: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (1, 1, 1, 1)
+    """``layers`` as 4 stage depths: a ModifiedResNet tower; as one number: a ViT tower (the ViT-B/L-14 layout)."""
+
+    layers: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] | PositiveInt = (1, 1, 1, 1)
     width: PositiveInt = 32
+    patch_size: PositiveInt = 16
+    head_width: PositiveInt = 64
 
 
 class TinyCLIPText(_Strict):
@@ -199,6 +223,8 @@ class ZeroShotConfig(_Strict):
 
     model: str = "tiny"
     pretrained: str | None = Field(default=None, description="open_clip tag, weight file/URI or mirror name")
+    #: false: training-free (HPH): the pretrained CLIP scores the prompts as it is, nothing is fine-tuned
+    train: bool = True
     image_size: PositiveInt = 64
     embed_dim: PositiveInt = 128
     vision: TinyCLIPVision = TinyCLIPVision()
@@ -318,6 +344,15 @@ def task1_preprocess(cfg: dict) -> PreprocessConfig:
 def zeroshot_settings(cfg: dict) -> dict:
     """The zero-shot section with the architecture's image size, context length and contract filled in."""
     return ZeroShotConfig.model_validate(cfg["zeroshot"]).resolved()
+
+
+def pipeline_jobs(cfg: dict) -> list[dict]:
+    """The training pipeline's (view, member) jobs for a profile: with a router, every member per view (frontal,
+    lateral, mixed; ``pcam`` also trains ``cait`` on its trunk); without one (HPH), the mixed members only."""
+    models = cfg["models"] or {}
+    views = ("frontal", "lateral", "mixed") if models.get("router") else ("mixed",)
+    members = [k for k in ("pcam", "swin", "mlp", "csra") if models.get(k)]
+    return [{"view": v, "member": m} for v in views for m in members]
 
 
 def config_hash(cfg: dict | Profile) -> str:

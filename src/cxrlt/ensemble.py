@@ -2,7 +2,8 @@
 
 An ensemble directory holds ``ensemble.json`` plus one sub-directory per trained member (``router/``,
 ``frontal/pcam/`` ...). ``ensemble.json`` records the views, each view's members and fitted weights, the class order
-(always addressed by name), the preprocessing contract, TTA settings and the optional normal-gating exponent.
+(always addressed by name), the preprocessing contract, TTA settings, how members are combined (logits or
+probabilities, fitted or fixed weights) and the optional normal-gating exponent.
 """
 
 from __future__ import annotations
@@ -31,15 +32,37 @@ def simplex_grid(n: int, step: float = 0.05) -> np.ndarray:
     return np.array([[*c, k - sum(c)] for c in rows], dtype=np.float64) / k
 
 
-def fit_weights(member_logits: dict[str, np.ndarray], y: np.ndarray, step: float = 0.05) -> tuple[dict, float]:
-    """Grid-search logit weights maximising macro mAP; ties keep the most uniform weights."""
+COMBINES = ("logit", "probability")
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z))
+
+
+def combine(member_logits: dict[str, np.ndarray], weights: dict[str, float], mode: str = "logit") -> np.ndarray:
+    """Ensemble probabilities: sigmoid(sum_k w_k z_k) (``logit``, seed 000) or sum_k w_k sigmoid(z_k)
+    (``probability``, HPH); weights sum to 1 and are taken by member name."""
+    if mode == "logit":
+        return sigmoid(sum(w * np.asarray(member_logits[k], np.float64) for k, w in weights.items()))
+    if mode == "probability":
+        return sum(w * sigmoid(np.asarray(member_logits[k], np.float64)) for k, w in weights.items())
+    raise ValueError(f"unknown combine mode {mode!r}: choose one of {COMBINES}")
+
+
+def normalised(weights: dict[str, float]) -> dict[str, float]:
+    total = float(sum(weights.values()))
+    return {k: float(v) / total for k, v in weights.items()}
+
+
+def fit_weights(member_logits: dict[str, np.ndarray], y: np.ndarray, step: float = 0.05,
+                mode: str = "logit") -> tuple[dict, float]:
+    """Grid-search member weights maximising macro mAP; ties keep the most uniform weights."""
     names = list(member_logits)
-    stack = np.stack([member_logits[n] for n in names])  # (M, N, C)
     best_w, best_score = None, -1.0
     grid = simplex_grid(len(names), step)
     order = np.argsort(np.abs(grid - 1 / len(names)).sum(1), kind="stable")  # uniform-first tie-breaking
     for w in grid[order]:
-        score = macro_ap(y, 1 / (1 + np.exp(-np.tensordot(w, stack, axes=1))))
+        score = macro_ap(y, combine(member_logits, dict(zip(names, w, strict=True)), mode))
         if score > best_score + 1e-12:
             best_w, best_score = w, score
     return {n: float(v) for n, v in zip(names, best_w, strict=True)}, float(best_score)
@@ -69,8 +92,10 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
     contract = task1_preprocess(config)
     spec = {"classes": list(KNOWN_CLASSES), "views": {}, "image_size": contract.size,
             "preprocess": contract.to_dict(),
-            "tta": config["inference"]["tta"], "normal_gate_alpha": config["inference"]["normal_gate_alpha"],
-            "profile": config.get("profile"), "grid_step": config["ensemble"]["grid_step"]}
+            "tta": config["inference"]["tta"], "tta_merge": config["inference"]["tta_merge"],
+            "normal_gate_alpha": config["inference"]["normal_gate_alpha"], "profile": config.get("profile"),
+            "grid_step": config["ensemble"]["grid_step"], "combine": config["ensemble"]["combine"]}
+    fixed = config["ensemble"]["weights"]
     spec["bands"] = frequency_bands({c: int(labels[c].sum()) for c in KNOWN_CLASSES}, len(labels))
     out.mkdir(parents=True, exist_ok=True)
     if (runs / "router" / "member.json").exists():
@@ -84,8 +109,15 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
         common = sorted(set.intersection(*(set(f.index) for f in frames.values())))
         y = labels.loc[common, list(KNOWN_CLASSES)].to_numpy()
         logits = {k: frames[k].loc[common, list(KNOWN_CLASSES)].to_numpy() for k in members}
-        weights, score = fit_weights(logits, y, spec["grid_step"])
-        single = {k: macro_ap(y, 1 / (1 + np.exp(-v))) for k, v in logits.items()}
+        if fixed:  # HPH: fixed raw weights (1.0 : 1.5), normalised over the members this view has
+            missing = [k for k in members if k not in fixed]
+            if missing:
+                raise ValueError(f"ensemble.weights gives no weight for the {view} members {missing}")
+            weights = normalised({k: fixed[k] for k in members})
+            score = macro_ap(y, combine(logits, weights, spec["combine"]))
+        else:
+            weights, score = fit_weights(logits, y, spec["grid_step"], spec["combine"])
+        single = {k: macro_ap(y, sigmoid(v)) for k, v in logits.items()}
         spec["views"][view] = {"members": {k: f"{view}/{k}" for k in members}, "weights": weights,
                                "val_mAP": score, "val_mAP_members": single, "n_val": len(common)}
         for k in members:

@@ -3,8 +3,8 @@
 A *served bundle* is a directory:
 
     bundle.json                      classes, views, weights, gating, sizes, zero-shot scoring, version, lineage
-    onnx/router.onnx                 (B, C, S, S) -> (B, 2) logits (frontal, lateral)
-    onnx/<view>_<kind>.onnx          (B, C, S, S) -> (B, 30) logits, TTA folded in
+    onnx/router.onnx                 (B, C, S, S) -> (B, 2) logits (frontal, lateral); absent without a router
+    onnx/<view>_<kind>.onnx          (B, C, S, S) -> (B, 30) logits, TTA folded in (logit or probability merge)
     onnx/clip_image.onnx             (B, C2, S2, S2) -> (B, D) normalised image embedding
 
 ``bundle.json["preprocess"]`` and ``bundle.json["zeroshot"]["preprocess"]`` are the preprocessing contracts (size,
@@ -46,12 +46,22 @@ def export_onnx(module: nn.Module, image_size: int, path: str | Path, channels: 
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
     example = torch.zeros(2, channels, image_size, image_size)
+    # nn.MultiheadAttention's inference fast path (ViT CLIP towers) has no ONNX export: trace the plain path
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _export(module, example, path)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    onnx.checker.check_model(onnx.load(str(path)))
+    return path
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     with torch.no_grad():
         torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=OPSET,
                           dynamo=False)
-    onnx.checker.check_model(onnx.load(str(path)))
-    return path
 
 
 def onnx_outputs(path: str | Path, x: np.ndarray) -> np.ndarray:
@@ -66,26 +76,30 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
     """Write the served bundle (see the module docstring) and return ``bundle.json``'s content."""
     ens, out = Path(ensemble_dir), Path(out_dir)
     spec = load_spec(ens)
-    if "router" not in spec:
-        raise ValueError(f"{ens} has no router; the served pipeline routes by projection")
+    has_router = "router" in spec
+    if not has_router and "mixed" not in spec["views"]:
+        raise ValueError(f"{ens} has neither a router nor a mixed ensemble: nothing could serve every image")
     if out.exists():
         shutil.rmtree(out)
     (out / "onnx").mkdir(parents=True)
     preprocess = spec.get("preprocess") or {"size": spec["image_size"]}
     size, channels = int(preprocess["size"]), int(preprocess.get("channels", 1))
-    router, _ = load_member(ens / spec["router"])
-    export_onnx(router, size, out / "onnx" / "router.onnx", channels)
+    if has_router:
+        router, _ = load_member(ens / spec["router"])
+        export_onnx(router, size, out / "onnx" / "router.onnx", channels)
     views = {}
     for view, vspec in spec["views"].items():
         members = {}
         for kind, rel in vspec["members"].items():
             model, _ = load_member(ens / rel)
             name = f"{view}_{kind}"
-            export_onnx(TTAModel(model, spec["tta"]), size, out / "onnx" / f"{name}.onnx", channels)
+            export_onnx(TTAModel(model, spec["tta"], spec.get("tta_merge", "logit")), size,
+                        out / "onnx" / f"{name}.onnx", channels)
             members[kind] = name
         views[view] = {"members": members, "weights": vspec["weights"]}
     bundle = {"format": 1, "cxrlt_version": __version__, "known_classes": list(KNOWN_CLASSES),
-              "router_classes": ["frontal", "lateral"], "image_size": size, "tta": spec["tta"],
+              "router_classes": ["frontal", "lateral"] if has_router else [], "image_size": size, "tta": spec["tta"],
+              "tta_merge": spec.get("tta_merge", "logit"), "combine": spec.get("combine", "logit"),
               "normal_gate_alpha": spec.get("normal_gate_alpha"), "views": views,
               "preprocess": PreprocessConfig.from_dict(preprocess).to_dict(),
               "bands": spec.get("bands", {}), "zeroshot": None, "lineage": lineage or {}}

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
-from cxrlt.ensemble import load_spec, normal_gate
+from cxrlt.ensemble import combine, load_spec, normal_gate
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.models.factory import ROUTER_CLASSES
 from cxrlt.training.trainer import load_member
@@ -27,25 +27,26 @@ class EnsemblePredictor:
     def __init__(self, ensemble_dir: str | Path, mixed: bool = False, device: str = "cpu"):
         self.dir = Path(ensemble_dir)
         self.spec = load_spec(self.dir)
+        mixed = mixed or "router" not in self.spec  # no router (HPH): every image goes to the mixed members
         self.mixed = mixed
         self.device = torch.device(device)
         self.preprocess = PreprocessConfig.from_dict(self.spec.get("preprocess") or {"size": self.spec["image_size"]})
         self.size = self.preprocess.size
         if mixed and "mixed" not in self.spec["views"]:
             raise ValueError(f"{ensemble_dir} has no mixed ensemble")
-        if not mixed and "router" not in self.spec:
-            raise ValueError(f"{ensemble_dir} has no router; use mixed mode")
         self.router = None if mixed else load_member(self.dir / self.spec["router"])[0].to(self.device)
         self.members: dict[str, dict[str, torch.nn.Module]] = {}
         for view, vspec in self.spec["views"].items():
-            self.members[view] = {k: TTAModel(load_member(self.dir / path)[0], self.spec["tta"]).to(self.device).eval()
-                                  for k, path in vspec["members"].items()}
+            self.members[view] = {
+                k: TTAModel(load_member(self.dir / path)[0], self.spec["tta"], self.spec.get("tta_merge", "logit"))
+                .to(self.device).eval() for k, path in vspec["members"].items()}
 
     @torch.no_grad()
-    def view_logits(self, view: str, x: torch.Tensor) -> np.ndarray:
+    def view_probs(self, view: str, x: torch.Tensor) -> np.ndarray:
+        """The view ensemble's probabilities (before normal gating), combined as the spec says."""
         vspec = self.spec["views"][view]
-        total = sum(vspec["weights"][k] * self.members[view][k](x) for k in vspec["members"])
-        return total.cpu().numpy()
+        logits = {k: self.members[view][k](x).cpu().numpy() for k in vspec["members"]}
+        return combine(logits, vspec["weights"], self.spec.get("combine", "logit"))
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 64) -> pd.DataFrame:
@@ -61,14 +62,14 @@ class EnsemblePredictor:
                 p = torch.softmax(self.router(x), dim=1).cpu().numpy()
                 views = np.array(ROUTER_CLASSES)[p.argmax(1)]
                 conf = p.max(1)
-            logits = np.zeros((len(x), len(KNOWN_CLASSES)), np.float32)
+            probs = np.zeros((len(x), len(KNOWN_CLASSES)), np.float64)
             for view in np.unique(views):
                 target = view if view in self.spec["views"] else "mixed"
                 if target not in self.spec["views"]:
                     raise ValueError(f"router chose {view!r} but the ensemble has no {view} or mixed members")
                 idx = np.flatnonzero(views == view)
-                logits[idx] = self.view_logits(target, x[idx])
-            frame = pd.DataFrame(1 / (1 + np.exp(-logits)), columns=list(KNOWN_CLASSES))
+                probs[idx] = self.view_probs(target, x[idx])
+            frame = pd.DataFrame(probs, columns=list(KNOWN_CLASSES))
             frame["view"], frame["view_confidence"] = views, conf
             rows.append(frame)
         out = pd.concat(rows, ignore_index=True)

@@ -44,18 +44,24 @@ def _bundle_model_class():
 
         def predict(self, context, model_input, params=None):
             from cxrlt.data.images import load_preprocessed
+            from cxrlt.ensemble import combine, normal_gate
             from cxrlt.export import bundle_contracts
 
             contract, _ = bundle_contracts(self.spec)
             x = np.stack([contract.normalize(load_preprocessed(p, contract)) for p in model_input["image_path"]])
-            views = np.array(self.spec["router_classes"])[self._run("router", x).argmax(1)]
-            logits = np.zeros((len(x), len(self.spec["known_classes"])))
+            if self.spec["router_classes"]:
+                views = np.array(self.spec["router_classes"])[self._run("router", x).argmax(1)]
+            else:  # no router (HPH): the mixed ensemble serves every image
+                views = np.array(["mixed"] * len(x))
+            probs = np.zeros((len(x), len(self.spec["known_classes"])))
             for view in np.unique(views):
                 target = view if view in self.spec["views"] else "mixed"
                 idx = np.flatnonzero(views == view)
                 v = self.spec["views"][target]
-                logits[idx] = sum(w * self._run(v["members"][k], x[idx]) for k, w in v["weights"].items())
-            out = pd.DataFrame(1 / (1 + np.exp(-logits)), columns=self.spec["known_classes"])
+                probs[idx] = combine({k: self._run(v["members"][k], x[idx]) for k in v["weights"]}, v["weights"],
+                                     self.spec.get("combine", "logit"))
+            out = normal_gate(pd.DataFrame(probs, columns=self.spec["known_classes"]),
+                              self.spec.get("normal_gate_alpha"))
             out["view"] = views
             return out
 

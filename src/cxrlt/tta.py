@@ -14,12 +14,22 @@ from torch import nn
 TTA_MODES = ("none", "flip", "medium")
 
 
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta[None], (1, C, H, W), align_corners=False)`` from plain tensor ops, so the rotations and
+    zooms of the ``medium`` TTA export to ONNX opset 17 (ONNX's AffineGrid needs opset 20)."""
+    xs = (torch.arange(width, dtype=theta.dtype, device=theta.device) * 2 + 1) / width - 1
+    ys = (torch.arange(height, dtype=theta.dtype, device=theta.device) * 2 + 1) / height - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    base = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1)  # (H, W, 3) homogeneous (x, y, 1)
+    return (base @ theta.T)[None]  # (1, H, W, 2)
+
+
 def _affine(x: torch.Tensor, angle_deg: float = 0.0, zoom: float = 1.0) -> torch.Tensor:
     """Rotate/zoom about the centre; the border is filled with the value of a black pixel."""
     a = math.radians(angle_deg)
     theta = torch.tensor([[math.cos(a) / zoom, -math.sin(a) / zoom, 0.0],
                           [math.sin(a) / zoom, math.cos(a) / zoom, 0.0]], dtype=x.dtype, device=x.device)
-    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    grid = affine_grid(theta, x.shape[-2], x.shape[-1]).expand(x.shape[0], -1, -1, -1)
     black = x.amin(dim=(1, 2, 3), keepdim=True)
     return F.grid_sample(x - black, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + black
 
@@ -35,14 +45,27 @@ def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return views
 
 
-class TTAModel(nn.Module):
-    """Wraps a logits model so that forward() returns the TTA-mean logits (exportable to ONNX for ``flip``)."""
+TTA_MERGES = ("logit", "probability")
 
-    def __init__(self, model: nn.Module, mode: str = "flip"):
+
+class TTAModel(nn.Module):
+    """Wraps a logits model so that forward() returns the TTA-merged logits (exportable to ONNX).
+
+    ``merge="logit"`` averages logits (seed 000); ``merge="probability"`` averages sigmoid probabilities as HPH
+    does, p = mean_t sigmoid(z_t), and returns logit(p), so everything downstream stays in logit space and
+    sigmoid(output) is exactly HPH's TTA probability.
+    """
+
+    def __init__(self, model: nn.Module, mode: str = "flip", merge: str = "logit"):
         super().__init__()
-        self.model, self.mode = model, mode
+        if merge not in TTA_MERGES:
+            raise ValueError(f"unknown TTA merge {merge!r}: choose one of {TTA_MERGES}")
+        self.model, self.mode, self.merge = model, mode, merge
         tta_views(torch.zeros(1, 1, 4, 4), mode)  # validate the mode early
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        views = tta_views(x, self.mode)
-        return torch.stack([self.model(v) for v in views]).mean(0)
+        outs = torch.stack([self.model(v) for v in tta_views(x, self.mode)])
+        if self.merge == "logit":
+            return outs.mean(0)
+        p = torch.sigmoid(outs).mean(0).clamp(1e-7, 1 - 1e-7)
+        return torch.log(p) - torch.log1p(-p)

@@ -20,6 +20,7 @@ DICOM_MAGIC_OFFSET = 128
 DEFAULT_PERCENTILES = (0.5, 99.5)
 #: Decompression-bomb guard: refuse images with more pixels than this (PadChest images are at most ~4k x 4k).
 DEFAULT_MAX_PIXELS = 64_000_000
+SCALINGS = ("percentile", "bit_depth")
 
 
 class ImageReadError(ValueError):
@@ -42,8 +43,13 @@ class PreprocessConfig:
     channels: int = 1
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.25,)
+    #: ``percentile``: wide images percentile-clipped (robust to markers; seed 000, HPH Task 1); ``bit_depth``:
+    #: divided by 255 or 65535 (HPH's CLIP branch)
+    scaling: str = "percentile"
 
     def __post_init__(self):
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -53,7 +59,7 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict:
         return {"size": self.size, "percentiles": list(self.percentiles), "max_pixels": self.max_pixels,
-                "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
+                "channels": self.channels, "mean": list(self.mean), "std": list(self.std), "scaling": self.scaling}
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
@@ -65,6 +71,7 @@ class PreprocessConfig:
             channels=int(d.get("channels", 1)),
             mean=tuple(float(v) for v in d.get("mean", (0.5,))),
             std=tuple(float(v) for v in d.get("std", (0.25,))),
+            scaling=str(d.get("scaling", "percentile")),
         )
 
     def normalize(self, img01: np.ndarray) -> np.ndarray:
@@ -166,12 +173,16 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int) -> np.ndarray:
     return arr
 
 
-def to_unit_range(img: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> np.ndarray:
-    """Scale to float32 [0, 1]: 8-bit by /255, anything wider by percentile clipping (robust to markers)."""
+def to_unit_range(img: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+                  scaling: str = "percentile") -> np.ndarray:
+    """Scale to float32 [0, 1]: 8-bit by /255; wider images by percentile clipping (robust to markers), or with
+    ``scaling="bit_depth"`` 16-bit integers by /65535 (other types, such as DICOM after its LUTs, still clip)."""
     if not np.isfinite(img).all():
         raise ImageReadError("image contains NaN or Inf values")
     if img.dtype == np.uint8:
         return img.astype(np.float32) / 255.0
+    if scaling == "bit_depth" and img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535.0
     flat = img.reshape(-1)
     stride = max(1, flat.size // 200_000)  # percentiles of a strided sample: exact enough, 10x faster
     lo, hi = np.percentile(flat[::stride], percentiles)
@@ -203,7 +214,7 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
 
 def preprocess_array(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Raw 2-D array -> float32 [0, 1] square image of ``cfg.size`` (the training/serving input)."""
-    return resize_square(pad_to_square(to_unit_range(img, cfg.percentiles)), cfg.size)
+    return resize_square(pad_to_square(to_unit_range(img, cfg.percentiles, cfg.scaling)), cfg.size)
 
 
 def load_preprocessed(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:

@@ -13,7 +13,9 @@ from torch import nn
 
 from cxrlt.models.members import CaiTOverCNN, PooledCNN, TimmClassifier
 
-MEMBER_KINDS: tuple[str, ...] = ("pcam", "swin", "cait")
+#: seed 000: pcam, swin, cait; HPH (seed 002): the same trunk with an MLP head and with a CSRA head
+MEMBER_KINDS: tuple[str, ...] = ("pcam", "swin", "cait", "mlp", "csra")
+POOLED_CNN_KINDS: tuple[str, ...] = ("pcam", "mlp", "csra")
 ROUTER_CLASSES: tuple[str, ...] = ("frontal", "lateral")
 
 
@@ -41,8 +43,12 @@ def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int,
     ``cait`` needs the trained PCAM member's checkpoint (its frozen trunk), unless ``for_loading`` is set because a
     complete cait state dict (trunk included) is loaded right after.
     """
-    if kind == "pcam":
-        return build_pooled_cnn(models_cfg["pcam"], num_classes, in_chans, weights, mirror)
+    if kind not in MEMBER_KINDS:
+        raise ValueError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")
+    if models_cfg.get(kind) is None:
+        raise ValueError(f"the profile defines no models.{kind} network")
+    if kind in POOLED_CNN_KINDS:
+        return build_pooled_cnn(models_cfg[kind], num_classes, in_chans, weights, mirror)
     if kind == "swin":
         cfg = models_cfg["swin"]
         return TimmClassifier(cfg["arch"], num_classes, in_chans, _pretrained(cfg, weights), mirror,

@@ -1,4 +1,4 @@
-"""Pooling heads over a CNN feature map: PCAM (probabilistic class activation map) and the CSRA-style variant."""
+"""Heads over a CNN feature map: PCAM (probabilistic class activation map), the CSRA-style variant, and an MLP."""
 
 from __future__ import annotations
 
@@ -48,3 +48,22 @@ class CSRAHead(nn.Module):
         pooled = torch.einsum("bkn,bcn->bkc", att, feats.flatten(2))
         logit_att = (pooled * self.fc.weight.unsqueeze(0)).sum(-1) + self.fc.bias
         return logit_gap + self.lam * logit_att, maps
+
+
+class MLPHead(nn.Module):
+    """HPH's "standard MLP head": global average pooling -> Linear -> GELU -> dropout -> Linear.
+
+    The hidden width is not stated in the paper (our choice: the trunk width, capped at 1024). The maps returned
+    for interface parity are the second layer applied at every location (class evidence per position).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int | None = None, drop: float = 0.0):
+        super().__init__()
+        hidden = hidden or min(in_features, 1024)
+        self.fc1, self.act, self.drop = nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.fc2(self.drop(self.act(self.fc1(feats.mean(dim=(2, 3))))))
+        local = self.fc2(self.act(self.fc1(feats.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+        return logits, local

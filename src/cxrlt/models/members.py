@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cxrlt.models.heads import CSRAHead, PCAMHead
+from cxrlt.models.heads import CSRAHead, MLPHead, PCAMHead
 from cxrlt.weights import create_timm_model
 
 #: Key prefixes under which a cxrlt member checkpoint keeps each timm network, so a trained member's ``best.pt``
@@ -19,7 +19,7 @@ CAIT_PREFIXES = ("cait.",)
 
 
 class PooledCNN(nn.Module):
-    """A timm CNN trunk (ConvNeXt-V2 in the papers) with a PCAM or CSRA head; forward returns logits."""
+    """A timm CNN trunk (ConvNeXt-V2 in the papers) with a PCAM, CSRA or MLP head; forward returns logits."""
 
     def __init__(self, backbone: str, num_classes: int, head: str = "pcam", in_chans: int = 1,
                  backbone_kwargs: dict | None = None, drop: float = 0.0, pretrained: str | None = None,
@@ -33,8 +33,10 @@ class PooledCNN(nn.Module):
             self.head = PCAMHead(features, num_classes, drop)
         elif head == "csra":
             self.head = CSRAHead(features, num_classes)
+        elif head == "mlp":
+            self.head = MLPHead(features, num_classes, drop=drop)
         else:
-            raise ValueError(f"unknown head {head!r}: choose pcam or csra")
+            raise ValueError(f"unknown head {head!r}: choose pcam, csra or mlp")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk.forward_features(x)

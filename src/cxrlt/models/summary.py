@@ -39,29 +39,34 @@ def _row(network: str, arch: str, model: nn.Module, backbone: nn.Module, contrac
 
 
 def summarize_profile(config) -> list[dict]:
-    """One row per network: router, pcam, swin, cait (if the profile has Task 1 networks) and the zero-shot CLIP."""
-    from cxrlt.models.factory import build_member, build_router
+    """One row per network the profile defines (router and members in profile order) and the zero-shot CLIP."""
+    from cxrlt.models.factory import POOLED_CNN_KINDS, build_member, build_router
     from cxrlt.zeroshot.model import build_clip
 
     cfg = load_config(config)
     mirror = mirror_uri(cfg.get("weights_mirror"))
     rows = []
     with torch.device("meta"):
-        if cfg["models"] is not None:
-            models, contract = cfg["models"], task1_preprocess(cfg)
-            router = build_router(models["router"], contract.channels)
-            rows.append(_row("router", models["router"]["arch"], router, router.net, contract,
-                             models["router"]["pretrained"], mirror))
-            k, size, ch = len(KNOWN_CLASSES), contract.size, contract.channels
-            pcam = build_member("pcam", models, k, size, ch)
-            rows.append(_row("pcam", f"{models['pcam']['backbone']} + {models['pcam']['head']} head", pcam, pcam.trunk,
-                             contract, models["pcam"]["pretrained"], mirror))
-            swin = build_member("swin", models, k, size, ch)
-            rows.append(_row("swin", models["swin"]["arch"], swin, swin.net, contract, models["swin"]["pretrained"],
-                             mirror))
-            cait = build_member("cait", models, k, size, ch, for_loading=True)
-            rows.append(_row("cait", f"{models['cait']['arch']} over the frozen pcam trunk", cait, cait.cait,
-                             contract, models["cait"]["pretrained"], mirror))
+        models = cfg["models"] or {}
+        contract = task1_preprocess(cfg)
+        k, size, ch = len(KNOWN_CLASSES), contract.size, contract.channels
+        for name, net in models.items():
+            if net is None:
+                continue
+            if name == "router":
+                model = build_router(net, ch)
+                rows.append(_row(name, net["arch"], model, model.net, contract, net["pretrained"], mirror))
+            elif name in POOLED_CNN_KINDS:
+                model = build_member(name, models, k, size, ch)
+                rows.append(_row(name, f"{net['backbone']} + {net['head']} head", model, model.trunk, contract,
+                                 net["pretrained"], mirror))
+            elif name == "swin":
+                model = build_member(name, models, k, size, ch)
+                rows.append(_row(name, net["arch"], model, model.net, contract, net["pretrained"], mirror))
+            else:  # cait
+                model = build_member(name, models, k, size, ch, for_loading=True)
+                rows.append(_row(name, f"{net['arch']} over the frozen pcam trunk", model, model.cait, contract,
+                                 net["pretrained"], mirror))
         zs = zeroshot_settings(cfg)
         clip, _ = build_clip(zs)
         rows.append(_row("zeroshot", f"CLIP {zs['model']} (context {zs['context_length']})", clip, clip,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -16,6 +18,8 @@ from cxrlt.data.preprocess import CACHE_CONFIG, cached_name
 from cxrlt.training.augment import AugmentConfig, augment
 from cxrlt.training.sampler import sample_rng
 
+log = logging.getLogger(__name__)
+
 
 class ImageStore:
     """Loads [0, 1] square images of the contract's size, from a cache directory when it matches, else from raw
@@ -23,8 +27,20 @@ class ImageStore:
 
     def __init__(self, image_dir: str | Path, preprocess: PreprocessConfig, cache_dir: str | Path | None = None):
         self.image_dir, self.preprocess, self.size = Path(image_dir), preprocess, preprocess.size
-        self.cache_dir = Path(cache_dir) if cache_dir and (Path(cache_dir) / CACHE_CONFIG).exists() else None
+        self.cache_dir = Path(cache_dir) if cache_dir and self._cache_matches(Path(cache_dir)) else None
         self._memory: dict[str, np.ndarray] = {}
+
+    def _cache_matches(self, cache_dir: Path) -> bool:
+        """A cache holds intensity-scaled squares: usable when its scaling and percentiles are the contract's."""
+        if not (cache_dir / CACHE_CONFIG).exists():
+            return False
+        cached = PreprocessConfig.from_dict(json.loads((cache_dir / CACHE_CONFIG).read_text()))
+        if (cached.scaling, cached.percentiles) != (self.preprocess.scaling, self.preprocess.percentiles):
+            log.warning("cache %s was made with %s scaling %s; the model's contract needs %s %s: reading raw files",
+                        cache_dir, cached.scaling, cached.percentiles, self.preprocess.scaling,
+                        self.preprocess.percentiles)
+            return False
+        return True
 
     def load(self, image_id: str) -> np.ndarray:
         if image_id in self._memory:

@@ -117,9 +117,9 @@ def _score(router: bool, y: np.ndarray, logits: np.ndarray, rule: str = "mAP") -
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, info: D.DistInfo,
-                   n: int, tta: str = "none") -> np.ndarray:
+                   n: int, tta: str = "none", merge: str = "logit") -> np.ndarray:
     """Logits for every row of the loader's dataset, gathered across ranks (duplicates from padding dropped)."""
-    net = TTAModel(model, tta) if tta != "none" else model
+    net = TTAModel(model, tta, merge) if tta != "none" else model
     net.eval()
     idx, out = [], []
     for x, _, i in loader:
@@ -142,8 +142,8 @@ def train_member(req: TrainRequest) -> dict:
     seed, out = int(ts["seed"]), Path(req.out_dir)
     info, device = D.start_run(out, seed)
 
-    if cfg["models"] is None:
-        raise ValueError("the profile has no `models` section: it defines no Task 1 networks to train")
+    if cfg["models"] is None or cfg["models"].get(kind) is None:
+        raise ValueError(f"the profile defines no models.{kind} network to train")
     contract = task1_preprocess(cfg)
     size, in_chans, mirror = contract.size, contract.channels, cfg.get("weights_mirror")
     train_df, val_df = _frames(Path(req.data_dir), cfg, view, req.splits)
@@ -264,11 +264,13 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
     if state is not None:
         model.load_state_dict(state["model"])
     tta = "none" if router else cfg["inference"]["tta"]
-    logits = predict_logits(model, val_loader, device, info, len(val_df), tta)
+    merge = cfg["inference"]["tta_merge"]
+    logits = predict_logits(model, val_loader, device, info, len(val_df), tta, merge)
     classes = list(ROUTER_CLASSES) if router else list(KNOWN_CLASSES)
     summary = {
         "member": req.member, "kind": kind, "view": view, "classes": classes,
         "image_size": contract.size, "in_chans": contract.channels, "preprocess": contract.to_dict(), "tta": tta,
+        "tta_merge": merge,
         "pretrained": weights.card() if weights is not None else None,
         "best_epoch": best_epoch, "best_val_score": best,
         "val_metric": "accuracy" if router else train_settings(cfg, kind)["select_on"], "history": history,

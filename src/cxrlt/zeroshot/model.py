@@ -8,6 +8,7 @@ downloaded at run time except through a configured hub cache or mirror.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import open_clip
@@ -25,12 +26,17 @@ def build_clip(cfg: dict, weights: bool = False, mirror: str | None = None) -> t
     kind = cfg.get("model", "tiny")
     if kind == "tiny":
         vision = open_clip.CLIPVisionCfg(image_size=int(cfg["image_size"]), **cfg.get("vision", {}))
-        if isinstance(vision.layers, list):
+        if isinstance(vision.layers, list):  # 4 stage depths: ModifiedResNet; one int: ViT
             vision.layers = tuple(vision.layers)
         text = open_clip.CLIPTextCfg(vocab_size=49408, **cfg.get("text", {}))
         model = open_clip.CLIP(embed_dim=int(cfg.get("embed_dim", 128)), vision_cfg=vision, text_cfg=text)
     elif kind in open_clip.list_models():
-        model = open_clip.create_model(kind, pretrained=None, device=torch.get_default_device())
+        root = logging.getLogger()
+        level, root.level = root.level, logging.ERROR  # open_clip logs its steps (and "no weights") on the root logger
+        try:
+            model = open_clip.create_model(kind, pretrained=None, device=torch.get_default_device())
+        finally:
+            root.setLevel(level)
     else:
         raise ValueError(f"unknown zero-shot model {kind!r}: 'tiny' or an open_clip model name")
     resolved = None

@@ -109,6 +109,16 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     ctx = int(zs["context_length"])
     clip, weights = build_clip(zs, weights=True, mirror=cfg.get("weights_mirror"))
     model = DualBranchCLIP(clip, ctx).to(device)
+    if not zs["train"]:  # HPH: training-free, the pretrained CLIP scores the prompts as it is
+        score = known_class_map(model, val_loader, bank, train_classes, zs, device)
+        card = _card(cfg, zs, weights, held_out, train_classes, -1, score, [], info) | {"training_free": True}
+        if info.is_main:
+            _atomic_save({"model": model.state_dict(), "epoch": -1, "score": score}, out / "best.pt")
+            (out / "zeroshot.json").write_text(json.dumps(card, indent=2, default=str))
+            log.info("zeroshot: training-free model from %s, known-class validation mAP %.4f",
+                     weights.source if weights else "random weights", score)
+        D.teardown(info)
+        return card
     net = DistributedDataParallel(model) if info.enabled else model
     ema = ModelEmaV3(model, decay=float(zs["ema_decay"]), use_warmup=True)
     criterion = DualBranchLoss(float(zs["alpha"]), **zs["asl"])
@@ -177,11 +187,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
         if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(epoch) and info.is_main:
             os.kill(os.getpid(), 9)
 
-    card = {"kind": "zeroshot", "settings": zs, "pretrained": weights.card() if weights else None,
-            "held_out": held_out, "train_classes": train_classes,
-            "data_split": {"val_fraction": cfg["data"]["val_fraction"], "split_seed": cfg["data"]["split_seed"]},
-            "best_epoch": best_epoch, "best_val_known_mAP": best, "history": history, "config_hash": config_hash(cfg),
-            "profile": cfg.get("profile"), "world_size": info.world_size}
+    card = _card(cfg, zs, weights, held_out, train_classes, best_epoch, best, history, info)
     if info.is_main:
         (out / "zeroshot.json").write_text(json.dumps(card, indent=2, default=str))
         if run is not None:
@@ -194,6 +200,14 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     return card
 
 
+def _card(cfg, zs, weights, held_out, train_classes, best_epoch, best, history, info) -> dict:
+    return {"kind": "zeroshot", "settings": zs, "pretrained": weights.card() if weights else None,
+            "held_out": held_out, "train_classes": train_classes,
+            "data_split": {"val_fraction": cfg["data"]["val_fraction"], "split_seed": cfg["data"]["split_seed"]},
+            "best_epoch": best_epoch, "best_val_known_mAP": best, "history": history, "config_hash": config_hash(cfg),
+            "profile": cfg.get("profile"), "world_size": info.world_size}
+
+
 @torch.no_grad()
 def known_class_map(model: DualBranchCLIP, loader: DataLoader, bank, classes, zs: dict, device) -> float:
     """Leak-free model selection: zero-shot mAP of the *training* classes on validation images."""
@@ -203,7 +217,8 @@ def known_class_map(model: DualBranchCLIP, loader: DataLoader, bank, classes, zs
     for x, y, _ in loader:
         scores.append((model.encode_image(x.to(device)) @ emb.T).cpu().numpy())
         labels.append(y.numpy())
-    return macro_ap(np.concatenate(labels), 1 / (1 + np.exp(-5 * np.concatenate(scores))))
+    scale = float(zs["sigmoid_scale"])
+    return macro_ap(np.concatenate(labels), 1 / (1 + np.exp(-scale * np.concatenate(scores))))
 
 
 def _mlflow_start(zs: dict, cfg: dict, held_out: list[str], info: D.DistInfo):
