@@ -43,7 +43,7 @@ def main() -> None:
         source = _train(base, tmp / "A", tmp / "source", args.epochs_source)
         import mlflow
 
-        mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")  # this process only: the trainings log nothing
+        mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")  # exported: the trainings log there too
         mlflow.set_experiment("transfer-bench")
         with mlflow.start_run(run_name="source-mixed-pcam") as run:
             mlflow.log_artifact(str(tmp / "source" / "best.pt"), artifact_path="weights")

@@ -81,6 +81,13 @@ def _onnx_model(repo: Path, name: str, onnx_file: Path, shape: list[int], out_di
                       files={"model.onnx": onnx_file})
 
 
+def _class_vectors(calibration: dict | None, classes: list[str]) -> dict:
+    """A view's per-class calibration as vectors in the served class order (identity when absent)."""
+    calibration = calibration or {}
+    return {"a": [float(calibration.get("a", {}).get(c, 1.0)) for c in classes],
+            "b": [float(calibration.get("b", {}).get(c, 0.0)) for c in classes]}
+
+
 def _ensemble(name: str, input_shape, steps: list[tuple[str, dict, dict]], output: tuple[str, list[int]]) -> str:
     step_txt = []
     for model, in_map, out_map in steps:
@@ -132,6 +139,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
             [_tensor("PROBS", "TYPE_FP32", [len(known)])], instances=instances,
             params={"weights": json.dumps(weights), "normal_gate_alpha": bundle.get("normal_gate_alpha") or 0,
                     "combine": bundle.get("combine", "logit"),
+                    "calibration": json.dumps(_class_vectors(vspec.get("calibration"), known)),
                     "normal_index": known.index("Normal")}))
         steps.append((f"{view}_combiner", {f"LOGITS_{k}": f"logits_{k}" for k in vspec["members"]},
                       {"PROBS": "PROBS"}))

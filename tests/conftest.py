@@ -108,3 +108,15 @@ def s3(tmp_path_factory):
         for key in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             os.environ.pop(key, None)
         stop_group(proc.pid, timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_tracking_uri():
+    """``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI: one test's (stopped) server must not become the
+    tracking URI of every in-process training in later tests."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None unsets both

@@ -127,3 +127,18 @@ def test_compiled_pipelines(tmp_path):
     assert any(s.get("secretName") == P.SECRETS["s3"] for e in k8s.values() for s in e.get("secretAsEnv", []))
     promotion = yaml.safe_load(paths[1].read_text())
     assert promotion["pipelineInfo"]["name"] == "cxrlt-promotion"
+
+
+def test_router_step_is_a_no_op_for_a_profile_without_router(tmp_path):
+    """HPH has no router: the pipeline's router step records that and trains nothing; the jobs follow the profile."""
+    from components.train_member.component import train_member
+    from cxrlt.config import load_config, pipeline_jobs
+
+    art = _artifact(tmp_path / "router")
+    score = train_member.python_func(view="", member="router", config=str(ROOT / "configs" / "tiny_hph.yaml"),
+                                     data_dir=str(tmp_path), cache=_artifact(tmp_path / "cache"),
+                                     splits=_artifact(tmp_path / "splits"), model=art)
+    assert score == 0.0 and art.metadata["skipped"] and not any((tmp_path / "router").iterdir())
+    assert pipeline_jobs(load_config(ROOT / "configs" / "tiny_hph.yaml")) == [
+        {"view": "mixed", "member": "mlp"}, {"view": "mixed", "member": "csra"}]
+    assert len(pipeline_jobs(load_config(ROOT / "configs" / "tiny.yaml"))) == 6  # 3 views x (pcam+cait, swin)

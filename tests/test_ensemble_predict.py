@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cxrlt.cli import app
 from cxrlt.data.dicom import array_to_dicom
-from cxrlt.ensemble import load_spec
+from cxrlt.ensemble import calibrate, load_spec
 from cxrlt.inference import EnsemblePredictor
 from cxrlt.labels import KNOWN_CLASSES
 
@@ -40,10 +40,12 @@ def test_projection_aware_prediction_is_the_weighted_view_ensemble(trained):
     import torch
 
     x = torch.from_numpy(predictor.preprocess.normalize(images))
+    spec = load_spec(trained / "ensemble")
     for i, view in enumerate(frame["view"]):
-        logits = predictor.view_logits(view, x[i : i + 1])
-        np.testing.assert_allclose(frame.loc[i, list(KNOWN_CLASSES)].to_numpy(float), 1 / (1 + np.exp(-logits[0])),
-                                   rtol=1e-5)
+        members = {k: m(x[i : i + 1]).detach().numpy() for k, m in predictor.members[view].items()}
+        raw = 1 / (1 + np.exp(-sum(spec["views"][view]["weights"][k] * z for k, z in members.items())))
+        expected = calibrate(raw, spec["views"][view]["calibration"], list(KNOWN_CLASSES))  # weighted logits, Platt
+        np.testing.assert_allclose(frame.loc[i, list(KNOWN_CLASSES)].to_numpy(float), expected[0], rtol=1e-5)
     mixed = EnsemblePredictor(trained / "ensemble", mixed=True).predict(images)
     assert (mixed["view"] == "mixed").all()
 

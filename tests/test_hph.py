@@ -204,3 +204,22 @@ def test_exportable_affine_grid_equals_torch():
                           [math.sin(a) / zoom, math.cos(a) / zoom, 0.0]])
     torch.testing.assert_close(affine_grid(theta, 7, 9), F.affine_grid(theta[None], [1, 1, 7, 9], align_corners=False),
                                rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_registry_pyfunc_serves_a_router_less_bundle_like_the_predictor(hph, synth_data, tmp_path):
+    from types import SimpleNamespace
+
+    from cxrlt.export import export_bundle
+    from cxrlt.inference import EnsemblePredictor
+    from cxrlt.registry import _bundle_model_class
+
+    root, _, _, _ = hph
+    export_bundle(root / "ensemble", None, tmp_path / "bundle")
+    model = _bundle_model_class()()
+    model.load_context(SimpleNamespace(artifacts={"bundle": str(tmp_path / "bundle")}))
+    pngs = [str(p) for p in sorted((synth_data / "images").iterdir())[:3]]
+    got = model.predict(None, pd.DataFrame({"image_path": pngs}))
+    ref = EnsemblePredictor(root / "ensemble").predict_files(pngs)
+    assert (got["view"] == "mixed").all()
+    np.testing.assert_allclose(got[list(KNOWN_CLASSES)].to_numpy(), ref[list(KNOWN_CLASSES)].to_numpy(), atol=1e-4)

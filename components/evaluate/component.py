@@ -18,7 +18,8 @@ def evaluate(ensemble: Input[Model], zeroshot: Input[Model], data_dir: str, metr
         data_dir: CXR-LT data directory.
         metrics: KFP scalar metrics.
         confusion: router confusion matrix (frontal/lateral).
-        report: metrics.json, per_class.csv, plots, predictions.csv (the evaluation set for promotion).
+        report: metrics.json, per_class.csv, plots (reliability before/after the ensemble's calibration), and
+            predictions.csv (the evaluation set for promotion). mECE is of the calibrated predictions.
         split: dev or test.
     """
     import json
@@ -33,6 +34,7 @@ def evaluate(ensemble: Input[Model], zeroshot: Input[Model], data_dir: str, metr
     from cxrlt.evaluation import evaluate_files
     from cxrlt.inference import EnsemblePredictor
     from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
+    from cxrlt.plots import reliability_before_after
     from cxrlt.zeroshot.predict import ZeroShotPredictor
     from cxrlt.zeroshot.proxy import load_eval_images
 
@@ -42,6 +44,9 @@ def evaluate(ensemble: Input[Model], zeroshot: Input[Model], data_dir: str, metr
     predictor = EnsemblePredictor(ensemble.path)
     labels, images = load_eval_images(data, labels_csv.name, predictor.preprocess)
     pred = predictor.predict(images)
+    before = EnsemblePredictor(ensemble.path, calibrated=False).predict(images)
+    reliability_before_after(labels[list(KNOWN_CLASSES)].to_numpy(), before[list(KNOWN_CLASSES)].to_numpy(),
+                             pred[list(KNOWN_CLASSES)].to_numpy(), out / "reliability_before_after.png")
     write_submission(out / "predictions.csv", labels["ImageID"], pred, KNOWN_CLASSES)
     summary = evaluate_files(out / "predictions.csv", labels_csv, out, train_csv=data / "CXRLT_2026_training.csv",
                              n_bootstrap=100)

@@ -632,6 +632,23 @@ def report_task2(
     typer.echo(text)
 
 
+@report_app.command("recipes")
+def report_recipes(
+    work: Annotated[Path, typer.Option(help="Working directory; reused if present.")] = Path("report_work/recipes"),
+    out: Annotated[Path, typer.Option(help="Markdown file whose recipes section is (re)written.")] = Path(
+        "docs/results.md"),
+    n_images: Annotated[int, typer.Option(help="Synthetic images to generate.")] = 1500,
+    seeds: Annotated[str, typer.Option(help="Comma-separated training seeds.")] = "0,1,2",
+) -> None:
+    """Train the seed-000 and HPH recipes (CPU size) on one synthetic dataset for several seeds; write the table."""
+    from cxrlt.reports import recipes_report, update_section
+
+    root = Path(__file__).resolve().parents[2]  # the checkout: configs/ lives there
+    text = recipes_report(work, root, n_images=n_images, seeds=tuple(int(s) for s in seeds.split(",")))
+    update_section(out, "recipes", text)
+    typer.echo(text)
+
+
 @app.command("eval")
 def eval_cmd(
     pred: Annotated[Path, typer.Option(help="Submission CSV: ImageID + one probability column per class.")],

@@ -192,6 +192,9 @@ class EnsembleConfig(_Strict):
     combine: Literal["logit", "probability"] = "logit"
     #: fixed raw member weights, normalised (HPH: 1.0 : 1.5); null = grid search on validation mAP
     weights: dict[str, PositiveFloat] | None = None
+    #: per-class calibration of the ensemble, fitted on validation after combining: ``platt`` (slope and bias),
+    #: ``temperature`` (slope only) or ``none``. Monotonic per class: AP and AUROC are unchanged.
+    calibration: Literal["none", "platt", "temperature"] = "platt"
 
 
 class TinyCLIPVision(_Strict):

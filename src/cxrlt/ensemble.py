@@ -3,7 +3,8 @@
 An ensemble directory holds ``ensemble.json`` plus one sub-directory per trained member (``router/``,
 ``frontal/pcam/`` ...). ``ensemble.json`` records the views, each view's members and fitted weights, the class order
 (always addressed by name), the preprocessing contract, TTA settings, how members are combined (logits or
-probabilities, fitted or fixed weights) and the optional normal-gating exponent.
+probabilities, fitted or fixed weights), each view's per-class calibration (fitted on the same validation images after
+ensembling) and the optional normal-gating exponent. Order at inference: combine -> calibrate -> normal gating.
 """
 
 from __future__ import annotations
@@ -49,6 +50,61 @@ def combine(member_logits: dict[str, np.ndarray], weights: dict[str, float], mod
     raise ValueError(f"unknown combine mode {mode!r}: choose one of {COMBINES}")
 
 
+CALIBRATIONS = ("none", "platt", "temperature")
+#: a class needs this many positives *and* negatives on validation to be calibrated; others keep identity
+MIN_CALIBRATION_EXAMPLES = 3
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_calibration(probs: np.ndarray, y: np.ndarray, classes: list[str], method: str = "platt") -> dict:
+    """Per-class scaling of the ensemble's logit(p): p' = sigmoid(a_c * logit(p_c) + b_c), keyed by class name.
+
+    ``platt`` fits (a, b) by logistic regression, ``temperature`` fits a alone (b = 0); both are monotonic per class,
+    so rankings (AP, AUROC) are unchanged. Classes with too few positives or negatives, or a non-positive slope,
+    keep the identity (a = 1, b = 0) rather than an unreliable fit.
+    """
+    from scipy.optimize import minimize_scalar
+    from sklearn.linear_model import LogisticRegression
+
+    if method not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration {method!r}: choose one of {CALIBRATIONS}")
+    a, b = {}, {}
+    for j, c in enumerate(classes):
+        z, t = logit(probs[:, j]), np.asarray(y[:, j], np.float64)
+        a[c], b[c] = 1.0, 0.0
+        if method == "none" or min(t.sum(), len(t) - t.sum()) < MIN_CALIBRATION_EXAMPLES:
+            continue
+        if method == "platt":
+            lr = LogisticRegression(C=1.0).fit(z[:, None], t)
+            slope, bias = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        else:
+            slope = float(minimize_scalar(_scaled_nll, bounds=(0.01, 100), args=(z, t), method="bounded").x)
+            bias = 0.0
+        if slope > 0:
+            a[c], b[c] = slope, bias
+    return {"method": method, "a": a, "b": b}
+
+
+def _scaled_nll(scale: float, z: np.ndarray, t: np.ndarray) -> float:
+    from scipy.special import expit
+
+    q = np.clip(expit(scale * z), 1e-12, 1 - 1e-12)
+    return -float(np.mean(t * np.log(q) + (1 - t) * np.log(1 - q)))
+
+
+def calibrate(probs: np.ndarray, calibration: dict | None, classes: list[str]) -> np.ndarray:
+    """Apply a :func:`fit_calibration` result (by class name); None is the identity."""
+    if not calibration or calibration.get("method", "none") == "none":
+        return probs
+    a = np.array([calibration["a"].get(c, 1.0) for c in classes])
+    b = np.array([calibration["b"].get(c, 0.0) for c in classes])
+    return 1 / (1 + np.exp(-(a * logit(probs) + b)))
+
+
 def normalised(weights: dict[str, float]) -> dict[str, float]:
     total = float(sum(weights.values()))
     return {k: float(v) / total for k, v in weights.items()}
@@ -78,6 +134,12 @@ def normal_gate(probs: pd.DataFrame | dict, alpha: float | None) -> pd.DataFrame
         if c != NORMAL and c in out:
             out[c] = np.clip(np.asarray(probs[c]) * gate, 1e-6, 1 - 1e-6)
     return out
+
+
+def _mece(y: np.ndarray, p: np.ndarray) -> float:
+    from cxrlt.metrics import evaluate
+
+    return float(evaluate(y.astype(int), p, list(KNOWN_CLASSES)).summary()["mECE"])
 
 
 def _val_logits(member_dir: Path) -> pd.DataFrame:
@@ -118,8 +180,13 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
         else:
             weights, score = fit_weights(logits, y, spec["grid_step"], spec["combine"])
         single = {k: macro_ap(y, sigmoid(v)) for k, v in logits.items()}
+        probs = combine(logits, weights, spec["combine"])
+        calibration = fit_calibration(probs, y, list(KNOWN_CLASSES), config["ensemble"]["calibration"])
         spec["views"][view] = {"members": {k: f"{view}/{k}" for k in members}, "weights": weights,
-                               "val_mAP": score, "val_mAP_members": single, "n_val": len(common)}
+                               "calibration": calibration, "val_mAP": score, "val_mAP_members": single,
+                               "val_mECE": {"uncalibrated": _mece(y, probs),
+                                            "calibrated": _mece(y, calibrate(probs, calibration, list(KNOWN_CLASSES)))},
+                               "n_val": len(common)}
         for k in members:
             shutil.copytree(runs / view / k, out / view / k, dirs_exist_ok=True)
     if not spec["views"]:

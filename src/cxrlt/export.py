@@ -96,7 +96,7 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
             export_onnx(TTAModel(model, spec["tta"], spec.get("tta_merge", "logit")), size,
                         out / "onnx" / f"{name}.onnx", channels)
             members[kind] = name
-        views[view] = {"members": members, "weights": vspec["weights"]}
+        views[view] = {"members": members, "weights": vspec["weights"], "calibration": vspec.get("calibration")}
     bundle = {"format": 1, "cxrlt_version": __version__, "known_classes": list(KNOWN_CLASSES),
               "router_classes": ["frontal", "lateral"] if has_router else [], "image_size": size, "tta": spec["tta"],
               "tta_merge": spec.get("tta_merge", "logit"), "combine": spec.get("combine", "logit"),

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
-from cxrlt.ensemble import combine, load_spec, normal_gate
+from cxrlt.ensemble import calibrate, combine, load_spec, normal_gate
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.models.factory import ROUTER_CLASSES
 from cxrlt.training.trainer import load_member
@@ -24,11 +24,11 @@ class EnsemblePredictor:
     """Loads an ensemble directory once; ``predict`` takes [0, 1] square images of the ensemble's size and applies
     the ensemble's preprocessing contract."""
 
-    def __init__(self, ensemble_dir: str | Path, mixed: bool = False, device: str = "cpu"):
+    def __init__(self, ensemble_dir: str | Path, mixed: bool = False, device: str = "cpu", calibrated: bool = True):
         self.dir = Path(ensemble_dir)
         self.spec = load_spec(self.dir)
         mixed = mixed or "router" not in self.spec  # no router (HPH): every image goes to the mixed members
-        self.mixed = mixed
+        self.mixed, self.calibrated = mixed, calibrated
         self.device = torch.device(device)
         self.preprocess = PreprocessConfig.from_dict(self.spec.get("preprocess") or {"size": self.spec["image_size"]})
         self.size = self.preprocess.size
@@ -43,10 +43,11 @@ class EnsemblePredictor:
 
     @torch.no_grad()
     def view_probs(self, view: str, x: torch.Tensor) -> np.ndarray:
-        """The view ensemble's probabilities (before normal gating), combined as the spec says."""
+        """The view ensemble's probabilities (before normal gating): combined and calibrated as the spec says."""
         vspec = self.spec["views"][view]
         logits = {k: self.members[view][k](x).cpu().numpy() for k in vspec["members"]}
-        return combine(logits, vspec["weights"], self.spec.get("combine", "logit"))
+        probs = combine(logits, vspec["weights"], self.spec.get("combine", "logit"))
+        return calibrate(probs, vspec.get("calibration"), list(KNOWN_CLASSES)) if self.calibrated else probs
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 64) -> pd.DataFrame:

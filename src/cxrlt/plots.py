@@ -33,7 +33,7 @@ def reliability_diagram(y_true: np.ndarray, y_prob: np.ndarray, path: str | Path
     fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.bar(centres, freq, width=1 / n_bins, edgecolor="k", alpha=0.7, label="observed frequency")
-    ax.plot(conf, freq, "o-", color="C3", label="mean confidence")
+    ax.plot(conf, freq, "o-", color="C3", label="observed frequency at each bin's mean confidence")
     ax.set_ylabel("fraction positive")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
@@ -41,6 +41,32 @@ def reliability_diagram(y_true: np.ndarray, y_prob: np.ndarray, path: str | Path
     axc.set_yscale("log")
     axc.set_xlabel("predicted probability")
     axc.set_ylabel("count")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def reliability_before_after(y_true: np.ndarray, before: np.ndarray, after: np.ndarray, path: str | Path,
+                             n_bins: int = 10, title: str = "Task 1 calibration (all classes pooled)") -> Path:
+    """Two reliability curves on one plot: the ensemble's probabilities before and after calibration."""
+    plt = _pyplot()
+    y = np.asarray(y_true).ravel()
+    edges = np.linspace(0, 1, n_bins + 1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for name, probs, colour in (("before", before, "C7"), ("after", after, "C3")):
+        p = np.asarray(probs).ravel()
+        which = np.clip(np.digitize(p, edges[1:-1], right=True), 0, n_bins - 1)
+        keep = [b for b in range(n_bins) if (which == b).any()]
+        conf = [p[which == b].mean() for b in keep]
+        freq = [y[which == b].mean() for b in keep]
+        ece = sum((which == b).sum() * abs(f - c) for b, f, c in zip(keep, freq, conf, strict=True)) / len(p)
+        ax.plot(conf, freq, "o-", color=colour, label=f"{name} calibration (pooled ECE {ece:.3f})")
+    ax.set_xlabel("mean predicted probability in bin")
+    ax.set_ylabel("observed frequency in bin")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -44,7 +44,7 @@ def _bundle_model_class():
 
         def predict(self, context, model_input, params=None):
             from cxrlt.data.images import load_preprocessed
-            from cxrlt.ensemble import combine, normal_gate
+            from cxrlt.ensemble import calibrate, combine, normal_gate
             from cxrlt.export import bundle_contracts
 
             contract, _ = bundle_contracts(self.spec)
@@ -58,8 +58,9 @@ def _bundle_model_class():
                 target = view if view in self.spec["views"] else "mixed"
                 idx = np.flatnonzero(views == view)
                 v = self.spec["views"][target]
-                probs[idx] = combine({k: self._run(v["members"][k], x[idx]) for k in v["weights"]}, v["weights"],
-                                     self.spec.get("combine", "logit"))
+                probs[idx] = calibrate(combine({k: self._run(v["members"][k], x[idx]) for k in v["weights"]},
+                                               v["weights"], self.spec.get("combine", "logit")),
+                                       v.get("calibration"), self.spec["known_classes"])
             out = normal_gate(pd.DataFrame(probs, columns=self.spec["known_classes"]),
                               self.spec.get("normal_gate_alpha"))
             out["view"] = views
@@ -108,6 +109,8 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
         mlflow.log_dict(gate_evidence, "gate_evidence.json")
         if evaluation_csv is not None:
             mlflow.log_artifact(str(evaluation_csv), artifact_path=EVAL_ARTIFACT)
+            for plot in sorted(Path(evaluation_csv).parent.glob("*.png")):  # reliability before/after, per-class AP
+                mlflow.log_artifact(str(plot), artifact_path=EVAL_ARTIFACT)
         info = mlflow.pyfunc.log_model(name="bundle", python_model=_bundle_model_class()(),
                                        artifacts={"bundle": str(bundle_dir)},
                                        pip_requirements=["onnxruntime", "opencv-python-headless", "pandas", "numpy"])

@@ -1,0 +1,45 @@
+"""Task 1 calibration: a known miscalibration is fixed, rankings are untouched, too-rare classes keep identity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from cxrlt.ensemble import calibrate, fit_calibration
+from cxrlt.metrics import calibration_error
+
+CLASSES = ["a", "b", "c"]
+
+
+def _overconfident(seed: int = 0, n: int = 6000, factor: float = 3.0):
+    """True probability sigmoid(z); the model reports sigmoid(factor * z - 0.5): overconfident and biased."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(-1.0, 1.5, (n, len(CLASSES)))
+    y = (rng.random(z.shape) < 1 / (1 + np.exp(-z))).astype(int)
+    return 1 / (1 + np.exp(-(factor * z - 0.5))), y
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature"])
+def test_known_miscalibration_is_fixed(method):
+    p, y = _overconfident()
+    cal = fit_calibration(p[:3000], y[:3000], CLASSES, method)  # fitted on one half (validation) ...
+    fixed = calibrate(p[3000:], cal, CLASSES)  # ... and judged on the other
+    before = np.mean([calibration_error(p[3000:, j], y[3000:, j]) for j in range(3)])
+    after = np.mean([calibration_error(fixed[:, j], y[3000:, j]) for j in range(3)])
+    assert before > 0.08 and after < before / 2 and after < 0.04
+    if method == "platt":  # the exact inverse: slope 1/3, bias 0.5/3
+        assert cal["a"]["a"] == pytest.approx(1 / 3, rel=0.1) and cal["b"]["a"] == pytest.approx(0.5 / 3, abs=0.08)
+    for j in range(3):  # monotonic per class: AP unchanged
+        assert average_precision_score(y[3000:, j], fixed[:, j]) == pytest.approx(
+            average_precision_score(y[3000:, j], p[3000:, j]), abs=1e-9)
+
+
+def test_rare_classes_and_none_keep_identity():
+    p, y = _overconfident(1, 200)
+    y[:, 2] = 0
+    y[:2, 2] = 1  # two positives: too few to fit
+    cal = fit_calibration(p, y, CLASSES, "platt")
+    assert (cal["a"]["c"], cal["b"]["c"]) == (1.0, 0.0)
+    np.testing.assert_allclose(calibrate(p, fit_calibration(p, y, CLASSES, "none"), CLASSES), p, rtol=1e-6)
+    np.testing.assert_allclose(calibrate(p, None, CLASSES), p)
