@@ -176,6 +176,4 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
                 "bands": json.dumps(bundle.get("bands", {})),
                 "model_version": version, "zeroshot": "true" if zs else "false"}))
     models = sorted(p.name for p in repo.iterdir() if p.is_dir())
-    summary = {"repository": str(repo), "models": models, "onnx_runtime": onnx_runtime, "model_version": version}
-    (repo.parent / f"{repo.name}.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return {"repository": str(repo), "models": models, "onnx_runtime": onnx_runtime, "model_version": version}

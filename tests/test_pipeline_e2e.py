@@ -13,10 +13,14 @@ from tests.conftest import TINY_CONFIG
 pytestmark = pytest.mark.slow
 
 
+SERVER_DATA: list = []  # the MLflow server's data directory (its artifact store), for the tampering test
+
+
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     state = mlflow_server.start(root / "data", port=0, state_dir=root / "state")
+    SERVER_DATA[:] = [root / "data"]
     yield state["tracking_uri"]
     assert mlflow_server.stop(state_dir=root / "state")
     from cxrlt.procs import alive
@@ -99,3 +103,33 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     local = download_bundle(f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", tmp_path / "dl", mlflow_uri)
     summary = build_repository(local, tmp_path / "repo", model_version=f"{REGISTERED_MODEL}/1")
     assert "cxr" in summary["models"] and "first" not in str(first)
+    # the pod's init command: it writes only --out (the bundle goes to $TMPDIR and is removed)
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "pod").mkdir()
+    (tmp_path / "pod-tmp").mkdir()
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version
+    r = subprocess.run([sys.executable, "-m", "cxrlt.cli", "serve", "build", "--bundle",
+                        f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", "--out", str(tmp_path / "pod" / "models")],
+                       capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri,
+                                                            "TMPDIR": str(tmp_path / "pod-tmp")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "pod").iterdir()] == ["models"]
+    assert f"version {REGISTERED_MODEL}/{champion}" in r.stdout and not any((tmp_path / "pod-tmp").iterdir())
+    # a served file changed in the artifact store after the gate passed is refused, by name
+    from pathlib import Path
+
+    stored = Path(mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_MODEL}/{champion}",
+                                                      dst_path=str(tmp_path / "x")))
+    router = next(stored.rglob("router.onnx")).read_bytes()
+    victims = [p for p in SERVER_DATA[0].rglob("router.onnx") if p.read_bytes() == router]
+    assert victims
+    for victim in victims:  # the champion's stored copy (byte-identical copies, if any, too)
+        victim.write_bytes(router + b"tampered")
+    onnx_name = "onnx/router.onnx"
+    r = subprocess.run([sys.executable, "-m", "cxrlt.cli", "serve", "build", "--bundle",
+                        f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", "--out", str(tmp_path / "pod2" / "models")],
+                       capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri})
+    assert r.returncode != 0 and "does not match the manifest" in r.stderr and onnx_name in r.stderr

@@ -278,3 +278,23 @@ def test_served_preprocess_applies_the_bundle_contract(bundle, synth_data, tmp_p
                                rtol=0, atol=1e-6)
     for name in ("_common", "cxrlt_images", "model"):
         sys.modules.pop(name, None)
+
+
+def test_infer_table_marks_the_true_findings(server, images, synth_data):
+    from typer.testing import CliRunner
+
+    from cxrlt.cli import app
+    from cxrlt.data.tables import read_label_sets
+
+    pngs, dcm = images
+    labels = synth_data / "CXRLT_2026_test_labels.csv"
+    result = CliRunner().invoke(app, ["infer", str(pngs[0]), str(dcm), "--url", server.grpc_url, "--top", "30",
+                                      "--labels", str(labels)])
+    assert result.exit_code == 0, result.output
+    truth = read_label_sets(labels)[pngs[0].name]
+    first = result.output.split(str(dcm))[0]
+    for name in truth:  # every true finding of the first image is marked present (all 30 known + 6 unseen shown)
+        assert any(line.split()[0] == name.split()[0] and line.rstrip().endswith("present")
+                   for line in first.splitlines() if line.startswith(f"  {name}")), name
+    assert "truly present, not in the table above: none" in first
+    assert "(not in the label CSV: no truth to show)" in result.output.split(str(dcm))[1]

@@ -373,21 +373,34 @@ def serve_build(
     onnx_runtime: Annotated[str, typer.Option(help="python (ONNX Runtime in the python backend; embedded default) "
                                                    "or native (platform onnxruntime_onnx; NGC image).")] = "python",
     instances: Annotated[int, typer.Option(help="Instances per compute model.")] = 1,
+    summary_file: Annotated[Path | None, typer.Option("--summary", help="Also write the build summary (models, "
+                                                                        "version) as JSON here.")] = None,
 ) -> None:
-    """Build the Triton model repository: preprocess, router, view ensembles, zero-shot head, cxr entry point."""
+    """Build the Triton model repository: preprocess, router, view ensembles, zero-shot head, cxr entry point.
+
+    Writes only OUT (and --summary if given): a registry bundle is downloaded into a temporary directory ($TMPDIR)
+    that is removed afterwards, so the command runs in a pod whose only writable paths are OUT and /tmp. An alias is
+    resolved to one version once; the files and the served MODEL_VERSION both come from that version."""
+    import tempfile
+
     from serving.repository import build_repository
 
-    bundle_dir, version = Path(bundle), None
-    if bundle.startswith("models:/"):
-        from cxrlt.registry import download_bundle, version_of
-
-        bundle_dir = download_bundle(bundle, out.parent / (out.name + "_bundle"))
-        version = version_of(bundle)
     try:
-        summary = build_repository(bundle_dir, out, onnx_runtime, instances, version)
-    except (ValueError, FileNotFoundError) as exc:
+        with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:
+            bundle_dir, version = Path(bundle), None
+            if bundle.startswith("models:/"):
+                from cxrlt.registry import download_verified_bundle, resolve_version
+
+                name, number = resolve_version(bundle)
+                bundle_dir = download_verified_bundle(name, number, tmp)
+                version = f"{name}/{number}"
+            summary = build_repository(bundle_dir, out, onnx_runtime, instances, version)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # RegistryError: a tampered or unmanifested bundle
         _fail(str(exc))
-    typer.echo(f"model repository {out}: {', '.join(summary['models'])} ({onnx_runtime} ONNX)")
+    if summary_file is not None:
+        summary_file.write_text(json.dumps(summary, indent=2))
+    typer.echo(f"model repository {out}: {', '.join(summary['models'])} ({onnx_runtime} ONNX, version "
+               f"{summary['model_version']})")
 
 
 @serve_app.command("up")
@@ -425,10 +438,18 @@ def infer_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     timeout: Annotated[float, typer.Option(help="Per-call timeout in seconds.")] = 30.0,
     top: Annotated[int, typer.Option(help="Known findings per image in the table (all unseen ones follow).")] = 8,
+    labels: Annotated[Path | None, typer.Option(help="Label CSV (ImageID + class columns, e.g. a dev or synthetic "
+                                                     "test set): the table marks findings that are truly present "
+                                                     "and lists true findings the table left out.")] = None,
 ) -> None:
     """Send images to the served cxr model over gRPC and print the findings (known and unseen)."""
     from serving.client import CXRClient
 
+    truth: dict[str, set[str]] = {}
+    if labels is not None:
+        from cxrlt.data.tables import read_label_sets
+
+        truth = read_label_sets(labels)
     client = CXRClient(url, timeout=timeout)
     try:
         results = client.infer_files(files)
@@ -445,11 +466,19 @@ def infer_cmd(
         if r.error:
             typer.secho(f"  error: {r.error}", fg=typer.colors.RED)
             continue
-        typer.echo(f"  {'finding':<32} {'probability':>11}  {'kind':<7} band")
+        present = truth.get(Path(r.source).name)
+        typer.echo(f"  {'finding':<32} {'probability':>11}  {'kind':<7} {'band':<9}" + (" truth" if truth else ""))
         known = [f for f in r.findings() if f.kind == "known"][:top]
-        for f in known + [f for f in r.findings() if f.kind == "unseen"]:  # top known, then every unseen
+        shown = known + [f for f in r.findings() if f.kind == "unseen"]  # top known, then every unseen
+        for f in shown:
             band = bands.get(f.name, "zero-shot" if f.kind == "unseen" else "-")
-            typer.echo(f"  {f.name:<32} {f.probability:>11.3f}  {f.kind:<7} {band}")
+            mark = ("" if present is None else ("present" if f.name in present else "-")) if truth else ""
+            typer.echo(f"  {f.name:<32} {f.probability:>11.3f}  {f.kind:<7} {band:<9} {mark}".rstrip())
+        if present is not None:
+            missed = sorted(present - {f.name for f in shown})
+            typer.echo(f"  truly present, not in the table above: {', '.join(missed) if missed else 'none'}")
+        elif truth:
+            typer.echo("  (not in the label CSV: no truth to show)")
 
 
 mlflow_app = typer.Typer(help="A local MLflow tracking/registry server (SQLite + local or S3 artifacts).",

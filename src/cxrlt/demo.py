@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         ids = pd.read_csv(data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:2].tolist()
         pngs = [data / "images" / i for i in ids]
         dcm = array_to_dicom(cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED), work / "example.dcm", monochrome1=True)
-        _cxrlt("infer", *map(str, [*pngs, dcm]), "--url", handle.grpc_url, "--top", "6", env=env)
+        _cxrlt("infer", *map(str, [*pngs, dcm]), "--url", handle.grpc_url, "--top", "6", "--labels",
+               str(data / "CXRLT_2026_test_labels.csv"), env=env)  # truth beside the predictions (synthetic)
         _step(8, total, "done")
         print(f"Finished in {time.time() - t0:.0f} s. Everything above ran on synthetic data.")
         print(f"- pipeline outputs (metrics.json, plots, validation report): {work / 'pipeline'}")

@@ -8,6 +8,7 @@ serving source and a loadable model. A failed gate never reaches this module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,6 +20,25 @@ from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
 
 AUDIT_TAG = "alias_audit"
 EVAL_ARTIFACT = "evaluation"
+MANIFEST_ARTIFACT = "bundle_manifest.json"
+
+
+def bundle_manifest(bundle_dir: str | Path) -> dict[str, str]:
+    """sha256 of every file of a served bundle, keyed by its path inside the bundle."""
+    from cxrlt.weights import sha256_file
+
+    root = Path(bundle_dir)
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def verify_bundle(bundle_dir: str | Path, manifest: dict[str, str], source: str = "the registry") -> None:
+    """Refuse a bundle whose files differ from the manifest recorded at registration (names every difference)."""
+    actual = bundle_manifest(bundle_dir)
+    changed = sorted(k for k in manifest.keys() & actual.keys() if manifest[k] != actual[k])
+    missing, extra = sorted(manifest.keys() - actual.keys()), sorted(actual.keys() - manifest.keys())
+    if changed or missing or extra:
+        raise RegistryError(f"{source}: the bundle does not match the manifest recorded when the gate passed: "
+                            f"changed {changed}, missing {missing}, unexpected {extra}; refusing to serve it")
 
 
 class RegistryError(RuntimeError):
@@ -107,6 +127,8 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
     with mlflow.start_run(run_name="register-bundle") as run:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
         mlflow.log_dict(gate_evidence, "gate_evidence.json")
+        manifest = bundle_manifest(bundle_dir)  # what the gate evaluated: serve build verifies every file against it
+        mlflow.log_dict(manifest, MANIFEST_ARTIFACT)
         if evaluation_csv is not None:
             mlflow.log_artifact(str(evaluation_csv), artifact_path=EVAL_ARTIFACT)
             for plot in sorted(Path(evaluation_csv).parent.glob("*.png")):  # reliability before/after, per-class AP
@@ -117,6 +139,8 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
     version = mlflow.register_model(info.model_uri, name).version
     tags = {"lineage." + k: str(v) for k, v in lineage.items()}
     tags.update({"metrics": json.dumps(metrics), "gate_evidence": json.dumps(gate_evidence), "run_id": run.info.run_id,
+                 "bundle_manifest": f"runs:/{run.info.run_id}/{MANIFEST_ARTIFACT}",
+                 "bundle_manifest_sha256": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
                  "evaluation_artifact": f"runs:/{run.info.run_id}/{EVAL_ARTIFACT}" if evaluation_csv else ""})
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
@@ -208,6 +232,26 @@ def rollback(name: str = REGISTERED_MODEL, tracking_uri: str | None = None) -> d
     return {"champion": target, "previous": current}
 
 
+def download_verified_bundle(name: str, version: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
+    """Download version ``version`` of ``name`` and verify every file against its registration manifest."""
+    import mlflow
+
+    client = _client(tracking_uri)
+    mv = client.get_model_version(name, version)
+    manifest_uri = mv.tags.get("bundle_manifest")
+    if not manifest_uri:
+        raise RegistryError(f"{name} version {version} has no bundle manifest (registered before manifests existed "
+                            "or not through cxrlt): re-register it through the pipeline")
+    manifest = json.loads(Path(mlflow.artifacts.download_artifacts(manifest_uri, dst_path=str(Path(dst) / "manifest")))
+                          .read_text())
+    expected = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    if mv.tags.get("bundle_manifest_sha256") != expected:
+        raise RegistryError(f"{name} version {version}: the stored manifest does not match its recorded digest")
+    bundle = download_bundle(f"models:/{name}/{version}", Path(dst) / "model", tracking_uri)
+    verify_bundle(bundle, manifest, f"models:/{name}/{version}")
+    return bundle
+
+
 def download_bundle(model_uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
     """Fetch ``models:/name@alias`` and return the served-bundle directory inside it."""
     import mlflow
@@ -220,6 +264,19 @@ def download_bundle(model_uri: str, dst: str | Path, tracking_uri: str | None = 
     if not found:
         raise RegistryError(f"{model_uri} holds no served bundle")
     return found[0].parent
+
+
+def resolve_version(model_uri: str, tracking_uri: str | None = None) -> tuple[str, str]:
+    """``models:/name@alias`` or ``models:/name/version`` -> (name, version), resolving an alias exactly once so
+    that the files served and the version reported cannot come from two different versions."""
+    rest = model_uri.removeprefix("models:/")
+    if "@" in rest:
+        name, _, alias = rest.partition("@")
+        return name, str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.partition("/")
+    if not version.isdigit():
+        raise RegistryError(f"{model_uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    return name, version
 
 
 def version_of(model_uri: str, tracking_uri: str | None = None) -> str:

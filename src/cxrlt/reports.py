@@ -209,7 +209,8 @@ def task2_report(work: Path, config_path: Path, n_images: int = 2000, size: int 
         "",
         _table(rows),
         "",
-        "### Leak-free proxy validation (6 known classes held out per group, scored zero-shot on the test set)",
+        "### Leak-free proxy validation (6 known classes held out per group, scored zero-shot on the training "
+        "split's validation part; test labels are never used for it)",
         "",
         _table(proxy_rows),
         "",

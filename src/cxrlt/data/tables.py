@@ -137,6 +137,21 @@ def read_projections(path: str | Path) -> ProjectionTable:
 LABEL_SOURCES = ("all", "physician")
 
 
+def read_label_sets(path: str | Path) -> dict[str, set[str]]:
+    """ImageID -> the class names marked 1 in a label CSV (any subset of the known and unseen classes)."""
+    df = _read_csv(path)
+    if "ImageID" not in df.columns:
+        raise TableError(f"{path}: no ImageID column")
+    classes = {}
+    for col in df.columns:
+        try:
+            classes[col] = canonical_class(col)
+        except LabelSpaceError:
+            continue  # ImageID and columns that are not classes
+    return {str(row["ImageID"]): {name for col, name in classes.items() if str(row[col]).strip() in ("1", "1.0")}
+            for _, row in df.iterrows()}
+
+
 def read_label_methods(path: str | Path) -> dict[str, str]:
     """ImageID -> PadChest ``MethodLabel`` (``Physician`` or ``RNN_model``) from the master/metadata CSV."""
     df = _read_csv(path)
