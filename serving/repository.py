@@ -82,7 +82,7 @@ def _onnx_model(repo: Path, name: str, onnx_file: Path, shape: list[int], out_di
 
 
 def _class_vectors(calibration: dict | None, classes: list[str]) -> dict:
-    """A view's per-class calibration as vectors in the served class order (identity when absent)."""
+    """The bundle's per-class calibration as vectors in the served class order (identity when absent)."""
     calibration = calibration or {}
     return {"a": [float(calibration.get("a", {}).get(c, 1.0)) for c in classes],
             "b": [float(calibration.get("b", {}).get(c, 0.0)) for c in classes]}
@@ -139,7 +139,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
             [_tensor("PROBS", "TYPE_FP32", [len(known)])], instances=instances,
             params={"weights": json.dumps(weights), "normal_gate_alpha": bundle.get("normal_gate_alpha") or 0,
                     "combine": bundle.get("combine", "logit"),
-                    "calibration": json.dumps(_class_vectors(vspec.get("calibration"), known)),
+                    "calibration": json.dumps(_class_vectors(bundle.get("calibration"), known)),
                     "normal_index": known.index("Normal")}))
         steps.append((f"{view}_combiner", {f"LOGITS_{k}": f"logits_{k}" for k in vspec["members"]},
                       {"PROBS": "PROBS"}))

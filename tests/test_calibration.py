@@ -43,3 +43,19 @@ def test_rare_classes_and_none_keep_identity():
     assert (cal["a"]["c"], cal["b"]["c"]) == (1.0, 0.0)
     np.testing.assert_allclose(calibrate(p, fit_calibration(p, y, CLASSES, "none"), CLASSES), p, rtol=1e-6)
     np.testing.assert_allclose(calibrate(p, None, CLASSES), p)
+
+
+def test_calibration_is_fitted_on_the_served_validation_output():
+    """With a router each validation image counts once, with its own view's ensemble (mixed where its view has
+    none), so the calibration is one per-class map of what is served."""
+    import pandas as pd
+
+    from cxrlt.ensemble import served_validation
+
+    cols = ["x"]
+    views = {"frontal": pd.DataFrame({"x": [0.1, 0.2]}, index=["f1", "f2"]),
+             "mixed": pd.DataFrame({"x": [0.5, 0.6, 0.7]}, index=["f1", "f2", "l1"])}
+    routed = served_validation(views, routed=True)
+    assert list(routed.index) == ["f1", "f2", "l1"] and routed.loc["l1", "x"] == 0.7 and routed.loc["f1", "x"] == 0.1
+    assert list(served_validation(views, routed=False).index) == ["f1", "f2", "l1"]
+    assert list(routed.columns) == cols

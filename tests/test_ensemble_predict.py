@@ -44,7 +44,7 @@ def test_projection_aware_prediction_is_the_weighted_view_ensemble(trained):
     for i, view in enumerate(frame["view"]):
         members = {k: m(x[i : i + 1]).detach().numpy() for k, m in predictor.members[view].items()}
         raw = 1 / (1 + np.exp(-sum(spec["views"][view]["weights"][k] * z for k, z in members.items())))
-        expected = calibrate(raw, spec["views"][view]["calibration"], list(KNOWN_CLASSES))  # weighted logits, Platt
+        expected = calibrate(raw, spec["calibration"], list(KNOWN_CLASSES))  # weighted logits, then Platt
         np.testing.assert_allclose(frame.loc[i, list(KNOWN_CLASSES)].to_numpy(float), expected[0], rtol=1e-5)
     mixed = EnsemblePredictor(trained / "ensemble", mixed=True).predict(images)
     assert (mixed["view"] == "mixed").all()

@@ -3,8 +3,9 @@
 An ensemble directory holds ``ensemble.json`` plus one sub-directory per trained member (``router/``,
 ``frontal/pcam/`` ...). ``ensemble.json`` records the views, each view's members and fitted weights, the class order
 (always addressed by name), the preprocessing contract, TTA settings, how members are combined (logits or
-probabilities, fitted or fixed weights), each view's per-class calibration (fitted on the same validation images after
-ensembling) and the optional normal-gating exponent. Order at inference: combine -> calibrate -> normal gating.
+probabilities, fitted or fixed weights), one per-class calibration of the served output (fitted on the validation
+images after ensembling and routing) and the optional normal-gating exponent. Order at inference: route -> combine the
+view's members -> calibrate -> normal gating.
 """
 
 from __future__ import annotations
@@ -136,6 +137,20 @@ def normal_gate(probs: pd.DataFrame | dict, alpha: float | None) -> pd.DataFrame
     return out
 
 
+def served_validation(view_probs: dict[str, pd.DataFrame], routed: bool) -> pd.DataFrame:
+    """Validation probabilities as the system serves them: with a router each image gets its own view's ensemble
+    (the mixed one where its view has none); without one, the mixed ensemble. One calibration is fitted on these,
+    after ensembling and routing, so it is a per-class monotonic map of the final output: AP and AUROC unchanged."""
+    if not routed:
+        return view_probs.get("mixed", pd.DataFrame())
+    parts = [view_probs[v] for v in ("frontal", "lateral") if v in view_probs]
+    covered = set().union(*(set(p.index) for p in parts)) if parts else set()
+    if "mixed" in view_probs:
+        mixed = view_probs["mixed"]
+        parts.append(mixed.loc[[i for i in mixed.index if i not in covered]])
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
 def _mece(y: np.ndarray, p: np.ndarray) -> float:
     from cxrlt.metrics import evaluate
 
@@ -158,6 +173,7 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
             "normal_gate_alpha": config["inference"]["normal_gate_alpha"], "profile": config.get("profile"),
             "grid_step": config["ensemble"]["grid_step"], "combine": config["ensemble"]["combine"]}
     fixed = config["ensemble"]["weights"]
+    view_probs: dict[str, pd.DataFrame] = {}
     spec["bands"] = frequency_bands({c: int(labels[c].sum()) for c in KNOWN_CLASSES}, len(labels))
     out.mkdir(parents=True, exist_ok=True)
     if (runs / "router" / "member.json").exists():
@@ -180,17 +196,21 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
         else:
             weights, score = fit_weights(logits, y, spec["grid_step"], spec["combine"])
         single = {k: macro_ap(y, sigmoid(v)) for k, v in logits.items()}
-        probs = combine(logits, weights, spec["combine"])
-        calibration = fit_calibration(probs, y, list(KNOWN_CLASSES), config["ensemble"]["calibration"])
+        view_probs[view] = pd.DataFrame(combine(logits, weights, spec["combine"]), index=common,
+                                        columns=list(KNOWN_CLASSES))
         spec["views"][view] = {"members": {k: f"{view}/{k}" for k in members}, "weights": weights,
-                               "calibration": calibration, "val_mAP": score, "val_mAP_members": single,
-                               "val_mECE": {"uncalibrated": _mece(y, probs),
-                                            "calibrated": _mece(y, calibrate(probs, calibration, list(KNOWN_CLASSES)))},
-                               "n_val": len(common)}
+                               "val_mAP": score, "val_mAP_members": single, "n_val": len(common)}
         for k in members:
             shutil.copytree(runs / view / k, out / view / k, dirs_exist_ok=True)
     if not spec["views"]:
         raise ValueError(f"{runs}: no trained members found (expected <view>/<kind>/member.json)")
+    served = served_validation(view_probs, "router" in spec)
+    if len(served):
+        y = labels.loc[served.index, list(KNOWN_CLASSES)].to_numpy()
+        spec["calibration"] = fit_calibration(served.to_numpy(), y, list(KNOWN_CLASSES),
+                                              config["ensemble"]["calibration"])
+        spec["val_mECE"] = {"uncalibrated": _mece(y, served.to_numpy()), "calibrated": _mece(
+            y, calibrate(served.to_numpy(), spec["calibration"], list(KNOWN_CLASSES)))}
     for card_path in sorted(out.glob("**/member.json")):  # one contract for every network the ensemble serves
         card = json.loads(card_path.read_text())
         if card.get("preprocess", spec["preprocess"]) != spec["preprocess"]:

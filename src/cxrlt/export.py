@@ -96,10 +96,11 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
             export_onnx(TTAModel(model, spec["tta"], spec.get("tta_merge", "logit")), size,
                         out / "onnx" / f"{name}.onnx", channels)
             members[kind] = name
-        views[view] = {"members": members, "weights": vspec["weights"], "calibration": vspec.get("calibration")}
+        views[view] = {"members": members, "weights": vspec["weights"]}
     bundle = {"format": 1, "cxrlt_version": __version__, "known_classes": list(KNOWN_CLASSES),
               "router_classes": ["frontal", "lateral"] if has_router else [], "image_size": size, "tta": spec["tta"],
               "tta_merge": spec.get("tta_merge", "logit"), "combine": spec.get("combine", "logit"),
+              "calibration": spec.get("calibration"),
               "normal_gate_alpha": spec.get("normal_gate_alpha"), "views": views,
               "preprocess": PreprocessConfig.from_dict(preprocess).to_dict(),
               "bands": spec.get("bands", {}), "zeroshot": None, "lineage": lineage or {}}

@@ -47,7 +47,7 @@ class EnsemblePredictor:
         vspec = self.spec["views"][view]
         logits = {k: self.members[view][k](x).cpu().numpy() for k in vspec["members"]}
         probs = combine(logits, vspec["weights"], self.spec.get("combine", "logit"))
-        return calibrate(probs, vspec.get("calibration"), list(KNOWN_CLASSES)) if self.calibrated else probs
+        return calibrate(probs, self.spec.get("calibration"), list(KNOWN_CLASSES)) if self.calibrated else probs
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 64) -> pd.DataFrame:

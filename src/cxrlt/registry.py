@@ -80,7 +80,7 @@ def _bundle_model_class():
                 v = self.spec["views"][target]
                 probs[idx] = calibrate(combine({k: self._run(v["members"][k], x[idx]) for k in v["weights"]},
                                                v["weights"], self.spec.get("combine", "logit")),
-                                       v.get("calibration"), self.spec["known_classes"])
+                                       self.spec.get("calibration"), self.spec["known_classes"])
             out = normal_gate(pd.DataFrame(probs, columns=self.spec["known_classes"]),
                               self.spec.get("normal_gate_alpha"))
             out["view"] = views
