@@ -50,7 +50,7 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     import mlflow
     from mlflow import MlflowClient
 
-    from cxrlt.registry import RegistryError, promote, register_bundle, rollback
+    from cxrlt.registry import RegistryError, audit_trail, promote, register_bundle, rollback
 
     mlflow.set_tracking_uri(mlflow_uri)
     client = MlflowClient()
@@ -82,8 +82,9 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: v2}
     assert rollback(tracking_uri=mlflow_uri) == {"champion": "1", "previous": v2}
     assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: "1"}
-    audit = json.loads(client.get_registered_model(REGISTERED_MODEL).tags["alias_audit"])
+    audit = audit_trail(tracking_uri=mlflow_uri)
     assert [e["alias"] for e in audit][-2:] == [CHALLENGER_ALIAS, CHAMPION_ALIAS] and audit[-1]["reason"] == "rollback"
+    assert audit[0] == {**audit[0], "alias": CHALLENGER_ALIAS, "from": None, "to": "1"}  # complete: the first move too
     with pytest.raises(RegistryError, match="challenger"):
         promote(labels, tracking_uri=mlflow_uri)
     with pytest.raises(RegistryError, match="gate"):

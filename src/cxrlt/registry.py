@@ -18,7 +18,6 @@ import pandas as pd
 
 from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
 
-AUDIT_TAG = "alias_audit"
 EVAL_ARTIFACT = "evaluation"
 MANIFEST_ARTIFACT = "bundle_manifest.json"
 
@@ -98,19 +97,68 @@ def _client(tracking_uri: str | None):
     return MlflowClient()
 
 
+AUDIT_EXPERIMENT = "cxrlt-registry-audit"
+_UNSET = object()
+
+
 def _audit(client, name: str, entry: dict) -> None:
-    model = client.get_registered_model(name)
-    log = json.loads(model.tags.get(AUDIT_TAG, "[]"))
-    log.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry})
-    client.set_registered_model_tag(name, AUDIT_TAG, json.dumps(log[-50:]))
+    """Append one alias move to the audit trail: one MLflow run per move (append-only, never truncated)."""
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(AUDIT_EXPERIMENT)
+    tags = {"registered_model": name, "moved_at_ns": str(time.time_ns()),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{k: "" if v is None else str(v) for k, v in entry.items()}}
+    run = client.create_run(experiment_id, run_name=f"{name}:{entry['alias']}", tags=tags)
+    client.set_terminated(run.info.run_id)
 
 
-def _set_alias(client, name: str, alias: str, version: str, reason: str) -> None:
+def audit_trail(name: str = REGISTERED_MODEL, tracking_uri: str | None = None, client=None) -> list[dict]:
+    """Every alias move of ``name``, oldest first (``from``/``to`` None where the alias was unset)."""
+    client = client or _client(tracking_uri)
+    experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if experiment is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment.experiment_id], f"tags.registered_model = '{name}'",
+                                  max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    keys = ("alias", "from", "to", "reason", "time")
+    moves = sorted((r.data.tags for r in runs), key=lambda t: int(t["moved_at_ns"]))
+    return [{k: (t.get(k) or None) for k in keys} for t in moves]
+
+
+def _alias_version(client, name: str, alias: str) -> str | None:
+    """The version an alias points at; None only when MLflow says it does not exist (any other error aborts)."""
+    from mlflow.exceptions import MlflowException
+
     try:
-        previous = client.get_model_version_by_alias(name, alias).version
-    except Exception:  # MLflow raises RestException when the alias is unset
-        previous = None
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        # MLflow answers an unset alias with INVALID_PARAMETER_VALUE "Registered model alias X not found."
+        unset_alias = exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in exc.message and \
+            "not found" in exc.message
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or unset_alias:
+            return None
+        raise RegistryError(f"could not read {name}@{alias} ({exc.error_code}: {exc.message}); nothing was "
+                            "changed, try again") from None
+
+
+def _set_alias(client, name: str, alias: str, version: str, reason: str, expected=_UNSET) -> None:
+    """Compare-and-set: move ``alias`` to ``version`` only if it still points where the decision saw it
+    (``expected``); the move is verified and recorded in the audit trail."""
+    previous = _alias_version(client, name, alias)
+    if expected is not _UNSET and previous != expected:
+        raise RegistryError(f"{name}@{alias} moved from {expected} to {previous} while this decision was being made "
+                            f"(about version {expected}); nothing was changed, decide again")
     client.set_registered_model_alias(name, alias, version)
+    now = _alias_version(client, name, alias)
+    if now != str(version):
+        raise RegistryError(f"{name}@{alias} points at {now} right after being set to {version}: another writer "
+                            "moved it; check the audit trail")
     _audit(client, name, {"alias": alias, "from": previous, "to": str(version), "reason": reason})
 
 
@@ -187,16 +235,14 @@ def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: 
     from cxrlt.labels import KNOWN_CLASSES
 
     client = _client(tracking_uri)
-    try:
-        challenger = client.get_model_version_by_alias(name, CHALLENGER_ALIAS)
-    except Exception:
-        raise RegistryError(f"{name} has no {CHALLENGER_ALIAS} version to promote") from None
+    challenger_version = _alias_version(client, name, CHALLENGER_ALIAS)
+    if challenger_version is None:
+        raise RegistryError(f"{name} has no {CHALLENGER_ALIAS} version to promote")
+    challenger = client.get_model_version(name, challenger_version)
     if not json.loads(challenger.tags.get("gate_evidence", "{}")).get("passed"):
         raise RegistryError(f"version {challenger.version} did not pass its gate")
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except Exception:
-        champion = None
+    champion_version = _alias_version(client, name, CHAMPION_ALIAS)  # None only when MLflow says "not found"
+    champion = client.get_model_version(name, champion_version) if champion_version else None
     decision = {"challenger": challenger.version, "champion": champion.version if champion else None}
     if champion is None:
         decision.update(promoted=True, reason="no champion yet")
@@ -211,24 +257,24 @@ def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: 
         decision["promoted"] = stats["ci95"][0] >= -margin
         decision["reason"] = (f"CI low {stats['ci95'][0]:.4f} {'>=' if decision['promoted'] else '<'} -{margin}")
     if decision["promoted"]:
-        _set_alias(client, name, CHAMPION_ALIAS, challenger.version, decision["reason"])
-        client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
-        _audit(client, name, {"alias": CHALLENGER_ALIAS, "from": challenger.version, "to": None,
-                              "reason": "promoted"})
+        _set_alias(client, name, CHAMPION_ALIAS, challenger.version, decision["reason"], expected=champion_version)
+        if _alias_version(client, name, CHALLENGER_ALIAS) == str(challenger.version):  # a newer one keeps it
+            client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+            _audit(client, name, {"alias": CHALLENGER_ALIAS, "from": challenger.version, "to": None,
+                                  "reason": "promoted"})
     return decision
 
 
 def rollback(name: str = REGISTERED_MODEL, tracking_uri: str | None = None) -> dict:
-    """Point ``champion`` back at the version it held before its last move (from the audit trail)."""
+    """Point ``champion`` back at the version it held before its last move (from the complete audit trail)."""
     client = _client(tracking_uri)
-    log = json.loads(client.get_registered_model(name).tags.get(AUDIT_TAG, "[]"))
-    moves = [e for e in log if e["alias"] == CHAMPION_ALIAS and e["from"] and e.get("reason") != "rollback"]
+    moves = [e for e in audit_trail(name, client=client)
+             if e["alias"] == CHAMPION_ALIAS and e["from"] and e.get("reason") != "rollback"]
     if not moves:
         raise RegistryError(f"{name} has no previous champion to roll back to")
     target = moves[-1]["from"]
-    current = client.get_model_version_by_alias(name, CHAMPION_ALIAS).version
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, target)
-    _audit(client, name, {"alias": CHAMPION_ALIAS, "from": current, "to": target, "reason": "rollback"})
+    current = _alias_version(client, name, CHAMPION_ALIAS)
+    _set_alias(client, name, CHAMPION_ALIAS, target, "rollback", expected=current)
     return {"champion": target, "previous": current}
 
 
