@@ -192,6 +192,7 @@ def test_profiles_validate_and_name_bad_keys(tmp_path):
     tiny["train"]["learning_rate"] = 0.1
     tiny["models"]["swin"]["pretrained"] = 3
     tiny["zeroshot"]["alpha"] = -1
+    tiny["train"]["overrides"]["router"]["lr"] = -1  # per-network overrides are validated like train itself
     del tiny["models"]["pcam"]["pretrained"]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(tiny))
@@ -199,7 +200,7 @@ def test_profiles_validate_and_name_bad_keys(tmp_path):
         load_config(path)
     text = str(err.value)
     assert str(path) in text and "train.learning_rate: unknown key" in text
-    assert "models.swin.pretrained" in text and "zeroshot.alpha" in text
+    assert "models.swin.pretrained" in text and "zeroshot.alpha" in text and "train.overrides.router.lr" in text
     assert "models.pcam.pretrained: Field required (write `pretrained: null`" in text
     # the hash covers the validated profile: a default written out hashes like the default left out
     cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from cxrlt.data.images import DEFAULT_MAX_PIXELS, DEFAULT_PERCENTILES, PreprocessConfig
 
@@ -130,30 +130,6 @@ class AugmentSettings(_Strict):
     clahe_clip: PositiveFloat = 2.0
 
 
-class TrainOverride(_Strict):
-    """Per-network changes to ``train`` (any subset of its keys)."""
-
-    epochs: PositiveInt | None = None
-    batch_size: PositiveInt | None = None
-    lr: PositiveFloat | None = None
-    weight_decay: Annotated[float, Field(ge=0)] | None = None
-    warmup_epochs: Annotated[float, Field(ge=0)] | None = None
-    min_lr_ratio: Fraction | None = None
-    warmup_lr_ratio: Fraction | None = None
-    grad_clip: Annotated[float, Field(ge=0)] | None = None
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None
-    loss: Literal["bce", "asl", "asl_weighted", "db"] | None = None
-    loss_kwargs: dict[str, Any] | None = None
-    sampler: Literal["repeat_factor", "none"] | None = None
-    sampler_threshold: Fraction | None = None
-    sampler_cap: Annotated[float, Field(ge=1)] | None = None
-    augment: AugmentSettings | None = None
-    num_workers: Annotated[int, Field(ge=0)] | None = None
-    seed: int | None = None
-    amp: bool | None = None
-    select_on: Literal["mAP", "mAP+mAUC-BCE"] | None = None
-
-
 class TrainConfig(_Strict):
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 32
@@ -176,6 +152,18 @@ class TrainConfig(_Strict):
     #: checkpoint selection: validation mAP, or seed 000's "mAP, mAUC and BCE on the augmented validation set"
     select_on: Literal["mAP", "mAP+mAUC-BCE"] = "mAP"
     overrides: dict[Literal["router", "pcam", "swin", "cait", "mlp", "csra"], TrainOverride] = {}
+
+
+def _partial(model: type[BaseModel], name: str, exclude: tuple[str, ...]) -> type[BaseModel]:
+    """The same fields, types and ranges as ``model``, each optional (None = not overridden)."""
+    fields = {k: ((Annotated[f.annotation, *f.metadata] if f.metadata else f.annotation) | None, None)
+              for k, f in model.model_fields.items() if k not in exclude}
+    return create_model(name, __base__=_Strict, __doc__=f"Any subset of {model.__name__}'s keys.", **fields)
+
+
+#: per-network changes to ``train``: any subset of its keys, validated like them
+TrainOverride = _partial(TrainConfig, "TrainOverride", exclude=("overrides",))
+TrainConfig.model_rebuild()
 
 
 class InferenceConfig(_Strict):
