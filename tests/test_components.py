@@ -142,3 +142,61 @@ def test_router_step_is_a_no_op_for_a_profile_without_router(tmp_path):
     assert pipeline_jobs(load_config(ROOT / "configs" / "tiny_hph.yaml")) == [
         {"view": "mixed", "member": "mlp"}, {"view": "mixed", "member": "csra"}]
     assert len(pipeline_jobs(load_config(ROOT / "configs" / "tiny.yaml"))) == 6  # 3 views x (pcam+cait, swin)
+
+
+def test_trainjob_names_are_deterministic_and_a_retry_attaches():
+    from cxrlt.launch import trainjob_name
+
+    args = ["train", "--member", "frontal/pcam", "--out", "/data/run/model"]
+    name = trainjob_name("cxrlt-frontal-pcam", args, "s3://root/run-1/train-member/model")
+    assert name == trainjob_name("cxrlt-frontal-pcam", list(args), "s3://root/run-1/train-member/model")
+    assert name != trainjob_name("cxrlt-frontal-pcam", args, "s3://root/run-2/train-member/model")
+    assert len(name) <= 63 and all(c.isalnum() or c == "-" for c in name) and name == name.lower()
+
+    class Conflict(Exception):
+        status = 409
+
+    class Retried(FakeCustomObjects):
+        def create_namespaced_custom_object(self, *a):
+            raise Conflict("AlreadyExists")
+
+    messages = []
+    launch_trainjob(trainjob_body(name, args), api=Retried({"type": "Complete", "status": "True"}), poll_s=0,
+                    log=messages.append)
+    assert "attaching" in messages[0] and any("Complete=True" in m for m in messages)
+
+    class Forbidden(Exception):
+        status = 403
+
+    class Denied(FakeCustomObjects):
+        def create_namespaced_custom_object(self, *a):
+            raise Forbidden("forbidden")
+
+    with pytest.raises(Forbidden):
+        launch_trainjob(trainjob_body(name, args), api=Denied({}), poll_s=0, log=messages.append)
+
+
+def test_local_launcher_streams_the_childs_output():
+    import io
+
+    from cxrlt.launch import launch_local
+
+    out = io.StringIO()
+    launch_local(["models", "--help"], out=out)
+    assert "summary" in out.getvalue()  # the child's own output reached the step log
+    with pytest.raises(RuntimeError, match="No such command"):
+        launch_local(["no-such-command"], out=io.StringIO())
+
+
+def test_data_hash_covers_the_images(synth_data, tmp_path):
+    import os
+    import shutil
+
+    from cxrlt.data.validate import data_manifest_hash
+
+    data = tmp_path / "d"
+    shutil.copytree(synth_data, data)
+    before = data_manifest_hash(data)
+    image = sorted((data / "images").iterdir())[0]
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the file was rewritten
+    assert data_manifest_hash(data) != before

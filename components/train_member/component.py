@@ -30,7 +30,7 @@ def train_member(view: str, member: str, config: str, data_dir: str, cache: Inpu
     from pathlib import Path
 
     from cxrlt.config import load_config
-    from cxrlt.launch import launch_local, launch_trainjob, trainjob_body
+    from cxrlt.launch import launch_local, launch_trainjob, trainjob_body, trainjob_name
 
     if launcher not in ("local", "trainjob"):
         raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
@@ -56,7 +56,7 @@ def train_member(view: str, member: str, config: str, data_dir: str, cache: Inpu
         if launcher == "local":
             launch_local(args, nproc)
         else:
-            job = f"cxrlt-{name.replace('/', '-')}-{abs(hash(model.path)) % 10**8}"
+            job = trainjob_name(f"cxrlt-{name.replace('/', '-')}", args, model.uri)
             launch_trainjob(trainjob_body(job, args, gpus_per_node))
         card = json.loads((out / "member.json").read_text())
         scores.append(card["best_val_score"])

@@ -25,7 +25,7 @@ def train_zeroshot(config: str, data_dir: str, cache: Input[Dataset], splits: In
     import json
     from pathlib import Path
 
-    from cxrlt.launch import launch_local, launch_trainjob, trainjob_body
+    from cxrlt.launch import launch_local, launch_trainjob, trainjob_body, trainjob_name
 
     args = ["zeroshot", "train", "--config", config, "--data", data_dir, "--out", model.path, "--alpha", str(alpha),
             "--cache", cache.path, "--splits", splits.path, "--resume"]
@@ -34,7 +34,7 @@ def train_zeroshot(config: str, data_dir: str, cache: Input[Dataset], splits: In
     if launcher == "local":
         launch_local(args, nproc)
     elif launcher == "trainjob":
-        launch_trainjob(trainjob_body(f"cxrlt-zeroshot-{abs(hash(model.path)) % 10**8}", args, gpus_per_node))
+        launch_trainjob(trainjob_body(trainjob_name("cxrlt-zeroshot", args, model.uri), args, gpus_per_node))
     else:
         raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
     # Platt calibration on the *known* classes of the training split's validation part (monotonic: rankings, hence

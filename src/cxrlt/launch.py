@@ -6,6 +6,10 @@ Kubernetes API, streams their conditions, and fails with the job's own reason.
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import json
+import re
 import subprocess
 import sys
 import time
@@ -23,11 +27,27 @@ def local_command(cli_args: list[str], nproc: int = 1) -> list[str]:
     return [sys.executable, "-m", "cxrlt.cli", *cli_args]
 
 
-def launch_local(cli_args: list[str], nproc: int = 1) -> None:
-    """Run ``cxrlt <cli_args>`` (under torchrun when nproc > 1); raises with the tail of the output on failure."""
-    proc = subprocess.run(local_command(cli_args, nproc), capture_output=True, text=True)
+def launch_local(cli_args: list[str], nproc: int = 1, out=None) -> None:
+    """Run ``cxrlt <cli_args>`` (under torchrun when nproc > 1), streaming its output line by line to ``out``
+    (the step's log; default stdout) as it trains; raises with the tail of the output on failure."""
+    out = out or sys.stdout
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    with subprocess.Popen(local_command(cli_args, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            out.write(line)
+            out.flush()
+            tail.append(line)
     if proc.returncode != 0:
-        raise RuntimeError(f"training failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"training failed (exit {proc.returncode}):\n{''.join(tail)[-4000:]}")
+
+
+def trainjob_name(prefix: str, cli_args: list[str], run_key: str) -> str:
+    """A TrainJob name that is a function of what it trains and of the pipeline run (``run_key``): a retried step
+    gets the same name and attaches to the job it already created (Python's ``hash()`` differs per process)."""
+    digest = hashlib.sha256(json.dumps([run_key, cli_args]).encode()).hexdigest()[:10]
+    stem = re.sub(r"[^a-z0-9-]+", "-", prefix.lower()).strip("-")[: 63 - len(digest) - 1]
+    return f"{stem}-{digest}"
 
 
 def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_nodes: int = 1,
@@ -58,11 +78,17 @@ def _custom_objects_api():
 
 def launch_trainjob(body: dict, api=None, poll_s: float = 10.0, timeout_s: float = 24 * 3600,
                     log: Callable[[str], None] = print) -> dict:
-    """Create the TrainJob and wait for ``Complete``; raise with the ``Failed`` condition's reason and message."""
+    """Create the TrainJob (or attach to it if a retried step already did: 409 AlreadyExists) and wait for
+    ``Complete``; raise with the ``Failed`` condition's reason and message."""
     api = api or _custom_objects_api()
     group, version, plural = TRAINER_API
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    api.create_namespaced_custom_object(group, version, ns, plural, body)
+    try:
+        api.create_namespaced_custom_object(group, version, ns, plural, body)
+    except Exception as exc:  # kubernetes.client.ApiException; 409: created by an earlier try of this step
+        if getattr(exc, "status", None) != 409:
+            raise
+        log(f"TrainJob {ns}/{name} already exists (a retried step): attaching to it")
     deadline, last = time.time() + timeout_s, None
     while time.time() < deadline:
         obj = api.get_namespaced_custom_object(group, version, ns, plural, name)

@@ -238,3 +238,22 @@ def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, P
     (out / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     (out / "validation.md").write_text(report.to_markdown())
     return out / "validation.json", out / "validation.md"
+
+
+def data_manifest_hash(data_dir: str | Path) -> str:
+    """A short digest of what a training run reads: the CSVs' contents and, for every file under ``images/``, its
+    name, size and modification time (a content digest of ~1 TB of PadChest PNGs would cost as much as a training
+    epoch; size + mtime change whenever a file is rewritten). Recorded as the registered version's lineage."""
+    import hashlib
+
+    root = Path(data_dir)
+    digest = hashlib.sha256()
+    for path in sorted(root.glob("*.csv")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    images = root / "images"
+    if images.is_dir():
+        for path in sorted(images.rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                digest.update(f"{path.relative_to(images).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
