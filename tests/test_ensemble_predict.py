@@ -77,3 +77,16 @@ def test_predict_cli_on_png_and_dicom_files(trained, synth_data, tmp_path):
     bad.write_bytes(b"garbage")
     result = CliRunner().invoke(app, ["predict", "--ensemble", str(trained / "ensemble"), "--out", str(out), str(bad)])
     assert result.exit_code == 1 and "bad.png" in result.output
+
+
+def test_evaluate_system_scores_both_tasks_and_writes_the_report(trained, synth_data, tmp_path):
+    import json
+
+    from cxrlt.evaluation import evaluate_system
+
+    result = evaluate_system(trained / "ensemble", trained / "zeroshot", synth_data, "dev", tmp_path)
+    assert 0 <= result["mAP"] <= 1 and 0 <= result["unseen_mAP"] <= 1 and 0 <= result["router_accuracy"] <= 1
+    assert sum(map(sum, result["confusion"])) > 0
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["mECE"] == result["mECE"] and (tmp_path / "reliability_before_after.png").stat().st_size > 1000
+    assert (tmp_path / "predictions.csv").exists()

@@ -107,3 +107,46 @@ def evaluate_files(pred_csv: str | Path, labels_csv: str | Path, out_dir: str | 
 
 
 __all__ = ["EvalInputError", "TableError", "align", "bands_from_training", "evaluate_files"]
+
+
+def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir: str | Path, split: str,
+                    out_dir: str | Path) -> dict:
+    """Score a trained system on a labelled split, as the pipeline's gate sees it.
+
+    Task 1: the projection-aware ensemble's calibrated predictions (``predictions.csv``, the per-class/band report
+    and plots of :func:`evaluate_files`, and a reliability diagram before/after calibration); Task 2: the zero-shot
+    model's AP on the unseen classes; the router's confusion matrix against the metadata's projections. Writes
+    ``summary.json`` and returns the summary (with ``confusion`` and ``router_accuracy``).
+    """
+    from sklearn.metrics import average_precision_score, confusion_matrix
+
+    from cxrlt.data.images import load_preprocessed
+    from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, read_projections, write_submission
+    from cxrlt.inference import EnsemblePredictor
+    from cxrlt.plots import reliability_before_after
+    from cxrlt.zeroshot.predict import ZeroShotPredictor
+    from cxrlt.zeroshot.proxy import load_eval_images
+
+    data, out = Path(data_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels_csv = data / f"CXRLT_2026_{split}_labels.csv"
+    predictor = EnsemblePredictor(ensemble_dir)
+    labels, images = load_eval_images(data, labels_csv.name, predictor.preprocess)
+    known = list(KNOWN_CLASSES)
+    pred = predictor.predict(images)
+    before = EnsemblePredictor(ensemble_dir, calibrated=False).predict(images)
+    reliability_before_after(labels[known].to_numpy(), before[known].to_numpy(), pred[known].to_numpy(),
+                             out / "reliability_before_after.png")
+    write_submission(out / "predictions.csv", labels["ImageID"], pred, known)
+    summary = evaluate_files(out / "predictions.csv", labels_csv, out, train_csv=data / TRAINING_CSV, n_bootstrap=100)
+    zs = ZeroShotPredictor(zeroshot_dir)
+    zs_images = np.stack([load_preprocessed(data / IMAGES_DIR / i, zs.preprocess) for i in labels["ImageID"]])
+    probs = zs.predict(zs_images, list(UNSEEN_CLASSES))
+    aps = [average_precision_score(labels[c], probs[:, j]) for j, c in enumerate(UNSEEN_CLASSES) if labels[c].sum()]
+    views = read_projections(data / PADCHEST_METADATA_CSV).views
+    truth = [views.get(i, "frontal") for i in labels["ImageID"]]
+    cm = confusion_matrix(truth, pred["view"], labels=["frontal", "lateral"])
+    result = {**{k: summary[k] for k in ("mAP", "mAUROC", "mF1", "mECE")},
+              "unseen_mAP": float(np.mean(aps)) if aps else float("nan")}
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    return {**result, "confusion": cm.tolist(), "router_accuracy": float(np.trace(cm) / max(cm.sum(), 1))}
