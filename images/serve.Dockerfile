@@ -1,6 +1,8 @@
 # Production serving image: NGC Triton (onnxruntime + python backends, GPU) plus the python-model dependencies.
 # The model repository is built by `cxrlt serve build --onnx-runtime native` (init container, see infra/).
-ARG TRITON_TAG=24.10-py3
+# 25.07 or later: fixes for the python-backend and HTTP-server vulnerabilities published in 2025
+# (CVE-2025-23319/23320/23334, CVE-2025-23310/23311).
+ARG TRITON_TAG=25.08-py3
 FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}
 # The python backend in these builds needs numpy < 2 (empty output tensors otherwise).
 RUN pip install --no-cache-dir "numpy<2" "opencv-python-headless>=4.8,<4.12" "pydicom>=2.4" "onnxruntime>=1.17"

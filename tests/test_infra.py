@@ -126,3 +126,41 @@ def test_schedule_script_creates_a_recurring_run():
         mod.validate_cron("0 2 * * 0")
     with pytest.raises(ValueError, match="KEY=VALUE"):
         mod.parse_params(["oops"])
+
+
+def test_pods_are_hardened(rendered):
+    """Every Deployment: non-root, seccomp RuntimeDefault, no service-account token, and every container (init too)
+    with a read-only root filesystem, no privilege escalation and no capabilities; writable paths are emptyDirs."""
+    _, docs = rendered
+    for dep in (d for d in docs if d["kind"] == "Deployment"):
+        pod, name = dep["spec"]["template"]["spec"], dep["metadata"]["name"]
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+            writable = [m for m in c.get("volumeMounts", []) if not m.get("readOnly")]
+            assert all("emptyDir" in volumes[m["name"]] for m in writable), c["name"]
+
+
+def test_image_tags_come_from_kustomize_and_the_triton_release_is_fixed():
+    for path in (ROOT / "infra" / "base").rglob("*.yaml"):
+        if path.name in ("kustomization.yaml", "trainjob.yaml"):
+            continue
+        for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+            pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for c in pod.get("initContainers", []) + pod.get("containers", []):
+                assert ":" not in c["image"].rsplit("/", 1)[-1], f"{path.name}: tag in {c['image']}"
+    tag = next(line for line in (ROOT / "images" / "serve.Dockerfile").read_text().splitlines()
+               if line.startswith("ARG TRITON_TAG=")).split("=")[1]
+    year, month = (int(x) for x in tag.split("-")[0].split("."))
+    assert (year, month) >= (25, 7), "Triton before 25.07 lacks the 2025 python-backend/HTTP-server fixes"
+
+
+def test_triton_init_container_gets_no_object_storage_keys(rendered):
+    _, docs = rendered
+    init = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["initContainers"][0]
+    assert not [e for e in init.get("env", []) if e["name"].startswith("AWS_") or "S3" in e["name"]]
