@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cxrlt.procs import alive, free_port, spawn, stop_group, wait_ready
+from cxrlt.procs import free_port, same_process, spawn, start_time, stop_group, wait_ready
 
 SERVE_ENV_PACKAGES = ("numpy<2", "onnxruntime>=1.17", "opencv-python-headless>=4.8,<4.12", "pydicom>=2.4",
                       "nvidia-pytriton==0.7.0")
@@ -39,6 +39,7 @@ class ServerHandle:
     metrics_port: int
     repository: str
     log_file: str
+    start_time: int | None = None  # with pid, identifies the process: a reused PID is never signalled
 
     @property
     def grpc_url(self) -> str:
@@ -97,7 +98,7 @@ def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1"
     state.mkdir(parents=True, exist_ok=True)
     if (state / "server.json").exists():
         old = ServerHandle(**json.loads((state / "server.json").read_text()))
-        if alive(old.pid):
+        if same_process(old.pid, old.start_time):
             raise ServeError(f"server {name!r} already runs (pid {old.pid}, gRPC {old.grpc_url}); cxrlt serve down")
     ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
     log_file = state / "tritonserver.log"
@@ -108,7 +109,8 @@ def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1"
            "--exit-timeout-secs=20", "--log-verbose=0"]
     run_env = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = spawn(cmd, log_file, run_env)
-    handle = ServerHandle(name, proc.pid, host, *ports, str(Path(repository).resolve()), str(log_file))
+    handle = ServerHandle(name, proc.pid, host, *ports, str(Path(repository).resolve()), str(log_file),
+                          start_time(proc.pid))
     (state / "server.json").write_text(json.dumps(asdict(handle), indent=2))
     try:
         wait_ready(proc, f"{handle.http_url}/v2/health/ready", timeout, log_file, "tritonserver")
@@ -128,13 +130,13 @@ def stop(name: str = "default", timeout: float = 30, state_dir: Path = STATE_DIR
     handle = handle_of(name, state_dir)
     if handle is None:
         return False
-    if alive(handle.pid):
+    if same_process(handle.pid, handle.start_time):  # a PID reused by another process is left alone
         try:
             req = urllib.request.Request(f"{handle.http_url}/v2/repository/models/cxr/unload", data=b"{}",
                                          method="POST")
             urllib.request.urlopen(req, timeout=10).close()
         except OSError:
             pass  # already unreachable: go straight to SIGTERM
-        stop_group(handle.pid, timeout)
+        stop_group(handle.pid, timeout, started=handle.start_time)
     (Path(state_dir) / name / "server.json").unlink(missing_ok=True)
     return True

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from cxrlt.procs import alive, free_port, load_state, save_state, spawn, stop_group, wait_ready
+from cxrlt.procs import free_port, load_state, same_process, save_state, spawn, start_time, stop_group, wait_ready
 
 STATE_DIR = Path(os.environ.get("CXRLT_STATE_DIR", Path.home() / ".cache" / "cxrlt" / "servers"))
 
@@ -23,7 +23,7 @@ def start(data_dir: str | Path, port: int = 5000, host: str = "127.0.0.1", artif
     data_dir.mkdir(parents=True, exist_ok=True)
     state_path = Path(state_dir) / name / "server.json"
     old = load_state(state_path)
-    if old and alive(old["pid"]):
+    if old and same_process(old["pid"], old.get("start_time")):
         return old
     port = port or free_port(host)
     artifacts = artifacts or str(data_dir / "artifacts")
@@ -35,7 +35,7 @@ def start(data_dir: str | Path, port: int = 5000, host: str = "127.0.0.1", artif
            "DO_NOT_TRACK": "true"}
     log = Path(state_dir) / name / "mlflow.log"
     proc = spawn(cmd, log, env, cwd=data_dir)
-    state = {"pid": proc.pid, "host": host, "port": port, "tracking_uri": f"http://{host}:{port}",
+    state = {"pid": proc.pid, "start_time": start_time(proc.pid), "host": host, "port": port, "tracking_uri": f"http://{host}:{port}",
              "data_dir": str(data_dir), "artifacts": artifacts, "log": str(log)}
     save_state(state_path, state)
     try:
@@ -51,6 +51,6 @@ def stop(name: str = "mlflow", state_dir: Path = STATE_DIR) -> bool:
     state = load_state(state_path)
     if state is None:
         return False
-    stop_group(state["pid"])
+    stop_group(state["pid"], started=state.get("start_time"))  # never a process that merely reuses the PID
     state_path.unlink(missing_ok=True)
     return True

@@ -33,6 +33,26 @@ def alive(pid: int) -> bool:
         return True
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None when it is gone.
+
+    A PID and its start time together identify one process: a PID reused later by another process has another
+    start time, so servers are recorded with both and never signalled on the PID alone.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[19])  # fields after "(comm)": state is field 3
+
+
+def same_process(pid: int, started: int | None) -> bool:
+    """Is ``pid`` still the process that was recorded with start time ``started``?"""
+    if not alive(pid):
+        return False
+    return started is None or start_time(pid) == started
+
+
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -67,8 +87,11 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float, log_file: Path,
     raise RuntimeError(f"{what} not ready after {timeout:.0f} s:\n{tail(log_file)}")
 
 
-def stop_group(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM the process group, SIGKILL after ``timeout``."""
+def stop_group(pid: int, timeout: float = 20.0, started: int | None = None) -> bool:
+    """SIGTERM the process group, SIGKILL after ``timeout``. With ``started`` (the recorded start time), a PID
+    now held by another process is left alone and False is returned."""
+    if started is not None and not same_process(pid, started):
+        return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.time() + timeout
@@ -77,6 +100,7 @@ def stop_group(pid: int, timeout: float = 20.0) -> None:
     if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+    return True
 
 
 def save_state(path: Path, state: dict) -> None:
