@@ -48,6 +48,11 @@ class Result:
                 "error": self.error}
 
 
+def failed(source: str, error: str) -> Result:
+    """A Result for an item that could not be scored (no probabilities; ``error`` says why)."""
+    return Result(source, "", 0.0, "", {}, {}, error)
+
+
 def _decode(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -114,16 +119,32 @@ class CXRClient:
         raise RuntimeError("unreachable")
 
     def infer_bytes(self, payloads: Sequence[bytes], sources: Sequence[str] | None = None) -> list[Result]:
+        """One Result per payload, in order. A chunk the server refuses as a whole (every item bad) or cannot
+        answer gives each of its items that error; the other chunks are still sent."""
+        from tritonclient.utils import InferenceServerException
+
         sources = list(sources or [f"item {i}" for i in range(len(payloads))])
         known, unseen = self.classes()
         results = []
         for i in range(0, len(payloads), self.batch_size):
-            chunk = payloads[i : i + self.batch_size]
-            results += _results(self._infer(chunk), sources[i : i + len(chunk)], known, unseen)
+            chunk, names = payloads[i : i + self.batch_size], sources[i : i + self.batch_size]
+            try:
+                results += _results(self._infer(chunk), names, known, unseen)
+            except InferenceServerException as exc:
+                results += [failed(src, exc.message() or str(exc)) for src in names]
         return results
 
     def infer_files(self, paths: Sequence[str | Path]) -> list[Result]:
-        return self.infer_bytes([Path(p).read_bytes() for p in paths], [str(p) for p in paths])
+        """Like :meth:`infer_bytes` for files; a missing or unreadable file is that item's error (not sent)."""
+        readable, results = {}, {}
+        for i, p in enumerate(paths):
+            try:
+                readable[i] = Path(p).read_bytes()
+            except OSError as exc:
+                results[i] = failed(str(p), f"{p}: cannot read file ({exc.strerror or exc})")
+        sent = self.infer_bytes(list(readable.values()), [str(paths[i]) for i in readable])
+        results.update(zip(readable, sent, strict=True))
+        return [results[i] for i in range(len(paths))]
 
     def close(self) -> None:
         self.client.close()

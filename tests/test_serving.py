@@ -298,3 +298,27 @@ def test_infer_table_marks_the_true_findings(server, images, synth_data):
                    for line in first.splitlines() if line.startswith(f"  {name}")), name
     assert "truly present, not in the table above: none" in first
     assert "(not in the label CSV: no truth to show)" in result.output.split(str(dcm))[1]
+
+
+def test_infer_reports_every_item_and_fails_when_any_did(server, images, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from cxrlt.cli import app
+    from serving.client import CXRClient
+
+    pngs, _ = images
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    missing = tmp_path / "missing.png"
+    # batch size 1: the garbage item is a chunk the server refuses whole; the others are still answered
+    results = CXRClient(server.grpc_url, batch_size=1).infer_files([pngs[0], missing, garbage, pngs[1]])
+    assert [bool(r.error) for r in results] == [False, True, True, False]
+    assert "cannot read file" in results[1].error and results[2].error and results[3].known
+    result = CliRunner().invoke(app, ["infer", str(pngs[0]), str(missing), str(garbage), "--url", server.grpc_url,
+                                      "--csv", str(tmp_path / "out.csv")])
+    assert result.exit_code == 1 and "2 of 3 items failed" in result.output
+    assert str(missing) in result.output and str(garbage) in result.output
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert len(table) == 3 and table["error"].isna().tolist() == [True, False, False]
+    assert table.loc[0, "cardiomegaly"] == pytest.approx(results[0].known["cardiomegaly"], abs=1e-6)

@@ -68,6 +68,8 @@ class TritonPythonModel:
                     errors.append("")
                 except ImageReadError as exc:
                     errors.append(str(exc))
+                except Exception as exc:  # any other failure on one item (codec, tag, OpenCV) is that item's error
+                    errors.append(f"item {i}: cannot read image ({type(exc).__name__}: {exc})")
             if all(errors):
                 responses.append(invalid("; ".join(errors)))
                 continue

@@ -436,13 +436,18 @@ def infer_cmd(
     files: Annotated[list[Path], typer.Argument(help="PNG or DICOM files.")],
     url: Annotated[str, typer.Option(help="Triton gRPC address HOST:PORT.")] = "127.0.0.1:8001",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write one row per item (source, view, "
+                                                               "error, every probability by class name).")] = None,
     timeout: Annotated[float, typer.Option(help="Per-call timeout in seconds.")] = 30.0,
     top: Annotated[int, typer.Option(help="Known findings per image in the table (all unseen ones follow).")] = 8,
     labels: Annotated[Path | None, typer.Option(help="Label CSV (ImageID + class columns, e.g. a dev or synthetic "
                                                      "test set): the table marks findings that are truly present "
                                                      "and lists true findings the table left out.")] = None,
 ) -> None:
-    """Send images to the served cxr model over gRPC and print the findings (known and unseen)."""
+    """Send images to the served cxr model over gRPC and print the findings (known and unseen) of every item.
+
+    Every item is reported, also missing files and refused images (with the reason); the exit code is 1 when any
+    item failed, 0 when all were scored."""
     from serving.client import CXRClient
 
     truth: dict[str, set[str]] = {}
@@ -458,8 +463,16 @@ def infer_cmd(
         _fail(f"inference failed: {exc}")
     finally:
         client.close()
+    failed = [r for r in results if r.error]
+    if csv_out is not None:
+        import pandas as pd
+
+        pd.DataFrame([{"source": r.source, "view": r.view, "view_confidence": r.view_confidence, "error": r.error,
+                       **r.known, **r.unseen} for r in results]).to_csv(csv_out, index=False)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        if failed:
+            raise typer.Exit(1)
         return
     for r in results:
         typer.echo(f"\n{r.source}  view={r.view} ({r.view_confidence:.2f})  model={r.model_version}")
@@ -479,6 +492,9 @@ def infer_cmd(
             typer.echo(f"  truly present, not in the table above: {', '.join(missed) if missed else 'none'}")
         elif truth:
             typer.echo("  (not in the label CSV: no truth to show)")
+    if failed:
+        typer.secho(f"\n{len(failed)} of {len(results)} items failed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 mlflow_app = typer.Typer(help="A local MLflow tracking/registry server (SQLite + local or S3 artifacts).",
