@@ -76,7 +76,7 @@ def test_truncated_png_raises_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("payload", "message"),
-    [(b"", "empty"), (b"\x00\x01garbage" * 10, "cannot decode"), (b"\x89PNG\r\n\x1a\n" + b"\x00" * 10, "header")],
+    [(b"", "empty"), (b"\x00\x01garbage" * 10, "not a PNG or DICOM"), (b"\x89PNG\r\n\x1a\n" + b"\x00" * 10, "header")],
 )
 def test_bad_bytes_raise_clear_errors(payload, message):
     with pytest.raises(ImageReadError, match=message):
@@ -102,3 +102,46 @@ def test_nan_input_is_refused():
     img[0, 0] = np.nan
     with pytest.raises(ImageReadError, match="NaN"):
         to_unit_range(img)
+
+
+@pytest.mark.parametrize(("tags", "message"), [
+    ({"Modality": "CT"}, "Modality CT is not a projection radiograph"),
+    ({"Modality": "MR"}, "Modality MR is not a projection radiograph"),
+    ({"Modality": "SEG"}, "Modality SEG"),
+    ({"Modality": "RTDOSE"}, "Modality RTDOSE"),
+    ({"PhotometricInterpretation": "PALETTE COLOR"}, "not a grayscale radiograph"),
+    ({"NumberOfFrames": 3}, "3 frames"),
+])
+def test_non_radiograph_dicoms_are_refused_before_decoding(tmp_path, tags, message):
+    import pydicom
+
+    path = array_to_dicom(_gradient16(16, 16), tmp_path / "x.dcm")
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = b"\x00"  # would fail to decode: the refusal must come from the tags first
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match=message):
+        read_image(path)
+
+
+def test_modality_allow_list_comes_from_the_contract(tmp_path):
+    import pydicom
+
+    path = array_to_dicom(_gradient16(16, 16), tmp_path / "x.dcm")
+    ds = pydicom.dcmread(path)
+    ds.Modality = "RG"  # radiographic imaging (conventional film/screen), off by default
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="accepted: CR, DX"):
+        load_preprocessed(path, PreprocessConfig(size=8))
+    assert load_preprocessed(path, PreprocessConfig(size=8, modalities=("CR", "DX", "RG"))).shape == (8, 8)
+
+
+def test_only_grayscale_png_is_accepted(tmp_path):
+    colour = cv2.imencode(".png", np.zeros((20, 20, 3), np.uint8))[1].tobytes()
+    with pytest.raises(ImageReadError, match="colour type 2 at 8 bits"):
+        decode_image(colour, "upload")
+    for ext in (".jpg", ".tiff", ".bmp", ".webp"):
+        encoded = cv2.imencode(ext, np.zeros((20, 20), np.uint8))[1].tobytes()
+        with pytest.raises(ImageReadError, match="not a PNG or DICOM"):
+            decode_image(encoded, f"upload{ext}")

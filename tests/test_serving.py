@@ -161,12 +161,32 @@ def _bad_cases(tmp_path):
         "wrong rank": ([("PIXELS", np.zeros((1, 2, 40, 40), np.float32), "FP32")], "shape"),
         "empty bytes": ([("IMAGE", obj(b""), "BYTES")], "empty"),
         "truncated png": ([("IMAGE", obj(good[: len(good) // 2]), "BYTES")], "truncated"),
-        "random bytes": ([("IMAGE", obj(np.random.default_rng(1).bytes(500)), "BYTES")], "cannot decode"),
+        "random bytes": ([("IMAGE", obj(np.random.default_rng(1).bytes(500)), "BYTES")], "not a PNG or DICOM"),
+        "CT slice": ([("IMAGE", obj(_dicom_like(tmp_path, Modality="CT")), "BYTES")], "not a projection radiograph"),
+        "ultrasound palette": ([("IMAGE", obj(_dicom_like(tmp_path, Modality="DX",
+                                                          PhotometricInterpretation="PALETTE COLOR")), "BYTES")],
+                               "not a grayscale radiograph"),
+        "colour PNG": ([("IMAGE", obj(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1].tobytes()),
+                         "BYTES")], "colour type 2"),
+        "JPEG": ([("IMAGE", obj(cv2.imencode(".jpg", np.zeros((40, 40), np.uint8))[1].tobytes()), "BYTES")],
+                 "not a PNG or DICOM"),
         "dicom without pixels": ([("IMAGE", obj(no_pixels), "BYTES")], "no pixel data"),
         "decompression bomb": ([("IMAGE", obj(_png_bomb()), "BYTES")], "over the limit"),
         "nan pixels": ([("PIXELS", nan, "FP32")], "NaN"),
         "inf pixels": ([("PIXELS", inf, "FP32")], "NaN or Inf"),
     }
+
+
+def _dicom_like(tmp_path, **tags) -> bytes:
+    """A valid DICOM image with some tags changed (what a PACS sends for CT, ultrasound ...)."""
+    import pydicom
+
+    path = array_to_dicom(np.full((32, 32), 1000, np.uint16), tmp_path / "x.dcm")
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+    return path.read_bytes()
 
 
 def _png_bomb() -> bytes:
@@ -193,7 +213,7 @@ def test_bad_inputs_get_invalid_argument_and_server_stays_ready(server, tmp_path
     mixed = np.array([[_png_bytes()], [b"garbage bytes"], [_png_bytes((50, 30))]], dtype=np.object_)
     response = _raw_request(server, [("IMAGE", mixed, "BYTES")])
     errors = [e[0].decode() for e in response.as_numpy("ERROR")]
-    assert errors[0] == "" and "cannot decode" in errors[1] and errors[2] == ""
+    assert errors[0] == "" and "not a PNG or DICOM" in errors[1] and errors[2] == ""
     probs = response.as_numpy("KNOWN_PROBS")
     assert np.isfinite(probs[[0, 2]]).all() and np.isnan(probs[1]).all()
     import urllib.request

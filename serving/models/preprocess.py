@@ -36,7 +36,7 @@ class TritonPythonModel:
     def _one(self, kind, item, index):
         source = f"item {index}"
         if kind == "IMAGE":
-            img = decode_image(bytes(item), source, self.max_pixels)
+            img = decode_image(bytes(item), source, self.max_pixels, self.task1.modalities)
         else:
             if item.size == 0 or min(item.shape) < 8:
                 raise ImageReadError(f"{source}: image is too small ({item.shape})")

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from cxrlt.data.images import DEFAULT_MAX_PIXELS, DEFAULT_PERCENTILES, PreprocessConfig
+from cxrlt.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MODALITIES, DEFAULT_PERCENTILES, PreprocessConfig
 
 #: Named input normalisations (per-channel mean, std on [0, 1] pixels). ``cxrlt`` is this project's 1-channel
 #: default; ``imagenet`` is timm's ImageNet statistics (seed 000 and HPH); ``clip`` is OpenAI CLIP's;
@@ -51,6 +51,8 @@ class InputConfig(_Strict):
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     scaling: Literal["percentile", "bit_depth"] = "percentile"
     max_pixels: PositiveInt = DEFAULT_MAX_PIXELS
+    #: DICOM modalities accepted as chest radiographs (everything else is refused before decoding)
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
 
     @field_validator("percentiles")
     @classmethod
@@ -66,7 +68,8 @@ class InputConfig(_Strict):
         if len(mean) == 3 and self.channels == 1:
             mean, std = (sum(mean) / 3,), (sum(std) / 3,)
         return PreprocessConfig(size=size, percentiles=tuple(self.percentiles), max_pixels=self.max_pixels,
-                                channels=self.channels, mean=tuple(mean), std=tuple(std), scaling=self.scaling)
+                                channels=self.channels, mean=tuple(mean), std=tuple(std), scaling=self.scaling,
+                                modalities=tuple(self.modalities))
 
 
 class DataConfig(_Strict):

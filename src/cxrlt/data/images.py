@@ -21,6 +21,11 @@ DEFAULT_PERCENTILES = (0.5, 99.5)
 #: Decompression-bomb guard: refuse images with more pixels than this (PadChest images are at most ~4k x 4k).
 DEFAULT_MAX_PIXELS = 64_000_000
 SCALINGS = ("percentile", "bit_depth")
+#: Projection radiography modalities accepted by default (DICOM Modality): computed and digital radiography.
+#: CT, MR, US, SEG, RTDOSE ... are refused before their pixels are decoded.
+DEFAULT_MODALITIES = ("CR", "DX")
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+PNG_GRAYSCALE = 0  # IHDR colour type of a plain grayscale PNG
 
 
 class ImageReadError(ValueError):
@@ -46,6 +51,8 @@ class PreprocessConfig:
     #: ``percentile``: wide images percentile-clipped (robust to markers; seed 000, HPH Task 1); ``bit_depth``:
     #: divided by 255 or 65535 (HPH's CLIP branch)
     scaling: str = "percentile"
+    #: DICOM modalities accepted as chest radiographs (the acceptance policy travels with the bundle)
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
 
     def __post_init__(self):
         if self.scaling not in SCALINGS:
@@ -59,7 +66,8 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict:
         return {"size": self.size, "percentiles": list(self.percentiles), "max_pixels": self.max_pixels,
-                "channels": self.channels, "mean": list(self.mean), "std": list(self.std), "scaling": self.scaling}
+                "channels": self.channels, "mean": list(self.mean), "std": list(self.std), "scaling": self.scaling,
+                "modalities": list(self.modalities)}
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
@@ -72,6 +80,7 @@ class PreprocessConfig:
             mean=tuple(float(v) for v in d.get("mean", (0.5,))),
             std=tuple(float(v) for v in d.get("std", (0.25,))),
             scaling=str(d.get("scaling", "percentile")),
+            modalities=tuple(str(m) for m in d.get("modalities", DEFAULT_MODALITIES)),
         )
 
     def normalize(self, img01: np.ndarray) -> np.ndarray:
@@ -91,28 +100,34 @@ def is_png(data: bytes) -> bool:
     return data[:8] == PNG_SIGNATURE
 
 
-def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode PNG/JPEG or DICOM bytes to a 2-D array (uint8, uint16 or float32 for DICOM after LUTs).
+def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> np.ndarray:
+    """Decode a chest radiograph, a grayscale 8/16-bit PNG or a projection-radiography DICOM, to a 2-D array
+    (uint8, uint16, or float32 for DICOM after its LUTs).
 
-    Raises :class:`ImageReadError` for empty, truncated, random or oversized input.
+    The acceptance policy is checked from the headers before any pixel is decoded: other containers (JPEG, TIFF,
+    WebP, BMP, JPEG 2000 ...) are refused by signature, colour PNGs by their IHDR, and DICOMs that are not a single
+    grayscale frame of an accepted modality (CT, MR, ultrasound, segmentations, RT dose ...) by their tags. Raises
+    :class:`ImageReadError` naming the source and the reason.
     """
     if not data:
         raise ImageReadError(f"{source}: file is empty")
     if is_dicom(data):
-        return _decode_dicom(data, source, max_pixels)
-    if is_png(data):
-        _check_png_header(data, source, max_pixels)
-        if not data.rstrip(b"\x00").endswith(PNG_IEND):
-            raise ImageReadError(f"{source}: PNG is truncated (no IEND chunk at the end of the file)")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        return _decode_dicom(data, source, max_pixels, modalities)
+    if not is_png(data):
+        raise ImageReadError(f"{source}: not a PNG or DICOM file (only grayscale PNG and DICOM projection "
+                             "radiographs are accepted)")
+    _check_png_header(data, source, max_pixels)
+    if not data.rstrip(b"\x00").endswith(PNG_IEND):
+        raise ImageReadError(f"{source}: PNG is truncated (no IEND chunk at the end of the file)")
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
-        kind = "PNG" if is_png(data) else "data (neither PNG, JPEG nor DICOM)"
-        raise ImageReadError(f"{source}: cannot decode {kind}")
+        raise ImageReadError(f"{source}: cannot decode PNG")
     return _to_grayscale(img, source, max_pixels)
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> np.ndarray:
     """Read a radiograph file (PNG 8/16-bit or DICOM) to a 2-D array; see :func:`decode_image`."""
     path = Path(path)
     try:
@@ -121,7 +136,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise ImageReadError(f"{path}: file not found") from None
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read file ({exc.strerror})") from None
-    return decode_image(data, str(path), max_pixels)
+    return decode_image(data, str(path), max_pixels, modalities)
 
 
 def _check_png_header(data: bytes, source: str, max_pixels: int) -> None:
@@ -133,6 +148,10 @@ def _check_png_header(data: bytes, source: str, max_pixels: int) -> None:
         raise ImageReadError(f"{source}: PNG has zero size")
     if width * height > max_pixels:
         raise ImageReadError(f"{source}: image is {width}x{height}, over the limit of {max_pixels} pixels")
+    bit_depth, colour_type = data[24], data[25]
+    if colour_type != PNG_GRAYSCALE or bit_depth not in (8, 16):
+        raise ImageReadError(f"{source}: PNG is colour type {colour_type} at {bit_depth} bits; a radiograph is "
+                             "grayscale at 8 or 16 bits")
 
 
 def _to_grayscale(img: np.ndarray, source: str, max_pixels: int) -> np.ndarray:
@@ -147,7 +166,24 @@ def _to_grayscale(img: np.ndarray, source: str, max_pixels: int) -> np.ndarray:
     return img
 
 
-def _decode_dicom(data: bytes, source: str, max_pixels: int) -> np.ndarray:
+def check_dicom_acceptance(ds, source: str, modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> None:
+    """Refuse (from tags alone) anything but a single grayscale frame of a projection-radiography modality."""
+    modality = str(ds.get("Modality", "")).strip()
+    if modality not in modalities:
+        what = f"Modality {modality}" if modality else "a DICOM without a Modality tag"
+        raise ImageReadError(f"{source}: {what} is not a projection radiograph (accepted: {', '.join(modalities)})")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if samples != 1 or photometric not in MONOCHROME:
+        raise ImageReadError(f"{source}: {photometric} with {samples} samples per pixel is not a grayscale "
+                             "radiograph (MONOCHROME1/2, one sample per pixel)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise ImageReadError(f"{source}: {frames} frames; a radiograph is a single frame")
+
+
+def _decode_dicom(data: bytes, source: str, max_pixels: int,
+                  modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -157,6 +193,12 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int) -> np.ndarray:
         raise ImageReadError(f"{source}: cannot parse DICOM ({exc})") from None
     if "PixelData" not in ds:
         raise ImageReadError(f"{source}: DICOM has no pixel data")
+    try:
+        check_dicom_acceptance(ds, source, modalities)
+    except (TypeError, ValueError) as exc:  # a malformed or multi-valued tag
+        if isinstance(exc, ImageReadError):
+            raise
+        raise ImageReadError(f"{source}: unreadable acceptance tags ({exc})") from None
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     if rows * cols > max_pixels:
         raise ImageReadError(f"{source}: image is {cols}x{rows}, over the limit of {max_pixels} pixels")
@@ -219,7 +261,7 @@ def preprocess_array(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 def load_preprocessed(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
     """Read a file and apply :func:`preprocess_array`; errors name the file."""
-    img = read_image(path, cfg.max_pixels)
+    img = read_image(path, cfg.max_pixels, cfg.modalities)
     try:
         return preprocess_array(img, cfg)
     except ImageReadError as exc:
