@@ -145,3 +145,34 @@ def test_only_grayscale_png_is_accepted(tmp_path):
         encoded = cv2.imencode(ext, np.zeros((20, 20), np.uint8))[1].tobytes()
         with pytest.raises(ImageReadError, match="not a PNG or DICOM"):
             decode_image(encoded, f"upload{ext}")
+
+
+def test_preprocessing_memory_is_bounded_by_input_and_output_not_the_side_squared():
+    """The worst strip the limits accept, and a refused bomb: peak memory stays far below side^2 float32."""
+    import tracemalloc
+
+    from cxrlt.data.images import MAX_SIDE, preprocess_array
+
+    strip = np.random.default_rng(0).integers(0, 4096, (MAX_SIDE, 400), dtype=np.uint16)  # 3.3 M px
+    tracemalloc.start()
+    out = preprocess_array(strip, PreprocessConfig(size=512))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    squared = MAX_SIDE * MAX_SIDE * 4  # 268 MB: what padding to a square before resizing would allocate
+    assert out.shape == (512, 512) and peak < 8 * strip.size * 4 and peak < squared / 10
+    bomb = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + (40000).to_bytes(4, "big") + \
+        (1600).to_bytes(4, "big") + bytes([8, 0, 0, 0, 0]) + b"\x00" * 4
+    tracemalloc.start()
+    with pytest.raises(ImageReadError, match="per side"):
+        decode_image(bomb, "strip.png")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1_000_000  # refused from the header: nothing decoded
+
+
+def test_fit_square_keeps_aspect_and_centres():
+    from cxrlt.data.images import fit_square
+
+    img = np.ones((100, 50), np.float32)
+    sq = fit_square(img, 20)
+    assert sq.shape == (20, 20) and sq[:, :5].sum() == 0 and sq[:, 5:15].min() == 1 and sq[:, 15:].sum() == 0

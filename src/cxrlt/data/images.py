@@ -20,6 +20,8 @@ DICOM_MAGIC_OFFSET = 128
 DEFAULT_PERCENTILES = (0.5, 99.5)
 #: Decompression-bomb guard: refuse images with more pixels than this (PadChest images are at most ~4k x 4k).
 DEFAULT_MAX_PIXELS = 64_000_000
+#: Longest side accepted (PadChest radiographs are at most 4280 x 4280; shared/notes/padchest_facts.md).
+MAX_SIDE = 8192
 SCALINGS = ("percentile", "bit_depth")
 #: Projection radiography modalities accepted by default (DICOM Modality): computed and digital radiography.
 #: CT, MR, US, SEG, RTDOSE ... are refused before their pixels are decoded.
@@ -139,6 +141,14 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     return decode_image(data, str(path), max_pixels, modalities)
 
 
+def _check_size(width: int, height: int, source: str, max_pixels: int) -> None:
+    """Header-level limits, checked before any pixel is decoded: pixel count and longest side."""
+    if width * height > max_pixels:
+        raise ImageReadError(f"{source}: image is {width}x{height}, over the limit of {max_pixels} pixels")
+    if max(width, height) > MAX_SIDE:
+        raise ImageReadError(f"{source}: image is {width}x{height}, over the limit of {MAX_SIDE} pixels per side")
+
+
 def _check_png_header(data: bytes, source: str, max_pixels: int) -> None:
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise ImageReadError(f"{source}: PNG header is damaged")
@@ -146,8 +156,7 @@ def _check_png_header(data: bytes, source: str, max_pixels: int) -> None:
     height = int.from_bytes(data[20:24], "big")
     if width == 0 or height == 0:
         raise ImageReadError(f"{source}: PNG has zero size")
-    if width * height > max_pixels:
-        raise ImageReadError(f"{source}: image is {width}x{height}, over the limit of {max_pixels} pixels")
+    _check_size(width, height, source, max_pixels)
     bit_depth, colour_type = data[24], data[25]
     if colour_type != PNG_GRAYSCALE or bit_depth not in (8, 16):
         raise ImageReadError(f"{source}: PNG is colour type {colour_type} at {bit_depth} bits; a radiograph is "
@@ -161,8 +170,7 @@ def _to_grayscale(img: np.ndarray, source: str, max_pixels: int) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.shape[2] == 3 else img[:, :, 0]
     if img.ndim != 2 or img.size == 0:
         raise ImageReadError(f"{source}: expected a 2-D grayscale image, got shape {img.shape}")
-    if img.size > max_pixels:
-        raise ImageReadError(f"{source}: image is {img.shape[1]}x{img.shape[0]}, over the limit of {max_pixels} pixels")
+    _check_size(img.shape[1], img.shape[0], source, max_pixels)
     return img
 
 
@@ -200,8 +208,7 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int,
             raise
         raise ImageReadError(f"{source}: unreadable acceptance tags ({exc})") from None
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    if rows * cols > max_pixels:
-        raise ImageReadError(f"{source}: image is {cols}x{rows}, over the limit of {max_pixels} pixels")
+    _check_size(cols, rows, source, max_pixels)
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -247,16 +254,22 @@ def pad_to_square(img: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(img, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)
 
 
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+def fit_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the longest side is ``size`` (aspect kept), then zero-pad the short side to a centred square.
+
+    Resizing first keeps memory proportional to the input plus the output, never to the longest side squared (a
+    40000 x 1600 strip padded first would be a 6.4 GB float32 square)."""
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return pad_to_square(img)
 
 
 def preprocess_array(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Raw 2-D array -> float32 [0, 1] square image of ``cfg.size`` (the training/serving input)."""
-    return resize_square(pad_to_square(to_unit_range(img, cfg.percentiles, cfg.scaling)), cfg.size)
+    return fit_square(to_unit_range(img, cfg.percentiles, cfg.scaling), cfg.size)
 
 
 def load_preprocessed(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
