@@ -18,7 +18,7 @@ from components.split_projection.component import split_projection
 from components.train_member.component import train_member
 from components.train_zeroshot.component import train_zeroshot
 from components.validate_data.component import validate_data
-from cxrlt.platform import S3_SECRET_KEYS, SECRETS
+from cxrlt.platform import MLFLOW_CLIENT_KEYS, S3_SECRET_KEYS, SECRETS
 
 DEFAULT_JOBS = [{"view": v, "member": m} for v in ("frontal", "lateral", "mixed") for m in ("pcam", "swin")]
 CACHE_PVC = "cxrlt-cache"
@@ -32,6 +32,9 @@ def _cluster_settings(task, gpu: bool = False, s3: bool = True):
                                    size_limit="8Gi")
     if s3:
         kubernetes.use_secret_as_env(task, secret_name=SECRETS["s3"], secret_key_to_env={k: k for k in S3_SECRET_KEYS})
+    # every step may talk to the registry (training logs, registration): MLflow basic-auth credentials
+    kubernetes.use_secret_as_env(task, secret_name=SECRETS["mlflow_client"],
+                                 secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})
     kubernetes.mount_pvc(task, pvc_name=CACHE_PVC, mount_path="/data")
     return task
 
@@ -72,3 +75,5 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
         registered.set_caching_options(False)
         kubernetes.use_secret_as_env(registered, secret_name=SECRETS["s3"],
                                      secret_key_to_env={k: k for k in S3_SECRET_KEYS})
+        kubernetes.use_secret_as_env(registered, secret_name=SECRETS["mlflow_client"],
+                                     secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})

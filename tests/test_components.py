@@ -125,7 +125,7 @@ def test_compiled_pipelines(tmp_path):
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert any("emptyDirMounts" in e for e in k8s.values())
     assert any(s.get("secretName") == P.SECRETS["s3"] for e in k8s.values() for s in e.get("secretAsEnv", []))
-    promotion = yaml.safe_load(paths[1].read_text())
+    promotion = next(yaml.safe_load_all(paths[1].read_text()))  # IR first, then its kubernetes platform spec
     assert promotion["pipelineInfo"]["name"] == "cxrlt-promotion"
 
 

@@ -80,9 +80,8 @@ def test_names_ports_images_and_secrets_agree_with_platform(rendered):
     assert "--workers=1" in mlflow["args"]
     assert any(f"{P.MLFLOW_SERVICE}.{P.NAMESPACE}.svc.cluster.local" in a for a in mlflow["args"])
     secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in mlflow["env"] if "valueFrom" in e}
-    expected = {P.SECRETS["mlflow_db"], P.SECRETS["s3"]} | ({P.SECRETS["mlflow_auth"]} if overlay == "prod" else set())
-    assert secrets == expected
-    assert ("--app-name=basic-auth" in mlflow["args"]) == (overlay == "prod")
+    assert secrets == {P.SECRETS["mlflow_db"], P.SECRETS["s3"], P.SECRETS["mlflow_auth"]}
+    assert "--app-name=basic-auth" in mlflow["args"]  # in every overlay, dev included
     assert all(d["metadata"].get("namespace", P.NAMESPACE) == P.NAMESPACE for d in docs if d["kind"] != "Namespace")
 
 
@@ -164,3 +163,36 @@ def test_triton_init_container_gets_no_object_storage_keys(rendered):
     _, docs = rendered
     init = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["initContainers"][0]
     assert not [e for e in init.get("env", []) if e["name"].startswith("AWS_") or "S3" in e["name"]]
+
+
+def test_registry_clients_get_mlflow_credentials_from_the_secret(rendered, tmp_path):
+    """MLflow runs basic auth everywhere; its auth store config is a read-only Secret mount, and every client (the
+    Triton init container, every pipeline step, TrainJobs) gets MLFLOW_TRACKING_USERNAME/PASSWORD from a Secret."""
+    from kfp import compiler
+
+    from cxrlt.launch import trainjob_body
+    from pipelines.promotion_pipeline import promotion_pipeline
+    from pipelines.training_pipeline import training_pipeline
+
+    _, docs = rendered
+
+    def from_secret(env):
+        return {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+
+    mlflow = _by_kind(docs, "Deployment", P.MLFLOW_SERVICE)["spec"]["template"]["spec"]
+    auth = next(m for m in mlflow["containers"][0]["volumeMounts"] if m["name"] == "auth")
+    assert auth["readOnly"] and any(e["name"] == "MLFLOW_AUTH_CONFIG_PATH" and e["value"].startswith(auth["mountPath"])
+                                    for e in mlflow["containers"][0]["env"])
+    init = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["initContainers"][0]
+    assert {k: from_secret(init["env"]).get(k) for k in P.MLFLOW_CLIENT_KEYS} == \
+        dict.fromkeys(P.MLFLOW_CLIENT_KEYS, P.SECRETS["mlflow_client"])
+    assert {k: from_secret(trainjob_body("j", ["train"])["spec"]["trainer"]["env"]).get(k)
+            for k in P.MLFLOW_CLIENT_KEYS} == dict.fromkeys(P.MLFLOW_CLIENT_KEYS, P.SECRETS["mlflow_client"])
+    for pipeline in (training_pipeline, promotion_pipeline):
+        package = tmp_path / f"{pipeline.name}.yaml"
+        compiler.Compiler().compile(pipeline, str(package))
+        platform = list(yaml.safe_load_all(package.read_text()))[-1]["platforms"]["kubernetes"]["deploymentSpec"]
+        for executor, spec in platform["executors"].items():
+            names = {m["secretName"] if "secretName" in m else m.get("secretNameParameter", {}).get("runtimeValue",
+                     {}).get("constant") for m in spec.get("secretAsEnv", [])}
+            assert P.SECRETS["mlflow_client"] in names, executor

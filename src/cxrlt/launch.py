@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from cxrlt.platform import IMAGES, NAMESPACE, TRAINER_API, TRAINJOB_RUNTIME
+from cxrlt.platform import IMAGES, MLFLOW_CLIENT_KEYS, NAMESPACE, SECRETS, TRAINER_API, TRAINJOB_RUNTIME
 
 LAUNCHERS = ("local", "trainjob")
 
@@ -61,7 +61,10 @@ def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_no
             "trainer": {"image": image or IMAGES["train"], "command": ["cxrlt"], "args": cli_args,
                         "numNodes": num_nodes,
                         "resourcesPerNode": {"limits": {"nvidia.com/gpu": str(gpus_per_node)}},
-                        "env": [{"name": k, "value": str(v)} for k, v in (env or {}).items()]},
+                        # the registry credentials (MLflow basic auth) come from their Secret, never inline
+                        "env": [{"name": k, "value": str(v)} for k, v in (env or {}).items()]
+                        + [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRETS["mlflow_client"], "key": k}}}
+                           for k in MLFLOW_CLIENT_KEYS]},
         },
     }
 

@@ -29,8 +29,11 @@ MLFLOW_TRACKING_URI = f"http://{MLFLOW_SERVICE}.{NAMESPACE}.svc.cluster.local:{M
 SECRETS = {
     "mlflow_db": "cxrlt-mlflow-db",  # key: uri (postgresql://...)
     "s3": "cxrlt-s3",  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL
-    "mlflow_auth": "cxrlt-mlflow-auth",  # keys: MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_ADMIN_PASSWORD
+    "mlflow_auth": "cxrlt-mlflow-auth",  # keys: MLFLOW_FLASK_SERVER_SECRET_KEY, basic_auth.ini (server side)
+    # keys: MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD: the account every registry client uses
+    "mlflow_client": "cxrlt-mlflow-client",
 }
+MLFLOW_CLIENT_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
 
 REGISTERED_MODEL = "cxrlt-bundle"
