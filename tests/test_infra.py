@@ -196,3 +196,11 @@ def test_registry_clients_get_mlflow_credentials_from_the_secret(rendered, tmp_p
             names = {m["secretName"] if "secretName" in m else m.get("secretNameParameter", {}).get("runtimeValue",
                      {}).get("constant") for m in spec.get("secretAsEnv", [])}
             assert P.SECRETS["mlflow_client"] in names, executor
+
+
+def test_trainjob_pods_may_reach_mlflow(rendered):
+    _, docs = rendered
+    rule = _by_kind(docs, "NetworkPolicy", "mlflow-ingress")["spec"]["ingress"][0]
+    selectors = [f["podSelector"] for f in rule["from"] if "podSelector" in f]
+    assert {"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"} in [
+        e for s in selectors for e in s.get("matchExpressions", [])]
