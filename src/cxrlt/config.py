@@ -133,7 +133,9 @@ class AugmentSettings(_Strict):
     clahe_clip: PositiveFloat = 2.0
 
 
-class TrainConfig(_Strict):
+class _Optimisation(_Strict):
+    """AdamW + warm-up cosine schedule + EMA: the keys Task 1 training and the zero-shot CLIP share."""
+
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-3
@@ -143,6 +145,9 @@ class TrainConfig(_Strict):
     warmup_lr_ratio: Fraction = 0.01
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
+
+
+class TrainConfig(_Optimisation):
     loss: Literal["bce", "asl", "asl_weighted", "db"] = "asl"
     loss_kwargs: dict[str, Any] = {}
     sampler: Literal["repeat_factor", "none"] = "repeat_factor"
@@ -210,7 +215,7 @@ class ASLSettings(_Strict):
     clip: Annotated[float, Field(ge=0, lt=1)] = 0.05
 
 
-class ZeroShotConfig(_Strict):
+class ZeroShotConfig(_Optimisation):
     """Task 2 CLIP. ``model``: ``tiny`` (small conv-tower CLIP, CPU) or an open_clip architecture name
     (``ViT-B-32-quickgelu`` for CheXzero, ``ViT-L-14`` ...), whose image size and context length come from
     open_clip's own model config."""
@@ -229,14 +234,8 @@ class ZeroShotConfig(_Strict):
     asl: ASLSettings = ASLSettings()
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 64
-    lr: PositiveFloat = 1e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.05
-    warmup_epochs: Annotated[float, Field(ge=0)] = 1
-    min_lr_ratio: Fraction = 0.01
-    warmup_lr_ratio: Fraction = 0.01
     cosine_t_max: PositiveInt | None = Field(default=None, description="cosine period in epochs; null = epochs")
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0
     prompts: Literal["names", "descriptions", "hybrid"] = "hybrid"
     scoring: Literal["sigmoid", "softmax_pn"] = "sigmoid"
     sigmoid_scale: PositiveFloat = 5.0
