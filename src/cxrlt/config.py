@@ -350,5 +350,4 @@ def pipeline_jobs(cfg: dict) -> list[dict]:
 
 def config_hash(cfg: dict | Profile) -> str:
     """Hash of the validated profile (defaults filled in), so equal profiles hash equally however written."""
-    data = load_config(cfg) if isinstance(cfg, Profile) else load_config(cfg)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(load_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]

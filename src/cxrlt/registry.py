@@ -323,10 +323,3 @@ def resolve_version(model_uri: str, tracking_uri: str | None = None) -> tuple[st
     if not version.isdigit():
         raise RegistryError(f"{model_uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
     return name, version
-
-
-def version_of(model_uri: str, tracking_uri: str | None = None) -> str:
-    """``models:/name@alias`` -> "name/version" (served as the model version string)."""
-    client = _client(tracking_uri)
-    name, _, alias = model_uri.removeprefix("models:/").partition("@")
-    return f"{name}/{client.get_model_version_by_alias(name, alias).version}"

@@ -111,6 +111,11 @@ def _how_to_mirror(spec: str, family: str, arch: str | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ resolution
+def _mirror_names(tag: str, family: str, arch: str | None) -> list[str]:
+    """Mirror names a tag is stored under, the canonical one first: open_clip tags are per architecture."""
+    return [tag] if family == "timm" or arch is None else [f"{arch}.{tag}", tag]
+
+
 def resolve(spec: str, family: str = "timm", arch: str | None = None, mirror: str | None = None,
             use_mirror: bool = True) -> ResolvedWeights:
     """Find the weight file for ``spec`` (see the module docstring) and return it as a local file.
@@ -132,7 +137,7 @@ def resolve(spec: str, family: str = "timm", arch: str | None = None, mirror: st
         return _from_mlflow(spec)
     looked: list[str] = []
     uri = mirror_uri(mirror) if use_mirror else None
-    names = [spec] if family == "timm" or arch is None else [f"{arch}.{spec}", spec]
+    names = _mirror_names(spec, family, arch)
     if uri:
         for name in names:
             found = fetch_from_mirror(uri, name)
@@ -266,8 +271,7 @@ def mirror_weights(spec: str, to: str, name: str | None = None, family: str = "t
 
     resolved = resolve(spec, family, arch, use_mirror=False)
     if name is None:
-        name = (f"{arch}.{spec}" if family == "open_clip" else spec) if spec_kind(spec) == "tag" else \
-            resolved.path.stem
+        name = _mirror_names(spec, family, arch)[0] if spec_kind(spec) == "tag" else resolved.path.stem
     if not _NAME.match(name):
         raise ValueError(f"mirror name {name!r}: use letters, digits and . _ @ + - (no slashes)")
     bucket, prefix = storage.parse_s3(to)

@@ -95,7 +95,9 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
 
     store = ImageStore(Path(req.data_dir) / IMAGES_DIR, PreprocessConfig.from_dict(zs["preprocess"]), req.cache_dir)
     if cfg["data"].get("preload", True):
-        store.preload(pd.concat([train_df["ImageID"], val_df["ImageID"]]), progress=req.progress and info.is_main)
+        # training-free (HPH): only the validation images are read
+        ids = [train_df["ImageID"], val_df["ImageID"]] if zs["train"] else [val_df["ImageID"]]
+        store.preload(pd.concat(ids), progress=req.progress and info.is_main)
     train_ds = ManifestDataset(train_df, store, y_train, AugmentConfig.from_dict(zs["augment"]), seed)
     val_ds = ManifestDataset(val_df, store, y_val)
     sampler = EpochShardedSampler(len(train_ds), None, seed, info.rank, info.world_size)
