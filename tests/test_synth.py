@@ -34,7 +34,8 @@ def test_challenge_file_format(synth_data):
         df = pd.read_csv(synth_data / name, dtype={"ImageID": str})
         assert list(df.columns) == ["ImageID", *KNOWN_CLASSES, *UNSEEN_CLASSES]
     meta = pd.read_csv(synth_data / PADCHEST_METADATA_CSV, dtype=str)
-    assert list(meta.columns[:2]) == ["ImageID", "PatientID"] and "Projection" in meta.columns
+    assert list(meta.columns) == list(S.MASTER_COLUMNS), "the PadChest master CSV layout"
+    assert list(meta.columns[:5]) == ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID"]
     assert set(meta["Projection"]) >= {"PA", "AP", "L"}
     for image_id in meta["ImageID"]:
         assert (synth_data / "images" / image_id).exists()

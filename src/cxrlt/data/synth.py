@@ -160,13 +160,30 @@ PHYSICIAN_LABEL_RATE = 0.243
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
 
 
+#: PadChest's projection mix (shared/notes/padchest_facts.md): per study one frontal image (PA 57.0 %, AP_horizontal
+#: 8.9 %, AP 2.8 % of all images) and a lateral one for most PA studies (L 30.8 %). COSTAL, EXCLUDE and UNK images
+#: (0.4 %, 11 and 8 images in PadChest) must be excluded by the split; their rates are raised here so that a few
+#: hundred synthetic images already contain some.
+FRONTAL_PROJECTIONS = {"PA": 0.57, "AP_horizontal": 0.089, "AP": 0.028}
+EXCLUDED_PROJECTIONS = {"COSTAL": 0.006, "EXCLUDE": 0.003, "UNK": 0.003}
+#: P(a lateral image | frontal projection): PA studies mostly come as PA + L pairs, bedside AP ones rarely.
+LATERAL_GIVEN_FRONTAL = {"PA": 0.52, "AP_horizontal": 0.05, "AP": 0.1}
+#: Studies per patient: PadChest has mean 1.63, median 1, max 116 (a long tail of frequently imaged patients);
+#: a Zipf law with exponent 2.6 has mean ~1.66 and median 1.
+STUDIES_ZIPF_A, MAX_STUDIES = 2.6, 116
+#: BitsStored: 12 bits for 89.6 % of PadChest images, 10 bits for the rest; both stored in 16-bit PNGs.
+TEN_BIT_RATE = 0.104
+#: Columns / rows: PadChest images range from 612 to 4280 columns around a median near square.
+WIDTH_RANGE = (0.8, 1.15)
+FIRST_DAY, LAST_DAY = np.datetime64("2007-05-01"), np.datetime64("2017-11-30")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     n_images: int = 1000
     size: int = 256
     seed: int = 0
     faulty: bool = False
-    lateral_rate: float = 0.45
     workers: int = 1
 
 
@@ -176,11 +193,17 @@ class _ImageSpec:
     index: int
     image_id: str
     patient_id: str
+    study_id: str
     study_date: str
     projection: str
     split: str
     findings: tuple[str, ...]
     anatomy_seed: int
+    bits_stored: int
+    sex: str
+    birth_year: int
+    height: int = 0
+    width: int = 0
 
 
 def _digits(rng: np.random.Generator, n: int) -> str:
@@ -197,8 +220,28 @@ def _sample_findings(rng: np.random.Generator, scale: float = 1.0) -> set[str]:
     return present
 
 
+def _study_views(rng: np.random.Generator) -> list[str]:
+    """The projections of one study: a frontal image (or an excluded one) and often a lateral."""
+    kinds = {**FRONTAL_PROJECTIONS, **EXCLUDED_PROJECTIONS}
+    names, weights = list(kinds), np.array(list(kinds.values()))
+    first = str(rng.choice(names, p=weights / weights.sum()))
+    lateral = first in LATERAL_GIVEN_FRONTAL and rng.random() < LATERAL_GIVEN_FRONTAL[first]
+    return [first, "L"] if lateral else [first]
+
+
+def _study_dates(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` study dates of one patient, in order, spread over months to years inside PadChest's 2007-2017 range."""
+    span = int((LAST_DAY - FIRST_DAY).astype(int))
+    day = int(rng.integers(0, span))
+    days = [day]
+    for _ in range(n - 1):
+        day = min(span, day + 1 + int(rng.exponential(240)))
+        days.append(day)
+    return [str(FIRST_DAY + np.timedelta64(d, "D")).replace("-", "") for d in days]
+
+
 def _plan(cfg: SynthConfig) -> list[_ImageSpec]:
-    """Patients -> studies -> views, until ``n_images`` images; patients are assigned to one split."""
+    """Patients -> studies (over years) -> views, until ``n_images`` images; patients are assigned to one split."""
     rng = np.random.default_rng([cfg.seed, 0])
     specs: list[_ImageSpec] = []
     splits, weights = list(SPLIT_FRACTIONS), np.array(list(SPLIT_FRACTIONS.values()))
@@ -207,20 +250,25 @@ def _plan(cfg: SynthConfig) -> list[_ImageSpec]:
         split = str(rng.choice(splits, p=weights))
         anatomy_seed = int(rng.integers(2**31))
         findings = _sample_findings(rng)
-        for study in range(int(rng.integers(1, 4))):
+        n_studies = int(min(MAX_STUDIES, rng.zipf(STUDIES_ZIPF_A)))
+        sex, birth_year = str(rng.choice(["F", "M"])), int(rng.integers(1925, 2000))
+        for study, date in enumerate(_study_dates(rng, n_studies)):
             if study:
                 kept = {f for f in findings if f in CHRONIC or rng.random() < 0.5}
                 findings = kept | _sample_findings(rng, 0.5)
-            date = f"{int(rng.integers(2009, 2018))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}"
-            frontal = str(rng.choice(["PA", "AP", "AP_horizontal", "COSTAL"], p=[0.7, 0.17, 0.11, 0.02]))
-            views = [frontal] + (["L"] if rng.random() < cfg.lateral_rate else [])
-            stem = _digits(rng, 38)
-            for k, projection in enumerate(views):
+            stem, study_id = _digits(rng, 38), _digits(rng, 32)
+            bits = 10 if rng.random() < TEN_BIT_RATE else 12
+            for k, projection in enumerate(_study_views(rng)):
                 if len(specs) == cfg.n_images:
                     break
                 image_id = f"{stem}_{k:02d}-{_digits(rng, 3)}-{_digits(rng, 3)}.png"
-                specs.append(_ImageSpec(len(specs), image_id, patient_id, date, projection, split,
-                                        tuple(sorted(findings)), anatomy_seed))
+                # rows = size (the cache and tests rely on it); columns vary like real detectors and cassettes
+                width = int(round(cfg.size * rng.uniform(*WIDTH_RANGE)))
+                specs.append(_ImageSpec(len(specs), image_id, patient_id, study_id, date, projection, split,
+                                        tuple(sorted(findings)), anatomy_seed, bits, sex, birth_year, cfg.size,
+                                        width))
+            if len(specs) == cfg.n_images:
+                break
     return specs
 
 
@@ -266,24 +314,31 @@ def _anatomy(view: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return canvas
 
 
+#: Finding radius as a fraction of the image side. Findings are drawn large enough to be visible at 64 px, the
+#: demo's input side (a synthetic choice: real small findings need the paper profile's 512 px).
+RADIUS = {"large": 0.11, "small": 0.075}
+
+
 def _finding_mask(pattern: FindingPattern, view: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A finding's footprint. A lateral view projects the chest sideways: positions follow the lateral anatomy and
+    shapes are compressed front-to-back (x), so a view specialist sees a consistently different picture."""
     centres = _LATERAL_CENTRES if view == "lateral" else _FRONTAL_CENTRES
     cx, cy = centres[pattern.location]
     side = min(h, w)
     cx, cy = (cx + rng.normal(0, 0.02)) * w, (cy + rng.normal(0, 0.02)) * h
-    r = side * (0.1 if pattern.extent == "large" else 0.06) * rng.uniform(0.85, 1.15)
+    r = side * RADIUS[pattern.extent] * rng.uniform(0.85, 1.15)
     vertical = pattern.location == "spine"
     angle = (90.0 if vertical else 0.0) + rng.uniform(-25, 25)
     mask = np.zeros((h, w), np.float32)
     c = (int(cx), int(cy))
-    thick = max(1, int(r / 3))
+    thick = max(2, int(r / 2.5))
     if pattern.shape == "round":
         cv2.circle(mask, c, max(1, int(r)), 1.0, -1, cv2.LINE_AA)
     elif pattern.shape == "linear":
         t = np.deg2rad(angle)
         d = np.array([np.cos(t), np.sin(t)]) * 1.6 * r
         cv2.line(mask, (int(cx - d[0]), int(cy - d[1])), (int(cx + d[0]), int(cy + d[1])), 1.0,
-                 max(1, int(r / 4)), cv2.LINE_AA)
+                 max(2, int(r / 3)), cv2.LINE_AA)
     elif pattern.shape == "wedge":
         t = np.deg2rad(angle)
         tip = np.array([cx, cy]) + np.array([np.cos(t), np.sin(t)]) * 1.3 * r
@@ -300,28 +355,35 @@ def _finding_mask(pattern: FindingPattern, view: str, h: int, w: int, rng: np.ra
     else:  # curved
         axes = (int(1.2 * r), int(0.7 * r)) if not vertical else (int(0.5 * r), int(2.0 * r))
         cv2.ellipse(mask, c, axes, angle - (90.0 if vertical else 0.0), 200, 340, 1.0, thick, cv2.LINE_AA)
+    if view == "lateral" and not vertical:  # seen from the side: thinner front-to-back
+        squash = cv2.getRotationMatrix2D((cx, cy), 0.0, 1.0)
+        squash[0, 0], squash[0, 2] = 0.6, 0.4 * cx
+        mask = cv2.warpAffine(mask, squash, (w, h))
     return cv2.GaussianBlur(mask, (0, 0), max(0.6, r / 8))
 
 
 def render(spec: _ImageSpec, size: int, index_seed: tuple[int, int]) -> np.ndarray:
-    """Render one radiograph as 16-bit pixels with a narrow range, noise and (often) a burned-in marker."""
+    """Render one radiograph: 10- or 12-bit values in a 16-bit PNG with a narrow, image-dependent window, noise and
+    (often) a burned-in marker at the top of the stored range, as in PadChest."""
     rng = np.random.default_rng(index_seed)
     anatomy_rng = np.random.default_rng([spec.anatomy_seed, 0 if spec.projection != "L" else 1])
     view = "lateral" if spec.projection == "L" else "frontal"
-    h = size
-    w = int(round(size * rng.uniform(0.82, 1.0)))  # non-square like real detectors; padding is exercised
+    h = spec.height or size
+    w = spec.width or int(round(size * rng.uniform(*WIDTH_RANGE)))
     img = _anatomy(view, h, w, anatomy_rng)
+    overlap = 0.85 if view == "lateral" else 1.0  # both lungs superimpose in a lateral view: lower contrast
     for name in spec.findings:
-        amplitude = rng.uniform(0.28, 0.45) * (1 if FINDING_PATTERNS[name].density == "dense" else -1)
+        amplitude = rng.uniform(0.28, 0.45) * overlap * (1 if FINDING_PATTERNS[name].density == "dense" else -1)
         img += amplitude * _finding_mask(FINDING_PATTERNS[name], view, h, w, rng)
     img = cv2.GaussianBlur(img, (0, 0), 0.6 * size / 256)
     img = img * rng.uniform(0.9, 1.1) + rng.normal(0, 0.02, img.shape).astype(np.float32)
-    lo, span = rng.uniform(4000, 12000), rng.uniform(2500, 9000)
-    pixels = np.clip(lo + np.clip(img, 0, 1.2) * span, 0, 65535)
-    if rng.random() < 0.6:  # burned-in laterality marker at full scale, < 0.5 % of pixels
+    top = 2**spec.bits_stored - 1
+    lo, span = rng.uniform(0.05, 0.25) * top, rng.uniform(0.35, 0.6) * top
+    pixels = np.clip(lo + np.clip(img, 0, 1.2) * span, 0, top)
+    if rng.random() < 0.6:  # burned-in laterality marker at the top of the stored range, < 0.5 % of pixels
         m = max(2, size // 24)
         x0 = int(rng.uniform(0.03, 0.15) * w)
-        pixels[int(0.04 * h) : int(0.04 * h) + m, x0 : x0 + m // 2] = 65535
+        pixels[int(0.04 * h) : int(0.04 * h) + m, x0 : x0 + m // 2] = top
     return pixels.astype(np.uint16)
 
 
@@ -343,6 +405,35 @@ def _label_frame(specs: list[_ImageSpec], classes: tuple[str, ...]) -> pd.DataFr
     return pd.DataFrame(rows, columns=list(classes)).astype(np.int8)
 
 
+#: The PadChest master CSV's columns that the generator fills, in the master file's order.
+MASTER_COLUMNS = ("ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth",
+                  "PatientSex_DICOM", "ViewPosition_DICOM", "Projection", "MethodProjection", "Pediatric",
+                  "Modality_DICOM", "PhotometricInterpretation_DICOM", "BitsStored_DICOM", "Rows_DICOM",
+                  "Columns_DICOM", "MethodLabel", "Labels")
+_VIEW_POSITION = {"PA": "POSTEROANTERIOR", "L": "LATERAL", "AP": "ANTEROPOSTERIOR", "AP_horizontal": "ANTEROPOSTERIOR"}
+
+
+def _master_table(specs: list[_ImageSpec], rng: np.random.Generator) -> pd.DataFrame:
+    """Metadata in the PadChest master CSV's layout. ``Labels`` lists the *known* findings only (lower case, a Python
+    list string, ``['normal']`` when there are none): unseen findings must not reach training through metadata."""
+    known = set(KNOWN_CLASSES) - {NORMAL}
+    rows = []
+    for s in specs:
+        labels = sorted(f.lower() for f in s.findings if f in known) or ["normal"]
+        age = int(s.study_date[:4]) - s.birth_year
+        rows.append({
+            "ImageID": s.image_id, "ImageDir": s.index % 50, "StudyDate_DICOM": s.study_date, "StudyID": s.study_id,
+            "PatientID": s.patient_id, "PatientBirth": float(s.birth_year), "PatientSex_DICOM": s.sex,
+            "ViewPosition_DICOM": _VIEW_POSITION.get(s.projection, ""), "Projection": s.projection,
+            "MethodProjection": "Manual review of DICOM fields", "Pediatric": "PED" if age < 18 else "",
+            "Modality_DICOM": "CR" if rng.random() < 0.925 else "DX", "PhotometricInterpretation_DICOM": "MONOCHROME2",
+            "BitsStored_DICOM": s.bits_stored, "Rows_DICOM": s.height, "Columns_DICOM": s.width,
+            "MethodLabel": "Physician" if rng.random() < PHYSICIAN_LABEL_RATE else "RNN_model",
+            "Labels": str(labels),
+        })
+    return pd.DataFrame(rows, columns=list(MASTER_COLUMNS))
+
+
 def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> dict:
     """Write the dataset to ``out`` and return a summary (also saved as ``synth_manifest.json``)."""
     out = Path(out)
@@ -360,12 +451,7 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> dict:
             bar.update()
     bar.close()
 
-    method_rng = np.random.default_rng([cfg.seed, 4])
-    meta = pd.DataFrame({"ImageID": [s.image_id for s in specs], "PatientID": [s.patient_id for s in specs],
-                         "StudyDate_DICOM": [s.study_date for s in specs],
-                         "Projection": [s.projection for s in specs],
-                         "MethodLabel": np.where(method_rng.random(len(specs)) < PHYSICIAN_LABEL_RATE, "Physician",
-                                                 "RNN_model")})
+    meta = _master_table(specs, np.random.default_rng([cfg.seed, 4]))
     meta.to_csv(out / PADCHEST_METADATA_CSV, index=False)
 
     noise_rng = np.random.default_rng([cfg.seed, 2])
@@ -383,6 +469,7 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> dict:
                         _label_frame(part, KNOWN_CLASSES + UNSEEN_CLASSES)], axis=1)
         df.to_csv(out / name, index=False)
 
+    studies = meta.groupby("PatientID")["StudyID"].nunique()
     defects = plant_defects(out, np.random.default_rng([cfg.seed, 3])) if cfg.faulty else []
     summary = {
         "generator": "cxrlt synthetic CXR-LT (synthetic data, not PadChest)",
@@ -390,7 +477,11 @@ def generate(out: str | Path, cfg: SynthConfig, progress: bool = True) -> dict:
         "n_images": len(specs),
         "splits": {k: sum(s.split == k for s in specs) for k in SPLIT_FRACTIONS},
         "n_patients": int(meta["PatientID"].nunique()),
+        "n_studies": int(meta["StudyID"].nunique()),
+        "studies_per_patient": {"mean": round(float(studies.mean()), 3), "median": float(studies.median()),
+                                "max": int(studies.max())},
         "projections": meta["Projection"].value_counts().to_dict(),
+        "bits_stored": {int(k): int(v) for k, v in meta["BitsStored_DICOM"].value_counts().items()},
         "train_positive_counts": {c: int(train_df[c].sum()) for c in KNOWN_CLASSES},
         "patterns": {k: asdict(v) | {"description": v.describe()} for k, v in FINDING_PATTERNS.items()},
         "planted_defects": defects,
