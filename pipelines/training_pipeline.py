@@ -42,10 +42,11 @@ def _cluster_settings(task, gpu: bool = False, s3: bool = True):
 @dsl.pipeline(name="cxrlt-training", description="Retrain the CXR-LT ensemble and zero-shot model; register a "
                                                   "challenger when the evaluation gate passes.")
 def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list = DEFAULT_JOBS,
-                      min_map: float = 0.1, max_ece: float = 0.5, launcher: str = "local", nproc: int = 1,
+                      min_map: float = 0.1, min_mauroc: float = 0.75, max_ece: float = 0.15,
+                      min_unseen_lift: float = 1.5, launcher: str = "local", nproc: int = 1,
                       epochs: int = 0, zeroshot_epochs: int = 0, cache_size: int = 64, eval_split: str = "dev",
                       label_source: str = "all", removal_csv: str = "", val_fraction: float = 0.1,
-                      split_seed: int = 42):
+                      split_seed: int = 42, member_threads: int = 0):
     validated = _cluster_settings(validate_data(data_dir=data_dir, min_positives=0)).set_caching_options(False)
     cache = _cluster_settings(preprocess(data_dir=data_dir, size=cache_size)).after(validated)
     split = _cluster_settings(split_projection(data_dir=data_dir, label_source=label_source, removal_csv=removal_csv,
@@ -54,7 +55,7 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
     with dsl.ParallelFor(jobs, parallelism=2) as job:
         member = train_member(view=job.view, member=job.member, config=config, data_dir=data_dir,
                               cache=cache.outputs["cache"], splits=splits, launcher=launcher, nproc=nproc,
-                              epochs=epochs)
+                              epochs=epochs, threads=member_threads)
         _cluster_settings(member, gpu=True).set_caching_options(False)
     router = train_member(view="", member="router", config=config, data_dir=data_dir, cache=cache.outputs["cache"],
                           splits=splits, launcher=launcher, nproc=nproc, epochs=epochs)
@@ -66,7 +67,9 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                             config=config, data_dir=data_dir)
     scores = evaluate(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"], data_dir=data_dir,
                       split=eval_split)
-    decision = gate(mAP=scores.outputs["mAP"], mECE=scores.outputs["mECE"], min_map=min_map, max_ece=max_ece)
+    decision = gate(mAP=scores.outputs["mAP"], mAUROC=scores.outputs["mAUROC"], mECE=scores.outputs["mECE"],
+                    unseen_mAP=scores.outputs["unseen_mAP"], unseen_prevalence=scores.outputs["unseen_prevalence"],
+                    min_map=min_map, min_mauroc=min_mauroc, max_ece=max_ece, min_unseen_lift=min_unseen_lift)
     with dsl.If(decision.outputs["Output"] == "pass", name="register-challenger"):
         bundle = export_onnx(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"])
         registered = register(bundle=bundle.outputs["bundle"], report=scores.outputs["report"],

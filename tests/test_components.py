@@ -21,17 +21,32 @@ def _artifact(path):
     return SimpleNamespace(path=str(path), uri=str(path), metadata={})
 
 
+GOOD = {"mAP": 0.4, "mAUROC": 0.85, "mECE": 0.1, "unseen_mAP": 0.12, "unseen_prevalence": 0.04}
+THRESHOLDS = {"min_map": 0.3, "min_mauroc": 0.75, "max_ece": 0.2, "min_unseen_lift": 2.0}
+
+
 class TestGate:
     def test_pass_and_evidence(self, tmp_path):
         art = _artifact(tmp_path / "evidence.json")
-        assert gate.python_func(mAP=0.4, mECE=0.1, min_map=0.3, max_ece=0.2, evidence=art) == "pass"
-        assert json.loads((tmp_path / "evidence.json").read_text())["passed"] is True and art.metadata["passed"]
+        assert gate.python_func(**GOOD, **THRESHOLDS, evidence=art) == "pass"
+        evidence = json.loads((tmp_path / "evidence.json").read_text())
+        assert evidence["passed"] is True and art.metadata["passed"]
+        lift = next(c for c in evidence["checks"] if c["metric"].startswith("unseen"))
+        assert lift["value"] == pytest.approx(3.0)  # 0.12 / 0.04
 
-    @pytest.mark.parametrize(("m", "e"), [(0.2, 0.1), (0.4, 0.3)])
-    def test_fail_on_either_threshold(self, m, e, tmp_path):
+    @pytest.mark.parametrize(("metric", "value"), [("mAP", 0.2), ("mAUROC", 0.6), ("mECE", 0.3),
+                                                   ("unseen_mAP", 0.06), ("unseen_mAP", float("nan"))])
+    def test_fail_on_each_threshold(self, metric, value, tmp_path):
         art = _artifact(tmp_path / "evidence.json")
-        assert gate.python_func(mAP=m, mECE=e, min_map=0.3, max_ece=0.2, evidence=art) == "fail"
-        assert any(not c["passed"] for c in json.loads((tmp_path / "evidence.json").read_text())["checks"])
+        assert gate.python_func(**{**GOOD, metric: value}, **THRESHOLDS, evidence=art) == "fail"
+        failed = [c["metric"] for c in json.loads((tmp_path / "evidence.json").read_text())["checks"]
+                  if not c["passed"]]
+        assert len(failed) == 1 and failed[0].startswith(metric.split("_")[0])
+
+    def test_zero_lift_disables_the_zero_shot_check(self, tmp_path):
+        art = _artifact(tmp_path / "evidence.json")
+        loose = {**THRESHOLDS, "min_unseen_lift": 0.0}
+        assert gate.python_func(**{**GOOD, "unseen_mAP": 0.0}, **loose, evidence=art) == "pass"
 
 
 class TestValidateData:
@@ -141,7 +156,9 @@ def test_router_step_is_a_no_op_for_a_profile_without_router(tmp_path):
     assert score == 0.0 and art.metadata["skipped"] and not any((tmp_path / "router").iterdir())
     assert pipeline_jobs(load_config(ROOT / "configs" / "tiny_hph.yaml")) == [
         {"view": "mixed", "member": "mlp"}, {"view": "mixed", "member": "csra"}]
-    assert len(pipeline_jobs(load_config(ROOT / "configs" / "tiny.yaml"))) == 6  # 3 views x (pcam+cait, swin)
+    assert len(pipeline_jobs(load_config(ROOT / "configs" / "tiny.yaml"))) == 4  # 2 views x (pcam+cait, swin)
+    with_mixed = load_config(ROOT / "configs" / "tiny.yaml", overrides={"ensemble": {"mixed_members": True}})
+    assert len(pipeline_jobs(with_mixed)) == 6  # + the mixed baseline
 
 
 def test_trainjob_names_are_deterministic_and_a_retry_attaches():

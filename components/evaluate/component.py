@@ -9,7 +9,8 @@ from components._base import TOOLS_IMAGE
 @dsl.component(base_image=TOOLS_IMAGE, install_kfp_package=False)
 def evaluate(ensemble: Input[Model], zeroshot: Input[Model], data_dir: str, metrics: Output[Metrics],
              confusion: Output[ClassificationMetrics], report: Output[Artifact], split: str = "dev",
-             ) -> NamedTuple("Outputs", [("mAP", float), ("mECE", float), ("unseen_mAP", float)]):
+             ) -> NamedTuple("Outputs", [("mAP", float), ("mAUROC", float), ("mECE", float), ("unseen_mAP", float),
+                                         ("unseen_prevalence", float)]):
     """Score the projection-aware ensemble (30 known) and the zero-shot model (6 unseen) on a labelled split.
 
     Args:
@@ -28,7 +29,7 @@ def evaluate(ensemble: Input[Model], zeroshot: Input[Model], data_dir: str, metr
 
     result = evaluate_system(ensemble.path, zeroshot.path, data_dir, split, report.path)
     confusion.log_confusion_matrix(["frontal", "lateral"], result["confusion"])
-    for key in ("mAP", "mAUROC", "mF1", "mECE", "unseen_mAP", "router_accuracy"):
+    keys = ("mAP", "mAUROC", "mECE", "unseen_mAP", "unseen_prevalence")
+    for key in (*keys, "mF1", "router_accuracy"):
         metrics.log_metric(key, float(result[key]))
-    outputs = namedtuple("Outputs", ["mAP", "mECE", "unseen_mAP"])
-    return outputs(float(result["mAP"]), float(result["mECE"]), float(result["unseen_mAP"]))
+    return namedtuple("Outputs", keys)(*(float(result[k]) for k in keys))

@@ -7,7 +7,7 @@ from components._base import TRAIN_IMAGE
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def train_member(view: str, member: str, config: str, data_dir: str, cache: Input[Dataset], splits: Input[Dataset],
                  model: Output[Model], launcher: str = "local", nproc: int = 1, epochs: int = 0,
-                 gpus_per_node: int = 1) -> float:
+                 gpus_per_node: int = 1, threads: int = 0) -> float:
     """Train one ensemble member (``pcam`` also trains that view's ``cait`` on its frozen trunk) or the router.
 
     A profile without a router (HPH) makes the router step a no-op: the ensemble then serves every image with its
@@ -25,6 +25,7 @@ def train_member(view: str, member: str, config: str, data_dir: str, cache: Inpu
         nproc: processes per node.
         epochs: override the profile's epochs (0 = profile).
         gpus_per_node: GPUs per node for a TrainJob.
+        threads: intra-op threads of a local run (0 = the library's default, every core).
     """
     import json
     from pathlib import Path
@@ -54,7 +55,7 @@ def train_member(view: str, member: str, config: str, data_dir: str, cache: Inpu
         if name.endswith("/cait"):
             args += ["--pcam-checkpoint", str(Path(model.path) / name.replace("cait", "pcam") / "best.pt")]
         if launcher == "local":
-            launch_local(args, nproc)
+            launch_local(args, nproc, threads=threads)
         else:
             job = trainjob_name(f"cxrlt-{name.replace('/', '-')}", args, model.uri)
             launch_trainjob(trainjob_body(job, args, gpus_per_node))

@@ -191,6 +191,9 @@ class EnsembleConfig(_Strict):
     #: per-class calibration of the ensemble, fitted on validation after combining: ``platt`` (slope and bias),
     #: ``temperature`` (slope only) or ``none``. Monotonic per class: AP and AUROC are unchanged.
     calibration: Literal["none", "platt", "temperature"] = "platt"
+    #: with a router: also train mixed (all-view) members, a baseline for the projection-aware ensemble and the
+    #: fallback for a view without members. Off saves half the member training (the tiny demo profile).
+    mixed_members: bool = True
 
 
 class TinyCLIPVision(_Strict):
@@ -341,9 +344,13 @@ def zeroshot_settings(cfg: dict) -> dict:
 
 def pipeline_jobs(cfg: dict) -> list[dict]:
     """The training pipeline's (view, member) jobs for a profile: with a router, every member per view (frontal,
-    lateral, mixed; ``pcam`` also trains ``cait`` on its trunk); without one (HPH), the mixed members only."""
+    lateral, and mixed unless ``ensemble.mixed_members`` is off; ``pcam`` also trains ``cait`` on its trunk);
+    without one (HPH), the mixed members only."""
     models = cfg["models"] or {}
-    views = ("frontal", "lateral", "mixed") if models.get("router") else ("mixed",)
+    if not models.get("router"):
+        views: tuple[str, ...] = ("mixed",)
+    else:
+        views = ("frontal", "lateral", "mixed") if cfg["ensemble"]["mixed_members"] else ("frontal", "lateral")
     members = [k for k in ("pcam", "swin", "mlp", "csra") if models.get(k)]
     return [{"view": v, "member": m} for v in views for m in members]
 

@@ -9,44 +9,95 @@ over gRPC -> findings table. Everything it started is stopped at the end, also o
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+#: What the quiet mode shows of a pipeline run: task starts and ends, per-epoch training progress, member results,
+#: errors. Everything (kfp.local's executor JSON included) goes to the log file.
+_SHOWN = re.compile(r"Executing task|finished with status|epoch \d+/\d+ loss|best mAP|best val|Traceback|Error|"
+                    r"FAILED|pipeline finished")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _step(n: int, total: int, title: str) -> None:
     print(f"\n=== [{n}/{total}] {title}", flush=True)
 
 
-def _cxrlt(*args: str, env: dict | None = None) -> None:
+def _cxrlt(*args: str, env: dict | None = None, log: Path | None = None, verbose: bool = True) -> None:
+    """Run ``cxrlt ARGS``; unless ``verbose``, print only the lines :data:`_SHOWN` selects and keep the whole output
+    in ``log`` (its tail is printed when the command fails)."""
     print("$ cxrlt " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "cxrlt.cli", *args], check=True, env=env)
+    cmd = [sys.executable, "-m", "cxrlt.cli", *args]
+    if verbose or log is None:
+        subprocess.run(cmd, check=True, env=env)
+        return
+    print(f"  (full output: {log}; --verbose shows it here)", flush=True)
+    tail: list[str] = []
+    with open(log, "a") as sink, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                                  env=env, bufsize=1) as proc:
+        for raw in proc.stdout:
+            sink.write(raw)
+            line = _ANSI.sub("", raw.split("\r")[-1]).strip()
+            tail = (tail + [line])[-40:]
+            if _SHOWN.search(line):
+                print("  " + re.sub(r"^.*? - INFO - ", "", line)[:160], flush=True)
+    if proc.returncode:
+        print("\n".join(tail), flush=True)
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+
+
+def _latest_run(root: Path) -> Path:
+    return max(root.glob("cxrlt-training-*"), key=lambda p: p.stat().st_mtime)
+
+
+def _print_gate(run: Path, title: str) -> bool:
+    """Print the evaluation the gate saw and its decision; return whether it passed."""
+    evidence = json.loads((run / "gate" / "evidence").read_text())
+    summary = json.loads((run / "evaluate" / "report" / "summary.json").read_text())
+    scored = json.loads((run / "evaluate" / "report" / "metrics.json").read_text())["n_classes_scored"]
+    print(f"{title} (synthetic dev set; {scored} known classes with positives there):")
+    for c in evidence["checks"]:
+        mark = "pass" if c["passed"] else "FAIL"
+        value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
+        print(f"  {c['metric']:<24} {value:>7} {c['op']} {c['threshold']:<5}  {mark}")
+    print(f"  unseen mAP {summary['unseen_mAP']:.3f} vs chance {summary['unseen_prevalence']:.3f}; per class: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in summary.get("unseen_AP", {}).items()))
+    print(f"  gate: {'PASSED' if evidence['passed'] else 'REFUSED'}", flush=True)
+    return bool(evidence["passed"])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("demo_run"), help="where everything is written")
-    parser.add_argument("--n-images", type=int, default=600)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per ensemble member")
-    parser.add_argument("--zeroshot-epochs", type=int, default=6)
+    parser.add_argument("--n-images", type=int, default=2000, help="synthetic images (70 %% train, 15 %% dev/test)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per ensemble member")
+    parser.add_argument("--zeroshot-epochs", type=int, default=4)
     parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
+    parser.add_argument("--verbose", action="store_true", help="show every line of every step (kfp.local's "
+                        "executor JSON included) instead of banners, progress and results")
+    parser.add_argument("--no-challenger", action="store_true", help="skip the weakened-challenger run")
     args = parser.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    state = work / "state"
-    # two pipeline tasks train side by side on 2 cores: one thread each is much faster than two contending
-    env = {**os.environ, "CXRLT_STATE_DIR": str(state), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    state, log = work / "state", work / "demo.log"
+    env = {**os.environ, "CXRLT_STATE_DIR": str(state), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    if not args.verbose:
+        env["TQDM_MININTERVAL"] = "5"  # progress bars in the log file: a line every few seconds, not per batch
     os.environ.update({k: env[k] for k in ("CXRLT_STATE_DIR", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
     from cxrlt import mlflow_server
     from serving import server as triton
 
-    data, t0, total = work / "data", time.time(), 8
+    data, t0, total = work / "data", time.time(), 9
+    quiet = {"log": log, "verbose": args.verbose}
+    gate = ["--min-map", "0.1", "--min-mauroc", "0.75", "--max-ece", "0.15", "--min-unseen-lift", "1.5"]
     started_mlflow = started_triton = False
     try:
-        _step(1, total, "synthetic CXR-LT dataset (synthetic data, not PadChest)")
+        _step(1, total, "synthetic CXR-LT dataset in PadChest's shape (synthetic data, not PadChest)")
         if not (data / "CXRLT_2026_training.csv").exists():
             _cxrlt("data", "synth", "--out", str(data), "--n-images", str(args.n_images), "--size", "64",
                    "--workers", "2", env=env)
@@ -55,43 +106,75 @@ def main(argv: list[str] | None = None) -> None:
         started_mlflow = True
         env["MLFLOW_TRACKING_URI"] = ml["tracking_uri"]
         print(f"MLflow UI: {ml['tracking_uri']}", flush=True)
-        _step(3, total, "training pipeline on kfp.local (SubprocessRunner, use_venv=False)")
+        _step(3, total, "training pipeline on kfp.local (SubprocessRunner): validate, preprocess, split, router + "
+                        "view members (two at a time) + zero-shot CLIP, ensemble, calibrate, evaluate, gate, register")
         _cxrlt("pipeline", "run", "--local", "--data", str(data), "--config", str(args.config.resolve()),
                "--root", str(work / "pipeline"), "--epochs", str(args.epochs), "--zeroshot-epochs",
-               str(args.zeroshot_epochs), "--min-map", "0.05", "--max-ece", "0.6", env=env)
+               str(args.zeroshot_epochs), "--member-threads", "1", *gate, env=env, **quiet)
+        if not _print_gate(_latest_run(work / "pipeline"), "challenger"):
+            raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
+                             f"evaluation report under {_latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
         _step(4, total, "promote challenger -> champion (non-inferiority on the dev set)")
         _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), env=env)
-        _step(5, total, "Triton model repository from models:/cxrlt-bundle@champion")
+        if not args.no_challenger:
+            _step(5, total, "a deliberately weakened challenger (1 epoch on 10 % of the training images): the gate "
+                            "must refuse it and the champion must stay")
+            _weakened_challenger(work, data, args.config.resolve(), env, gate, quiet)
+        _step(6, total, "Triton model repository from models:/cxrlt-bundle@champion")
         _cxrlt("serve", "build", "--bundle", "models:/cxrlt-bundle@champion", "--out", str(work / "model_repository"),
                env=env)
-        _step(6, total, "tritonserver from the nvidia-pytriton wheel (python backend + ONNX Runtime)")
+        _step(7, total, "tritonserver from the nvidia-pytriton wheel (python backend + ONNX Runtime)")
         handle = triton.start(work / "model_repository", name="demo", http_port=0, grpc_port=0, metrics_port=0,
                               state_dir=state)
         started_triton = True
         print(f"Triton ready: gRPC {handle.grpc_url}, metrics http://{handle.host}:{handle.metrics_port}/metrics")
-        _step(7, total, "send PNG and DICOM images over gRPC")
+        _step(8, total, "send PNG and DICOM images over gRPC; [x] = present in the synthetic ground truth")
         import cv2
         import pandas as pd
 
         from cxrlt.data.dicom import array_to_dicom
 
-        ids = pd.read_csv(data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:2].tolist()
+        test = pd.read_csv(data / "CXRLT_2026_test_labels.csv", dtype={"ImageID": str})
+        meta = pd.read_csv(data / "padchest_metadata.csv", dtype=str).set_index("ImageID")
+        # one frontal and one lateral image with findings, so that the table shows both views and real positives
+        abnormal = test.loc[test["Normal"] == 0, "ImageID"]
+        ids = [next(i for i in abnormal if meta.loc[i, "Projection"] == p) for p in ("PA", "L")]
         pngs = [data / "images" / i for i in ids]
         dcm = array_to_dicom(cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED), work / "example.dcm", monochrome1=True)
         _cxrlt("infer", *map(str, [*pngs, dcm]), "--url", handle.grpc_url, "--top", "6", "--labels",
-               str(data / "CXRLT_2026_test_labels.csv"), env=env)  # truth beside the predictions (synthetic)
-        _step(8, total, "done")
+               str(data / "CXRLT_2026_test_labels.csv"), env=env)
+        _step(9, total, "done")
         print(f"Finished in {time.time() - t0:.0f} s. Everything above ran on synthetic data.")
         print(f"- pipeline outputs (metrics.json, plots, validation report): {work / 'pipeline'}")
         print(f"- MLflow database and artifacts: {work / 'mlflow'} (`cxrlt mlflow up --data {work / 'mlflow'}` "
               "to browse the UI again)")
-        print(f"- model repository: {work / 'model_repository'}")
+        print(f"- model repository: {work / 'model_repository'}; full log: {log}")
     finally:
         if started_triton:
             triton.stop("demo", state_dir=state)
         if started_mlflow:
             mlflow_server.stop(state_dir=state)
         print("stopped the servers this demo started", flush=True)
+
+
+def _weakened_challenger(work: Path, data: Path, config: Path, env: dict, gate: list[str], quiet: dict) -> None:
+    """Retrain with 90 % of the training images removed and one epoch; the same gate must refuse it, so the
+    registry's champion does not move."""
+    import pandas as pd
+
+    train = pd.read_csv(data / "CXRLT_2026_training.csv", dtype={"ImageID": str})
+    removal = work / "weakened_removal.csv"
+    train[["ImageID"]].sample(frac=0.9, random_state=0).to_csv(removal, index=False)
+    root = work / "pipeline_weakened"
+    _cxrlt("pipeline", "run", "--local", "--data", str(data), "--config", str(config), "--root", str(root),
+           "--epochs", "1", "--zeroshot-epochs", "1", "--member-threads", "1", "--removal", str(removal), *gate,
+           env=env, **quiet)
+    if _print_gate(_latest_run(root), "weakened challenger"):
+        raise SystemExit("the weakened challenger passed the gate: the gate is not doing its job")
+    from cxrlt.registry import resolve_version
+
+    _, version = resolve_version("models:/cxrlt-bundle@champion", env["MLFLOW_TRACKING_URI"])
+    print(f"  champion is still version {version} (nothing was registered for the refused run)", flush=True)
 
 
 if __name__ == "__main__":

@@ -142,11 +142,17 @@ def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir
     zs = ZeroShotPredictor(zeroshot_dir)
     zs_images = np.stack([load_preprocessed(data / IMAGES_DIR / i, zs.preprocess) for i in labels["ImageID"]])
     probs = zs.predict(zs_images, list(UNSEEN_CLASSES))
-    aps = [average_precision_score(labels[c], probs[:, j]) for j, c in enumerate(UNSEEN_CLASSES) if labels[c].sum()]
+    present = [(j, c) for j, c in enumerate(UNSEEN_CLASSES) if labels[c].sum()]
+    aps = [average_precision_score(labels[c], probs[:, j]) for j, c in present]
+    chance = [float(labels[c].mean()) for _, c in present]  # a random ranking's expected AP
     views = read_projections(data / PADCHEST_METADATA_CSV).views
     truth = [views.get(i, "frontal") for i in labels["ImageID"]]
     cm = confusion_matrix(truth, pred["view"], labels=["frontal", "lateral"])
     result = {**{k: summary[k] for k in ("mAP", "mAUROC", "mF1", "mECE")},
-              "unseen_mAP": float(np.mean(aps)) if aps else float("nan")}
+              "unseen_mAP": float(np.mean(aps)) if aps else float("nan"),
+              "unseen_prevalence": float(np.mean(chance)) if chance else float("nan"),
+              "unseen_AP": {c: float(a) for (_, c), a in zip(present, aps, strict=True)},
+              # zero-shot scores must depend on the image: a constant head would rank at chance
+              "unseen_score_std": float(probs.std(axis=0).mean())}
     (out / "summary.json").write_text(json.dumps(result, indent=2))
     return {**result, "confusion": cm.tolist(), "router_accuracy": float(np.trace(cm) / max(cm.sum(), 1))}

@@ -1,0 +1,3 @@
+from cxrlt.cli import app
+
+app(prog_name="cxrlt")

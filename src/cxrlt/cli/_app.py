@@ -1,0 +1,43 @@
+"""The root ``cxrlt`` Typer app and what every sub-app module shares (options, error exit, image inputs)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="cxrlt: long-tailed (30 known findings) and zero-shot (6 unseen findings) chest X-ray classification.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+DataDir = Annotated[Path, typer.Option("--data", help="CXR-LT data directory (CSV files + images/).")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _image_inputs(images: list[Path] | None, data: Path | None, split: str) -> tuple[list[Path], list[str]]:
+    """Explicit files, or the ImageIDs of DATA/CXRLT_2026_<split>_labels.csv; returns (paths, ImageIDs)."""
+    from cxrlt.data.tables import IMAGES_DIR, read_id_list
+
+    if images:
+        return list(images), [p.name for p in images]
+    if data is None:
+        _fail("give --data DIR or image files")
+    if split not in ("dev", "test"):
+        _fail("--split must be dev or test")
+    ids = read_id_list(data / f"CXRLT_2026_{split}_labels.csv")
+    return [data / IMAGES_DIR / i for i in ids], ids
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("great_expectations", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,163 @@
+"""Serving: ``cxrlt export``, ``cxrlt serve build|up|down`` and the gRPC client ``cxrlt infer``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxrlt.cli._app import _fail, app
+
+
+@app.command("export")
+def export_cmd(
+    ensemble: Annotated[Path, typer.Option(help="Ensemble directory (cxrlt ensemble build).")],
+    out: Annotated[Path, typer.Option(help="Served-bundle directory to write (replaced).")],
+    zeroshot: Annotated[Path | None, typer.Option(help="Zero-shot model directory.")] = None,
+) -> None:
+    """Export every served network to ONNX (dynamic batch axis) with the metadata serving needs."""
+    from cxrlt.export import export_bundle
+
+    try:
+        bundle = export_bundle(ensemble, zeroshot, out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"served bundle {out}: views {list(bundle['views'])}, zero-shot {'yes' if bundle['zeroshot'] else 'no'}")
+
+
+serve_app = typer.Typer(help="Triton serving: build the model repository, start and stop the server.",
+                        no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("build")
+def serve_build(
+    bundle: Annotated[str, typer.Option(help="Served-bundle directory, or models:/<name>@<alias> from MLflow.")],
+    out: Annotated[Path, typer.Option(help="Model repository directory to write (replaced).")],
+    onnx_runtime: Annotated[str, typer.Option(help="python (ONNX Runtime in the python backend; embedded default) "
+                                                   "or native (platform onnxruntime_onnx; NGC image).")] = "python",
+    instances: Annotated[int, typer.Option(help="Instances per compute model.")] = 1,
+    summary_file: Annotated[Path | None, typer.Option("--summary", help="Also write the build summary (models, "
+                                                                        "version) as JSON here.")] = None,
+) -> None:
+    """Build the Triton model repository: preprocess, router, view ensembles, zero-shot head, cxr entry point.
+
+    Writes only OUT (and --summary if given): a registry bundle is downloaded into a temporary directory ($TMPDIR)
+    that is removed afterwards, so the command runs in a pod whose only writable paths are OUT and /tmp. An alias is
+    resolved to one version once; the files and the served MODEL_VERSION both come from that version."""
+    import tempfile
+
+    from serving.repository import build_repository
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:
+            bundle_dir, version = Path(bundle), None
+            if bundle.startswith("models:/"):
+                from cxrlt.registry import download_verified_bundle, resolve_version
+
+                name, number = resolve_version(bundle)
+                bundle_dir = download_verified_bundle(name, number, tmp)
+                version = f"{name}/{number}"
+            summary = build_repository(bundle_dir, out, onnx_runtime, instances, version)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # RegistryError: a tampered or unmanifested bundle
+        _fail(str(exc))
+    if summary_file is not None:
+        summary_file.write_text(json.dumps(summary, indent=2))
+    typer.echo(f"model repository {out}: {', '.join(summary['models'])} ({onnx_runtime} ONNX, version "
+               f"{summary['model_version']})")
+
+
+@serve_app.command("up")
+def serve_up(
+    repository: Annotated[Path, typer.Option(help="Model repository (cxrlt serve build).")],
+    name: Annotated[str, typer.Option(help="Server name (state under ~/.cache/cxrlt/servers/NAME).")] = "default",
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port (0 = a free one).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0 = a free one).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port (0 = a free one).")] = 8002,
+) -> None:
+    """Start the bundled tritonserver (creating the serving environment on first use) and wait until ready."""
+    from serving.server import ServeError, start
+
+    try:
+        h = start(repository, name, host, http_port, grpc_port, metrics_port)
+    except ServeError as exc:
+        _fail(str(exc))
+    typer.echo(f"triton ready: gRPC {h.grpc_url}, HTTP {h.http_url}, metrics {h.host}:{h.metrics_port} "
+               f"(pid {h.pid}, log {h.log_file})")
+
+
+@serve_app.command("down")
+def serve_down(name: Annotated[str, typer.Option(help="Server name.")] = "default") -> None:
+    """Drain and stop a server started by cxrlt serve up."""
+    from serving.server import stop
+
+    typer.echo("stopped" if stop(name) else f"no server named {name!r} is recorded")
+
+
+@app.command("infer")
+def infer_cmd(
+    files: Annotated[list[Path], typer.Argument(help="PNG or DICOM files.")],
+    url: Annotated[str, typer.Option(help="Triton gRPC address HOST:PORT.")] = "127.0.0.1:8001",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write one row per item (source, view, "
+                                                               "error, every probability by class name).")] = None,
+    timeout: Annotated[float, typer.Option(help="Per-call timeout in seconds.")] = 30.0,
+    top: Annotated[int, typer.Option(help="Known findings per image in the table (all unseen ones follow).")] = 8,
+    labels: Annotated[Path | None, typer.Option(help="Label CSV (ImageID + class columns, e.g. a dev or synthetic "
+                                                     "test set): the table marks findings that are truly present "
+                                                     "and lists true findings the table left out.")] = None,
+) -> None:
+    """Send images to the served cxr model over gRPC and print the findings (known and unseen) of every item.
+
+    Every item is reported, also missing files and refused images (with the reason); the exit code is 1 when any
+    item failed, 0 when all were scored."""
+    from serving.client import CXRClient
+
+    truth: dict[str, set[str]] = {}
+    if labels is not None:
+        from cxrlt.data.tables import read_label_sets
+
+        truth = read_label_sets(labels)
+    client = CXRClient(url, timeout=timeout)
+    try:
+        results = client.infer_files(files)
+        bands = client.bands()
+    except Exception as exc:  # tritonclient raises its own exception type with the server's message
+        _fail(f"inference failed: {exc}")
+    finally:
+        client.close()
+    failed = [r for r in results if r.error]
+    if csv_out is not None:
+        import pandas as pd
+
+        pd.DataFrame([{"source": r.source, "view": r.view, "view_confidence": r.view_confidence, "error": r.error,
+                       **r.known, **r.unseen} for r in results]).to_csv(csv_out, index=False)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        if failed:
+            raise typer.Exit(1)
+        return
+    for r in results:
+        typer.echo(f"\n{r.source}  view={r.view} ({r.view_confidence:.2f})  model={r.model_version}")
+        if r.error:
+            typer.secho(f"  error: {r.error}", fg=typer.colors.RED)
+            continue
+        present = truth.get(Path(r.source).name)
+        typer.echo(f"  {'finding':<32} {'probability':>11}  {'kind':<7} {'band':<9}" + (" truth" if truth else ""))
+        known = [f for f in r.findings() if f.kind == "known"][:top]
+        shown = known + [f for f in r.findings() if f.kind == "unseen"]  # top known, then every unseen
+        for f in shown:
+            band = bands.get(f.name, "zero-shot" if f.kind == "unseen" else "-")
+            mark = ("" if present is None else ("present" if f.name in present else "-")) if truth else ""
+            typer.echo(f"  {f.name:<32} {f.probability:>11.3f}  {f.kind:<7} {band:<9} {mark}".rstrip())
+        if present is not None:
+            missed = sorted(present - {f.name for f in shown})
+            typer.echo(f"  truly present, not in the table above: {', '.join(missed) if missed else 'none'}")
+        elif truth:
+            typer.echo("  (not in the label CSV: no truth to show)")
+    if failed:
+        typer.secho(f"\n{len(failed)} of {len(results)} items failed", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
