@@ -2,6 +2,7 @@ import hashlib
 import itertools
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -115,3 +116,69 @@ def test_co_occurrence_is_realistic(tmp_path):
 def test_faulty_option_plants_each_defect(faulty_data, defect):
     planted = {d["defect"]: d for d in json.loads((faulty_data / "planted_defects.json").read_text())}
     assert defect in planted and planted[defect]["image_ids"]
+
+
+@pytest.fixture(scope="module")
+def padchest_shaped(tmp_path_factory):
+    out = tmp_path_factory.mktemp("padchest_shaped")
+    summary = S.generate(out, S.SynthConfig(n_images=3000, size=24, seed=11, workers=2), progress=False)
+    return out, summary, pd.read_csv(out / PADCHEST_METADATA_CSV, dtype=str, keep_default_na=False)
+
+
+def test_projection_mix_follows_padchest(padchest_shaped):
+    from cxrlt.data.tables import read_projections
+
+    out, _, meta = padchest_shaped
+    share = meta["Projection"].value_counts(normalize=True)
+    assert 0.50 < share["PA"] < 0.64 and 0.25 < share["L"] < 0.37  # PadChest: 57.0 % and 30.8 %
+    assert 0.05 < share["AP_horizontal"] < 0.13 and 0.01 < share["AP"] < 0.05  # 8.9 % and 2.8 %
+    excluded = read_projections(out / PADCHEST_METADATA_CSV).excluded
+    assert set(excluded) == {"COSTAL", "EXCLUDE", "UNK"} and sum(excluded.values()) < 0.03 * len(meta)
+
+
+def test_patients_have_studies_over_years(padchest_shaped):
+    _, summary, meta = padchest_shaped
+    studies = meta.groupby("PatientID")["StudyID"].nunique()
+    assert studies.median() == 1 and 1.4 < studies.mean() < 2.0 and studies.max() >= 5  # PadChest: 1, 1.63, 116
+    assert summary["studies_per_patient"]["median"] == 1
+    dates = pd.to_datetime(meta["StudyDate_DICOM"], format="%Y%m%d")
+    assert dates.min() >= pd.Timestamp("2007-05-01") and dates.max() <= pd.Timestamp("2017-11-30")
+    per_study = meta.assign(date=dates).groupby(["PatientID", "StudyID"])["date"].nunique()
+    assert (per_study == 1).all(), "the images of one study share its date"
+    span = meta.assign(date=dates).groupby("PatientID")["date"].agg(lambda d: (d.max() - d.min()).days)
+    assert (span[studies > 1] > 365).any(), "some patients come back years later"
+    per_image_study = meta.groupby("StudyID").size()
+    assert per_image_study.max() == 2 and 1.2 < per_image_study.mean() < 1.7  # PadChest: 1.46 images per study
+
+
+def test_bit_depth_sizes_and_labels_columns(padchest_shaped):
+    import cv2
+
+    out, summary, meta = padchest_shaped
+    bits = meta["BitsStored_DICOM"].astype(int)
+    assert set(bits) == {10, 12} and 0.04 < (bits == 10).mean() < 0.2  # PadChest: 10.4 % 10-bit
+    assert meta["Rows_DICOM"].astype(int).eq(24).all() and meta["Columns_DICOM"].nunique() >= 5
+    for _, row in meta.sample(40, random_state=0).iterrows():
+        img = cv2.imread(str(out / "images" / row["ImageID"]), cv2.IMREAD_UNCHANGED)
+        assert img.dtype == "uint16" and img.max() <= 2 ** int(row["BitsStored_DICOM"]) - 1
+        assert img.shape == (int(row["Rows_DICOM"]), int(row["Columns_DICOM"]))
+    physician = (meta["MethodLabel"] == "Physician").mean()
+    assert 0.19 < physician < 0.3  # PadChest: 24.3 %
+    labels = meta["Labels"].map(eval)
+    assert all(isinstance(x, list) and x for x in labels)
+    unseen = {c.lower() for c in UNSEEN_CLASSES}
+    assert not unseen & set().union(*labels), "metadata must not leak unseen findings"
+    assert (labels.map(lambda x: x == ["normal"])).mean() > 0.1
+
+
+def test_lateral_views_show_findings_elsewhere_and_narrower():
+    """The same finding lands at a different place, and is thinner front-to-back, in a lateral view."""
+    def footprint(view):
+        mask = S._finding_mask(S.FINDING_PATTERNS["Mass"], view, 96, 96, np.random.default_rng(0))
+        ys, xs = np.nonzero(mask > 0.5 * mask.max())
+        return xs.mean() / 96, ys.mean() / 96, np.ptp(xs), np.ptp(ys)
+
+    fx, fy, fw, fh = footprint("frontal")
+    lx, ly, lw, lh = footprint("lateral")
+    assert abs(fx - lx) > 0.1, "a lower-right finding projects to a different column in the lateral view"
+    assert lw < 0.8 * fw and lh > 0.8 * fh

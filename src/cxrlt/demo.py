@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("demo_run"), help="where everything is written")
     parser.add_argument("--n-images", type=int, default=2000, help="synthetic images (70 %% train, 15 %% dev/test)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per ensemble member")
-    parser.add_argument("--zeroshot-epochs", type=int, default=4)
+    parser.add_argument("--zeroshot-epochs", type=int, default=6)
     parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
     parser.add_argument("--verbose", action="store_true", help="show every line of every step (kfp.local's "
                         "executor JSON included) instead of banners, progress and results")
