@@ -1,4 +1,4 @@
-"""Task 1 calibration: a known miscalibration is fixed, rankings are untouched, too-rare classes keep identity."""
+"""Task 1 calibration: a known miscalibration is fixed, rankings are untouched, too-rare classes take the pooled map."""
 
 from __future__ import annotations
 
@@ -35,14 +35,36 @@ def test_known_miscalibration_is_fixed(method):
             average_precision_score(y[3000:, j], p[3000:, j]), abs=1e-9)
 
 
-def test_rare_classes_and_none_keep_identity():
-    p, y = _overconfident(1, 200)
+def test_too_rare_classes_take_the_pooled_map_and_none_is_identity():
+    p, y = _overconfident(1, 3000)
     y[:, 2] = 0
-    y[:2, 2] = 1  # two positives: too few to fit
+    y[:2, 2] = 1  # two positives on validation: too few for the class's own fit
     cal = fit_calibration(p, y, CLASSES, "platt")
-    assert (cal["a"]["c"], cal["b"]["c"]) == (1.0, 0.0)
+    assert cal["pooled_classes"] == ["c"] and (cal["a"]["c"], cal["b"]["c"]) == tuple(cal["pooled"])
+    # the classes share one overconfidence (slope 1/3 undoes it); the pooled fit shrinks logits the same way (class c's
+    # emptied labels pull it a little lower)
+    assert 0.15 < cal["pooled"][0] < 0.45 and cal["a"]["a"] == pytest.approx(1 / 3, rel=0.1)
     np.testing.assert_allclose(calibrate(p, fit_calibration(p, y, CLASSES, "none"), CLASSES), p, rtol=1e-6)
     np.testing.assert_allclose(calibrate(p, None, CLASSES), p)
+
+
+def test_pooled_map_fixes_an_inflated_rare_class():
+    """ASL-like inflation of a rare class (too few positives on validation for its own fit) is removed by the pooled
+    map, which identity would keep."""
+    rng = np.random.default_rng(3)
+    p, y = _overconfident(2, 4000)
+    z = rng.normal(-5.0, 1.0, 4000)  # a ~1 % class ...
+    y[:, 2] = rng.random(4000) < 1 / (1 + np.exp(-z))
+    p[:, 2] = 1 / (1 + np.exp(-(3.0 * z - 0.5)))  # ... reported with the same overconfidence as the others
+    val, held = slice(0, 2000), slice(2000, None)
+    keep = np.flatnonzero(y[val, 2] == 1)[2:]  # leave 2 positives on validation: the class cannot be fitted alone
+    y_val = y[val].copy()
+    y_val[keep, 2] = 0
+    cal = fit_calibration(p[val], y_val, CLASSES, "platt")
+    assert "c" in cal["pooled_classes"]
+    before = calibration_error(p[held, 2], y[held, 2])
+    after = calibration_error(calibrate(p[held], cal, CLASSES)[:, 2], y[held, 2])
+    assert after < before / 2, (before, after)
 
 
 def test_calibration_is_fitted_on_the_served_validation_output():

@@ -74,8 +74,9 @@ def _print_gate(run: Path, title: str) -> bool:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("demo_run"), help="where everything is written")
-    parser.add_argument("--n-images", type=int, default=2000, help="synthetic images (70 %% train, 15 %% dev/test)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per ensemble member")
+    parser.add_argument("--n-images", type=int, default=2500, help="synthetic images (70 %% train, 15 %% dev/test)")
+    parser.add_argument("--epochs", type=int, default=0, help="epochs of every network (0 = the profile's, which "
+                        "gives each kind its own)")
     parser.add_argument("--zeroshot-epochs", type=int, default=6)
     parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
     parser.add_argument("--verbose", action="store_true", help="show every line of every step (kfp.local's "

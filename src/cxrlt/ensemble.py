@@ -65,29 +65,41 @@ def fit_calibration(probs: np.ndarray, y: np.ndarray, classes: list[str], method
     """Per-class scaling of the ensemble's logit(p): p' = sigmoid(a_c * logit(p_c) + b_c), keyed by class name.
 
     ``platt`` fits (a, b) by logistic regression, ``temperature`` fits a alone (b = 0); both are monotonic per class,
-    so rankings (AP, AUROC) are unchanged. Classes with too few positives or negatives, or a non-positive slope,
-    keep the identity (a = 1, b = 0) rather than an unreliable fit.
+    so rankings (AP, AUROC) are unchanged. A class with too few positives or negatives on validation for its own fit
+    (the long tail), or whose fit has a non-positive slope, takes the *pooled* map fitted on every class at once:
+    identity would leave it as miscalibrated as the loss made it (ASL inflates rare-class probabilities).
     """
+    if method not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration {method!r}: choose one of {CALIBRATIONS}")
+    if method == "none":
+        return {"method": method, "a": dict.fromkeys(classes, 1.0), "b": dict.fromkeys(classes, 0.0)}
+    z_all, t_all = logit(probs), np.asarray(y, np.float64)
+    pooled = _fit_scaling(z_all.ravel(), t_all.ravel(), method) or (1.0, 0.0)
+    a, b, fallback = {}, {}, []
+    for j, c in enumerate(classes):
+        t = t_all[:, j]
+        own = (_fit_scaling(z_all[:, j], t, method) if min(t.sum(), len(t) - t.sum()) >= MIN_CALIBRATION_EXAMPLES
+               else None)
+        if own is None:
+            fallback.append(c)
+        a[c], b[c] = own or pooled
+    return {"method": method, "a": a, "b": b, "pooled": list(pooled), "pooled_classes": fallback}
+
+
+def _fit_scaling(z: np.ndarray, t: np.ndarray, method: str) -> tuple[float, float] | None:
+    """(slope, bias) of one Platt or temperature fit; None when it is not a usable monotonic map."""
     from scipy.optimize import minimize_scalar
     from sklearn.linear_model import LogisticRegression
 
-    if method not in CALIBRATIONS:
-        raise ValueError(f"unknown calibration {method!r}: choose one of {CALIBRATIONS}")
-    a, b = {}, {}
-    for j, c in enumerate(classes):
-        z, t = logit(probs[:, j]), np.asarray(y[:, j], np.float64)
-        a[c], b[c] = 1.0, 0.0
-        if method == "none" or min(t.sum(), len(t) - t.sum()) < MIN_CALIBRATION_EXAMPLES:
-            continue
-        if method == "platt":
-            lr = LogisticRegression(C=1.0).fit(z[:, None], t)
-            slope, bias = float(lr.coef_[0, 0]), float(lr.intercept_[0])
-        else:
-            slope = float(minimize_scalar(_scaled_nll, bounds=(0.01, 100), args=(z, t), method="bounded").x)
-            bias = 0.0
-        if slope > 0:
-            a[c], b[c] = slope, bias
-    return {"method": method, "a": a, "b": b}
+    if t.min() == t.max():
+        return None
+    if method == "platt":
+        lr = LogisticRegression(C=1.0).fit(z[:, None], t)
+        slope, bias = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    else:
+        slope = float(minimize_scalar(_scaled_nll, bounds=(0.01, 100), args=(z, t), method="bounded").x)
+        bias = 0.0
+    return (slope, bias) if slope > 0 else None
 
 
 def _scaled_nll(scale: float, z: np.ndarray, t: np.ndarray) -> float:
