@@ -18,10 +18,9 @@ from components.split_projection.component import split_projection
 from components.train_member.component import train_member
 from components.train_zeroshot.component import train_zeroshot
 from components.validate_data.component import validate_data
-from cxrlt.platform import MLFLOW_CLIENT_KEYS, S3_SECRET_KEYS, SECRETS
+from cxrlt.platform import CACHE_PVC, MLFLOW_CLIENT_KEYS, S3_SECRET_KEYS, SECRETS
 
 DEFAULT_JOBS = [{"view": v, "member": m} for v in ("frontal", "lateral", "mixed") for m in ("pcam", "swin")]
-CACHE_PVC = "cxrlt-cache"
 
 
 def _cluster_settings(task, gpu: bool = False, s3: bool = True):
@@ -31,7 +30,8 @@ def _cluster_settings(task, gpu: bool = False, s3: bool = True):
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                    size_limit="8Gi")
     if s3:
-        kubernetes.use_secret_as_env(task, secret_name=SECRETS["s3"], secret_key_to_env={k: k for k in S3_SECRET_KEYS})
+        kubernetes.use_secret_as_env(task, secret_name=SECRETS["s3_pipeline"],
+                                     secret_key_to_env={k: k for k in S3_SECRET_KEYS})
     # every step may talk to the registry (training logs, registration): MLflow basic-auth credentials
     kubernetes.use_secret_as_env(task, secret_name=SECRETS["mlflow_client"],
                                  secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})
@@ -76,7 +76,5 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                               evidence=decision.outputs["evidence"], tracking_uri=tracking_uri,
                               data_hash=validated.outputs["Output"], config=config)
         registered.set_caching_options(False)
-        kubernetes.use_secret_as_env(registered, secret_name=SECRETS["s3"],
-                                     secret_key_to_env={k: k for k in S3_SECRET_KEYS})
         kubernetes.use_secret_as_env(registered, secret_name=SECRETS["mlflow_client"],
                                      secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})

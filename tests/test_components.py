@@ -139,7 +139,8 @@ def test_compiled_pipelines(tmp_path):
     assert "parameterIterator" in text and "register-challenger" in text and "nvidia.com/gpu" in text
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert any("emptyDirMounts" in e for e in k8s.values())
-    assert any(s.get("secretName") == P.SECRETS["s3"] for e in k8s.values() for s in e.get("secretAsEnv", []))
+    assert any(s.get("secretName") == P.SECRETS["s3_pipeline"] for e in k8s.values()
+               for s in e.get("secretAsEnv", []))
     promotion = next(yaml.safe_load_all(paths[1].read_text()))  # IR first, then its kubernetes platform spec
     assert promotion["pipelineInfo"]["name"] == "cxrlt-promotion"
 
@@ -157,7 +158,8 @@ def test_router_step_is_a_no_op_for_a_profile_without_router(tmp_path):
     assert pipeline_jobs(load_config(ROOT / "configs" / "tiny_hph.yaml")) == [
         {"view": "mixed", "member": "mlp"}, {"view": "mixed", "member": "csra"}]
     assert len(pipeline_jobs(load_config(ROOT / "configs" / "tiny.yaml"))) == 4  # 2 views x (pcam+cait, swin)
-    with_mixed = load_config(ROOT / "configs" / "tiny.yaml", overrides={"ensemble": {"mixed_members": True}})
+    tiny = load_config(ROOT / "configs" / "tiny.yaml")
+    with_mixed = load_config({**tiny, "ensemble": {**tiny["ensemble"], "mixed_members": True}})
     assert len(pipeline_jobs(with_mixed)) == 6  # + the mixed baseline
 
 

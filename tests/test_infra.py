@@ -44,21 +44,85 @@ def test_core_resources_validate_against_kubernetes_schemas(rendered):
     for doc in core:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy",
-                                         "ServiceMonitor", "ConfigMap"}
+                                         "ServiceMonitor", "ServiceAccount", "Role", "RoleBinding"}
+    assert "ConfigMap" not in {d["kind"] for d in docs}, "one TrainJob definition: cxrlt.launch.trainjob_body"
 
 
-def test_trainjob_template_validates_against_the_trainer_crd():
+def test_trainjob_body_validates_against_the_trainer_crd_and_is_hardened():
+    """The launcher's TrainJob (the only TrainJob definition) is valid for the Trainer CRD; its pods run as a
+    permission-less account, non-root, read-only root filesystem, no capabilities; credentials only from Secrets."""
+    from cxrlt.launch import trainjob_body
+
     crd = yaml.safe_load((FIXTURES / "trainer.kubeflow.org_trainjobs.yaml").read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    job = yaml.safe_load((ROOT / "infra" / "base" / "trainer" / "trainjob.yaml").read_text())
+    job = trainjob_body("cxrlt-frontal-pcam-0123456789", ["train", "--member", "frontal/pcam"], gpus_per_node=4)
     jsonschema.validate(job, schema)
     assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
     runtime = yaml.safe_load((FIXTURES / "torch_distributed_runtime.yaml").read_text())
     assert job["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"] == P.TRAINJOB_RUNTIME
     assert job["spec"]["trainer"]["image"] == P.IMAGES["train"]
+    runtime_job = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]
+    patch = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert patch["name"] == runtime_job["name"]
+    pod = patch["template"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["name"] == runtime_job["template"]["spec"]["template"]["spec"]["containers"][0]["name"]
+    assert pod["serviceAccountName"] == P.SERVICE_ACCOUNTS["trainer"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp", "/dev/shm"}
+    assert all("emptyDir" in volumes[m["name"]] or "persistentVolumeClaim" in volumes[m["name"]]
+               for m in container["volumeMounts"])
+    env = job["spec"]["trainer"]["env"]
+    assert {"name": "HOME", "value": "/tmp"} in env
+    assert not [e for e in env if "value" in e and ("KEY" in e["name"] or "PASSWORD" in e["name"])]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e} == {
+        P.SECRETS["mlflow_client"], P.SECRETS["s3_pipeline"]}
     bad = {**job, "spec": {**job["spec"], "trainer": {**job["spec"]["trainer"], "numNodes": "two"}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_service_accounts_and_the_trainjob_role(rendered):
+    """The pipeline runner's account lives where pipelines run and may only manage TrainJobs in cxrlt; the
+    trainer's account has no token."""
+    _, docs = rendered
+    runner = _by_kind(docs, "ServiceAccount", P.SERVICE_ACCOUNTS["pipeline"])
+    assert runner["metadata"]["namespace"] == P.PIPELINES_NAMESPACE
+    binding = _by_kind(docs, "RoleBinding", "cxrlt-trainjob-launcher")
+    assert binding["metadata"]["namespace"] == P.NAMESPACE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": P.SERVICE_ACCOUNTS["pipeline"],
+                                    "namespace": P.PIPELINES_NAMESPACE}]
+    role = _by_kind(docs, "Role", binding["roleRef"]["name"])
+    assert [(r["apiGroups"], r["resources"]) for r in role["rules"]] == [([P.TRAINER_API[0]], [P.TRAINER_API[2]])]
+    assert _by_kind(docs, "ServiceAccount", P.SERVICE_ACCOUNTS["trainer"])["automountServiceAccountToken"] is False
+
+
+def test_object_storage_keys_are_per_workload(rendered, tmp_path):
+    """The MLflow server holds the artifact-bucket keys; pipeline steps hold the pipeline keys; the registration step
+    and the Triton pod hold none (MLflow proxies artifact uploads and downloads)."""
+    from kfp import compiler
+
+    from pipelines.training_pipeline import training_pipeline
+
+    _, docs = rendered
+    for dep in (d for d in docs if d["kind"] == "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "valueFrom" in e}
+            expected = {P.SECRETS["s3_mlflow"]} if dep["metadata"]["name"] == P.MLFLOW_SERVICE else set()
+            assert refs & {P.SECRETS["s3_mlflow"], P.SECRETS["s3_pipeline"]} == expected, c["name"]
+    package = tmp_path / "training.yaml"
+    compiler.Compiler().compile(training_pipeline, str(package))
+    executors = list(yaml.safe_load_all(package.read_text()))[-1]["platforms"]["kubernetes"]["deploymentSpec"][
+        "executors"]
+    s3 = {name for name, spec in executors.items() for m in spec.get("secretAsEnv", [])
+          if m.get("secretName") == P.SECRETS["s3_pipeline"]}
+    assert "exec-train-member" in s3 and "exec-register" not in s3
+    assert not any(m.get("secretName") == P.SECRETS["s3_mlflow"] for spec in executors.values()
+                   for m in spec.get("secretAsEnv", []))
 
 
 def test_names_ports_images_and_secrets_agree_with_platform(rendered):
@@ -80,9 +144,13 @@ def test_names_ports_images_and_secrets_agree_with_platform(rendered):
     assert "--workers=1" in mlflow["args"]
     assert any(f"{P.MLFLOW_SERVICE}.{P.NAMESPACE}.svc.cluster.local" in a for a in mlflow["args"])
     secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in mlflow["env"] if "valueFrom" in e}
-    assert secrets == {P.SECRETS["mlflow_db"], P.SECRETS["s3"], P.SECRETS["mlflow_auth"]}
+    assert secrets == {P.SECRETS["mlflow_db"], P.SECRETS["s3_mlflow"], P.SECRETS["mlflow_auth"]}
     assert "--app-name=basic-auth" in mlflow["args"]  # in every overlay, dev included
-    assert all(d["metadata"].get("namespace", P.NAMESPACE) == P.NAMESPACE for d in docs if d["kind"] != "Namespace")
+    namespaces = {(d["kind"], d["metadata"]["name"]): d["metadata"].get("namespace") for d in docs
+                  if d["kind"] != "Namespace"}
+    # everything lives in the cxrlt namespace but the pipeline runner's account, which lives where pipelines run
+    assert namespaces.pop(("ServiceAccount", P.SERVICE_ACCOUNTS["pipeline"])) == P.PIPELINES_NAMESPACE
+    assert set(namespaces.values()) == {P.NAMESPACE}
 
 
 def test_network_policies_restrict_triton_grpc_and_mlflow(rendered):

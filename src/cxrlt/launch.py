@@ -16,7 +16,18 @@ import sys
 import time
 from collections.abc import Callable
 
-from cxrlt.platform import IMAGES, MLFLOW_CLIENT_KEYS, NAMESPACE, SECRETS, TRAINER_API, TRAINJOB_RUNTIME
+from cxrlt.platform import (
+    CACHE_PVC,
+    IMAGES,
+    MLFLOW_CLIENT_KEYS,
+    NAMESPACE,
+    POD_UID,
+    S3_SECRET_KEYS,
+    SECRETS,
+    SERVICE_ACCOUNTS,
+    TRAINER_API,
+    TRAINJOB_RUNTIME,
+)
 
 LAUNCHERS = ("local", "trainjob")
 
@@ -57,7 +68,28 @@ def trainjob_name(prefix: str, cli_args: list[str], run_key: str) -> str:
 
 def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_nodes: int = 1,
                   image: str | None = None, env: dict | None = None, namespace: str = NAMESPACE) -> dict:
+    """A Kubeflow Trainer TrainJob that runs ``cxrlt <cli_args>`` on the torch-distributed runtime, hardened like
+    every cxrlt pod (non-root, read-only root filesystem with emptyDirs for /tmp and /dev/shm, seccomp RuntimeDefault,
+    no capabilities, a service account without permissions or token). Credentials come from Secrets, never inline:
+    the registry account and the pipeline's object-storage keys (weights mirror, data)."""
     group, version, _ = TRAINER_API
+    from_secret = [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRETS[secret], "key": k}}}
+                   for secret, keys in (("mlflow_client", MLFLOW_CLIENT_KEYS), ("s3_pipeline", S3_SECRET_KEYS))
+                   for k in keys]
+    pod = {
+        "serviceAccountName": SERVICE_ACCOUNTS["trainer"],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": POD_UID, "runAsGroup": POD_UID, "fsGroup": POD_UID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "node",  # the torch-distributed runtime's container
+                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                                         {"name": "dshm", "mountPath": "/dev/shm"},
+                                         {"name": "data", "mountPath": "/data"}]}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
+                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": CACHE_PVC}}],
+    }
     return {
         "apiVersion": f"{group}/{version}", "kind": "TrainJob",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "cxrlt"}},
@@ -66,10 +98,11 @@ def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_no
             "trainer": {"image": image or IMAGES["train"], "command": ["cxrlt"], "args": cli_args,
                         "numNodes": num_nodes,
                         "resourcesPerNode": {"limits": {"nvidia.com/gpu": str(gpus_per_node)}},
-                        # the registry credentials (MLflow basic auth) come from their Secret, never inline
-                        "env": [{"name": k, "value": str(v)} for k, v in (env or {}).items()]
-                        + [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRETS["mlflow_client"], "key": k}}}
-                           for k in MLFLOW_CLIENT_KEYS]},
+                        # HOME on the writable /tmp: library caches (torch, matplotlib) need a writable home
+                        "env": [{"name": k, "value": str(v)} for k, v in {"HOME": "/tmp", **(env or {})}.items()]
+                        + from_secret},
+            "runtimePatches": [{"manager": "cxrlt.io/launcher", "trainingRuntimeSpec": {"template": {"spec": {
+                "replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": pod}}}}]}}}}],
         },
     }
 

@@ -28,7 +28,10 @@ MLFLOW_TRACKING_URI = f"http://{MLFLOW_SERVICE}.{NAMESPACE}.svc.cluster.local:{M
 
 SECRETS = {
     "mlflow_db": "cxrlt-mlflow-db",  # key: uri (postgresql://...)
-    "s3": "cxrlt-s3",  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL
+    # Object storage keys per workload (least privilege; bucket policies in docs/deploy.md), each with the keys
+    # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL:
+    "s3_mlflow": "cxrlt-s3-mlflow",  # the MLflow server: read/write its artifact bucket (clients go through it)
+    "s3_pipeline": "cxrlt-s3-pipeline",  # pipeline steps and TrainJobs: read data + weights mirror, write run outputs
     "mlflow_auth": "cxrlt-mlflow-auth",  # keys: MLFLOW_FLASK_SERVER_SECRET_KEY, basic_auth.ini (server side)
     # keys: MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD: the account every registry client uses
     "mlflow_client": "cxrlt-mlflow-client",
@@ -39,6 +42,15 @@ S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPO
 REGISTERED_MODEL = "cxrlt-bundle"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
+
+SERVICE_ACCOUNTS = {
+    "pipeline": "cxrlt-pipeline-runner",  # in PIPELINES_NAMESPACE; may create/watch TrainJobs in NAMESPACE
+    "trainer": "cxrlt-trainer",  # TrainJob pods: no permissions, no token
+}
+#: the shared volume of pipeline steps and TrainJobs (preprocess cache, member outputs)
+CACHE_PVC = "cxrlt-cache"
+#: uid/gid the images run as (images/*.Dockerfile create this user)
+POD_UID = 1000
 
 TRAINJOB_RUNTIME = "torch-distributed"
 TRAINER_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
