@@ -147,6 +147,11 @@ class _Optimisation(_Strict):
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
 
 
+_KINDS = ("pcam", "swin", "cait", "mlp", "csra")
+_VIEWS = ("frontal", "lateral", "mixed")
+OverrideKey = Literal[("router", *_KINDS, *_VIEWS, *(f"{v}/{k}" for v in _VIEWS for k in _KINDS))]
+
+
 class TrainConfig(_Optimisation):
     loss: Literal["bce", "asl", "asl_weighted", "db"] = "asl"
     loss_kwargs: dict[str, Any] = {}
@@ -159,7 +164,9 @@ class TrainConfig(_Optimisation):
     amp: bool = True
     #: checkpoint selection: validation mAP, or seed 000's "mAP, mAUC and BCE on the augmented validation set"
     select_on: Literal["mAP", "mAP+mAUC-BCE"] = "mAP"
-    overrides: dict[Literal["router", "pcam", "swin", "cait", "mlp", "csra"], TrainOverride] = {}
+    #: per-network settings, keyed by kind (``pcam``), view (``lateral``) or both (``lateral/pcam``); applied in that
+    #: order, the most specific last
+    overrides: dict[OverrideKey, TrainOverride] = {}
 
 
 def _partial(model: type[BaseModel], name: str, exclude: tuple[str, ...]) -> type[BaseModel]:
@@ -326,10 +333,15 @@ def load_config(path: str | Path | dict | Profile) -> dict:
     return load_profile(path).model_dump(mode="json")
 
 
-def train_settings(cfg: dict, member_kind: str) -> dict:
-    """Training settings for one network: ``train`` with ``train.overrides[kind]`` applied."""
-    over = {k: v for k, v in (cfg["train"].get("overrides", {}).get(member_kind) or {}).items() if v is not None}
-    return {**cfg["train"], **over}
+def train_settings(cfg: dict, member: str) -> dict:
+    """Training settings for one network (``router``, a kind such as ``pcam``, or ``<view>/<kind>``): ``train`` with
+    the overrides of its kind, then of its view, then of ``<view>/<kind>`` applied."""
+    view, _, kind = member.rpartition("/")
+    settings = dict(cfg["train"])
+    for key in (kind, view, member if view else None):
+        over = (cfg["train"].get("overrides", {}) or {}).get(key) or {} if key else {}
+        settings.update({k: v for k, v in over.items() if v is not None})
+    return settings
 
 
 def task1_preprocess(cfg: dict) -> PreprocessConfig:

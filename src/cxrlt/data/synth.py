@@ -169,8 +169,14 @@ EXCLUDED_PROJECTIONS = {"COSTAL": 0.006, "EXCLUDE": 0.003, "UNK": 0.003}
 #: P(a lateral image | frontal projection): PA studies mostly come as PA + L pairs, bedside AP ones rarely.
 LATERAL_GIVEN_FRONTAL = {"PA": 0.52, "AP_horizontal": 0.05, "AP": 0.1}
 #: Studies per patient: PadChest has mean 1.63, median 1, max 116 (a long tail of frequently imaged patients);
-#: a Zipf law with exponent 2.6 has mean ~1.66 and median 1.
+#: a Zipf law with exponent 2.6 has mean ~1.66 and median 1. The cap scales with the dataset (116 studies is 0.1 %
+#: of PadChest's; uncapped, one patient could fill half of a small synthetic dev split).
 STUDIES_ZIPF_A, MAX_STUDIES = 2.6, 116
+
+
+def max_studies(n_images: int) -> int:
+    """Studies-per-patient cap for a dataset of ``n_images`` images: PadChest's 116 at its size, less when smaller."""
+    return int(min(MAX_STUDIES, max(5, n_images // 250)))
 #: BitsStored: 12 bits for 89.6 % of PadChest images, 10 bits for the rest; both stored in 16-bit PNGs.
 TEN_BIT_RATE = 0.104
 #: Columns / rows: PadChest images range from 612 to 4280 columns around a median near square.
@@ -250,7 +256,7 @@ def _plan(cfg: SynthConfig) -> list[_ImageSpec]:
         split = str(rng.choice(splits, p=weights))
         anatomy_seed = int(rng.integers(2**31))
         findings = _sample_findings(rng)
-        n_studies = int(min(MAX_STUDIES, rng.zipf(STUDIES_ZIPF_A)))
+        n_studies = int(min(max_studies(cfg.n_images), rng.zipf(STUDIES_ZIPF_A)))
         sex, birth_year = str(rng.choice(["F", "M"])), int(rng.integers(1925, 2000))
         for study, date in enumerate(_study_dates(rng, n_studies)):
             if study:

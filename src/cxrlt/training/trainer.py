@@ -137,7 +137,7 @@ def train_member(req: TrainRequest) -> dict:
     cfg = load_config(req.config)
     view, kind = parse_member(req.member)
     router = kind == "router"
-    ts = train_settings(cfg, kind)
+    ts = train_settings(cfg, req.member)
     epochs = req.epochs or ts["epochs"]
     seed, out = int(ts["seed"]), Path(req.out_dir)
     info, device = D.start_run(out, seed)
@@ -273,7 +273,7 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
         "tta_merge": merge,
         "pretrained": weights.card() if weights is not None else None,
         "best_epoch": best_epoch, "best_val_score": best,
-        "val_metric": "accuracy" if router else train_settings(cfg, kind)["select_on"], "history": history,
+        "val_metric": "accuracy" if router else train_settings(cfg, req.member)["select_on"], "history": history,
         "config_hash": config_hash(cfg), "profile": cfg.get("profile"),
         "model_config": cfg["models"]["router" if router else kind],
         "pcam_model_config": cfg["models"].get("pcam") if kind == "cait" else None,
@@ -319,7 +319,7 @@ def _mlflow_start(req: TrainRequest, cfg: dict, info: D.DistInfo):
 
     mlflow.set_experiment(os.environ.get("CXRLT_MLFLOW_EXPERIMENT", "cxrlt-train"))
     run = mlflow.start_run(run_name=req.member.replace("/", "-"))
-    flat = {f"train.{k}": v for k, v in train_settings(cfg, parse_member(req.member)[1]).items()
+    flat = {f"train.{k}": v for k, v in train_settings(cfg, req.member).items()
             if not isinstance(v, dict)}
     mlflow.log_params({"member": req.member, "profile": cfg.get("profile"), "config_hash": config_hash(cfg),
                        "world_size": info.world_size, **flat})
