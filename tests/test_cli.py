@@ -15,3 +15,18 @@ def test_help_explains_each_command(args):
 def test_synth_cli_refuses_silly_sizes(tmp_path):
     result = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path), "--n-images", "3"])
     assert result.exit_code == 1 and "n-images" in result.output
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("15:08:44.944 - INFO - Executing task \x1b[96m'validate-data'\x1b[0m\n", "Executing task 'validate-data'"),
+    ("frontal/pcam epoch 1/4:  4%|| 1/27\rINFO cxrlt.training.trainer: frontal/pcam epoch 1/4 loss 1.48 val_mAP 0.14\n",
+     "INFO cxrlt.training.trainer: frontal/pcam epoch 1/4 loss 1.48 val_mAP 0.14"),
+    ("    [KFP Executor 2026-11-26 15:08:48,208 INFO]: Looking for component `validate_data`\n", None),
+    ('                    "outputFile": "/tmp/x/gate/Output"\n', None),
+    ("synth images: 100%|##########| 2000/2000\n", None),
+    ("Traceback (most recent call last):\n", "Traceback (most recent call last):"),
+])
+def test_demo_quiet_mode_keeps_banners_progress_results_and_errors(raw, expected):
+    from cxrlt.demo import shown
+
+    assert shown(raw) == expected

@@ -207,6 +207,32 @@ def test_local_launcher_streams_the_childs_output():
         launch_local(["no-such-command"], out=io.StringIO())
 
 
+def test_local_launcher_sets_the_childs_threads(monkeypatch):
+    """``threads`` reaches the child as OMP_NUM_THREADS (two members side by side, one thread each); 0 leaves the
+    environment alone."""
+    import io
+
+    from cxrlt import launch
+
+    seen = []
+
+    class FakePopen:
+        def __init__(self, cmd, env=None, **_):
+            seen.append(env)
+            self.stdout, self.returncode = io.StringIO("ok\n"), 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            return False
+
+    monkeypatch.setattr(launch.subprocess, "Popen", FakePopen)
+    launch.launch_local(["train"], threads=1, out=io.StringIO())
+    launch.launch_local(["train"], out=io.StringIO())
+    assert seen[0]["OMP_NUM_THREADS"] == "1" and seen[1] is None
+
+
 def test_data_hash_covers_the_images(synth_data, tmp_path):
     import os
     import shutil

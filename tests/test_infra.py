@@ -68,7 +68,8 @@ def test_trainjob_body_validates_against_the_trainer_crd_and_is_hardened():
     container = pod["containers"][0]
     assert container["name"] == runtime_job["template"]["spec"]["template"]["spec"]["containers"][0]["name"]
     assert pod["serviceAccountName"] == P.SERVICE_ACCOUNTS["trainer"]
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    pod_sc = pod["securityContext"]
+    assert pod_sc["runAsNonRoot"] and pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
     volumes = {v["name"]: v for v in pod["volumes"]}

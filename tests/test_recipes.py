@@ -36,6 +36,23 @@ def test_dual_branch_asl_is_the_class_mean_of_seed_000_eq_2():
     assert total.item() == pytest.approx(parts["contrastive"] + 2.0 * bce.mean(), rel=1e-5)
 
 
+def test_training_overrides_apply_kind_then_view_then_member():
+    from cxrlt.config import ConfigError, load_config, train_settings
+
+    cfg = load_config(TINY_CONFIG)
+    cfg["train"]["overrides"] = {"pcam": {"epochs": 4, "lr": 1e-3}, "lateral": {"epochs": 8},
+                                 "lateral/pcam": {"epochs": 12}}
+    cfg = load_config(cfg)
+    assert train_settings(cfg, "frontal/pcam")["epochs"] == 4
+    assert train_settings(cfg, "lateral/swin")["epochs"] == 8  # the view's override
+    lateral_pcam = train_settings(cfg, "lateral/pcam")
+    assert lateral_pcam["epochs"] == 12 and lateral_pcam["lr"] == pytest.approx(1e-3)  # most specific wins
+    assert train_settings(cfg, "router")["epochs"] == cfg["train"]["epochs"]
+    cfg["train"]["overrides"] = {"lateral/router": {"epochs": 1}}
+    with pytest.raises(ConfigError, match="overrides"):
+        load_config(cfg)
+
+
 def test_selection_score_is_map_plus_mauc_minus_bce():
     y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     logits = np.array([[2.0, -1.0], [-1.0, 0.5], [0.3, 1.0], [-2.0, -0.5]])

@@ -24,6 +24,13 @@ _SHOWN = re.compile(r"Executing task|finished with status|epoch \d+/\d+ loss|bes
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def shown(raw: str) -> str | None:
+    """The part of one output line the quiet mode prints (ANSI colours, progress-bar frames and the logging prefix
+    removed), or None when only the log file keeps it."""
+    line = _ANSI.sub("", raw.split("\r")[-1]).strip()
+    return re.sub(r"^.*? - INFO - ", "", line)[:160] if _SHOWN.search(line) else None
+
+
 def _step(n: int, total: int, title: str) -> None:
     print(f"\n=== [{n}/{total}] {title}", flush=True)
 
@@ -42,10 +49,9 @@ def _cxrlt(*args: str, env: dict | None = None, log: Path | None = None, verbose
                                                   env=env, bufsize=1) as proc:
         for raw in proc.stdout:
             sink.write(raw)
-            line = _ANSI.sub("", raw.split("\r")[-1]).strip()
-            tail = (tail + [line])[-40:]
-            if _SHOWN.search(line):
-                print("  " + re.sub(r"^.*? - INFO - ", "", line)[:160], flush=True)
+            tail = (tail + [_ANSI.sub("", raw).rstrip()])[-40:]
+            if (line := shown(raw)) is not None:
+                print("  " + line, flush=True)
     if proc.returncode:
         print("\n".join(tail), flush=True)
         raise subprocess.CalledProcessError(proc.returncode, cmd)
