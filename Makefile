@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_run
 
-.PHONY: setup demo test lint compile clean kubectl
+.PHONY: setup demo test lint compile clean system-tools
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,12 +18,14 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m cxrlt.demo --workdir $(DEMO_DIR)
 
-# kubectl renders infra/ overlays in the tests; Debian's package, installed when missing (tests skip without it).
-kubectl:
-	@command -v kubectl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq kubectl) \
-	  || echo "kubectl could not be installed: the infra render tests will be skipped"
+# Debian packages the tests use, installed when missing (the tests that need them skip, saying why, without them):
+# kubectl renders the infra/ overlays; bubblewrap runs the pods' commands under their constraints.
+system-tools:
+	@command -v kubectl >/dev/null 2>&1 && command -v bwrap >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq kubectl bubblewrap) \
+	  || echo "kubectl/bubblewrap could not be installed: the infra and pod-constraint tests will be skipped"
 
-test: $(STAMP) kubectl
+test: $(STAMP) system-tools
 	$(PY) -m ruff check src components pipelines serving infra bench tests
 	$(PY) -m pytest -q
 

@@ -100,14 +100,15 @@ def _ensemble(name: str, input_shape, steps: list[tuple[str, dict, dict]], outpu
 
 def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: str = "python",
                      instances: int = 1, model_version: str | None = None) -> dict:
-    """Write the model repository for ``bundle_dir`` into ``out_dir`` (replaced); returns a summary."""
+    """Write the model repository for ``bundle_dir`` into ``out_dir`` (its previous contents replaced); returns a
+    summary. ``out_dir`` itself is kept: in a pod it is a volume's mount point, which cannot be removed."""
     if onnx_runtime not in ONNX_RUNTIMES:
         raise ValueError(f"onnx runtime must be one of {ONNX_RUNTIMES}")
     bundle_dir, repo = Path(bundle_dir), Path(out_dir)
     bundle = load_bundle(bundle_dir)
-    if repo.exists():
-        shutil.rmtree(repo)
-    repo.mkdir(parents=True)
+    repo.mkdir(parents=True, exist_ok=True)
+    for old in repo.iterdir():
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     known, zs = bundle["known_classes"], bundle.get("zeroshot")
     task1, zs_contract = bundle_contracts(bundle)
     zs_contract = zs_contract or task1

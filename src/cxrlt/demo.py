@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-images", type=int, default=2500, help="synthetic images (70 %% train, 15 %% dev/test)")
     parser.add_argument("--epochs", type=int, default=0, help="epochs of every network (0 = the profile's, which "
                         "gives each kind its own)")
-    parser.add_argument("--zeroshot-epochs", type=int, default=6)
+    parser.add_argument("--zeroshot-epochs", type=int, default=8)
     parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
     parser.add_argument("--verbose", action="store_true", help="show every line of every step (kfp.local's "
                         "executor JSON included) instead of banners, progress and results")
@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     from cxrlt import mlflow_server
     from serving import server as triton
 
-    data, t0, total = work / "data", time.time(), 9
+    data, t0, total = work / "data", time.time(), 10
     quiet = {"log": log, "verbose": args.verbose}
     gate = ["--min-map", "0.1", "--min-mauroc", "0.75", "--max-ece", "0.15", "--min-unseen-lift", "1.5"]
     started_mlflow = started_triton = False
+    weakened = None
     try:
         _step(1, total, "synthetic CXR-LT dataset in PadChest's shape (synthetic data, not PadChest)")
         if not (data / "CXRLT_2026_training.csv").exists():
@@ -124,9 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         _step(4, total, "promote challenger -> champion (non-inferiority on the dev set)")
         _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), env=env)
         if not args.no_challenger:
-            _step(5, total, "a deliberately weakened challenger (1 epoch on 10 % of the training images): the gate "
-                            "must refuse it and the champion must stay")
-            _weakened_challenger(work, data, args.config.resolve(), env, gate, quiet)
+            _step(5, total, "a deliberately weakened challenger (1 epoch on 10 % of the training images) trains in the "
+                            "background; the gate must refuse it (verdict in step 9)")
+            weakened = _start_weakened_challenger(work, data, args.config.resolve(), env, gate)
         _step(6, total, "Triton model repository from models:/cxrlt-bundle@champion")
         _cxrlt("serve", "build", "--bundle", "models:/cxrlt-bundle@champion", "--out", str(work / "model_repository"),
                env=env)
@@ -150,13 +151,19 @@ def main(argv: list[str] | None = None) -> None:
         dcm = array_to_dicom(cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED), work / "example.dcm", monochrome1=True)
         _cxrlt("infer", *map(str, [*pngs, dcm]), "--url", handle.grpc_url, "--top", "6", "--labels",
                str(data / "CXRLT_2026_test_labels.csv"), env=env)
-        _step(9, total, "done")
+        if weakened is not None:
+            _step(9, total, "the weakened challenger's verdict: refused by the gate, champion unchanged")
+            _finish_weakened_challenger(*weakened, env)
+        _step(10, total, "done")
         print(f"Finished in {time.time() - t0:.0f} s. Everything above ran on synthetic data.")
         print(f"- pipeline outputs (metrics.json, plots, validation report): {work / 'pipeline'}")
         print(f"- MLflow database and artifacts: {work / 'mlflow'} (`cxrlt mlflow up --data {work / 'mlflow'}` "
               "to browse the UI again)")
         print(f"- model repository: {work / 'model_repository'}; full log: {log}")
     finally:
+        if weakened is not None and weakened[0].poll() is None:
+            weakened[0].terminate()
+            weakened[0].wait(30)
         if started_triton:
             triton.stop("demo", state_dir=state)
         if started_mlflow:
@@ -164,18 +171,29 @@ def main(argv: list[str] | None = None) -> None:
         print("stopped the servers this demo started", flush=True)
 
 
-def _weakened_challenger(work: Path, data: Path, config: Path, env: dict, gate: list[str], quiet: dict) -> None:
-    """Retrain with 90 % of the training images removed and one epoch; the same gate must refuse it, so the
-    registry's champion does not move."""
+def _start_weakened_challenger(work: Path, data: Path, config: Path, env: dict, gate: list[str]):
+    """Start a retraining with 90 % of the training images removed and one epoch, against the same gate, in the
+    background (its output goes to a log file); returns what :func:`_finish_weakened_challenger` needs."""
     import pandas as pd
 
     train = pd.read_csv(data / "CXRLT_2026_training.csv", dtype={"ImageID": str})
     removal = work / "weakened_removal.csv"
     train[["ImageID"]].sample(frac=0.9, random_state=0).to_csv(removal, index=False)
-    root = work / "pipeline_weakened"
-    _cxrlt("pipeline", "run", "--local", "--data", str(data), "--config", str(config), "--root", str(root),
-           "--epochs", "1", "--zeroshot-epochs", "1", "--member-threads", "1", "--removal", str(removal), *gate,
-           env=env, **quiet)
+    root, log = work / "pipeline_weakened", work / "weakened.log"
+    cmd = [sys.executable, "-m", "cxrlt.cli", "pipeline", "run", "--local", "--data", str(data), "--config",
+           str(config), "--root", str(root), "--epochs", "1", "--zeroshot-epochs", "1", "--member-threads", "1",
+           "--removal", str(removal), *gate]
+    print("$ cxrlt " + " ".join(cmd[3:]) + f"  (output: {log})", flush=True)
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    return proc, root, log
+
+
+def _finish_weakened_challenger(proc: subprocess.Popen, root: Path, log: Path, env: dict) -> None:
+    """Wait for the weakened run; its gate must refuse it, so the registry's champion does not move."""
+    if proc.wait():
+        print("\n".join(log.read_text().splitlines()[-40:]))
+        raise subprocess.CalledProcessError(proc.returncode, proc.args)
     if _print_gate(_latest_run(root), "weakened challenger"):
         raise SystemExit("the weakened challenger passed the gate: the gate is not doing its job")
     from cxrlt.registry import resolve_version

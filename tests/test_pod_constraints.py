@@ -1,0 +1,232 @@
+"""The Triton pod's commands, run on this machine under the pod's constraints (no cluster needed).
+
+The prod overlay is rendered; its Triton init container (``cxrlt serve build`` from the champion) and server
+container (``tritonserver``) run with exactly their command, arguments and environment, inside bubblewrap: a
+read-only root filesystem, uid 1000, only the pod's declared volumes writable (each emptyDir a fresh directory,
+read-only mounts read-only), against this test's own MLflow. What a cluster would supply is the only substitution:
+the MLflow Service name becomes the test server's loopback address, Secrets become test values, and the images'
+layout (``cxrlt`` and ``tritonserver`` on PATH, Triton's backends in ``/opt/tritonserver/backends``) comes from this
+machine's environments. The server runs in its own network namespace, so its fixed ports cannot clash.
+
+Debian's ``bubblewrap`` provides ``bwrap`` (the Makefile installs it); without it, or without user namespaces, the
+tests skip and say why. Inside the user namespace the process is uid 1000; its file access outside is that of the
+user running the tests (a real image would have uid 1000 own its files).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cxrlt import platform as P
+
+ROOT = Path(__file__).resolve().parents[1]
+POD_UID = 1000
+
+
+def _bwrap() -> str:
+    path = shutil.which("bwrap")
+    if path is None:
+        pytest.skip("bwrap not found: install Debian's bubblewrap package (apt-get install bubblewrap)")
+    probe = subprocess.run([path, "--unshare-user", "--uid", str(POD_UID), "--ro-bind", "/", "/", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"bubblewrap cannot create a user namespace here: {probe.stderr.strip()}")
+    return path
+
+
+def _triton_pod(overlay: str = "prod") -> dict:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not found: install Debian's kubectl package to render the overlays")
+    out = subprocess.run([kubectl, "kustomize", str(ROOT / "infra" / "overlays" / overlay)], capture_output=True,
+                         text=True, check=True).stdout
+    dep = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"
+               and d["metadata"]["name"] == P.TRITON_SERVICE)
+    return dep["spec"]["template"]["spec"]
+
+
+def _sandbox_args(pod: dict, container: dict, volumes: dict[str, Path], binds: dict[str, Path],
+                  env: dict[str, str], net: bool) -> list[str]:
+    """bwrap arguments for one container: a read-only copy of this machine's root, the pod's volumes as declared
+    (emptyDirs writable, ``readOnly`` mounts read-only), the image layout in ``binds`` (read-only), the pod's uid."""
+    assert pod["securityContext"]["runAsUser"] == POD_UID and pod["securityContext"]["runAsNonRoot"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    args = [_bwrap(), "--unshare-user", "--uid", str(POD_UID), "--gid", str(POD_UID), "--unshare-pid",
+            "--die-with-parent", "--clearenv", "--tmpfs", "/"]
+    if not net:
+        args.append("--unshare-net")
+    def copy_tree(folder: Path, depth: int) -> None:
+        """Bind ``folder``'s entries read-only; descend where an image path must be mounted inside it."""
+        for entry in sorted(folder.iterdir()):
+            if depth == 0 and entry.name in ("proc", "dev", "tmp", "sys", "run"):
+                continue
+            if entry.is_symlink():
+                args.extend(["--symlink", os.readlink(entry), str(entry)])
+            elif entry.is_dir() and any(t.startswith(f"{entry}/") for t in binds):
+                args.extend(["--dir", str(entry)])
+                copy_tree(entry, depth + 1)
+            elif entry.is_dir() or entry.is_file():
+                args.extend(["--ro-bind", str(entry), str(entry)])
+
+    copy_tree(Path("/"), 0)
+    args += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys"]
+    for target, source in binds.items():
+        args += ["--ro-bind", str(source), target]
+    for mount in container.get("volumeMounts", []):
+        source = volumes[mount["name"]]
+        args += ["--ro-bind" if mount.get("readOnly") else "--bind", str(source), mount["mountPath"]]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    return [*args, "--remount-ro", "/"]
+
+
+def _pod_env(container: dict, tracking_uri: str, extra_path: list[Path]) -> dict[str, str]:
+    """The container's env as the cluster would give it: values as written (the MLflow Service name pointed at the
+    test's server), Secret references resolved to test values; PATH as in the images."""
+    env = {"PATH": ":".join([*map(str, extra_path), "/usr/local/bin", "/usr/bin", "/bin"])}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"].replace(P.MLFLOW_TRACKING_URI, tracking_uri)
+        else:
+            env[item["name"]] = f"test-{item['valueFrom']['secretKeyRef']['key'].lower()}"
+    return env
+
+
+def _volumes(pod: dict, root: Path) -> dict[str, Path]:
+    out = {}
+    for volume in pod["volumes"]:
+        assert "emptyDir" in volume, f"{volume['name']}: only emptyDirs are expected in the Triton pod"
+        out[volume["name"]] = root / volume["name"]
+        out[volume["name"]].mkdir(parents=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def champion(tiny_bundle, tmp_path_factory):
+    """This test's MLflow server with a registered, promoted ``cxrlt-bundle`` version."""
+    from cxrlt import mlflow_server
+    from cxrlt.export import export_bundle
+    from cxrlt.registry import promote, register_bundle
+
+    root = tmp_path_factory.mktemp("pod-mlflow")
+    bundle = root / "bundle"
+    export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", bundle)
+    state = mlflow_server.start(root / "data", port=0, state_dir=root / "state")
+    try:
+        labels = root / "labels.csv"
+        labels.write_text("ImageID\n")
+        version = register_bundle(bundle, {"mAP": 0.5}, {"passed": True, "checks": []}, {"git_commit": "test"},
+                                  tracking_uri=state["tracking_uri"])
+        assert promote(labels, tracking_uri=state["tracking_uri"])["promoted"]
+        yield state["tracking_uri"], version
+    finally:
+        assert mlflow_server.stop(state_dir=root / "state")
+
+
+def _run_init(pod: dict, tracking_uri: str, root: Path, onnx_runtime: str | None = None):
+    init = pod["initContainers"][0]
+    args = list(init["args"])
+    if onnx_runtime:  # the wheel's tritonserver has only the python backend (see the module docstring)
+        args[args.index("--onnx-runtime") + 1] = onnx_runtime
+    volumes = _volumes(pod, root)
+    env = _pod_env(init, tracking_uri, [Path(sys.executable).parent])
+    sandbox = _sandbox_args(pod, init, volumes, {}, env, net=True)
+    result = subprocess.run([*sandbox, *init["command"], *args], capture_output=True, text=True, timeout=600)
+    return result, volumes
+
+
+def test_init_container_builds_the_verified_champion_repository_under_pod_constraints(champion, tmp_path):
+    tracking_uri, version = champion
+    pod = _triton_pod("prod")
+    result, volumes = _run_init(pod, tracking_uri, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    repo = volumes["models"]
+    assert (repo / "cxr" / "config.pbtxt").exists() and list(repo.glob("*/1/model.onnx"))
+    assert f"{P.REGISTERED_MODEL}/{version}" in (repo / "cxr" / "config.pbtxt").read_text()
+    written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
+    assert written <= {"models", "tmp"}, "the init container wrote only into its declared volumes"
+    leftovers = [p for p in volumes["tmp"].rglob("*") if p.suffix == ".onnx" or p.name in ("MLmodel", "bundle.json")]
+    assert not leftovers, "the downloaded bundle is removed from /tmp afterwards"
+
+
+def test_server_container_becomes_ready_under_pod_constraints(champion, tmp_path):
+    from serving.server import _backend_dir, _tritonserver_dir, ensure_serving_env
+
+    tracking_uri, _ = champion
+    pod = _triton_pod("prod")
+    result, volumes = _run_init(pod, tracking_uri, tmp_path / "pod", onnx_runtime="python")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    env_dir = ensure_serving_env()
+    tritonserver = _tritonserver_dir(env_dir)
+    backends = _backend_dir(env_dir, tmp_path / "image")  # the image's /opt/tritonserver/backends
+    server = pod["containers"][0]
+    # the binary stays where its bundled libraries are ($ORIGIN-relative); Triton's default backend directory is
+    # where the NGC image keeps the backends
+    env = _pod_env(server, tracking_uri, [env_dir / "bin", tritonserver / "bin"])
+    binds = {"/opt/tritonserver/backends": backends}
+    sandbox = _sandbox_args(pod, server, volumes, binds, env, net=False)
+    http = next(p["containerPort"] for p in server["ports"] if p["name"] == "http")
+    probe = server["readinessProbe"]["httpGet"]["path"]
+    # inside the sandbox's own network: start the container's command, poll its readiness probe, stop it
+    script = (
+        'import subprocess, sys, time, urllib.request\n'
+        f'proc = subprocess.Popen({[*server["command"], *server["args"]]!r})\n'
+        'deadline, ready = time.time() + 240, False\n'
+        'while time.time() < deadline and proc.poll() is None and not ready:\n'
+        '    try:\n'
+        f'        ready = urllib.request.urlopen("http://127.0.0.1:{http}{probe}", timeout=2).status == 200\n'
+        '    except OSError:\n'
+        '        time.sleep(1)\n'
+        'print("READY" if ready else f"NOT READY (exit {proc.poll()})", flush=True)\n'
+        'proc.terminate(); proc.wait(60)\n'
+        'sys.exit(0 if ready else 1)\n'
+    )
+    run = subprocess.run([*sandbox, str(env_dir / "bin" / "python"), "-c", script], capture_output=True, text=True,
+                         timeout=400)
+    assert run.returncode == 0 and "READY" in run.stdout, run.stdout[-3000:] + run.stderr[-4000:]
+    written = {p.relative_to(tmp_path / "pod").parts[0] for p in (tmp_path / "pod").rglob("*") if p.is_file()}
+    assert written <= {"models", "tmp", "dshm"}
+
+
+def test_training_command_runs_under_the_trainjob_pod_constraints(synth_data, tmp_path):
+    """A TrainJob from ``trainjob_body`` (its command, args, env and pod patch): training writes only to its
+    volumes (the cache PVC, /tmp, /dev/shm) and runs as uid 1000 with a read-only root filesystem."""
+    from cxrlt.config import load_config
+    from cxrlt.launch import trainjob_body
+    from tests.conftest import TINY_CONFIG
+
+    pvc = tmp_path / "pvc"
+    shutil.copytree(synth_data, pvc / "data")
+    cfg = load_config({**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 1}})
+    (pvc / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["train", "--member", "mixed/pcam", "--config", "/data/tiny.yaml", "--data", "/data/data", "--out",
+            "/data/runs/mixed/pcam", "--resume"]
+    job = trainjob_body("cxrlt-mixed-pcam-test", args, env={"OMP_NUM_THREADS": "2"})
+    trainer = job["spec"]["trainer"]
+    patch = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = patch["template"]["spec"]["template"]["spec"]
+    container = {**pod["containers"][0], "env": trainer["env"]}
+    volumes = {}
+    for volume in pod["volumes"]:
+        volumes[volume["name"]] = pvc if "persistentVolumeClaim" in volume else tmp_path / volume["name"]
+        volumes[volume["name"]].mkdir(exist_ok=True)
+    env = _pod_env(container, P.MLFLOW_TRACKING_URI, [Path(sys.executable).parent])
+    env.pop("MLFLOW_TRACKING_URI", None)  # no registry for this run: the trainer logs to MLflow only when set
+    sandbox = _sandbox_args(pod, container, volumes, {}, env, net=False)
+    before = {p for p in pvc.rglob("*")}
+    run = subprocess.run([*sandbox, *trainer["command"], *trainer["args"]], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    card = (pvc / "runs" / "mixed" / "pcam" / "member.json")
+    assert card.exists() and (pvc / "runs" / "mixed" / "pcam" / "best.pt").exists()
+    new = {p for p in pvc.rglob("*") if p.is_file()} - before
+    assert all(p.is_relative_to(pvc / "runs") for p in new), sorted(map(str, new))[:5]
+    written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
+    assert written <= {"pvc", "tmp", "dshm"}
