@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The Triton serving environment (numpy < 2 python backend) is part of setup: created once, instant afterwards.
 demo: $(STAMP)
+	$(PY) -c "from serving.server import ensure_serving_env; ensure_serving_env()"
 	$(PY) -m cxrlt.demo --workdir $(DEMO_DIR)
 
 # Debian packages the tests use, installed when missing (the tests that need them skip, saying why, without them):

@@ -114,7 +114,11 @@ def main(argv: list[str] | None = None) -> None:
         started_mlflow = True
         env["MLFLOW_TRACKING_URI"] = ml["tracking_uri"]
         print(f"MLflow UI: {ml['tracking_uri']}", flush=True)
-        _step(3, total, "training pipeline on kfp.local (SubprocessRunner): validate, preprocess, split, router + "
+        if not args.no_challenger:
+            _step(3, total, "a deliberately weakened challenger (1 epoch on 10 % of the training images) starts in "
+                            "the background; the same gate must refuse it (its verdict comes in step 9)")
+            weakened = _start_weakened_challenger(work, data, args.config.resolve(), env, gate)
+        _step(4, total, "training pipeline on kfp.local (SubprocessRunner): validate, preprocess, split, router + "
                         "view members (two at a time) + zero-shot CLIP, ensemble, calibrate, evaluate, gate, register")
         _cxrlt("pipeline", "run", "--local", "--data", str(data), "--config", str(args.config.resolve()),
                "--root", str(work / "pipeline"), "--epochs", str(args.epochs), "--zeroshot-epochs",
@@ -122,12 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         if not _print_gate(_latest_run(work / "pipeline"), "challenger"):
             raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
                              f"evaluation report under {_latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
-        _step(4, total, "promote challenger -> champion (non-inferiority on the dev set)")
+        _step(5, total, "promote challenger -> champion (non-inferiority on the dev set)")
         _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), env=env)
-        if not args.no_challenger:
-            _step(5, total, "a deliberately weakened challenger (1 epoch on 10 % of the training images) trains in the "
-                            "background; the gate must refuse it (verdict in step 9)")
-            weakened = _start_weakened_challenger(work, data, args.config.resolve(), env, gate)
         _step(6, total, "Triton model repository from models:/cxrlt-bundle@champion")
         _cxrlt("serve", "build", "--bundle", "models:/cxrlt-bundle@champion", "--out", str(work / "model_repository"),
                env=env)

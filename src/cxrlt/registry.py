@@ -210,7 +210,7 @@ def _evaluation(client, name: str, version: str) -> pd.DataFrame:
 def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: pd.DataFrame, classes: list[str],
                      n: int = 200, seed: int = 0) -> dict:
     """mAP difference (challenger - champion) on the same images with a 95 % percentile bootstrap CI."""
-    from cxrlt.metrics import macro_ap
+    from cxrlt.metrics import paired_bootstrap_diff
 
     ids = sorted(set(challenger["ImageID"]) & set(champion["ImageID"]) & set(labels["ImageID"]))
     if len(ids) < len(labels) or len(ids) < len(challenger):
@@ -218,13 +218,7 @@ def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: p
     y = labels.set_index("ImageID").loc[ids, classes].to_numpy()
     a = challenger.set_index("ImageID").loc[ids, classes].to_numpy()
     b = champion.set_index("ImageID").loc[ids, classes].to_numpy()
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n):
-        i = rng.integers(0, len(ids), len(ids))
-        diffs.append(macro_ap(y[i], a[i]) - macro_ap(y[i], b[i]))
-    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
-    return {"diff": macro_ap(y, a) - macro_ap(y, b), "ci95": [float(lo), float(hi)], "n_images": len(ids)}
+    return {**paired_bootstrap_diff(y, a, b, n=n, seed=seed), "n_images": len(ids)}
 
 
 def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: str | None = None,

@@ -21,7 +21,7 @@ def report_task1(
     config: Annotated[Path, typer.Option(help="Profile YAML.")] = Path("configs/tiny.yaml"),
     out: Annotated[Path, typer.Option(help="Markdown file whose Task 1 section is (re)written.")] = Path(
         "docs/results.md"),
-    n_images: Annotated[int, typer.Option(help="Synthetic images to generate.")] = 2000,
+    n_images: Annotated[int, typer.Option(help="Synthetic images to generate.")] = 2500,
     size: Annotated[int, typer.Option(help="Synthetic image size.")] = 64,
 ) -> None:
     """Train every Task 1 member on synthetic data, build both ensembles, run the loss ablation, write the table."""
