@@ -4,8 +4,12 @@
 # (CVE-2025-23319/23320/23334, CVE-2025-23310/23311).
 ARG TRITON_TAG=25.08-py3
 FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}
-# The python backend in these builds needs numpy < 2 (empty output tensors otherwise).
-RUN pip install --no-cache-dir "numpy<2" "opencv-python-headless>=4.8,<4.12" "pydicom>=2.4" "onnxruntime>=1.17"
+# The python backend in these builds needs numpy < 2 (empty output tensors otherwise). DICOM decoding: the `dicom`
+# extra of pyproject.toml, the one list the training environment and `cxrlt serve up` install too.
+COPY pyproject.toml /tmp/cxrlt-pyproject.toml
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/cxrlt-pyproject.toml', 'rb'))['project']['optional-dependencies']['dicom']))" > /tmp/dicom.txt \
+ && pip install --no-cache-dir "numpy<2" "opencv-python-headless>=4.8,<4.12" "onnxruntime>=1.17" -r /tmp/dicom.txt \
+ && rm /tmp/dicom.txt /tmp/cxrlt-pyproject.toml
 USER 1000
 EXPOSE 8000 8001 8002
 ENTRYPOINT ["tritonserver"]

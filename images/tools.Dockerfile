@@ -10,6 +10,6 @@ COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
 COPY configs ./configs
-RUN pip install --no-cache-dir -e '.[mlops,serve]' "mlflow[auth]"
+RUN pip install --no-cache-dir -e '.[mlops,serve,dicom]' "mlflow[auth]"
 USER 1000
 ENTRYPOINT ["cxrlt"]

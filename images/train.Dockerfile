@@ -9,6 +9,6 @@ COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
 COPY configs ./configs
-RUN pip install --no-cache-dir -e '.[mlops]'
+RUN pip install --no-cache-dir -e '.[mlops,dicom]'
 USER 1000
 ENTRYPOINT ["cxrlt"]

@@ -18,8 +18,22 @@ from pathlib import Path
 
 from cxrlt.procs import free_port, same_process, spawn, start_time, stop_group, wait_ready
 
-SERVE_ENV_PACKAGES = ("numpy<2", "onnxruntime>=1.17", "opencv-python-headless>=4.8,<4.12", "pydicom>=2.4",
-                      "nvidia-pytriton==0.7.0")
+
+def dicom_requirements() -> tuple[str, ...]:
+    """The ``dicom`` extra of the installed cxrlt: the one list of DICOM decoding packages (pyproject.toml)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    reqs = [Requirement(r) for r in requires("cxrlt") or []]
+    found = tuple(str(r).split(";")[0].strip() for r in reqs if r.marker and r.marker.evaluate({"extra": "dicom"}))
+    if not found:
+        raise RuntimeError("the installed cxrlt has no 'dicom' extra: reinstall it (make setup)")
+    return found
+
+
+SERVE_ENV_PACKAGES = ("numpy<2", "onnxruntime>=1.17", "opencv-python-headless>=4.8,<4.12",
+                      "nvidia-pytriton==0.7.0", *dicom_requirements())
 DEFAULT_ENV = Path(os.environ.get("CXRLT_SERVE_ENV", Path.home() / ".cache" / "cxrlt" / "serve-env"))
 STATE_DIR = Path(os.environ.get("CXRLT_STATE_DIR", Path.home() / ".cache" / "cxrlt" / "servers"))
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"

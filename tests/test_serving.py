@@ -1,6 +1,7 @@
 """Serving end to end: ONNX parity on golden tensors, the model repository, the real tritonserver over gRPC
 (PNG and DICOM vs the in-process predictors), and every kind of bad input."""
 
+import io
 from pathlib import Path
 
 import cv2
@@ -342,3 +343,23 @@ def test_infer_reports_every_item_and_fails_when_any_did(server, images, tmp_pat
     table = pd.read_csv(tmp_path / "out.csv")
     assert len(table) == 3 and table["error"].isna().tolist() == [True, False, False]
     assert table.loc[0, "cardiomegaly"] == pytest.approx(results[0].known["cardiomegaly"], abs=1e-6)
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEGLSLossless", "JPEG2000Lossless"])
+def test_compressed_dicom_is_served_like_the_uncompressed_file(server, images, syntax):
+    """The serving environment decodes PACS transfer syntaxes (the `dicom` extra): a losslessly compressed copy of
+    a radiograph gets the uncompressed file's probabilities."""
+    import pydicom
+    import pydicom.uid
+
+    plain = images[1].read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(plain))
+    ds.compress(getattr(pydicom.uid, syntax))
+    packed = io.BytesIO()
+    ds.save_as(packed, enforce_file_format=True)
+    batch = np.array([[plain], [packed.getvalue()]], dtype=np.object_)
+    result = _raw_request(server, [("IMAGE", batch, "BYTES")])
+    errors = [e.decode() if isinstance(e, bytes) else str(e) for e in result.as_numpy("ERROR").ravel()]
+    assert errors == ["", ""], errors
+    probs = result.as_numpy("KNOWN_PROBS")
+    np.testing.assert_allclose(probs[1], probs[0], atol=1e-6)

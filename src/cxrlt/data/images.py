@@ -190,11 +190,49 @@ def check_dicom_acceptance(ds, source: str, modalities: tuple[str, ...] = DEFAUL
         raise ImageReadError(f"{source}: {frames} frames; a radiograph is a single frame")
 
 
+#: A Deflated-transfer-syntax dataset may inflate to at most this many bytes per allowed pixel (16-bit pixels
+#: plus the header and overlays a radiograph carries), so a small "zip bomb" is refused before it is inflated.
+DEFLATE_BYTES_PER_PIXEL, DEFLATE_SLACK = 4, 1 << 20
+
+
+def _check_deflate_bound(data: bytes, source: str, max_pixels: int) -> None:
+    """For the Deflated Explicit VR Little Endian transfer syntax, inflate incrementally and refuse the file as soon
+    as it would exceed what a radiograph within the pixel limit can need (``dcmread`` itself inflates unbounded)."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception:  # damaged meta: dcmread reports it below with its own message
+        return
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    limit = max_pixels * DEFLATE_BYTES_PER_PIXEL + DEFLATE_SLACK
+    inflater, inflated, pending = zlib.decompressobj(-zlib.MAX_WBITS), 0, data[fp.tell():]
+    try:
+        while pending and inflated <= limit:
+            inflated += len(inflater.decompress(pending, 1 << 20))
+            pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise ImageReadError(f"{source}: damaged Deflate stream ({exc})") from None
+    if inflated > limit:
+        raise ImageReadError(f"{source}: the Deflated dataset inflates beyond {limit} bytes, more than a radiograph "
+                             f"within the limit of {max_pixels} pixels needs")
+
+
 def _decode_dicom(data: bytes, source: str, max_pixels: int,
                   modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> np.ndarray:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:
+        raise ImageReadError(f"{source}: DICOM support is not installed (pip install 'cxrlt[dicom]')") from None
 
+    _check_deflate_bound(data, source, max_pixels)
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # pydicom raises many types for damaged files
