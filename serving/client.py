@@ -8,7 +8,6 @@ client reads from the served model's configuration, never by position.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 MODEL = "cxr"
-OUTPUTS = ("KNOWN_PROBS", "UNSEEN_PROBS", "VIEW", "VIEW_CONFIDENCE", "MODEL_VERSION", "ERROR")
+OUTPUTS = ("KNOWN_PROBS", "UNSEEN_PROBS", "VIEW", "VIEW_CONFIDENCE", "MODEL_VERSION", "ERROR", "KNOWN_CLASSES",
+           "UNSEEN_CLASSES", "KNOWN_BANDS")
 
 
 @dataclass
@@ -64,8 +64,18 @@ def _inputs(module, payloads: Sequence[bytes]):
     return [tensor], [module.InferRequestedOutput(o) for o in OUTPUTS]
 
 
-def _results(response, sources: Sequence[str], known: list[str], unseen: list[str]) -> list[Result]:
+def _names(response) -> tuple[list[str], list[str], dict[str, str]]:
+    """Known and unseen class names, in the probabilities' order, and the known classes' bands: every response
+    carries them, so a client never needs the model config (restricted on a production server)."""
+    known = [_decode(v) for v in response.as_numpy("KNOWN_CLASSES")[0]]
+    unseen = [_decode(v) for v in response.as_numpy("UNSEEN_CLASSES")[0]]
+    bands = dict(zip(known, (_decode(v) for v in response.as_numpy("KNOWN_BANDS")[0]), strict=True))
+    return known, unseen, bands
+
+
+def _results(response, sources: Sequence[str]) -> list[Result]:
     k, u = response.as_numpy("KNOWN_PROBS"), response.as_numpy("UNSEEN_PROBS")
+    known, unseen, _ = _names(response)
     out = []
     for i, src in enumerate(sources):
         err = _decode(response.as_numpy("ERROR")[i][0])
@@ -77,33 +87,45 @@ def _results(response, sources: Sequence[str], known: list[str], unseen: list[st
     return out
 
 
-def _classes(config: dict) -> tuple[list[str], list[str]]:
-    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-    return json.loads(params["known_classes"]), json.loads(params["unseen_classes"])
+@dataclass(frozen=True)
+class TLSOptions:
+    """gRPC TLS for a client: the CA that signed the server's certificate; with ``cert`` and ``key``, mutual TLS."""
+
+    ca: str | Path
+    cert: str | Path | None = None
+    key: str | Path | None = None
+
+    def client_kwargs(self) -> dict:
+        """tritonclient's arguments (it reads the PEM files itself)."""
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("mutual TLS needs both a client certificate and its key")
+        for path in (self.ca, self.cert, self.key):
+            if path and not Path(path).is_file():
+                raise FileNotFoundError(f"TLS file not found: {path}")
+        return {"ssl": True, "root_certificates": str(self.ca), "private_key": str(self.key) if self.key else None,
+                "certificate_chain": str(self.cert) if self.cert else None}
 
 
 class CXRClient:
-    """Synchronous gRPC client. ``timeout`` is per call (seconds); UNAVAILABLE is retried ``retries`` times."""
+    """Synchronous gRPC client. ``timeout`` is per call (seconds); UNAVAILABLE is retried ``retries`` times.
+    ``tls`` connects over TLS (the server started with a certificate: ``cxrlt serve up --tls-cert ...``)."""
 
-    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5, batch_size: int = 8):
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5, batch_size: int = 8,
+                 tls: TLSOptions | None = None):
         import tritonclient.grpc as grpcclient
 
         self._mod = grpcclient
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = grpcclient.InferenceServerClient(url, **(tls.client_kwargs() if tls else {}))
         self.timeout, self.retries, self.backoff, self.batch_size = timeout, retries, backoff, batch_size
-        self._names: tuple[list[str], list[str]] | None = None
+        self._served: tuple[list[str], list[str], dict[str, str]] | None = None
 
     def classes(self) -> tuple[list[str], list[str]]:
-        if self._names is None:
-            self._config = self.client.get_model_config(MODEL, as_json=True)["config"]
-            self._names = _classes(self._config)
-        return self._names
+        """(known, unseen) class names as the server last answered them (empty before the first answer)."""
+        return (self._served[0], self._served[1]) if self._served else ([], [])
 
     def bands(self) -> dict[str, str]:
         """Head/medium/tail band of each known class (training prevalence), as served with the model."""
-        self.classes()
-        params = {k: v["string_value"] for k, v in self._config.get("parameters", {}).items()}
-        return json.loads(params.get("bands", "{}"))
+        return dict(self._served[2]) if self._served else {}
 
     def _infer(self, payloads: Sequence[bytes]):
         from tritonclient.utils import InferenceServerException
@@ -124,12 +146,13 @@ class CXRClient:
         from tritonclient.utils import InferenceServerException
 
         sources = list(sources or [f"item {i}" for i in range(len(payloads))])
-        known, unseen = self.classes()
         results = []
         for i in range(0, len(payloads), self.batch_size):
             chunk, names = payloads[i : i + self.batch_size], sources[i : i + self.batch_size]
             try:
-                results += _results(self._infer(chunk), names, known, unseen)
+                response = self._infer(chunk)
+                self._served = _names(response)
+                results += _results(response, names)
             except InferenceServerException as exc:
                 results += [failed(src, exc.message() or str(exc)) for src in names]
         return results
@@ -153,11 +176,12 @@ class CXRClient:
 class AsyncCXRClient:
     """asyncio variant: ``await client.infer_files(paths)`` sends the batches concurrently."""
 
-    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5, batch_size: int = 8):
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5, batch_size: int = 8,
+                 tls: TLSOptions | None = None):
         import tritonclient.grpc.aio as aioclient
 
         self._mod = aioclient
-        self.client = aioclient.InferenceServerClient(url)
+        self.client = aioclient.InferenceServerClient(url, **(tls.client_kwargs() if tls else {}))
         self.timeout, self.retries, self.backoff, self.batch_size = timeout, retries, backoff, batch_size
 
     async def _infer(self, payloads):
@@ -174,14 +198,12 @@ class AsyncCXRClient:
         raise RuntimeError("unreachable")
 
     async def infer_files(self, paths: Sequence[str | Path]) -> list[Result]:
-        config = await self.client.get_model_config(MODEL, as_json=True)
-        known, unseen = _classes(config["config"])
         payloads = [Path(p).read_bytes() for p in paths]
         chunks = [(i, payloads[i : i + self.batch_size]) for i in range(0, len(payloads), self.batch_size)]
         responses = await asyncio.gather(*(self._infer(c) for _, c in chunks))
         results = []
         for (i, chunk), response in zip(chunks, responses, strict=True):
-            results += _results(response, [str(p) for p in paths[i : i + len(chunk)]], known, unseen)
+            results += _results(response, [str(p) for p in paths[i : i + len(chunk)]])
         return results
 
     async def close(self) -> None:

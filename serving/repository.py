@@ -169,7 +169,11 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
         [_tensor("KNOWN_PROBS", "TYPE_FP32", [len(known)]),
          _tensor("UNSEEN_PROBS", "TYPE_FP32", [len(zs["classes"]) if zs else 6]),
          _tensor("VIEW", "TYPE_STRING", [1]), _tensor("VIEW_CONFIDENCE", "TYPE_FP32", [1]),
-         _tensor("MODEL_VERSION", "TYPE_STRING", [1]), _tensor("ERROR", "TYPE_STRING", [1])],
+         _tensor("MODEL_VERSION", "TYPE_STRING", [1]), _tensor("ERROR", "TYPE_STRING", [1]),
+         # names (and bands) in the probabilities' order, so clients never need the (restricted) model config
+         _tensor("KNOWN_CLASSES", "TYPE_STRING", [len(known)]),
+         _tensor("UNSEEN_CLASSES", "TYPE_STRING", [len(zs["classes"]) if zs else 6]),
+         _tensor("KNOWN_BANDS", "TYPE_STRING", [len(known)])],
         dynamic=False, instances=max(1, instances),
         params={"known_classes": json.dumps(known),
                 "unseen_classes": json.dumps(zs["classes"] if zs else []),

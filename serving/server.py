@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -54,6 +55,9 @@ class ServerHandle:
     repository: str
     log_file: str
     start_time: int | None = None  # with pid, identifies the process: a reused PID is never signalled
+    production: bool = False  # model control mode none, admin APIs restricted
+    tls: bool = False
+    admin_key: str | None = None  # the restricted APIs' header value (production only)
 
     @property
     def grpc_url(self) -> str:
@@ -103,10 +107,42 @@ def _backend_dir(env: Path, state: Path) -> Path:
     return backend.parent
 
 
+#: What a production server restricts to callers that send the admin header (Triton's restricted protocol/API
+#: options): loading/unloading models, reading model configs, registering shared memory.
+RESTRICTED = "model-repository,model-config,shared-memory"
+ADMIN_HEADER = "cxrlt-admin-key"
+#: the header gRPC callers send (Triton prefixes restricted-protocol keys); HTTP callers send ADMIN_HEADER itself
+ADMIN_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """gRPC TLS for the server: its certificate and key; with ``ca``, clients must present a certificate it signed."""
+
+    cert: str | Path
+    key: str | Path
+    ca: str | Path | None = None
+
+    def args(self) -> list[str]:
+        for path in (self.cert, self.key, self.ca):
+            if path and not Path(path).is_file():
+                raise ServeError(f"TLS file not found: {path}")
+        out = ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(self.cert).resolve()}",
+               f"--grpc-server-key={Path(self.key).resolve()}"]
+        if self.ca:
+            out += [f"--grpc-root-cert={Path(self.ca).resolve()}", "--grpc-use-ssl-mutual=true"]
+        return out
+
+
 def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1", http_port: int = 0,
           grpc_port: int = 0, metrics_port: int = 0, env: Path = DEFAULT_ENV, timeout: float = 240,
-          state_dir: Path = STATE_DIR) -> ServerHandle:
-    """Start tritonserver on ``repository`` and wait until ready; ports 0 pick free loopback ports."""
+          state_dir: Path = STATE_DIR, production: bool = False, tls: ServerTLS | None = None) -> ServerHandle:
+    """Start tritonserver on ``repository`` and wait until ready; ports 0 pick free loopback ports.
+
+    ``production`` serves a fixed repository: model control mode ``none`` (no client can load or unload a model)
+    and the model-repository, model-config and shared-memory APIs restricted, on gRPC and HTTP, to requests that
+    carry the admin header with a key generated here (kept in the server's state file, readable by its owner only).
+    Otherwise explicit mode, for local development. ``tls`` encrypts gRPC (optionally mutual)."""
     env = ensure_serving_env(env)
     state = Path(state_dir) / name
     state.mkdir(parents=True, exist_ok=True)
@@ -116,16 +152,23 @@ def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1"
             raise ServeError(f"server {name!r} already runs (pid {old.pid}, gRPC {old.grpc_url}); cxrlt serve down")
     ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
     log_file = state / "tritonserver.log"
+    admin_key = secrets.token_hex(16) if production else None
+    mode = (["--model-control-mode=none", f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={admin_key}",
+             f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={admin_key}"] if production
+            else ["--model-control-mode=explicit", "--load-model=*"])
     cmd = [str(_tritonserver_dir(env) / "bin" / "tritonserver"), f"--model-repository={Path(repository).resolve()}",
-           f"--backend-directory={_backend_dir(env, state)}", "--model-control-mode=explicit", "--load-model=*",
+           f"--backend-directory={_backend_dir(env, state)}", *mode, *(tls.args() if tls else []),
            f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
            f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
            "--exit-timeout-secs=20", "--log-verbose=0"]
     run_env = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = spawn(cmd, log_file, run_env)
     handle = ServerHandle(name, proc.pid, host, *ports, str(Path(repository).resolve()), str(log_file),
-                          start_time(proc.pid))
-    (state / "server.json").write_text(json.dumps(asdict(handle), indent=2))
+                          start_time(proc.pid), production, tls is not None, admin_key)
+    state_file = state / "server.json"
+    state_file.touch(mode=0o600)
+    state_file.chmod(0o600)  # the admin key
+    state_file.write_text(json.dumps(asdict(handle), indent=2))
     try:
         wait_ready(proc, f"{handle.http_url}/v2/health/ready", timeout, log_file, "tritonserver")
     except RuntimeError as exc:
@@ -140,17 +183,20 @@ def handle_of(name: str = "default", state_dir: Path = STATE_DIR) -> ServerHandl
 
 
 def stop(name: str = "default", timeout: float = 30, state_dir: Path = STATE_DIR) -> bool:
-    """Drain (unload the entry model), SIGTERM the process group, SIGKILL after ``timeout``. False if none ran."""
+    """Drain, SIGTERM the process group, SIGKILL after ``timeout``. False if none ran. A development server first
+    unloads its entry model (new requests are refused while in-flight ones finish); a production one cannot unload
+    (model control mode none) and drains on SIGTERM alone, which also lets in-flight requests finish."""
     handle = handle_of(name, state_dir)
     if handle is None:
         return False
     if same_process(handle.pid, handle.start_time):  # a PID reused by another process is left alone
-        try:
-            req = urllib.request.Request(f"{handle.http_url}/v2/repository/models/cxr/unload", data=b"{}",
-                                         method="POST")
-            urllib.request.urlopen(req, timeout=10).close()
-        except OSError:
-            pass  # already unreachable: go straight to SIGTERM
+        if not handle.production:
+            try:
+                req = urllib.request.Request(f"{handle.http_url}/v2/repository/models/cxr/unload", data=b"{}",
+                                             method="POST")
+                urllib.request.urlopen(req, timeout=10).close()
+            except OSError:
+                pass  # already unreachable: go straight to SIGTERM
         stop_group(handle.pid, timeout, started=handle.start_time)
     (Path(state_dir) / name / "server.json").unlink(missing_ok=True)
     return True

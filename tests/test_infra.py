@@ -228,6 +228,22 @@ def test_image_tags_come_from_kustomize_and_the_triton_release_is_fixed():
     assert (year, month) >= (25, 7), "Triton before 25.07 lacks the 2025 python-backend/HTTP-server fixes"
 
 
+def test_triton_serves_a_fixed_repository_with_admin_apis_restricted(rendered):
+    """Production Triton: model control mode none (no load/unload by anyone), and the model-repository,
+    model-config and shared-memory APIs only with the admin header, whose value comes from a Secret."""
+    _, docs = rendered
+    server = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+    args = server["args"]
+    assert "--model-control-mode=none" in args and not any(a.startswith("--load-model") for a in args)
+    for flag in ("--grpc-restricted-protocol=", "--http-restricted-api="):
+        value = next(a for a in args if a.startswith(flag))[len(flag):]
+        apis, _, header = value.partition(":")
+        assert set(apis.split(",")) == {"model-repository", "model-config", "shared-memory"}
+        assert header == "cxrlt-admin-key=$(TRITON_ADMIN_KEY)"
+    env = {e["name"]: e for e in server["env"]}
+    assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == P.SECRETS["triton_admin"]
+
+
 def test_triton_init_container_gets_no_object_storage_keys(rendered):
     _, docs = rendered
     init = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["initContainers"][0]

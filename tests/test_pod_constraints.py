@@ -99,6 +99,13 @@ def _pod_env(container: dict, tracking_uri: str, extra_path: list[Path]) -> dict
     return env
 
 
+def _expand(args: list[str], env: dict[str, str]) -> list[str]:
+    """``$(VAR)`` in a container's command/args, replaced from its env as the kubelet does."""
+    import re
+
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in args]
+
+
 def _volumes(pod: dict, root: Path) -> dict[str, Path]:
     out = {}
     for volume in pod["volumes"]:
@@ -138,7 +145,8 @@ def _run_init(pod: dict, tracking_uri: str, root: Path, onnx_runtime: str | None
     volumes = _volumes(pod, root)
     env = _pod_env(init, tracking_uri, [Path(sys.executable).parent])
     sandbox = _sandbox_args(pod, init, volumes, {}, env, net=True)
-    result = subprocess.run([*sandbox, *init["command"], *args], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([*sandbox, *_expand([*init["command"], *args], env)], capture_output=True, text=True,
+                            timeout=600)
     return result, volumes
 
 
@@ -177,7 +185,7 @@ def test_server_container_becomes_ready_under_pod_constraints(champion, tmp_path
     # inside the sandbox's own network: start the container's command, poll its readiness probe, stop it
     script = (
         'import subprocess, sys, time, urllib.request\n'
-        f'proc = subprocess.Popen({[*server["command"], *server["args"]]!r})\n'
+        f'proc = subprocess.Popen({_expand([*server["command"], *server["args"]], env)!r})\n'
         'deadline, ready = time.time() + 240, False\n'
         'while time.time() < deadline and proc.poll() is None and not ready:\n'
         '    try:\n'

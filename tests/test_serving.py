@@ -363,3 +363,101 @@ def test_compressed_dicom_is_served_like_the_uncompressed_file(server, images, s
     assert errors == ["", ""], errors
     probs = result.as_numpy("KNOWN_PROBS")
     np.testing.assert_allclose(probs[1], probs[0], atol=1e-6)
+
+
+def _pki(folder):
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all signed by the CA (PEM)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(name, key, issuer_name, issuer_key, ca=False, san=None, usage=None):
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        if usage:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(name, cert, key):
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                               serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cxrlt test CA")])
+    ca = issue("cxrlt test CA", ca_key, ca_name, ca_key, ca=True)
+    write("ca", ca, ca_key)
+    server_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    write("server", issue("localhost", server_key, ca_name, ca_key,
+                          san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+                          usage=ExtendedKeyUsageOID.SERVER_AUTH), server_key)
+    write("client", issue("hospital-integration", client_key, ca_name, ca_key,
+                          usage=ExtendedKeyUsageOID.CLIENT_AUTH), client_key)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def locked_server(bundle, tmp_path_factory):
+    """A production server (model control none, admin APIs restricted) with mutual TLS on gRPC."""
+    from serving.repository import build_repository
+    from serving.server import ServerTLS, start, stop
+
+    root = tmp_path_factory.mktemp("locked")
+    pki = _pki(root)
+    build_repository(bundle, root / "repo", "python")
+    handle = start(root / "repo", name=f"pytest-locked-{root.name}", http_port=0, grpc_port=0, metrics_port=0,
+                   state_dir=root / "state", production=True,
+                   tls=ServerTLS(pki / "server.pem", pki / "server.key", pki / "ca.pem"))
+    yield handle, pki
+    assert stop(handle.name, state_dir=root / "state")
+
+
+def test_production_server_needs_tls_and_a_client_certificate(locked_server, images):
+    from serving.client import CXRClient, TLSOptions
+
+    handle, pki = locked_server
+    pngs, _ = images
+    url = f"localhost:{handle.grpc_port}"
+    good = CXRClient(url, retries=0, tls=TLSOptions(pki / "ca.pem", pki / "client.pem", pki / "client.key"))
+    result = good.infer_files([pngs[0]])[0]
+    assert result.error == "" and len(result.known) == len(KNOWN_CLASSES)
+    for tls in (None, TLSOptions(pki / "ca.pem")):  # plaintext; TLS without the client certificate
+        refused = CXRClient(url, retries=0, timeout=5, tls=tls).infer_files([pngs[0]])[0]
+        assert not refused.known and refused.error, "no answer without TLS and a client certificate"
+
+
+def test_production_server_refuses_model_control_and_restricts_admin_apis(locked_server):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from serving.server import ADMIN_GRPC_HEADER
+
+    handle, pki = locked_server
+    client = grpcclient.InferenceServerClient(f"localhost:{handle.grpc_port}", ssl=True,
+                                              root_certificates=str(pki / "ca.pem"),
+                                              private_key=str(pki / "client.key"),
+                                              certificate_chain=str(pki / "client.pem"))
+    try:
+        with pytest.raises(InferenceServerException, match="(?i)restricted|permission|denied|header"):
+            client.unload_model("cxr")
+        with pytest.raises(InferenceServerException, match="(?i)restricted|permission|denied|header"):
+            client.get_model_config("router")
+        admin = {ADMIN_GRPC_HEADER: handle.admin_key}
+        assert client.get_model_config("router", headers=admin)  # the admin key opens the restricted API ...
+        with pytest.raises(InferenceServerException, match="(?i)not allowed|mode|explicit|poll"):
+            client.unload_model("cxr", headers=admin)  # ... but model control mode none refuses unloading anyway
+        assert client.is_model_ready("cxr") and client.is_server_ready()
+    finally:
+        client.close()

@@ -3,8 +3,9 @@
 A bundle without a router (HPH) sends every image to the mixed ensemble and reports the view as "mixed".
 
 Outputs per item: 30 known-finding probabilities, 6 unseen-finding probabilities, the chosen view, its confidence,
-the served model version and an error string (empty when the item was fine). Class names are in the model config's
-parameters, so clients key every probability by name.
+the served model version, an error string (empty when the item was fine), and the class names (and bands) in the
+order of the probabilities: clients key every probability by name without reading the model config, which a
+production server restricts to administrators.
 """
 
 import json
@@ -22,6 +23,8 @@ class TritonPythonModel:
         self.router_classes = json.loads(p["router_classes"])
         self.views = json.loads(p["views"])
         self.version = p["model_version"]
+        bands = json.loads(p.get("bands") or "{}")
+        self.known_bands = [bands.get(c, "") for c in self.known]
         self.has_zeroshot = p.get("zeroshot", "false") == "true"
 
     def _inputs(self, request):
@@ -72,7 +75,11 @@ class TritonPythonModel:
             pb_utils.Tensor("KNOWN_PROBS", known), pb_utils.Tensor("UNSEEN_PROBS", unseen),
             pb_utils.Tensor("VIEW", bytes_array(views)), pb_utils.Tensor("VIEW_CONFIDENCE", confidence),
             pb_utils.Tensor("MODEL_VERSION", bytes_array([self.version] * n)),
-            pb_utils.Tensor("ERROR", bytes_array(errors))])
+            pb_utils.Tensor("ERROR", bytes_array(errors)),
+            pb_utils.Tensor("KNOWN_CLASSES", np.array([[c.encode() for c in self.known]] * n, dtype=np.object_)),
+            pb_utils.Tensor("UNSEEN_CLASSES", np.array([[c.encode() for c in self.unseen]] * n, dtype=np.object_)),
+            pb_utils.Tensor("KNOWN_BANDS", np.array([[b.encode() for b in self.known_bands]] * n,
+                                                    dtype=np.object_))])
 
     def execute(self, requests):
         responses = []

@@ -35,6 +35,8 @@ SECRETS = {
     "mlflow_auth": "cxrlt-mlflow-auth",  # keys: MLFLOW_FLASK_SERVER_SECRET_KEY, basic_auth.ini (server side)
     # keys: MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD: the account every registry client uses
     "mlflow_client": "cxrlt-mlflow-client",
+    # key: TRITON_ADMIN_KEY, the header value that opens Triton's restricted admin APIs (operators only)
+    "triton_admin": "cxrlt-triton-admin",
 }
 MLFLOW_CLIENT_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")

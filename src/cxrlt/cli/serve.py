@@ -77,16 +77,31 @@ def serve_up(
     http_port: Annotated[int, typer.Option(help="HTTP port (0 = a free one).")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (0 = a free one).")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Metrics port (0 = a free one).")] = 8002,
+    production: Annotated[bool, typer.Option(
+        "--production/--development",
+        help="Production: a fixed repository (model control mode none; nobody can load or unload models) and the "
+             "model-repository, model-config and shared-memory APIs restricted to an admin header whose key is "
+             "kept in the server's state file. Development: explicit mode, for local work.")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM server certificate: gRPC over TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert.")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        help="PEM CA: clients must present a certificate it signed (mutual TLS).")] = None,
 ) -> None:
     """Start the bundled tritonserver (creating the serving environment on first use) and wait until ready."""
-    from serving.server import ServeError, start
+    from serving.server import ServeError, ServerTLS, start
 
+    if bool(tls_cert) != bool(tls_key):
+        _fail("--tls-cert and --tls-key go together")
+    tls = ServerTLS(tls_cert, tls_key, tls_ca) if tls_cert else None
+    if tls_ca and not tls:
+        _fail("--tls-ca needs --tls-cert and --tls-key")
     try:
-        h = start(repository, name, host, http_port, grpc_port, metrics_port)
+        h = start(repository, name, host, http_port, grpc_port, metrics_port, production=production, tls=tls)
     except ServeError as exc:
         _fail(str(exc))
-    typer.echo(f"triton ready: gRPC {h.grpc_url}, HTTP {h.http_url}, metrics {h.host}:{h.metrics_port} "
-               f"(pid {h.pid}, log {h.log_file})")
+    typer.echo(f"triton ready: gRPC {h.grpc_url}{' (TLS)' if h.tls else ''}, HTTP {h.http_url}, metrics "
+               f"{h.host}:{h.metrics_port} (pid {h.pid}, log {h.log_file}, "
+               f"{'production: model control none, admin APIs restricted' if h.production else 'development'})")
 
 
 @serve_app.command("down")
@@ -101,6 +116,9 @@ def serve_down(name: Annotated[str, typer.Option(help="Server name.")] = "defaul
 def infer_cmd(
     files: Annotated[list[Path], typer.Argument(help="PNG or DICOM files.")],
     url: Annotated[str, typer.Option(help="Triton gRPC address HOST:PORT.")] = "127.0.0.1:8001",
+    tls_ca: Annotated[Path | None, typer.Option(help="PEM CA of the server's certificate: connect over TLS.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM client certificate (mutual TLS).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write one row per item (source, view, "
                                                                "error, every probability by class name).")] = None,
@@ -121,7 +139,14 @@ def infer_cmd(
         from cxrlt.data.tables import read_label_sets
 
         truth = read_label_sets(labels)
-    client = CXRClient(url, timeout=timeout)
+    from serving.client import TLSOptions
+
+    if (tls_cert or tls_key) and not tls_ca:
+        _fail("--tls-cert/--tls-key need --tls-ca")
+    try:
+        client = CXRClient(url, timeout=timeout, tls=TLSOptions(tls_ca, tls_cert, tls_key) if tls_ca else None)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
     try:
         results = client.infer_files(files)
         bands = client.bands()
