@@ -28,6 +28,8 @@ from cxrlt import platform as P
 
 ROOT = Path(__file__).resolve().parents[1]
 POD_UID = 1000
+#: further paths the images would contain (the Triton serving environment), added by the tests that use them
+IMAGE_PATHS: set[Path] = set()
 
 
 def _bwrap() -> str:
@@ -82,6 +84,12 @@ def _sandbox_args(pod: dict, container: dict, volumes: dict[str, Path], binds: d
     for mount in container.get("volumeMounts", []):
         source = volumes[mount["name"]]
         args += ["--ro-bind" if mount.get("readOnly") else "--bind", str(source), mount["mountPath"]]
+    # the "image" (this checkout, its venv, the serving env) stays visible read-only where it is, even when it lives
+    # under a path the pod mounts a volume on (a clone under /tmp): bound after the volumes, so on top of them
+    hidden = ("/tmp", "/run", "/dev", "/proc", "/sys", *(m["mountPath"] for m in container.get("volumeMounts", [])))
+    for path in sorted({ROOT, Path(sys.prefix), *IMAGE_PATHS}):
+        if any(str(path) == h or str(path).startswith(f"{h}/") for h in hidden):
+            args += ["--ro-bind", str(path), str(path)]
     for key, value in env.items():
         args += ["--setenv", key, value]
     return [*args, "--remount-ro", "/"]
@@ -118,10 +126,13 @@ def _volumes(pod: dict, root: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def champion(tiny_bundle, tmp_path_factory):
     """This test's MLflow server with a registered, promoted ``cxrlt-bundle`` version."""
+    import mlflow
+
     from cxrlt import mlflow_server
     from cxrlt.export import export_bundle
     from cxrlt.registry import promote, register_bundle
 
+    before = os.environ.get("MLFLOW_TRACKING_URI")  # register/promote set it: restored when the server stops
     root = tmp_path_factory.mktemp("pod-mlflow")
     bundle = root / "bundle"
     export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", bundle)
@@ -134,6 +145,7 @@ def champion(tiny_bundle, tmp_path_factory):
         assert promote(labels, tracking_uri=state["tracking_uri"])["promoted"]
         yield state["tracking_uri"], version
     finally:
+        mlflow.set_tracking_uri(before)  # None unsets it: later in-process training must not log to a dead server
         assert mlflow_server.stop(state_dir=root / "state")
 
 
@@ -172,6 +184,7 @@ def test_server_container_becomes_ready_under_pod_constraints(champion, tmp_path
     result, volumes = _run_init(pod, tracking_uri, tmp_path / "pod", onnx_runtime="python")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     env_dir = ensure_serving_env()
+    IMAGE_PATHS.add(env_dir.resolve())
     tritonserver = _tritonserver_dir(env_dir)
     backends = _backend_dir(env_dir, tmp_path / "image")  # the image's /opt/tritonserver/backends
     server = pod["containers"][0]
