@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
                               state_dir=state)
         started_triton = True
         print(f"Triton ready: gRPC {handle.grpc_url}, metrics http://{handle.host}:{handle.metrics_port}/metrics")
-        _step(8, total, "send PNG and DICOM images over gRPC; [x] = present in the synthetic ground truth")
+        _step(8, total, "send PNG and DICOM images over gRPC; the truth column marks findings present in the "
+                        "synthetic ground truth")
         import cv2
         import pandas as pd
 
