@@ -133,8 +133,7 @@ def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir
     predictor = EnsemblePredictor(ensemble_dir)
     labels, images = load_eval_images(data, labels_csv.name, predictor.preprocess)
     known = list(KNOWN_CLASSES)
-    pred = predictor.predict(images)
-    before = EnsemblePredictor(ensemble_dir, calibrated=False).predict(images)
+    before, pred = predictor.predict_before_after(images)
     reliability_before_after(labels[known].to_numpy(), before[known].to_numpy(), pred[known].to_numpy(),
                              out / "reliability_before_after.png")
     write_submission(out / "predictions.csv", labels["ImageID"], pred, known)

@@ -43,15 +43,14 @@ class EnsemblePredictor:
 
     @torch.no_grad()
     def view_probs(self, view: str, x: torch.Tensor) -> np.ndarray:
-        """The view ensemble's probabilities (before normal gating): combined and calibrated as the spec says."""
+        """The view ensemble's combined probabilities (before calibration and normal gating)."""
         vspec = self.spec["views"][view]
         logits = {k: self.members[view][k](x).cpu().numpy() for k in vspec["members"]}
-        probs = combine(logits, vspec["weights"], self.spec.get("combine", "logit"))
-        return calibrate(probs, self.spec.get("calibration"), list(KNOWN_CLASSES)) if self.calibrated else probs
+        return combine(logits, vspec["weights"], self.spec.get("combine", "logit"))
 
     @torch.no_grad()
-    def predict(self, images: np.ndarray, batch_size: int = 64) -> pd.DataFrame:
-        """``(N, S, S)`` float [0, 1] images -> frame with 30 class columns, ``view`` and ``view_confidence``."""
+    def _combined(self, images: np.ndarray, batch_size: int) -> pd.DataFrame:
+        """Routing and each image's view ensemble: 30 combined probabilities, ``view``, ``view_confidence``."""
         rows = []
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(self.preprocess.normalize(images[start : start + batch_size]))
@@ -73,10 +72,24 @@ class EnsemblePredictor:
             frame = pd.DataFrame(probs, columns=list(KNOWN_CLASSES))
             frame["view"], frame["view_confidence"] = views, conf
             rows.append(frame)
-        out = pd.concat(rows, ignore_index=True)
-        gated = normal_gate(out[list(KNOWN_CLASSES)], self.spec.get("normal_gate_alpha"))
-        out[list(KNOWN_CLASSES)] = gated
+        return pd.concat(rows, ignore_index=True)
+
+    def _served(self, combined: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
+        """The served output: the per-class calibration (one map for every view), then normal gating."""
+        out, known = combined.copy(), list(KNOWN_CLASSES)
+        if calibrated:
+            out[known] = calibrate(out[known].to_numpy(), self.spec.get("calibration"), known)
+        out[known] = normal_gate(out[known], self.spec.get("normal_gate_alpha"))
         return out
+
+    def predict(self, images: np.ndarray, batch_size: int = 64) -> pd.DataFrame:
+        """``(N, S, S)`` float [0, 1] images -> frame with 30 class columns, ``view`` and ``view_confidence``."""
+        return self._served(self._combined(images, batch_size), self.calibrated)
+
+    def predict_before_after(self, images: np.ndarray, batch_size: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The output without and with the calibration, from one pass of the networks (for reliability plots)."""
+        combined = self._combined(images, batch_size)
+        return self._served(combined, False), self._served(combined, True)
 
     def predict_files(self, paths: Sequence[str | Path]) -> pd.DataFrame:
         images = np.stack([load_preprocessed(p, self.preprocess) for p in paths]) if paths else \
