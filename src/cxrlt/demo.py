@@ -35,30 +35,34 @@ def _step(n: int, total: int, title: str) -> None:
     print(f"\n=== [{n}/{total}] {title}", flush=True)
 
 
+class _QuietLog:
+    """An output sink for :func:`cxrlt.launch.launch_local`: every line to the log file, the lines :func:`shown`
+    selects to the screen."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def write(self, raw: str) -> None:
+        self.log.write(raw)
+        if (line := shown(raw)) is not None:
+            print("  " + line, flush=True)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
 def _cxrlt(*args: str, env: dict | None = None, log: Path | None = None, verbose: bool = True) -> None:
-    """Run ``cxrlt ARGS``; unless ``verbose``, print only the lines :data:`_SHOWN` selects and keep the whole output
-    in ``log`` (its tail is printed when the command fails)."""
+    """Run ``cxrlt ARGS``; unless ``verbose``, print only the lines :func:`shown` selects and keep the whole output
+    in ``log`` (a failure raises with the output's tail)."""
     print("$ cxrlt " + " ".join(args), flush=True)
-    cmd = [sys.executable, "-m", "cxrlt.cli", *args]
     if verbose or log is None:
-        subprocess.run(cmd, check=True, env=env)
+        subprocess.run([sys.executable, "-m", "cxrlt.cli", *args], check=True, env=env)
         return
+    from cxrlt.launch import launch_local
+
     print(f"  (full output: {log}; --verbose shows it here)", flush=True)
-    tail: list[str] = []
-    with open(log, "a") as sink, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                                  env=env, bufsize=1) as proc:
-        for raw in proc.stdout:
-            sink.write(raw)
-            tail = (tail + [_ANSI.sub("", raw).rstrip()])[-40:]
-            if (line := shown(raw)) is not None:
-                print("  " + line, flush=True)
-    if proc.returncode:
-        print("\n".join(tail), flush=True)
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
-
-
-def _latest_run(root: Path) -> Path:
-    return max(root.glob("cxrlt-training-*"), key=lambda p: p.stat().st_mtime)
+    with open(log, "a") as sink:
+        launch_local(list(args), out=_QuietLog(sink), env=env)
 
 
 def _print_gate(run: Path, title: str) -> bool:
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         env["TQDM_MININTERVAL"] = "5"  # progress bars in the log file: a line every few seconds, not per batch
     os.environ.update({k: env[k] for k in ("CXRLT_STATE_DIR", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
     from cxrlt import mlflow_server
+    from pipelines.local_run import latest_run
     from serving import server as triton
 
     data, t0, total = work / "data", time.time(), 10
@@ -123,9 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         _cxrlt("pipeline", "run", "--local", "--data", str(data), "--config", str(args.config.resolve()),
                "--root", str(work / "pipeline"), "--epochs", str(args.epochs), "--zeroshot-epochs",
                str(args.zeroshot_epochs), "--member-threads", "1", *gate, env=env, **quiet)
-        if not _print_gate(_latest_run(work / "pipeline"), "challenger"):
+        if not _print_gate(latest_run(work / "pipeline"), "challenger"):
             raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
-                             f"evaluation report under {_latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
+                             f"evaluation report under {latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
         _step(5, total, "promote challenger -> champion (non-inferiority on the dev set)")
         _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), env=env)
         _step(6, total, "Triton model repository from models:/cxrlt-bundle@champion")
@@ -192,10 +197,12 @@ def _start_weakened_challenger(work: Path, data: Path, config: Path, env: dict, 
 
 def _finish_weakened_challenger(proc: subprocess.Popen, root: Path, log: Path, env: dict) -> None:
     """Wait for the weakened run; its gate must refuse it, so the registry's champion does not move."""
+    from pipelines.local_run import latest_run
+
     if proc.wait():
         print("\n".join(log.read_text().splitlines()[-40:]))
         raise subprocess.CalledProcessError(proc.returncode, proc.args)
-    if _print_gate(_latest_run(root), "weakened challenger"):
+    if _print_gate(latest_run(root), "weakened challenger"):
         raise SystemExit("the weakened challenger passed the gate: the gate is not doing its job")
     from cxrlt.registry import resolve_version
 

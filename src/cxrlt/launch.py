@@ -39,15 +39,17 @@ def local_command(cli_args: list[str], nproc: int = 1) -> list[str]:
     return [sys.executable, "-m", "cxrlt.cli", *cli_args]
 
 
-def launch_local(cli_args: list[str], nproc: int = 1, out=None, threads: int = 0) -> None:
+def launch_local(cli_args: list[str], nproc: int = 1, out=None, threads: int = 0, env: dict | None = None) -> None:
     """Run ``cxrlt <cli_args>`` (under torchrun when nproc > 1), streaming its output line by line to ``out``
-    (the step's log; default stdout) as it trains; raises with the tail of the output on failure.
+    (the step's log; default stdout; any object with ``write``/``flush``) as it runs; raises with the tail of the
+    output on failure. ``env`` replaces the inherited environment.
 
     ``threads`` > 0 sets the child's intra-op threads (``OMP_NUM_THREADS``): steps that run side by side on a small
     machine are much faster with one thread each than with every step using every core."""
     out = out or sys.stdout
     tail: collections.deque[str] = collections.deque(maxlen=60)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads > 0 else None
+    if threads > 0:
+        env = {**(env or os.environ), "OMP_NUM_THREADS": str(threads)}
     with subprocess.Popen(local_command(cli_args, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1, env=env) as proc:
         for line in proc.stdout:
@@ -55,7 +57,8 @@ def launch_local(cli_args: list[str], nproc: int = 1, out=None, threads: int = 0
             out.flush()
             tail.append(line)
     if proc.returncode != 0:
-        raise RuntimeError(f"training failed (exit {proc.returncode}):\n{''.join(tail)[-4000:]}")
+        what = " ".join(cli_args[:2])
+        raise RuntimeError(f"cxrlt {what} failed (exit {proc.returncode}):\n{''.join(tail)[-4000:]}")
 
 
 def trainjob_name(prefix: str, cli_args: list[str], run_key: str) -> str:
