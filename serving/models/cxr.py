@@ -24,7 +24,10 @@ class TritonPythonModel:
         self.views = json.loads(p["views"])
         self.version = p["model_version"]
         bands = json.loads(p.get("bands") or "{}")
-        self.known_bands = [bands.get(c, "") for c in self.known]
+        # one row of names per answered item: encoded once here, repeated per response
+        self.name_rows = {"KNOWN_CLASSES": np.array([c.encode() for c in self.known], dtype=np.object_),
+                          "UNSEEN_CLASSES": np.array([c.encode() for c in self.unseen], dtype=np.object_),
+                          "KNOWN_BANDS": np.array([bands.get(c, "").encode() for c in self.known], dtype=np.object_)}
         self.has_zeroshot = p.get("zeroshot", "false") == "true"
 
     def _inputs(self, request):
@@ -76,10 +79,7 @@ class TritonPythonModel:
             pb_utils.Tensor("VIEW", bytes_array(views)), pb_utils.Tensor("VIEW_CONFIDENCE", confidence),
             pb_utils.Tensor("MODEL_VERSION", bytes_array([self.version] * n)),
             pb_utils.Tensor("ERROR", bytes_array(errors)),
-            pb_utils.Tensor("KNOWN_CLASSES", np.array([[c.encode() for c in self.known]] * n, dtype=np.object_)),
-            pb_utils.Tensor("UNSEEN_CLASSES", np.array([[c.encode() for c in self.unseen]] * n, dtype=np.object_)),
-            pb_utils.Tensor("KNOWN_BANDS", np.array([[b.encode() for b in self.known_bands]] * n,
-                                                    dtype=np.object_))])
+            *(pb_utils.Tensor(name, np.tile(row, (n, 1))) for name, row in self.name_rows.items())])
 
     def execute(self, requests):
         responses = []

@@ -337,10 +337,10 @@ def train_settings(cfg: dict, member: str) -> dict:
     """Training settings for one network (``router``, a kind such as ``pcam``, or ``<view>/<kind>``): ``train`` with
     the overrides of its kind, then of its view, then of ``<view>/<kind>`` applied."""
     view, _, kind = member.rpartition("/")
+    overrides = cfg["train"].get("overrides") or {}
     settings = dict(cfg["train"])
-    for key in (kind, view, member if view else None):
-        over = (cfg["train"].get("overrides", {}) or {}).get(key) or {} if key else {}
-        settings.update({k: v for k, v in over.items() if v is not None})
+    for key in (kind, view, member) if view else (kind,):
+        settings.update({k: v for k, v in (overrides.get(key) or {}).items() if v is not None})
     return settings
 
 

@@ -241,9 +241,9 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int,
         raise ImageReadError(f"{source}: DICOM has no pixel data")
     try:
         check_dicom_acceptance(ds, source, modalities)
+    except ImageReadError:
+        raise
     except (TypeError, ValueError) as exc:  # a malformed or multi-valued tag
-        if isinstance(exc, ImageReadError):
-            raise
         raise ImageReadError(f"{source}: unreadable acceptance tags ({exc})") from None
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     _check_size(cols, rows, source, max_pixels)
