@@ -1,8 +1,9 @@
 """A small client for hospital integrations: send PNG/DICOM files to the ``cxr`` model over Triton gRPC.
 
 Sync (:class:`CXRClient`) and asyncio (:class:`AsyncCXRClient`) variants; batching, per-call timeouts and retries
-with backoff on UNAVAILABLE (server starting, draining or restarting). Results are keyed by class name, which the
-client reads from the served model's configuration, never by position.
+with backoff on UNAVAILABLE (server starting, draining or restarting). Results are keyed by class name, which every
+response carries (the model configuration is restricted on a production server), never by position. A server that
+is overloaded refuses requests beyond its queue with UNAVAILABLE: retried here with backoff.
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ def _inputs(module, payloads: Sequence[bytes]):
     tensor = module.InferInput("IMAGE", list(arr.shape), "BYTES")
     tensor.set_data_from_numpy(arr)
     return [tensor], [module.InferRequestedOutput(o) for o in OUTPUTS]
+
+
+def _pixel_inputs(module, pixels: np.ndarray, bits: int | None):
+    """One raw grayscale image as ``PIXELS`` (1, H, W) float32 with its bit depth (``BITS``: 8 or 16 for the integer
+    values of an 8/16-bit image, scaled like a PNG of that depth; None for real values, percentile-clipped)."""
+    arr = np.asarray(pixels, dtype=np.float32)[None]
+    tensor = module.InferInput("PIXELS", list(arr.shape), "FP32")
+    tensor.set_data_from_numpy(arr)
+    inputs = [tensor]
+    if bits:
+        depth = np.array([[bits]], dtype=np.int32)
+        inputs.append(module.InferInput("BITS", [1, 1], "INT32"))
+        inputs[-1].set_data_from_numpy(depth)
+    return inputs, [module.InferRequestedOutput(o) for o in OUTPUTS]
 
 
 def _names(response) -> tuple[list[str], list[str], dict[str, str]]:
@@ -127,10 +142,10 @@ class CXRClient:
         """Head/medium/tail band of each known class (training prevalence), as served with the model."""
         return dict(self._served[2]) if self._served else {}
 
-    def _infer(self, payloads: Sequence[bytes]):
+    def _infer(self, payloads: Sequence[bytes] | None = None, request=None):
         from tritonclient.utils import InferenceServerException
 
-        inputs, outputs = _inputs(self._mod, payloads)
+        inputs, outputs = request or _inputs(self._mod, payloads)
         for attempt in range(self.retries + 1):
             try:
                 return self.client.infer(MODEL, inputs, outputs=outputs, client_timeout=self.timeout)
@@ -155,6 +170,23 @@ class CXRClient:
                 results += _results(response, names)
             except InferenceServerException as exc:
                 results += [failed(src, exc.message() or str(exc)) for src in names]
+        return results
+
+    def infer_pixels(self, images: Sequence[np.ndarray], bits: int | None = None,
+                     sources: Sequence[str] | None = None) -> list[Result]:
+        """Raw 2-D grayscale arrays, one request each. ``bits`` 8 or 16 when the values are an 8/16-bit image's
+        integers (then they are scaled exactly like the PNG of that image); None for real values."""
+        from tritonclient.utils import InferenceServerException
+
+        sources = list(sources or [f"item {i}" for i in range(len(images))])
+        results = []
+        for image, src in zip(images, sources, strict=True):
+            try:
+                response = self._infer(request=_pixel_inputs(self._mod, image, bits))
+                self._served = _names(response)
+                results += _results(response, [src])
+            except InferenceServerException as exc:
+                results.append(failed(src, exc.message() or str(exc)))
         return results
 
     def infer_files(self, paths: Sequence[str | Path]) -> list[Result]:

@@ -1,84 +1,160 @@
 """``cxrlt serve build``: a Triton model repository from a served bundle (local directory or MLflow model URI).
 
-Models: ``preprocess`` (python), ``router`` and one model per view member (ONNX), ``<view>_ensemble``
-(platform ensemble: members in parallel, then ``<view>_combiner``), ``clip_image`` + ``zeroshot_head`` in the
-``zeroshot`` ensemble, and ``cxr`` (BLS entry point). ONNX models run either on the native ``onnxruntime_onnx``
-platform (production, NGC image) or through a python-backend ONNX Runtime runner (the embedded default, since the
-bundled server only has the python backend); the tensor names are the same either way.
+Models: ``preprocess`` (python), ``router`` and one model per view member (ONNX), a ``<view>_trunk`` when the view's
+CaiT reads the PCAM member's frozen trunk (computed once; ``<view>_pcam`` and ``<view>_cait`` then take its
+features), ``<view>_ensemble`` (platform ensemble: members in parallel, then ``<view>_combiner``), ``clip_image`` +
+``zeroshot_head`` in the ``zeroshot`` ensemble, and ``cxr`` (async BLS entry point). ONNX models run either on the
+native ``onnxruntime_onnx`` platform (production, NGC image; CPU or GPU with optional TensorRT) or through a
+python-backend ONNX Runtime runner (the embedded default, since the bundled server only has the python backend); the
+tensor names are the same either way.
+
+Every ``config.pbtxt`` is a ``ModelConfig`` protobuf message (Triton's own definition, from ``tritonclient``) built
+with ``json_format.ParseDict``: a misspelt field or a wrong enum fails here, at build time, not in the server.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
 
 from cxrlt.export import bundle_contracts, load_bundle
 
 MODELS_DIR = Path(__file__).parent / "models"
 ONNX_RUNTIMES = ("python", "native")
-DEFAULT_MAX_BATCH = 16
 
 
-def _dims(shape) -> str:
-    return "[ " + ", ".join(str(d) for d in shape) + " ]"
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
-def _tensor(name: str, dtype: str, shape, optional: bool = False) -> str:
-    opt = " optional: true" if optional else ""
-    return f'{{ name: "{name}" data_type: {dtype} dims: {_dims(shape)}{opt} }}'
+class ServingOptions(BaseModel):
+    """How the repository schedules work: batching, queues, timeouts, instances and threads.
+
+    Defaults are sized to this machine's cores (``serve build`` runs where the server will run: the init container
+    of the Triton pod, or the host of ``serve up``)."""
+
+    onnx_runtime: Literal["python", "native"] = "python"
+    device: Literal["cpu", "gpu"] = Field("cpu", description="where the native ONNX models run (KIND_CPU/KIND_GPU)")
+    tensorrt: bool = Field(False, description="GPU only: TensorRT execution accelerator for the ONNX models")
+    precision: Literal["fp32", "fp16"] = Field("fp32", description="TensorRT precision (fp16 only with --tensorrt)")
+    instances: int = Field(default_factory=lambda: max(1, _cores() // 2), ge=1, le=64,
+                           description="instances of every compute model (ONNX, preprocess, heads)")
+    ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per instance")
+    max_batch: int = Field(16, ge=1, le=1024, description="largest batch any model runs (images)")
+    batch_delay_us: int = Field(1000, ge=0, description="how long a request may wait at the cxr entry for others to "
+                                "batch with (inner models batch what is already queued, without waiting)")
+    max_queue: int = Field(64, ge=1, description="requests queued at the cxr entry before new ones are refused")
+    queue_timeout_ms: int = Field(30_000, ge=1, description="a request waiting longer in the entry's queue is refused")
+    bls_timeout_ms: float = Field(60_000, gt=0, description="each call the cxr entry makes to a model must answer "
+                                  "within this time, or the requests of that batch fail with a timeout error")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingOptions:
+        if self.tensorrt and self.device != "gpu":
+            raise ValueError("TensorRT needs --device gpu")
+        if self.precision != "fp32" and not self.tensorrt:
+            raise ValueError("fp16 is applied by TensorRT: add --tensorrt (and --device gpu)")
+        if self.device == "gpu" and self.onnx_runtime != "native":
+            raise ValueError("GPU serving uses the native ONNX Runtime backend (--onnx-runtime native)")
+        return self
 
 
-def _params(params: dict) -> str:
-    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: {json.dumps(str(v))} }} }}'
-                     for k, v in params.items())
+# ------------------------------------------------------------------------------------------------ protobuf configs
+def model_config(spec: dict):
+    """A ``ModelConfig`` message from its JSON form; unknown fields and bad enum values raise ``ParseError``."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    return json_format.ParseDict(spec, model_config_pb2.ModelConfig())
 
 
-def _config(name: str, inputs: list[str], outputs: list[str], backend: str | None = "python",
-            platform: str | None = None, max_batch: int = DEFAULT_MAX_BATCH, dynamic: bool = True, instances: int = 1,
-            params: dict | None = None, extra: str = "") -> str:
-    lines = [f'name: "{name}"']
-    lines.append(f'platform: "{platform}"' if platform else f'backend: "{backend}"')
-    lines.append(f"max_batch_size: {max_batch}")
-    lines.append("input [\n  " + ",\n  ".join(inputs) + "\n]")
-    lines.append("output [\n  " + ",\n  ".join(outputs) + "\n]")
-    if platform != "ensemble":
-        if dynamic:
-            lines.append("dynamic_batching { max_queue_delay_microseconds: 2000 }")
-        lines.append(f"instance_group [ {{ kind: KIND_CPU count: {instances} }} ]")
+def tensor(name: str, dtype: str, dims, optional: bool = False) -> dict:
+    spec = {"name": name, "data_type": dtype, "dims": [int(d) for d in dims]}
+    return {**spec, "optional": True} if optional else spec
+
+
+def _string_params(params: dict) -> dict:
+    return {k: {"string_value": v if isinstance(v, str) else json.dumps(v)} for k, v in params.items()}
+
+
+def _batching(opts: ServingOptions, max_queue: int | None = None, delay_us: int = 0) -> dict:
+    """Dynamic batching. With ``max_queue`` (the entry): a bounded queue, so requests over the queue size, or
+    waiting past the queue timeout, are refused at once with UNAVAILABLE instead of piling up.
+
+    Inner models get no queue policy: they are only reached through the entry, whose queue bounds their load, and
+    the entry bounds every call it makes with its own timeout. Measured (docs/performance.md): a queue policy with
+    timeouts on the inner models made their batchers stall 0.5-1 s under concurrent load (p99 ~600 ms instead of
+    ~110 ms at concurrency 8, with this tritonserver)."""
+    batching: dict = {"max_queue_delay_microseconds": delay_us}
+    if max_queue:
+        batching["default_queue_policy"] = {"timeout_action": "REJECT", "max_queue_size": max_queue,
+                                            "default_timeout_microseconds": opts.queue_timeout_ms * 1000}
+    return batching
+
+
+def compute_config(name: str, inputs: list[dict], outputs: list[dict], opts: ServingOptions, *,
+                   backend: str | None = "python", platform: str | None = None, params: dict | None = None,
+                   instances: int | None = None, kind: str = "KIND_CPU", max_queue: int | None = None,
+                   optimization: dict | None = None, batch_delay_us: int = 0) -> dict:
+    spec = {"name": name, "max_batch_size": opts.max_batch, "input": inputs, "output": outputs,
+            "dynamic_batching": _batching(opts, max_queue, batch_delay_us),
+            "instance_group": [{"kind": kind, "count": instances or opts.instances}]}
+    spec.update({"platform": platform} if platform else {"backend": backend})
     if params:
-        lines.append(_params(params))
-    if extra:
-        lines.append(extra)
-    return "\n".join(lines) + "\n"
+        spec["parameters"] = _string_params(params)
+    if optimization:
+        spec["optimization"] = optimization
+    return spec
 
 
-def _write(repo: Path, name: str, config: str, sources: dict[str, Path] | None = None,
-           files: dict[str, Path] | None = None) -> None:
+def ensemble_config(name: str, inputs: list[dict], outputs: list[dict], steps: list[tuple[str, dict, dict]],
+                    opts: ServingOptions) -> dict:
+    return {"name": name, "platform": "ensemble", "max_batch_size": opts.max_batch, "input": inputs,
+            "output": outputs, "ensemble_scheduling": {"step": [
+                {"model_name": model, "model_version": -1, "input_map": ins, "output_map": outs}
+                for model, ins, outs in steps]}}
+
+
+def _write(repo: Path, spec: dict, files: dict[str, Path] | None = None) -> None:
+    from google.protobuf import text_format
+
+    name = spec["name"]
     version = repo / name / "1"
     version.mkdir(parents=True, exist_ok=True)
-    (repo / name / "config.pbtxt").write_text(config)
-    for target, src in (sources or {}).items():
-        shutil.copyfile(src, version / target)
+    (repo / name / "config.pbtxt").write_text(text_format.MessageToString(model_config(spec)))
     for target, src in (files or {}).items():
         shutil.copyfile(src, version / target)
 
 
-def _python_model(repo: Path, name: str, source: str, config: str, files: dict[str, Path] | None = None) -> None:
-    _write(repo, name, config, {"model.py": MODELS_DIR / source, "_common.py": MODELS_DIR / "_common.py"}, files)
+def _python_model(repo: Path, spec: dict, source: str, files: dict[str, Path] | None = None) -> None:
+    _write(repo, spec, {"model.py": MODELS_DIR / source, "_common.py": MODELS_DIR / "_common.py", **(files or {})})
 
 
-def _onnx_model(repo: Path, name: str, onnx_file: Path, shape: list[int], out_dim: int, runtime: str,
-                instances: int) -> None:
-    inputs = [_tensor("INPUT", "TYPE_FP32", shape)]
-    outputs = [_tensor("OUTPUT", "TYPE_FP32", [out_dim])]
-    if runtime == "native":
-        _write(repo, name, _config(name, inputs, outputs, platform="onnxruntime_onnx", instances=instances),
-               files={"model.onnx": onnx_file})
+def _onnx_model(repo: Path, name: str, onnx_file: Path, in_dims: list[int], out_dims: list[int],
+                opts: ServingOptions) -> None:
+    inputs, outputs = [tensor("INPUT", "TYPE_FP32", in_dims)], [tensor("OUTPUT", "TYPE_FP32", out_dims)]
+    if opts.onnx_runtime == "native":
+        accelerators = None
+        if opts.tensorrt:
+            trt = {"name": "tensorrt", "parameters": {"precision_mode": opts.precision.upper(),
+                                                      "max_workspace_size_bytes": str(1 << 30)}}
+            accelerators = {"execution_accelerators": {"gpu_execution_accelerator": [trt]}}
+        params = {"intra_op_thread_count": str(opts.ort_threads), "inter_op_thread_count": "1"}
+        _write(repo, compute_config(name, inputs, outputs, opts, platform="onnxruntime_onnx", params=params,
+                                    kind="KIND_GPU" if opts.device == "gpu" else "KIND_CPU",
+                                    optimization=accelerators), {"model.onnx": onnx_file})
     else:
-        _python_model(repo, name, "onnx_runner.py",
-                      _config(name, inputs, outputs, instances=instances, params={"onnx_file": "model.onnx"}),
-                      files={"model.onnx": onnx_file})
+        _python_model(repo, compute_config(name, inputs, outputs, opts, params={
+            "onnx_file": "model.onnx", "intra_op_threads": str(opts.ort_threads)}), "onnx_runner.py",
+            {"model.onnx": onnx_file})
 
 
 def _class_vectors(calibration: dict | None, classes: list[str]) -> dict:
@@ -88,22 +164,38 @@ def _class_vectors(calibration: dict | None, classes: list[str]) -> dict:
             "b": [float(calibration.get("b", {}).get(c, 0.0)) for c in classes]}
 
 
-def _ensemble(name: str, input_shape, steps: list[tuple[str, dict, dict]], output: tuple[str, list[int]]) -> str:
-    step_txt = []
-    for model, in_map, out_map in steps:
-        ins = " ".join(f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in in_map.items())
-        outs = " ".join(f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in out_map.items())
-        step_txt.append(f'  {{ model_name: "{model}" model_version: -1 {ins} {outs} }}')
-    return _config(name, [_tensor("INPUT", "TYPE_FP32", input_shape)], [_tensor(output[0], "TYPE_FP32", output[1])],
-                   platform="ensemble", extra="ensemble_scheduling { step [\n" + ",\n".join(step_txt) + "\n] }")
+def _view_models(repo: Path, bundle: dict, view: str, vspec: dict, onnx: Path, shape: list[int],
+                 opts: ServingOptions) -> None:
+    """One view: its members (a shared trunk computed once where the bundle has one), the combiner, the ensemble."""
+    known = bundle["known_classes"]
+    shared = vspec.get("shared_trunk")
+    steps = []
+    if shared:
+        _onnx_model(repo, shared["model"], onnx / f"{shared['model']}.onnx", shape, shared["features"], opts)
+        steps.append((shared["model"], {"INPUT": "INPUT"}, {"OUTPUT": "features"}))
+    for kind, name in vspec["members"].items():
+        reads_trunk = bool(shared) and kind in shared["members"]
+        _onnx_model(repo, name, onnx / f"{name}.onnx", shared["features"] if reads_trunk else shape, [len(known)],
+                    opts)
+        steps.append((name, {"INPUT": "features" if reads_trunk else "INPUT"}, {"OUTPUT": f"logits_{kind}"}))
+    weights = {f"LOGITS_{k}": w for k, w in vspec["weights"].items()}
+    _python_model(repo, compute_config(
+        f"{view}_combiner", [tensor(n, "TYPE_FP32", [len(known)]) for n in weights],
+        [tensor("PROBS", "TYPE_FP32", [len(known)])], opts, instances=1,
+        params={"weights": weights, "normal_gate_alpha": str(bundle.get("normal_gate_alpha") or 0),
+                "combine": bundle.get("combine", "logit"),
+                "calibration": _class_vectors(bundle.get("calibration"), known),
+                "normal_index": str(known.index("Normal"))}), "combiner.py")
+    steps.append((f"{view}_combiner", {f"LOGITS_{k}": f"logits_{k}" for k in vspec["members"]}, {"PROBS": "PROBS"}))
+    _write(repo, ensemble_config(f"{view}_ensemble", [tensor("INPUT", "TYPE_FP32", shape)],
+                                 [tensor("PROBS", "TYPE_FP32", [len(known)])], steps, opts))
 
 
-def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: str = "python",
-                     instances: int = 1, model_version: str | None = None) -> dict:
+def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: ServingOptions | None = None,
+                     model_version: str | None = None) -> dict:
     """Write the model repository for ``bundle_dir`` into ``out_dir`` (its previous contents replaced); returns a
     summary. ``out_dir`` itself is kept: in a pod it is a volume's mount point, which cannot be removed."""
-    if onnx_runtime not in ONNX_RUNTIMES:
-        raise ValueError(f"onnx runtime must be one of {ONNX_RUNTIMES}")
+    opts = options or ServingOptions()
     bundle_dir, repo = Path(bundle_dir), Path(out_dir)
     bundle = load_bundle(bundle_dir)
     repo.mkdir(parents=True, exist_ok=True)
@@ -115,70 +207,54 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, onnx_runtime: 
     shape = [task1.channels, task1.size, task1.size]  # every network input follows the bundle's contracts
     zs_shape = [zs_contract.channels, zs_contract.size, zs_contract.size]
     onnx = bundle_dir / "onnx"
+    image_inputs = [tensor("IMAGE", "TYPE_STRING", [1], optional=True),
+                    tensor("PIXELS", "TYPE_FP32", [-1, -1], optional=True),
+                    # bits per pixel of PIXELS (8 or 16: integer values scaled like a PNG of that depth; absent or 0:
+                    # any real values, percentile-clipped like a DICOM after its LUTs)
+                    tensor("BITS", "TYPE_INT32", [1], optional=True)]
 
     import cxrlt.data.images as images_module
 
-    _python_model(repo, "preprocess", "preprocess.py", _config(
-        "preprocess", [_tensor("IMAGE", "TYPE_STRING", [1], optional=True),
-                       _tensor("PIXELS", "TYPE_FP32", [-1, -1], optional=True)],
-        [_tensor("TASK1_INPUT", "TYPE_FP32", shape), _tensor("ZS_INPUT", "TYPE_FP32", zs_shape),
-         _tensor("ERROR", "TYPE_STRING", [1])], dynamic=False, instances=instances,
-        params={"task1_preprocess": json.dumps(task1.to_dict()),
-                "zeroshot_preprocess": json.dumps(zs_contract.to_dict())}),
-        files={"cxrlt_images.py": Path(images_module.__file__)})
+    _python_model(repo, compute_config(
+        "preprocess", image_inputs,
+        [tensor("TASK1_INPUT", "TYPE_FP32", shape), tensor("ZS_INPUT", "TYPE_FP32", zs_shape),
+         tensor("ERROR", "TYPE_STRING", [1])], opts,
+        params={"task1_preprocess": task1.to_dict(), "zeroshot_preprocess": zs_contract.to_dict()}),
+        "preprocess.py", {"cxrlt_images.py": Path(images_module.__file__)})
     if bundle["router_classes"]:
-        _onnx_model(repo, "router", onnx / "router.onnx", shape, len(bundle["router_classes"]), onnx_runtime,
-                    instances)
+        _onnx_model(repo, "router", onnx / "router.onnx", shape, [len(bundle["router_classes"])], opts)
     for view, vspec in bundle["views"].items():
-        steps = []
-        for kind, name in vspec["members"].items():
-            _onnx_model(repo, name, onnx / f"{name}.onnx", shape, len(known), onnx_runtime, instances)
-            steps.append((name, {"INPUT": "INPUT"}, {"OUTPUT": f"logits_{kind}"}))
-        weights = {f"LOGITS_{k}": w for k, w in vspec["weights"].items()}
-        _python_model(repo, f"{view}_combiner", "combiner.py", _config(
-            f"{view}_combiner", [_tensor(n, "TYPE_FP32", [len(known)]) for n in weights],
-            [_tensor("PROBS", "TYPE_FP32", [len(known)])], instances=instances,
-            params={"weights": json.dumps(weights), "normal_gate_alpha": bundle.get("normal_gate_alpha") or 0,
-                    "combine": bundle.get("combine", "logit"),
-                    "calibration": json.dumps(_class_vectors(bundle.get("calibration"), known)),
-                    "normal_index": known.index("Normal")}))
-        steps.append((f"{view}_combiner", {f"LOGITS_{k}": f"logits_{k}" for k in vspec["members"]},
-                      {"PROBS": "PROBS"}))
-        (repo / f"{view}_ensemble" / "1").mkdir(parents=True)
-        (repo / f"{view}_ensemble" / "config.pbtxt").write_text(
-            _ensemble(f"{view}_ensemble", shape, steps, ("PROBS", [len(known)])))
+        _view_models(repo, bundle, view, vspec, onnx, shape, opts)
     if zs:
         import numpy as np
 
         dim = int(np.load(bundle_dir / "zeroshot" / "text_embeddings.npy").shape[1])
-        _onnx_model(repo, "clip_image", onnx / "clip_image.onnx", zs_shape, dim, onnx_runtime, instances)
-        _python_model(repo, "zeroshot_head", "zeroshot_head.py", _config(
-            "zeroshot_head", [_tensor("EMBEDDING", "TYPE_FP32", [dim])],
-            [_tensor("PROBS", "TYPE_FP32", [len(zs["classes"])])], instances=instances),
-            files={"text_embeddings.npy": bundle_dir / "zeroshot" / "text_embeddings.npy",
-                   "text_classes.json": bundle_dir / "zeroshot" / "text_classes.json"})
-        (repo / "zeroshot" / "1").mkdir(parents=True)
-        (repo / "zeroshot" / "config.pbtxt").write_text(_ensemble(
-            "zeroshot", zs_shape,
+        _onnx_model(repo, "clip_image", onnx / "clip_image.onnx", zs_shape, [dim], opts)
+        _python_model(repo, compute_config(
+            "zeroshot_head", [tensor("EMBEDDING", "TYPE_FP32", [dim])],
+            [tensor("PROBS", "TYPE_FP32", [len(zs["classes"])])], opts, instances=1), "zeroshot_head.py",
+            {"text_embeddings.npy": bundle_dir / "zeroshot" / "text_embeddings.npy",
+             "text_classes.json": bundle_dir / "zeroshot" / "text_classes.json"})
+        _write(repo, ensemble_config(
+            "zeroshot", [tensor("INPUT", "TYPE_FP32", zs_shape)], [tensor("PROBS", "TYPE_FP32", [len(zs["classes"])])],
             [("clip_image", {"INPUT": "INPUT"}, {"OUTPUT": "embedding"}),
-             ("zeroshot_head", {"EMBEDDING": "embedding"}, {"PROBS": "PROBS"})], ("PROBS", [len(zs["classes"])])))
+             ("zeroshot_head", {"EMBEDDING": "embedding"}, {"PROBS": "PROBS"})], opts))
     version = model_version or bundle.get("lineage", {}).get("model_version") or f"local:{bundle_dir.resolve().name}"
-    _python_model(repo, "cxr", "cxr.py", _config(
-        "cxr", [_tensor("IMAGE", "TYPE_STRING", [1], optional=True),
-                _tensor("PIXELS", "TYPE_FP32", [-1, -1], optional=True)],
-        [_tensor("KNOWN_PROBS", "TYPE_FP32", [len(known)]),
-         _tensor("UNSEEN_PROBS", "TYPE_FP32", [len(zs["classes"]) if zs else 6]),
-         _tensor("VIEW", "TYPE_STRING", [1]), _tensor("VIEW_CONFIDENCE", "TYPE_FP32", [1]),
-         _tensor("MODEL_VERSION", "TYPE_STRING", [1]), _tensor("ERROR", "TYPE_STRING", [1]),
+    n_unseen = len(zs["classes"]) if zs else 6
+    _python_model(repo, compute_config(
+        "cxr", image_inputs,
+        [tensor("KNOWN_PROBS", "TYPE_FP32", [len(known)]), tensor("UNSEEN_PROBS", "TYPE_FP32", [n_unseen]),
+         tensor("VIEW", "TYPE_STRING", [1]), tensor("VIEW_CONFIDENCE", "TYPE_FP32", [1]),
+         tensor("MODEL_VERSION", "TYPE_STRING", [1]), tensor("ERROR", "TYPE_STRING", [1]),
          # names (and bands) in the probabilities' order, so clients never need the (restricted) model config
-         _tensor("KNOWN_CLASSES", "TYPE_STRING", [len(known)]),
-         _tensor("UNSEEN_CLASSES", "TYPE_STRING", [len(zs["classes"]) if zs else 6]),
-         _tensor("KNOWN_BANDS", "TYPE_STRING", [len(known)])],
-        dynamic=False, instances=max(1, instances),
-        params={"known_classes": json.dumps(known),
-                "unseen_classes": json.dumps(zs["classes"] if zs else []),
-                "router_classes": json.dumps(bundle["router_classes"]), "views": json.dumps(list(bundle["views"])),
-                "bands": json.dumps(bundle.get("bands", {})),
-                "model_version": version, "zeroshot": "true" if zs else "false"}))
+         tensor("KNOWN_CLASSES", "TYPE_STRING", [len(known)]), tensor("UNSEEN_CLASSES", "TYPE_STRING", [n_unseen]),
+         tensor("KNOWN_BANDS", "TYPE_STRING", [len(known)])], opts,
+        # two batches in flight: one being preprocessed and routed while the other is in the members
+        instances=max(2, opts.instances),
+        max_queue=opts.max_queue, batch_delay_us=opts.batch_delay_us,
+        params={"known_classes": known, "unseen_classes": zs["classes"] if zs else [],
+                "router_classes": bundle["router_classes"], "views": list(bundle["views"]),
+                "bands": bundle.get("bands", {}), "model_version": version, "zeroshot": "true" if zs else "false",
+                "bls_timeout_s": str(opts.bls_timeout_ms / 1000)}), "cxr.py")
     models = sorted(p.name for p in repo.iterdir() if p.is_dir())
-    return {"repository": str(repo), "models": models, "onnx_runtime": onnx_runtime, "model_version": version}
+    return {"repository": str(repo), "models": models, "model_version": version, **opts.model_dump()}

@@ -134,6 +134,13 @@ class ServerTLS:
         return out
 
 
+#: The python backend moves tensors through one shared-memory region per model instance (default 1 MiB, grown 1 MiB
+#: at a time). Batched images and trunk features need more, and each growth stalls every model of the server:
+#: start with 32 MiB per region (tmpfs pages are only used once written) and grow 16 MiB at a time.
+PYTHON_BACKEND_SHM = ("--backend-config=python,shm-default-byte-size=33554432",
+                      "--backend-config=python,shm-growth-byte-size=16777216")
+
+
 def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1", http_port: int = 0,
           grpc_port: int = 0, metrics_port: int = 0, env: Path = DEFAULT_ENV, timeout: float = 240,
           state_dir: Path = STATE_DIR, production: bool = False, tls: ServerTLS | None = None) -> ServerHandle:
@@ -160,7 +167,7 @@ def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1"
            f"--backend-directory={_backend_dir(env, state)}", *mode, *(tls.args() if tls else []),
            f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
            f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
-           "--exit-timeout-secs=20", "--log-verbose=0"]
+           "--exit-timeout-secs=20", "--log-verbose=0", *PYTHON_BACKEND_SHM]
     run_env = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = spawn(cmd, log_file, run_env)
     handle = ServerHandle(name, proc.pid, host, *ports, str(Path(repository).resolve()), str(log_file),

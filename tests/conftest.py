@@ -55,7 +55,8 @@ TINY_CONFIG = {
 
 @pytest.fixture(scope="session")
 def tiny_bundle(synth_data, tmp_path_factory):
-    """A tiny trained ensemble (router; frontal pcam+swin; lateral pcam; mixed pcam; flip TTA) and zero-shot model."""
+    """A tiny trained ensemble (router; frontal pcam+swin+cait, the cait over the pcam member's frozen trunk;
+    lateral pcam; mixed pcam; flip TTA) and zero-shot model."""
     from cxrlt.config import load_config
     from cxrlt.ensemble import build_ensemble
     from cxrlt.training.trainer import TrainRequest, train_member
@@ -65,6 +66,8 @@ def tiny_bundle(synth_data, tmp_path_factory):
     cfg = load_config({**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 1}, "inference": {"tta": "flip"}})
     for member in ("router", "frontal/pcam", "frontal/swin", "lateral/pcam", "mixed/pcam"):
         train_member(TrainRequest(member, cfg, synth_data, root / "runs" / member, progress=False))
+    train_member(TrainRequest("frontal/cait", cfg, synth_data, root / "runs" / "frontal/cait", progress=False,
+                              pcam_checkpoint=root / "runs" / "frontal/pcam" / "best.pt"))
     build_ensemble(root / "runs", root / "ensemble", synth_data / "CXRLT_2026_training.csv", cfg)
     train_zeroshot(ZeroShotRequest(cfg, synth_data, root / "zeroshot", progress=False))
     return root

@@ -167,7 +167,7 @@ def test_hph_bundle_served_by_triton_matches_in_process(hph, synth_data, tmp_pat
     bundle = load_bundle(export_bundle(root / "ensemble", root / "zeroshot", tmp_path / "bundle") and
                          tmp_path / "bundle")
     assert bundle["router_classes"] == [] and bundle["combine"] == "probability"
-    summary = build_repository(tmp_path / "bundle", tmp_path / "repo", "python")
+    summary = build_repository(tmp_path / "bundle", tmp_path / "repo")
     assert "router" not in summary["models"] and "mixed_ensemble" in summary["models"]
     ids = pd.read_csv(synth_data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:3]
     pngs = [synth_data / "images" / i for i in ids]

@@ -32,7 +32,7 @@ def bundle(tiny_bundle, tmp_path_factory):
 
 def test_onnx_parity_on_golden_tensors(tiny_bundle, bundle):
     x = PreprocessConfig(size=GOLDEN.shape[-1]).normalize(GOLDEN)
-    for name, member in (("router", "router"), ("frontal_pcam", "frontal/pcam"), ("frontal_swin", "frontal/swin")):
+    for name, member in (("router", "router"), ("lateral_pcam", "lateral/pcam"), ("frontal_swin", "frontal/swin")):
         model, _ = load_member(tiny_bundle / "ensemble" / member)
         net = model if name == "router" else TTAModel(model, "flip")
         with torch.no_grad():
@@ -49,19 +49,98 @@ def test_onnx_parity_on_golden_tensors(tiny_bundle, bundle):
     assert one.shape == (1, 2), "dynamic batch axis"
 
 
-@pytest.mark.parametrize("runtime", ["python", "native"])
-def test_repository_layout(bundle, tmp_path, runtime):
-    from serving.repository import build_repository
+def test_shared_trunk_export_equals_the_unshared_members(tiny_bundle, bundle):
+    """Golden: the view's trunk computed once, then the pcam and cait heads over its features, equals each member
+    run on its own (TTA included) within 1e-5."""
+    import json
 
-    summary = build_repository(bundle, tmp_path / "repo", runtime)
-    assert {"preprocess", "router", "frontal_ensemble", "frontal_combiner", "zeroshot", "cxr"} <= set(summary["models"])
-    config = (tmp_path / "repo" / "frontal_pcam" / "config.pbtxt").read_text()
-    assert "max_batch_size: 16" in config and "dims: [ 1, 32, 32 ]" in config and "dynamic_batching" in config
+    view = json.loads((bundle / "bundle.json").read_text())["views"]["frontal"]
+    assert view["shared_trunk"]["model"] == "frontal_trunk" and set(view["shared_trunk"]["members"]) == {"pcam", "cait"}
+    assert "shared_trunk" not in json.loads((bundle / "bundle.json").read_text())["views"]["lateral"]  # no cait
+    x = PreprocessConfig(size=GOLDEN.shape[-1]).normalize(GOLDEN)
+    feats = onnx_outputs(bundle / "onnx" / "frontal_trunk.onnx", x)
+    assert list(feats.shape[1:]) == view["shared_trunk"]["features"] and feats.shape[1] == 2  # flip TTA: 2 views
+    for kind in ("pcam", "cait"):
+        model, _ = load_member(tiny_bundle / "ensemble" / "frontal" / kind)
+        with torch.no_grad():
+            ref = TTAModel(model, "flip").eval()(torch.from_numpy(x)).numpy()
+        got = onnx_outputs(bundle / "onnx" / f"frontal_{kind}.onnx", feats)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5, err_msg=kind)
+
+
+def _parsed(path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+@pytest.mark.parametrize("runtime", ["python", "native"])
+def test_repository_configs_parse_as_triton_model_configs(bundle, tmp_path, runtime):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from serving.repository import ServingOptions, build_repository
+
+    opts = ServingOptions(onnx_runtime=runtime, instances=2, ort_threads=3, max_queue=7, queue_timeout_ms=1500)
+    summary = build_repository(bundle, tmp_path / "repo", opts)
+    assert {"preprocess", "router", "frontal_trunk", "frontal_ensemble", "frontal_combiner", "zeroshot",
+            "cxr"} <= set(summary["models"])
+    configs = {name: _parsed(tmp_path / "repo" / name / "config.pbtxt") for name in summary["models"]}
+    pcam = configs["frontal_pcam"]
+    assert pcam.max_batch_size == 16 and pcam.HasField("dynamic_batching")
+    assert list(pcam.input[0].dims)[0] == 2  # it reads the trunk's features (2 TTA views), not the image
+    assert list(configs["frontal_swin"].input[0].dims) == [1, 32, 32]
+    assert [g.count for g in pcam.instance_group] == [2]
+    assert pcam.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     if runtime == "native":
-        assert 'platform: "onnxruntime_onnx"' in config and (tmp_path / "repo/frontal_pcam/1/model.onnx").exists()
+        assert pcam.platform == "onnxruntime_onnx" and (tmp_path / "repo/frontal_pcam/1/model.onnx").exists()
+        assert pcam.parameters["intra_op_thread_count"].string_value == "3"
     else:
-        assert 'backend: "python"' in config and (tmp_path / "repo/frontal_pcam/1/model.py").exists()
-    assert 'platform: "ensemble"' in (tmp_path / "repo" / "frontal_ensemble" / "config.pbtxt").read_text()
+        assert pcam.backend == "python" and (tmp_path / "repo/frontal_pcam/1/model.py").exists()
+        assert pcam.parameters["intra_op_threads"].string_value == "3"
+    # the entry alone has a bounded queue that refuses (UNAVAILABLE) instead of piling up; inner models batch
+    policy = configs["cxr"].dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == 7 and policy.default_timeout_microseconds == 1_500_000
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert not pcam.dynamic_batching.HasField("default_queue_policy")
+    steps = {s.model_name: s for s in configs["frontal_ensemble"].ensemble_scheduling.step}
+    assert configs["frontal_ensemble"].platform == "ensemble"
+    assert dict(steps["frontal_pcam"].input_map) == {"INPUT": "features"} == dict(steps["frontal_cait"].input_map)
+    assert dict(steps["frontal_trunk"].output_map) == {"OUTPUT": "features"}
+    assert dict(steps["frontal_swin"].input_map) == {"INPUT": "INPUT"}
+    assert "lateral_trunk" not in configs and dict(configs["lateral_ensemble"].ensemble_scheduling.step[0].input_map) \
+        == {"INPUT": "INPUT"}
+
+
+def test_gpu_repository_uses_gpu_instances_and_tensorrt(bundle, tmp_path):
+    from pydantic import ValidationError
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from serving.repository import ServingOptions, build_repository
+
+    opts = ServingOptions(onnx_runtime="native", device="gpu", tensorrt=True, precision="fp16")
+    build_repository(bundle, tmp_path / "repo", opts)
+    swin = _parsed(tmp_path / "repo/frontal_swin/config.pbtxt")
+    assert swin.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    trt = swin.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    assert _parsed(tmp_path / "repo/preprocess/config.pbtxt").instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    for bad in ({"tensorrt": True}, {"precision": "fp16"}, {"device": "gpu"}, {"instances": 0}):
+        with pytest.raises(ValidationError):
+            ServingOptions(**bad)
+
+
+def test_a_wrong_config_field_fails_at_build_time():
+    from google.protobuf.json_format import ParseError
+
+    from serving.repository import model_config, tensor
+
+    assert model_config({"name": "m", "backend": "python", "input": [tensor("X", "TYPE_FP32", [3])]}).input[0].dims \
+        == [3]
+    with pytest.raises(ParseError):
+        model_config({"name": "m", "backend": "python", "max_batch": 4})  # the field is max_batch_size
+    with pytest.raises(ParseError):
+        model_config({"name": "m", "input": [tensor("X", "TYPE_FLOAT32", [3])]})  # no such data type
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +149,7 @@ def server(bundle, tmp_path_factory):
     from serving.server import start, stop
 
     root = tmp_path_factory.mktemp("triton")
-    build_repository(bundle, root / "repo", "python")
+    build_repository(bundle, root / "repo")
     handle = start(root / "repo", name=f"pytest-{root.name}", http_port=0, grpc_port=0, metrics_port=0,
                    state_dir=root / "state")
     yield handle
@@ -276,7 +355,7 @@ def test_served_preprocess_applies_the_bundle_contract(bundle, synth_data, tmp_p
     spec = json.loads((served / "bundle.json").read_text())
     spec["preprocess"].update(channels=3, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     (served / "bundle.json").write_text(json.dumps(spec))
-    build_repository(served, tmp_path / "repo", "python")
+    build_repository(served, tmp_path / "repo")
     config = text_format.Parse((tmp_path / "repo/preprocess/config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert list(next(o for o in config.output if o.name == "TASK1_INPUT").dims) == [3, 32, 32]
     router = text_format.Parse((tmp_path / "repo/router/config.pbtxt").read_text(), model_config_pb2.ModelConfig())
@@ -416,7 +495,7 @@ def locked_server(bundle, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("locked")
     pki = _pki(root)
-    build_repository(bundle, root / "repo", "python")
+    build_repository(bundle, root / "repo")
     handle = start(root / "repo", name=f"pytest-locked-{root.name}", http_port=0, grpc_port=0, metrics_port=0,
                    state_dir=root / "state", production=True,
                    tls=ServerTLS(pki / "server.pem", pki / "server.key", pki / "ca.pem"))
@@ -461,3 +540,112 @@ def test_production_server_refuses_model_control_and_restricts_admin_apis(locked
         assert client.is_model_ready("cxr") and client.is_server_ready()
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_pixels_with_their_bit_depth_score_like_the_png(server, dtype):
+    """The same image as a PNG and as raw PIXELS with BITS gets the same probabilities (8 and 16 bits)."""
+    from serving.client import CXRClient
+
+    rng = np.random.default_rng(3)
+    top = 255 if dtype == np.uint8 else 4095  # a 12-bit radiograph stored in 16 bits
+    image = (rng.random((48, 40)) * top).astype(dtype)
+    client = CXRClient(server.grpc_url)
+    try:
+        png = client.infer_bytes([cv2.imencode(".png", image)[1].tobytes()])[0]
+        pixels = client.infer_pixels([image.astype(np.float32)], bits=8 if dtype == np.uint8 else 16)[0]
+        wrong = client.infer_pixels([image.astype(np.float32) + 0.5], bits=16)[0]
+        too_deep = client.infer_pixels([np.full((40, 40), 300.0, np.float32)], bits=8)[0]
+    finally:
+        client.close()
+    assert png.error == "" and pixels.error == "" and pixels.view == png.view
+    for name in KNOWN_CLASSES:
+        assert pixels.known[name] == pytest.approx(png.known[name], abs=1e-6), name
+    for name in UNSEEN_CLASSES:
+        assert pixels.unseen[name] == pytest.approx(png.unseen[name], abs=1e-6), name
+    assert "integers in 0..65535" in wrong.error and "integers in 0..255" in too_deep.error
+
+
+def test_internal_models_refuse_non_finite_inputs(server):
+    """A client that calls an internal model directly gets a clear refusal for NaN/Inf, not a score."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        for model, name, shape in (("frontal_swin", "INPUT", [1, 1, 32, 32]), ("zeroshot_head", "EMBEDDING", [1, 32]),
+                                   ("frontal_combiner", "LOGITS_pcam", [1, 30])):
+            x = np.full(shape, np.nan, np.float32)
+            inputs = [grpcclient.InferInput(name, shape, "FP32")]
+            inputs[0].set_data_from_numpy(x)
+            if model == "frontal_combiner":
+                for other in ("LOGITS_swin", "LOGITS_cait"):
+                    inputs.append(grpcclient.InferInput(other, shape, "FP32"))
+                    inputs[-1].set_data_from_numpy(np.zeros(shape, np.float32))
+            with pytest.raises(InferenceServerException) as info:
+                client.infer(model, inputs)
+            assert "NaN or Inf" in str(info.value) and "internal model" in str(info.value), model
+    finally:
+        client.close()
+
+
+@pytest.fixture()
+def strict_server(bundle, tmp_path):
+    """A server whose entry queues one request at most and whose model calls time out after 1 microsecond."""
+    from serving.repository import ServingOptions, build_repository
+    from serving.server import start, stop
+
+    def make(**options):
+        repo = tmp_path / f"repo{len(handles)}"
+        build_repository(bundle, repo, ServingOptions(**options))
+        handles.append(start(repo, name=f"strict-{tmp_path.name}-{len(handles)}", http_port=0, grpc_port=0,
+                             metrics_port=0, state_dir=tmp_path / "state"))
+        return handles[-1]
+
+    handles = []
+    yield make
+    for h in handles:
+        stop(h.name, state_dir=tmp_path / "state")
+
+
+def _ready(server) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.http_url}/v2/health/ready") as r:
+        return r.status == 200
+
+
+def test_overload_is_refused_quickly_and_model_calls_time_out(strict_server, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    payload = np.array([[Path(images[0][0]).read_bytes()]], dtype=np.object_)
+    server = strict_server(max_queue=1, batch_delay_us=0)
+
+    def one(_):
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(payload)
+        try:
+            return client.infer("cxr", [tensor]).as_numpy("KNOWN_PROBS")
+        except InferenceServerException as exc:
+            return exc
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(one, range(96)))
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    answered = [o for o in outcomes if not isinstance(o, Exception)]
+    assert refused and answered, "16 concurrent senders against a queue of 1: some refused, some answered"
+    assert all("UNAVAILABLE" in str(e.status()) and "queue" in str(e).lower() for e in refused), refused[0]
+    assert all(np.allclose(a, answered[0], atol=1e-6) for a in answered)  # the answered ones are all right
+    assert _ready(server)
+
+    slow = strict_server(bls_timeout_ms=0.001)  # every call the entry makes outlives a 1 us timeout
+    with pytest.raises(InferenceServerException) as info:
+        _raw_request(slow, [("IMAGE", payload, "BYTES")])
+    assert "timeout" in str(info.value) and "preprocess" in str(info.value)
+    assert _ready(slow)

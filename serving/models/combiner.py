@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from _common import parameters
+from _common import check_finite, invalid, parameters
 
 
 class TritonPythonModel:
@@ -26,6 +26,10 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for r in requests:
+            error = check_finite(r, self.weights)
+            if error:
+                responses.append(invalid(error))
+                continue
             logits = {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy().astype(np.float64)
                       for name in self.weights}
             if self.combine == "probability":

@@ -1,4 +1,10 @@
-"""The entry point (BLS): preprocess -> router -> the chosen view's ensemble, plus the zero-shot head.
+"""The entry point (async BLS): preprocess -> router -> the chosen view's ensemble, alongside the zero-shot head.
+
+Dynamic batching hands this model several requests at once: each is preprocessed on its own (its errors stay its
+own), then the good items of all of them are scored together, so concurrent single-image requests reach the networks
+as one batch. Zero-shot runs at the same time as routing and the view ensembles (``async_exec``). Every call carries
+the configured timeout and its response is checked: a failed or timed-out call fails the requests of that batch
+with the callee's message, never the server.
 
 A bundle without a router (HPH) sends every image to the mixed ensemble and reports the view as "mixed".
 
@@ -8,11 +14,14 @@ order of the probabilities: clients key every probability by name without readin
 production server restricts to administrators.
 """
 
+import asyncio
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from _common import bytes_array, call, invalid, parameters
+from _common import CalleeError, bytes_array, call, failed, invalid, parameters
+
+IMAGE_INPUTS = ("IMAGE", "PIXELS", "BITS")
 
 
 class TritonPythonModel:
@@ -23,6 +32,7 @@ class TritonPythonModel:
         self.router_classes = json.loads(p["router_classes"])
         self.views = json.loads(p["views"])
         self.version = p["model_version"]
+        self.timeout_s = float(p.get("bls_timeout_s", "60"))
         bands = json.loads(p.get("bands") or "{}")
         # one row of names per answered item: encoded once here, repeated per response
         self.name_rows = {"KNOWN_CLASSES": np.array([c.encode() for c in self.known], dtype=np.object_),
@@ -30,62 +40,81 @@ class TritonPythonModel:
                           "KNOWN_BANDS": np.array([bands.get(c, "").encode() for c in self.known], dtype=np.object_)}
         self.has_zeroshot = p.get("zeroshot", "false") == "true"
 
-    def _inputs(self, request):
-        out = {}
-        for name in ("IMAGE", "PIXELS"):
+    async def _preprocess(self, request) -> dict:
+        inputs = {}
+        for name in IMAGE_INPUTS:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
-                out[name] = tensor.as_numpy()
-        return out
+                inputs[name] = tensor.as_numpy()
+        return await call("preprocess", inputs, ["TASK1_INPUT", "ZS_INPUT", "ERROR"], self.timeout_s)
 
-    def _infer(self, request):
-        pre = call("preprocess", self._inputs(request), ["TASK1_INPUT", "ZS_INPUT", "ERROR"])
-        errors = [e[0].decode() if isinstance(e[0], bytes) else str(e[0]) for e in pre["ERROR"]]
-        n = len(errors)
-        good = np.array([not e for e in errors])
-        known = np.full((n, len(self.known)), np.nan, np.float32)
-        unseen = np.full((n, len(self.unseen)), np.nan, np.float32)
-        views = [""] * n
-        confidence = np.zeros((n, 1), np.float32)
-        idx = np.flatnonzero(good)
-        x = pre["TASK1_INPUT"][idx]
+    async def _view_probs(self, view: str, x: np.ndarray) -> np.ndarray:
+        target = view if view in self.views else "mixed"
+        return (await call(f"{target}_ensemble", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
+
+    async def _task1(self, x: np.ndarray):
+        """Known-finding probabilities, view names and router confidence for a batch of preprocessed images."""
+        n = len(x)
         if not self.router_classes:  # no router (HPH): the mixed ensemble serves every image
-            known[idx] = call("mixed_ensemble", {"INPUT": x}, ["PROBS"])["PROBS"]
-            for j in idx:
-                views[j] = "mixed"
-            confidence[idx, 0] = 1.0
-            return self._response(pre, idx, known, unseen, views, confidence, errors)
-        logits = call("router", {"INPUT": x}, ["OUTPUT"])["OUTPUT"].astype(np.float64)
+            return await self._view_probs("mixed", x), ["mixed"] * n, np.ones(n, np.float32)
+        logits = (await call("router", {"INPUT": x}, ["OUTPUT"], self.timeout_s))["OUTPUT"].astype(np.float64)
         prob = np.exp(logits - logits.max(1, keepdims=True))
         prob /= prob.sum(1, keepdims=True)
         chosen = prob.argmax(1)
-        for k, view in enumerate(self.router_classes):
-            sel = np.flatnonzero(chosen == k)
-            if not len(sel):
-                continue
-            target = view if view in self.views else "mixed"
-            known[idx[sel]] = call(f"{target}_ensemble", {"INPUT": x[sel]}, ["PROBS"])["PROBS"]
-            for j in sel:
-                views[idx[j]] = view
-        confidence[idx, 0] = prob.max(1)
-        return self._response(pre, idx, known, unseen, views, confidence, errors)
+        groups = [(view, np.flatnonzero(chosen == k)) for k, view in enumerate(self.router_classes)]
+        groups = [(view, sel) for view, sel in groups if len(sel)]
+        known = np.zeros((n, len(self.known)), np.float32)
+        answers = await asyncio.gather(*(self._view_probs(view, x[sel]) for view, sel in groups))
+        for (_, sel), probs in zip(groups, answers, strict=True):
+            known[sel] = probs
+        return known, [self.router_classes[k] for k in chosen], prob.max(1).astype(np.float32)
 
-    def _response(self, pre, idx, known, unseen, views, confidence, errors):
+    async def _zeroshot(self, x: np.ndarray) -> np.ndarray:
+        if not self.has_zeroshot:
+            return np.full((len(x), len(self.unseen)), np.nan, np.float32)
+        return (await call("zeroshot", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
+
+    def _response(self, pre: dict, known, unseen, views, confidence) -> "pb_utils.InferenceResponse":
+        errors = [e[0].decode() if isinstance(e[0], bytes) else str(e[0]) for e in pre["ERROR"]]
         n = len(errors)
-        if self.has_zeroshot:
-            unseen[idx] = call("zeroshot", {"INPUT": pre["ZS_INPUT"][idx]}, ["PROBS"])["PROBS"]
         return pb_utils.InferenceResponse([
             pb_utils.Tensor("KNOWN_PROBS", known), pb_utils.Tensor("UNSEEN_PROBS", unseen),
-            pb_utils.Tensor("VIEW", bytes_array(views)), pb_utils.Tensor("VIEW_CONFIDENCE", confidence),
+            pb_utils.Tensor("VIEW", bytes_array(views)), pb_utils.Tensor("VIEW_CONFIDENCE", confidence[:, None]),
             pb_utils.Tensor("MODEL_VERSION", bytes_array([self.version] * n)),
             pb_utils.Tensor("ERROR", bytes_array(errors)),
             *(pb_utils.Tensor(name, np.tile(row, (n, 1))) for name, row in self.name_rows.items())])
 
-    def execute(self, requests):
-        responses = []
-        for request in requests:
+    async def execute(self, requests):
+        results = await asyncio.gather(*(self._preprocess(r) for r in requests), return_exceptions=True)
+        responses = [None] * len(requests)
+        good_items = {}  # request index -> indices of its items that decoded
+        for i, result in enumerate(results):
+            if isinstance(result, CalleeError):  # preprocess refused every item of this request (or timed out)
+                responses[i] = failed(str(result)) if result.timed_out else invalid(result.message)
+            elif isinstance(result, Exception):
+                responses[i] = failed(f"preprocess: {type(result).__name__}: {result}")
+            else:
+                good_items[i] = np.flatnonzero([not e[0] for e in result["ERROR"]])
+        if good_items:
+            order = list(good_items)
+            t1 = np.concatenate([results[i]["TASK1_INPUT"][good_items[i]] for i in order])
+            zs = np.concatenate([results[i]["ZS_INPUT"][good_items[i]] for i in order])
             try:
-                responses.append(self._infer(request))
-            except pb_utils.TritonModelException as exc:  # preprocess refused the whole request
-                responses.append(invalid(str(exc)))
+                (known, views, confidence), unseen = await asyncio.gather(self._task1(t1), self._zeroshot(zs))
+            except Exception as exc:  # a callee failed or timed out: this batch's requests fail, the server stays
+                for i in order:
+                    responses[i] = failed(f"scoring failed ({exc})")
+                return responses
+            start = 0
+            for i in order:
+                pre, idx = results[i], good_items[i]
+                n, stop = len(pre["ERROR"]), start + len(idx)
+                k = np.full((n, len(self.known)), np.nan, np.float32)
+                u = np.full((n, len(self.unseen)), np.nan, np.float32)
+                v, c = [""] * n, np.zeros(n, np.float32)
+                k[idx], u[idx], c[idx] = known[start:stop], unseen[start:stop], confidence[start:stop]
+                for j, view in zip(idx, views[start:stop], strict=True):
+                    v[j] = view
+                responses[i] = self._response(pre, k, u, v, c)
+                start = stop
         return responses

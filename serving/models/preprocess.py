@@ -2,7 +2,8 @@
 
 Uses cxrlt's own image module (copied beside this file as cxrlt_images.py) and the bundle's two preprocessing
 contracts (size, channels, mean/std, percentiles, pixel limit: the ``task1_preprocess`` / ``zeroshot_preprocess``
-parameters), so serving and training cannot drift.
+parameters), so serving and training cannot drift. ``PIXELS`` may carry ``BITS`` (8 or 16): then the values are
+scaled like a PNG of that depth and the same image gets the same probabilities either way.
 Per item: a bad item gets an ERROR string; a request whose items are all bad gets INVALID_ARGUMENT.
 """
 
@@ -11,7 +12,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from _common import bytes_array, invalid, parameters
-from cxrlt_images import ImageReadError, PreprocessConfig, decode_image, preprocess_array
+from cxrlt_images import ImageReadError, PreprocessConfig, decode_image, pixels_to_image, preprocess_array
 
 
 class TritonPythonModel:
@@ -24,26 +25,27 @@ class TritonPythonModel:
     def _items(self, request):
         encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE")
         pixels = pb_utils.get_input_tensor_by_name(request, "PIXELS")
+        bits = pb_utils.get_input_tensor_by_name(request, "BITS")
         if (encoded is None) == (pixels is None):
             raise ImageReadError("send exactly one of IMAGE (encoded PNG/DICOM bytes) or PIXELS (raw grayscale)")
         if encoded is not None:
-            return [("IMAGE", row.reshape(-1)[0]) for row in encoded.as_numpy()]
+            if bits is not None:
+                raise ImageReadError("BITS goes with PIXELS; an encoded IMAGE carries its own bit depth")
+            return [("IMAGE", row.reshape(-1)[0], 0) for row in encoded.as_numpy()]
         arr = pixels.as_numpy()
         if arr.ndim != 3:
             raise ImageReadError(f"PIXELS must be (batch, height, width), got shape {arr.shape}")
-        return [("PIXELS", a) for a in arr]
+        depths = bits.as_numpy().reshape(-1).tolist() if bits is not None else [0] * len(arr)
+        if len(depths) != len(arr):
+            raise ImageReadError(f"BITS has {len(depths)} values for {len(arr)} images")
+        return [("PIXELS", a, int(b)) for a, b in zip(arr, depths, strict=True)]
 
-    def _one(self, kind, item, index):
+    def _one(self, kind, item, bits, index):
         source = f"item {index}"
         if kind == "IMAGE":
             img = decode_image(bytes(item), source, self.max_pixels, self.task1.modalities)
         else:
-            if item.size == 0 or min(item.shape) < 8:
-                raise ImageReadError(f"{source}: image is too small ({item.shape})")
-            if item.size > self.max_pixels:
-                raise ImageReadError(f"{source}: image is {item.shape[1]}x{item.shape[0]}, over the limit of "
-                                     f"{self.max_pixels} pixels")
-            img = item
+            img = pixels_to_image(item, bits, source, self.max_pixels)
         try:
             t1 = preprocess_array(img, self.task1)
             zs = preprocess_array(img, self.zs)
@@ -62,9 +64,9 @@ class TritonPythonModel:
             t1 = np.zeros((len(items), self.task1.channels, self.task1.size, self.task1.size), np.float32)
             zs = np.zeros((len(items), self.zs.channels, self.zs.size, self.zs.size), np.float32)
             errors = []
-            for i, (kind, item) in enumerate(items):
+            for i, (kind, item, bits) in enumerate(items):
                 try:
-                    t1[i], zs[i] = self._one(kind, item, i)
+                    t1[i], zs[i] = self._one(kind, item, bits, i)
                     errors.append("")
                 except ImageReadError as exc:
                     errors.append(str(exc))

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from _common import check_finite, invalid
 
 
 class TritonPythonModel:
@@ -18,6 +19,10 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for r in requests:
+            error = check_finite(r, ["EMBEDDING"])
+            if error:
+                responses.append(invalid(error))
+                continue
             emb = pb_utils.get_input_tensor_by_name(r, "EMBEDDING").as_numpy().astype(np.float64)
             probs = 1.0 / (1.0 + np.exp(-(self.a * emb @ self.embeddings.T + self.b)))
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("PROBS", probs.astype(np.float32))]))

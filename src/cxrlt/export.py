@@ -5,6 +5,9 @@ A *served bundle* is a directory:
     bundle.json                      classes, views, weights, gating, sizes, zero-shot scoring, version, lineage
     onnx/router.onnx                 (B, C, S, S) -> (B, 2) logits (frontal, lateral); absent without a router
     onnx/<view>_<kind>.onnx          (B, C, S, S) -> (B, 30) logits, TTA folded in (logit or probability merge)
+    onnx/<view>_trunk.onnx           (B, C, S, S) -> (B, T, F, h, w) the PCAM trunk's features per TTA view, when the
+                                     view's CaiT reads the same frozen trunk; then <view>_pcam/<view>_cait.onnx take
+                                     these features, (B, T, F, h, w) -> (B, 30), and the trunk runs once for both
     onnx/clip_image.onnx             (B, C2, S2, S2) -> (B, D) normalised image embedding
 
 ``bundle.json["preprocess"]`` and ``bundle.json["zeroshot"]["preprocess"]`` are the preprocessing contracts (size,
@@ -30,22 +33,25 @@ from cxrlt import __version__
 from cxrlt.data.images import PreprocessConfig
 from cxrlt.ensemble import load_spec
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
+from cxrlt.models.members import shares_trunk
 from cxrlt.training.trainer import load_member
-from cxrlt.tta import TTAModel
+from cxrlt.tta import FeatureHeadTTA, TrunkTTA, TTAModel
 
 BUNDLE_JSON = "bundle.json"
 INPUT_NAME, OUTPUT_NAME = "INPUT", "OUTPUT"
 OPSET = 17
 
 
-def export_onnx(module: nn.Module, image_size: int, path: str | Path, channels: int = 1) -> Path:
-    """Export a (B, C, S, S) -> (B, K) module with a dynamic batch axis and check the graph."""
+def export_onnx(module: nn.Module, image_size: int, path: str | Path, channels: int = 1,
+                input_shape: tuple[int, ...] | None = None) -> Path:
+    """Export a (B, C, S, S) -> (B, ...) module (or one over ``input_shape`` per item) with a dynamic batch axis and
+    check the graph."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
-    example = torch.zeros(2, channels, image_size, image_size)
+    example = torch.zeros(2, *(input_shape or (channels, image_size, image_size)))
     # nn.MultiheadAttention's inference fast path (ViT CLIP towers) has no ONNX export: trace the plain path
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -88,15 +94,26 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
         router, _ = load_member(ens / spec["router"])
         export_onnx(router, size, out / "onnx" / "router.onnx", channels)
     views = {}
+    merge = spec.get("tta_merge", "logit")
     for view, vspec in spec["views"].items():
-        members = {}
-        for kind, rel in vspec["members"].items():
-            model, _ = load_member(ens / rel)
+        models = {kind: load_member(ens / rel)[0] for kind, rel in vspec["members"].items()}
+        members, entry = {}, {}
+        shared = "pcam" in models and "cait" in models and shares_trunk(models["pcam"], models["cait"])
+        if shared:  # CaiT reads the frozen PCAM trunk: compute it once, serve both heads over its features
+            trunk = TrunkTTA(models["pcam"], spec["tta"])
+            path = export_onnx(trunk, size, out / "onnx" / f"{view}_trunk.onnx", channels)
+            with torch.no_grad():
+                feature_shape = list(trunk.eval()(torch.zeros(1, channels, size, size)).shape[1:])
+            entry["shared_trunk"] = {"model": path.stem, "members": ["pcam", "cait"], "features": feature_shape}
+        for kind, model in models.items():
             name = f"{view}_{kind}"
-            export_onnx(TTAModel(model, spec["tta"], spec.get("tta_merge", "logit")), size,
-                        out / "onnx" / f"{name}.onnx", channels)
+            if shared and kind in ("pcam", "cait"):
+                export_onnx(FeatureHeadTTA(model, merge), size, out / "onnx" / f"{name}.onnx",
+                            input_shape=tuple(feature_shape))
+            else:
+                export_onnx(TTAModel(model, spec["tta"], merge), size, out / "onnx" / f"{name}.onnx", channels)
             members[kind] = name
-        views[view] = {"members": members, "weights": vspec["weights"]}
+        views[view] = {"members": members, "weights": vspec["weights"], **entry}
     bundle = {"format": 1, "cxrlt_version": __version__, "known_classes": list(KNOWN_CLASSES),
               "router_classes": ["frontal", "lateral"] if has_router else [], "image_size": size, "tta": spec["tta"],
               "tta_merge": spec.get("tta_merge", "logit"), "combine": spec.get("combine", "logit"),
@@ -116,6 +133,15 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
                               "preprocess": predictor.preprocess.to_dict()}
     (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2))
     return bundle
+
+
+def member_logits(run, view: dict, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every member's logits for one view of a bundle, ``run(onnx_name, input)`` running one ONNX file: the shared
+    trunk (when the view has one) runs once and its features feed the members that read it."""
+    shared = view.get("shared_trunk")
+    feats = run(shared["model"], x) if shared else None
+    return {kind: run(name, feats if shared and kind in shared["members"] else x)
+            for kind, name in view["members"].items()}
 
 
 def bundle_contracts(bundle: dict) -> tuple[PreprocessConfig, PreprocessConfig | None]:

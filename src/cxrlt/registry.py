@@ -64,7 +64,7 @@ def _bundle_model_class():
         def predict(self, context, model_input, params=None):
             from cxrlt.data.images import load_preprocessed
             from cxrlt.ensemble import calibrate, combine, normal_gate
-            from cxrlt.export import bundle_contracts
+            from cxrlt.export import bundle_contracts, member_logits
 
             contract, _ = bundle_contracts(self.spec)
             x = np.stack([contract.normalize(load_preprocessed(p, contract)) for p in model_input["image_path"]])
@@ -77,7 +77,7 @@ def _bundle_model_class():
                 target = view if view in self.spec["views"] else "mixed"
                 idx = np.flatnonzero(views == view)
                 v = self.spec["views"][target]
-                probs[idx] = calibrate(combine({k: self._run(v["members"][k], x[idx]) for k in v["weights"]},
+                probs[idx] = calibrate(combine(member_logits(self._run, v, x[idx]),
                                                v["weights"], self.spec.get("combine", "logit")),
                                        self.spec.get("calibration"), self.spec["known_classes"])
             out = normal_gate(pd.DataFrame(probs, columns=self.spec["known_classes"]),

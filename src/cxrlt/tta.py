@@ -64,8 +64,40 @@ class TTAModel(nn.Module):
         tta_views(torch.zeros(1, 1, 4, 4), mode)  # validate the mode early
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = torch.stack([self.model(v) for v in tta_views(x, self.mode)])
-        if self.merge == "logit":
-            return outs.mean(0)
-        p = torch.sigmoid(outs).mean(0).clamp(1e-7, 1 - 1e-7)
-        return torch.log(p) - torch.log1p(-p)
+        return merge_tta(torch.stack([self.model(v) for v in tta_views(x, self.mode)]), self.merge)
+
+
+def merge_tta(outs: torch.Tensor, merge: str) -> torch.Tensor:
+    """``(T, B, K)`` logits of the TTA views -> ``(B, K)`` merged logits (mean logit, or logit of mean sigmoid)."""
+    if merge == "logit":
+        return outs.mean(0)
+    p = torch.sigmoid(outs).mean(0).clamp(1e-7, 1 - 1e-7)
+    return torch.log(p) - torch.log1p(-p)
+
+
+class TrunkTTA(nn.Module):
+    """The shared half of a trunk-sharing pair: ``(B, C, S, S)`` -> ``(B, T, F, h, w)``, the CNN feature map of each
+    TTA view stacked on axis 1 (computed once, read by every member whose network is this trunk)."""
+
+    def __init__(self, cnn: nn.Module, mode: str = "flip"):
+        super().__init__()
+        self.cnn, self.mode = cnn, mode
+        tta_views(torch.zeros(1, 1, 4, 4), mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.cnn.features(v) for v in tta_views(x, self.mode)], dim=1)
+
+
+class FeatureHeadTTA(nn.Module):
+    """The per-member half: ``(B, T, F, h, w)`` trunk features -> ``(B, K)`` TTA-merged logits through the member's
+    ``from_features``; together with :class:`TrunkTTA` it equals ``TTAModel(member)``."""
+
+    def __init__(self, member: nn.Module, merge: str = "logit"):
+        super().__init__()
+        if merge not in TTA_MERGES:
+            raise ValueError(f"unknown TTA merge {merge!r}: choose one of {TTA_MERGES}")
+        self.member, self.merge = member, merge
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return merge_tta(torch.stack([self.member.from_features(feats[:, t]) for t in range(feats.shape[1])]),
+                         self.merge)

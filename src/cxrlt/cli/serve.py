@@ -38,7 +38,18 @@ def serve_build(
     out: Annotated[Path, typer.Option(help="Model repository directory to write (replaced).")],
     onnx_runtime: Annotated[str, typer.Option(help="python (ONNX Runtime in the python backend; embedded default) "
                                                    "or native (platform onnxruntime_onnx; NGC image).")] = "python",
-    instances: Annotated[int, typer.Option(help="Instances per compute model.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, or gpu (native runtime, KIND_GPU instances).")] = "cpu",
+    tensorrt: Annotated[bool, typer.Option(help="GPU: TensorRT execution accelerator for the ONNX models.")] = False,
+    precision: Annotated[str, typer.Option(help="TensorRT precision: fp32 or fp16.")] = "fp32",
+    instances: Annotated[int | None, typer.Option(help="Instances per compute model [default: half the cores].")]
+    = None,
+    ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per instance.")] = 1,
+    max_batch: Annotated[int, typer.Option(help="Largest batch any model runs (images).")] = 16,
+    max_queue: Annotated[int, typer.Option(help="Requests queued at the cxr entry before new ones are refused "
+                                                "(UNAVAILABLE) instead of piling up.")] = 64,
+    queue_timeout_ms: Annotated[int, typer.Option(help="A request waiting longer than this in a queue is "
+                                                       "refused.")] = 30_000,
+    bls_timeout_ms: Annotated[int, typer.Option(help="Timeout of each model call the cxr entry makes.")] = 60_000,
     summary_file: Annotated[Path | None, typer.Option("--summary", help="Also write the build summary (models, "
                                                                         "version) as JSON here.")] = None,
 ) -> None:
@@ -49,8 +60,17 @@ def serve_build(
     resolved to one version once; the files and the served MODEL_VERSION both come from that version."""
     import tempfile
 
-    from serving.repository import build_repository
+    from pydantic import ValidationError
 
+    from serving.repository import ServingOptions, build_repository
+
+    try:
+        options = ServingOptions(
+            onnx_runtime=onnx_runtime, device=device, tensorrt=tensorrt, precision=precision, ort_threads=ort_threads,
+            max_batch=max_batch, max_queue=max_queue, queue_timeout_ms=queue_timeout_ms, bls_timeout_ms=bls_timeout_ms,
+            **({"instances": instances} if instances else {}))
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()))
     try:
         with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:
             bundle_dir, version = Path(bundle), None
@@ -60,12 +80,13 @@ def serve_build(
                 name, number = resolve_version(bundle)
                 bundle_dir = download_verified_bundle(name, number, tmp)
                 version = f"{name}/{number}"
-            summary = build_repository(bundle_dir, out, onnx_runtime, instances, version)
+            summary = build_repository(bundle_dir, out, options, version)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:  # RegistryError: a tampered or unmanifested bundle
         _fail(str(exc))
     if summary_file is not None:
         summary_file.write_text(json.dumps(summary, indent=2))
-    typer.echo(f"model repository {out}: {', '.join(summary['models'])} ({onnx_runtime} ONNX, version "
+    typer.echo(f"model repository {out}: {', '.join(summary['models'])} ({onnx_runtime} ONNX on {device}, "
+               f"{options.instances} instance(s) x {ort_threads} thread(s), version "
                f"{summary['model_version']})")
 
 

@@ -260,6 +260,36 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int,
     return arr
 
 
+PIXEL_BITS = (8, 16)
+
+
+def pixels_to_image(pixels: np.ndarray, bits: int | None, source: str = "<pixels>",
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A raw grayscale array sent as numbers -> the array a file of the same image decodes to.
+
+    ``bits`` 8 or 16: the values are the integers of an 8/16-bit image and become ``uint8``/``uint16``, so they are
+    scaled exactly like the PNG of that image (8-bit by /255, 16-bit percentile-clipped); ``None`` or 0: real values
+    (for example a DICOM after its LUTs), percentile-clipped. Values that do not fit the stated depth are refused.
+    """
+    arr = np.asarray(pixels)
+    if arr.ndim != 2:
+        raise ImageReadError(f"{source}: expected a 2-D grayscale array, got shape {arr.shape}")
+    if arr.size == 0 or min(arr.shape) < 8:
+        raise ImageReadError(f"{source}: image is too small ({arr.shape[1]}x{arr.shape[0]})")
+    _check_size(arr.shape[1], arr.shape[0], source, max_pixels)
+    if not np.isfinite(arr).all():
+        raise ImageReadError(f"{source}: image contains NaN or Inf values")
+    if not bits:
+        return arr.astype(np.float32, copy=False)
+    if bits not in PIXEL_BITS:
+        raise ImageReadError(f"{source}: BITS must be 8 or 16 (or 0 for real values), got {bits}")
+    top = (1 << bits) - 1
+    if arr.min() < 0 or arr.max() > top or not np.array_equal(arr, np.round(arr)):
+        raise ImageReadError(f"{source}: values must be integers in 0..{top} for a {bits}-bit image "
+                             f"(got {float(arr.min()):g}..{float(arr.max()):g})")
+    return arr.astype(np.uint8 if bits == 8 else np.uint16)
+
+
 def to_unit_range(img: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
                   scaling: str = "percentile") -> np.ndarray:
     """Scale to float32 [0, 1]: 8-bit by /255; wider images by percentile clipping (robust to markers), or with

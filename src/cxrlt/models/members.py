@@ -41,9 +41,22 @@ class PooledCNN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk.forward_features(x)
 
+    def from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits from a trunk feature map (the served pipeline computes the trunk once for pcam and cait)."""
+        return self.head(feats)[0]
+
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         logits, maps = self.head(self.features(x))
         return (logits, maps) if return_maps else logits
+
+
+def shares_trunk(pcam: nn.Module, cait: nn.Module) -> bool:
+    """Is ``cait``'s frozen CNN exactly the ``pcam`` member's network (the same trained checkpoint)? Then one
+    trunk pass can serve both."""
+    if not isinstance(pcam, PooledCNN) or not isinstance(cait, CaiTOverCNN):
+        return False
+    ours, theirs = pcam.trunk.state_dict(), cait.cnn.trunk.state_dict()
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 class TimmClassifier(nn.Module):
@@ -81,6 +94,10 @@ class CaiTOverCNN(nn.Module):
         super().train(mode)
         self.cnn.eval()  # frozen: its normalisation statistics and dropout stay in inference mode
         return self
+
+    def from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits from the frozen CNN's feature map (shared with the pcam member when it is the same network)."""
+        return self.cait(feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
