@@ -161,7 +161,9 @@ def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1"
     log_file = state / "tritonserver.log"
     admin_key = secrets.token_hex(16) if production else None
     mode = (["--model-control-mode=none", f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={admin_key}",
-             f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={admin_key}"] if production
+             # Triton's HTTP has no TLS: with TLS on gRPC, inference over plaintext HTTP needs the admin key too
+             f"--http-restricted-api={RESTRICTED}{',inference' if tls else ''}:{ADMIN_HEADER}={admin_key}"]
+            if production
             else ["--model-control-mode=explicit", "--load-model=*"])
     cmd = [str(_tritonserver_dir(env) / "bin" / "tritonserver"), f"--model-repository={Path(repository).resolve()}",
            f"--backend-directory={_backend_dir(env, state)}", *mode, *(tls.args() if tls else []),

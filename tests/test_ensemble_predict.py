@@ -26,7 +26,7 @@ def test_ensemble_spec(trained):
     spec = load_spec(trained / "ensemble")
     assert spec["router"] == "router" and spec["classes"] == list(KNOWN_CLASSES)
     assert set(spec["views"]) == {"frontal", "lateral", "mixed"}
-    assert spec["views"]["frontal"]["members"] == {"pcam": "frontal/pcam", "swin": "frontal/swin"}
+    assert spec["views"]["frontal"]["members"] == {k: f"frontal/{k}" for k in ("pcam", "swin", "cait")}
     assert sum(spec["views"]["frontal"]["weights"].values()) == pytest.approx(1.0)
     assert spec["views"]["frontal"]["val_mAP"] >= max(spec["views"]["frontal"]["val_mAP_members"].values()) - 1e-9
 

@@ -235,13 +235,38 @@ def test_triton_serves_a_fixed_repository_with_admin_apis_restricted(rendered):
     server = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
     args = server["args"]
     assert "--model-control-mode=none" in args and not any(a.startswith("--load-model") for a in args)
-    for flag in ("--grpc-restricted-protocol=", "--http-restricted-api="):
+    admin = {"model-repository", "model-config", "shared-memory"}
+    http = admin | {"inference"}
+    for flag, apis_expected in (("--grpc-restricted-protocol=", admin), ("--http-restricted-api=", http)):
         value = next(a for a in args if a.startswith(flag))[len(flag):]
         apis, _, header = value.partition(":")
-        assert set(apis.split(",")) == {"model-repository", "model-config", "shared-memory"}
+        assert set(apis.split(",")) == apis_expected  # HTTP has no TLS: no inference over it without the key
         assert header == "cxrlt-admin-key=$(TRITON_ADMIN_KEY)"
     env = {e["name"]: e for e in server["env"]}
     assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == P.SECRETS["triton_admin"]
+
+
+def test_triton_grpc_uses_mutual_tls_from_the_certificate_secret(rendered):
+    overlay, docs = rendered
+    pod = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    tls = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert tls["secret"]["secretName"] == P.SECRETS["triton_tls"] and tls["secret"]["defaultMode"] == 0o440
+    mount = next(m for m in server["volumeMounts"] if m["name"] == "tls")
+    assert mount["readOnly"] is True
+    flags = dict(a.split("=", 1) for a in server["args"] if a.startswith("--grpc-") and "=" in a)
+    assert flags["--grpc-use-ssl"] == flags["--grpc-use-ssl-mutual"] == "true"
+    files = {"--grpc-server-cert": "tls.crt", "--grpc-server-key": "tls.key", "--grpc-root-cert": "ca.crt"}
+    for flag, key in files.items():
+        assert flags[flag] == f"{mount['mountPath']}/{key}"
+    if overlay == "prod":  # cert-manager issues (and renews) the Secret the pod mounts
+        cert = _by_kind(docs, "Certificate", "triton-grpc")
+        assert cert["spec"]["secretName"] == P.SECRETS["triton_tls"]
+        service = _by_kind(docs, "Service", "triton")
+        assert f"triton.{service['metadata']['namespace']}.svc" in cert["spec"]["dnsNames"]
+        assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        init = pod["initContainers"][0]["args"]
+        assert init[init.index("--device") + 1] == "gpu" and init[init.index("--onnx-runtime") + 1] == "native"
 
 
 def test_triton_init_container_gets_no_object_storage_keys(rendered):

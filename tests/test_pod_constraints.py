@@ -115,11 +115,20 @@ def _expand(args: list[str], env: dict[str, str]) -> list[str]:
 
 
 def _volumes(pod: dict, root: Path) -> dict[str, Path]:
+    """Each emptyDir a fresh directory; the TLS Secret a directory with its three keys (certificates made here)."""
+    from tests.pki import make_pki
+
     out = {}
     for volume in pod["volumes"]:
-        assert "emptyDir" in volume, f"{volume['name']}: only emptyDirs are expected in the Triton pod"
         out[volume["name"]] = root / volume["name"]
         out[volume["name"]].mkdir(parents=True)
+        if "secret" in volume:
+            assert volume["secret"]["secretName"] == P.SECRETS["triton_tls"], volume
+            pki = make_pki(root / "pki-source")
+            for key, source in (("tls.crt", "server.pem"), ("tls.key", "server.key"), ("ca.crt", "ca.pem")):
+                shutil.copyfile(pki / source, out[volume["name"]] / key)
+        else:
+            assert "emptyDir" in volume, f"{volume['name']}: only emptyDirs and the TLS Secret in the Triton pod"
     return out
 
 
@@ -154,6 +163,8 @@ def _run_init(pod: dict, tracking_uri: str, root: Path, onnx_runtime: str | None
     args = list(init["args"])
     if onnx_runtime:  # the wheel's tritonserver has only the python backend (see the module docstring)
         args[args.index("--onnx-runtime") + 1] = onnx_runtime
+        if "--device" in args:  # ... and no GPU here
+            del args[args.index("--device") : args.index("--device") + 2]
     volumes = _volumes(pod, root)
     env = _pod_env(init, tracking_uri, [Path(sys.executable).parent])
     sandbox = _sandbox_args(pod, init, volumes, {}, env, net=True)
@@ -171,7 +182,7 @@ def test_init_container_builds_the_verified_champion_repository_under_pod_constr
     assert (repo / "cxr" / "config.pbtxt").exists() and list(repo.glob("*/1/model.onnx"))
     assert f"{P.REGISTERED_MODEL}/{version}" in (repo / "cxr" / "config.pbtxt").read_text()
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
-    assert written <= {"models", "tmp"}, "the init container wrote only into its declared volumes"
+    assert written - {"tls", "pki-source"} <= {"models", "tmp"}, "the init container wrote only into its volumes"
     leftovers = [p for p in volumes["tmp"].rglob("*") if p.suffix == ".onnx" or p.name in ("MLmodel", "bundle.json")]
     assert not leftovers, "the downloaded bundle is removed from /tmp afterwards"
 
@@ -213,7 +224,7 @@ def test_server_container_becomes_ready_under_pod_constraints(champion, tmp_path
                          timeout=400)
     assert run.returncode == 0 and "READY" in run.stdout, run.stdout[-3000:] + run.stderr[-4000:]
     written = {p.relative_to(tmp_path / "pod").parts[0] for p in (tmp_path / "pod").rglob("*") if p.is_file()}
-    assert written <= {"models", "tmp", "dshm"}
+    assert written <= {"models", "tmp", "dshm", "tls", "pki-source"}
 
 
 def test_training_command_runs_under_the_trainjob_pod_constraints(synth_data, tmp_path):

@@ -17,6 +17,7 @@ from cxrlt.inference import EnsemblePredictor
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
 from cxrlt.training.trainer import load_member
 from cxrlt.tta import TTAModel
+from tests.pki import make_pki
 
 pytestmark = pytest.mark.slow
 GOLDEN = np.load(Path(__file__).parent / "golden" / "radiographs_32.npy")
@@ -225,72 +226,20 @@ def _raw_request(server, inputs):
         client.close()
 
 
-def _png_bytes(shape=(40, 40), dtype=np.uint16) -> bytes:
-    ok, buf = cv2.imencode(".png", (np.random.default_rng(0).random(shape) * 1000).astype(dtype))
-    return buf.tobytes()
-
-
-def _bad_cases(tmp_path):
-    good = _png_bytes()
-    no_pixels = array_to_dicom(np.zeros((16, 16), np.uint16), tmp_path / "np.dcm", with_pixels=False).read_bytes()
-    nan = np.full((1, 40, 40), np.nan, np.float32)
-    inf = np.full((1, 40, 40), np.inf, np.float32)
-    obj = lambda b: np.array([[b]], dtype=np.object_)  # noqa: E731
-    return {
-        "wrong dtype": ([("PIXELS", np.zeros((1, 40, 40), np.int32), "INT32")], "data-type"),
-        "wrong rank": ([("PIXELS", np.zeros((1, 2, 40, 40), np.float32), "FP32")], "shape"),
-        "empty bytes": ([("IMAGE", obj(b""), "BYTES")], "empty"),
-        "truncated png": ([("IMAGE", obj(good[: len(good) // 2]), "BYTES")], "truncated"),
-        "random bytes": ([("IMAGE", obj(np.random.default_rng(1).bytes(500)), "BYTES")], "not a PNG or DICOM"),
-        "CT slice": ([("IMAGE", obj(_dicom_like(tmp_path, Modality="CT")), "BYTES")], "not a projection radiograph"),
-        "ultrasound palette": ([("IMAGE", obj(_dicom_like(tmp_path, Modality="DX",
-                                                          PhotometricInterpretation="PALETTE COLOR")), "BYTES")],
-                               "not a grayscale radiograph"),
-        "colour PNG": ([("IMAGE", obj(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1].tobytes()),
-                         "BYTES")], "colour type 2"),
-        "JPEG": ([("IMAGE", obj(cv2.imencode(".jpg", np.zeros((40, 40), np.uint8))[1].tobytes()), "BYTES")],
-                 "not a PNG or DICOM"),
-        "dicom without pixels": ([("IMAGE", obj(no_pixels), "BYTES")], "no pixel data"),
-        "decompression bomb": ([("IMAGE", obj(_png_bomb()), "BYTES")], "over the limit"),
-        "nan pixels": ([("PIXELS", nan, "FP32")], "NaN"),
-        "inf pixels": ([("PIXELS", inf, "FP32")], "NaN or Inf"),
-    }
-
-
-def _dicom_like(tmp_path, **tags) -> bytes:
-    """A valid DICOM image with some tags changed (what a PACS sends for CT, ultrasound ...)."""
-    import pydicom
-
-    path = array_to_dicom(np.full((32, 32), 1000, np.uint16), tmp_path / "x.dcm")
-    ds = pydicom.dcmread(path)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(path)
-    return path.read_bytes()
-
-
-def _png_bomb() -> bytes:
-    import struct
-    import zlib
-
-    width = height = 20_000  # 400 M pixels declared in the header; tiny file
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
 def test_bad_inputs_get_invalid_argument_and_server_stays_ready(server, tmp_path):
     from tritonclient.utils import InferenceServerException
 
-    for case, (inputs, fragment) in _bad_cases(tmp_path).items():
+    from serving.refusals import oversize_png, png_bytes, refusal_cases
+
+    cases = refusal_cases()
+    cases["oversize strip"] = ([("IMAGE", np.array([[oversize_png()]], dtype=np.object_), "BYTES")], "per side")
+    for case, (inputs, fragment) in cases.items():
         with pytest.raises(InferenceServerException) as info:
             _raw_request(server, inputs)
         assert "INVALID_ARG" in str(info.value.status()), (case, info.value)
         assert fragment.lower() in str(info.value).lower(), (case, str(info.value))
     # a batch mixing good and bad items: the good ones still answer, the bad one carries its error
-    mixed = np.array([[_png_bytes()], [b"garbage bytes"], [_png_bytes((50, 30))]], dtype=np.object_)
+    mixed = np.array([[png_bytes()], [b"garbage bytes"], [png_bytes((50, 30))]], dtype=np.object_)
     response = _raw_request(server, [("IMAGE", mixed, "BYTES")])
     errors = [e[0].decode() for e in response.as_numpy("ERROR")]
     assert errors[0] == "" and "not a PNG or DICOM" in errors[1] and errors[2] == ""
@@ -300,7 +249,7 @@ def test_bad_inputs_get_invalid_argument_and_server_stays_ready(server, tmp_path
 
     with urllib.request.urlopen(f"{server.http_url}/v2/health/ready") as r:
         assert r.status == 200
-    good = _raw_request(server, [("IMAGE", np.array([[_png_bytes()]], dtype=np.object_), "BYTES")])
+    good = _raw_request(server, [("IMAGE", np.array([[png_bytes()]], dtype=np.object_), "BYTES")])
     assert np.isfinite(good.as_numpy("KNOWN_PROBS")).all()
 
 
@@ -444,47 +393,6 @@ def test_compressed_dicom_is_served_like_the_uncompressed_file(server, images, s
     np.testing.assert_allclose(probs[1], probs[0], atol=1e-6)
 
 
-def _pki(folder):
-    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all signed by the CA (PEM)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def issue(name, key, issuer_name, issuer_key, ca=False, san=None, usage=None):
-        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                   .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        if usage:
-            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    def write(name, cert, key):
-        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (folder / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                               serialization.PrivateFormat.PKCS8,
-                                                               serialization.NoEncryption()))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cxrlt test CA")])
-    ca = issue("cxrlt test CA", ca_key, ca_name, ca_key, ca=True)
-    write("ca", ca, ca_key)
-    server_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    write("server", issue("localhost", server_key, ca_name, ca_key,
-                          san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-                          usage=ExtendedKeyUsageOID.SERVER_AUTH), server_key)
-    write("client", issue("hospital-integration", client_key, ca_name, ca_key,
-                          usage=ExtendedKeyUsageOID.CLIENT_AUTH), client_key)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -494,7 +402,7 @@ def locked_server(bundle, tmp_path_factory):
     from serving.server import ServerTLS, start, stop
 
     root = tmp_path_factory.mktemp("locked")
-    pki = _pki(root)
+    pki = make_pki(root)
     build_repository(bundle, root / "repo")
     handle = start(root / "repo", name=f"pytest-locked-{root.name}", http_port=0, grpc_port=0, metrics_port=0,
                    state_dir=root / "state", production=True,
@@ -540,6 +448,18 @@ def test_production_server_refuses_model_control_and_restricts_admin_apis(locked
         assert client.is_model_ready("cxr") and client.is_server_ready()
     finally:
         client.close()
+    # Triton's HTTP has no TLS: with TLS on gRPC, images are refused over plaintext HTTP (health stays open)
+    import tritonclient.http as httpclient
+
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{handle.http_port}")
+    try:
+        tensor = httpclient.InferInput("IMAGE", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[b"x"]], dtype=np.object_))
+        with pytest.raises(InferenceServerException, match="(?i)restricted|permission|denied|header"):
+            http.infer("cxr", [tensor])
+        assert http.is_server_ready()
+    finally:
+        http.close()
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

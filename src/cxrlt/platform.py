@@ -37,6 +37,8 @@ SECRETS = {
     "mlflow_client": "cxrlt-mlflow-client",
     # key: TRITON_ADMIN_KEY, the header value that opens Triton's restricted admin APIs (operators only)
     "triton_admin": "cxrlt-triton-admin",
+    # keys: tls.crt, tls.key, ca.crt: Triton's gRPC certificate and the CA of hospital clients (mutual TLS)
+    "triton_tls": "cxrlt-triton-tls",
 }
 MLFLOW_CLIENT_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")

@@ -1,0 +1,85 @@
+"""What a chest-radiograph server must refuse, and the reason it must give: one catalogue for the tests and the soak
+benchmark (bench/serving_soak.py).
+
+Each case is the raw ``cxr`` request inputs, ``[(input name, array, Triton dtype)]``, and a fragment the refusal
+message must contain (case-insensitive).
+"""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxrlt.data.dicom import array_to_dicom
+from cxrlt.data.images import MAX_SIDE
+
+
+def png_bytes(shape: tuple[int, int] = (40, 40), dtype=np.uint16, seed: int = 0) -> bytes:
+    """A valid grayscale PNG of noise."""
+    top = 1000 if dtype == np.uint16 else 255
+    return cv2.imencode(".png", (np.random.default_rng(seed).random(shape) * top).astype(dtype))[1].tobytes()
+
+
+def dicom_like(**tags) -> bytes:
+    """A valid DX DICOM with some tags changed (what a PACS sends for CT, ultrasound ...)."""
+    import pydicom
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = array_to_dicom(np.full((32, 32), 1000, np.uint16), Path(tmp) / "x.dcm")
+        ds = pydicom.dcmread(path)
+        for key, value in tags.items():
+            setattr(ds, key, value)
+        ds.save_as(path)
+        return path.read_bytes()
+
+
+def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A tiny PNG whose header declares ``width`` x ``height`` pixels (400 M by default)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def oversize_png() -> bytes:
+    """A real, fully decodable 8-bit PNG one pixel wider than the longest side accepted (a strip, ~40 KB)."""
+    return cv2.imencode(".png", np.zeros((16, MAX_SIDE + 1), np.uint8))[1].tobytes()
+
+
+def _obj(payload: bytes) -> np.ndarray:
+    return np.array([[payload]], dtype=np.object_)
+
+
+def refusal_cases() -> dict[str, tuple[list[tuple[str, np.ndarray, str]], str]]:
+    good = png_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        no_pixels = array_to_dicom(np.zeros((16, 16), np.uint16), Path(tmp) / "np.dcm", with_pixels=False).read_bytes()
+    return {
+        "wrong dtype": ([("PIXELS", np.zeros((1, 40, 40), np.int32), "INT32")], "data-type"),
+        "wrong rank": ([("PIXELS", np.zeros((1, 2, 40, 40), np.float32), "FP32")], "shape"),
+        "empty bytes": ([("IMAGE", _obj(b""), "BYTES")], "empty"),
+        "truncated png": ([("IMAGE", _obj(good[: len(good) // 2]), "BYTES")], "truncated"),
+        "random bytes": ([("IMAGE", _obj(np.random.default_rng(1).bytes(500)), "BYTES")], "not a PNG or DICOM"),
+        "CT slice": ([("IMAGE", _obj(dicom_like(Modality="CT")), "BYTES")], "not a projection radiograph"),
+        "MR image": ([("IMAGE", _obj(dicom_like(Modality="MR")), "BYTES")], "not a projection radiograph"),
+        "ultrasound palette": ([("IMAGE", _obj(dicom_like(Modality="DX", PhotometricInterpretation="PALETTE COLOR")),
+                                 "BYTES")], "not a grayscale radiograph"),
+        "multi-frame": ([("IMAGE", _obj(dicom_like(NumberOfFrames=3)), "BYTES")], "frames"),
+        "colour PNG": ([("IMAGE", _obj(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1].tobytes()), "BYTES")],
+                       "colour type 2"),
+        "JPEG": ([("IMAGE", _obj(cv2.imencode(".jpg", np.zeros((40, 40), np.uint8))[1].tobytes()), "BYTES")],
+                 "not a PNG or DICOM"),
+        "dicom without pixels": ([("IMAGE", _obj(no_pixels), "BYTES")], "no pixel data"),
+        "decompression bomb": ([("IMAGE", _obj(png_bomb()), "BYTES")], "over the limit"),
+        "nan pixels": ([("PIXELS", np.full((1, 40, 40), np.nan, np.float32), "FP32")], "NaN"),
+        "inf pixels": ([("PIXELS", np.full((1, 40, 40), np.inf, np.float32), "FP32")], "NaN or Inf"),
+        "pixels deeper than BITS": ([("PIXELS", np.full((1, 40, 40), 300, np.float32), "FP32"),
+                                     ("BITS", np.array([[8]], np.int32), "INT32")], "integers in 0..255"),
+    }
