@@ -6,11 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_run
 
-.PHONY: setup demo test lint compile clean system-tools
+.PHONY: setup demo test lint compile clean system-tools container-tools debian-base images
 
-$(STAMP): pyproject.toml
+# Pinned by requirements/lock.txt (the images install the same pins).
+$(STAMP): pyproject.toml requirements/lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements/lock.txt -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -37,3 +38,23 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
+
+# Containers without a Docker daemon: podman + runc (settings in images/containers.conf, used via CONTAINERS_CONF;
+# /etc is not changed) and a Debian bookworm base made with debootstrap, since container registries cannot be reached
+# here. On a machine that can pull, `make images BASE_IMAGE=python:3.11-slim`.
+export CONTAINERS_CONF := $(CURDIR)/images/containers.conf
+BASE_IMAGE ?= localhost/debian-min:bookworm
+ROOTFS := $(CURDIR)/.rootfs-bookworm
+
+container-tools:
+	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq podman runc debootstrap)
+
+debian-base: container-tools
+	@podman image exists localhost/debian-min:bookworm || \
+	  (rm -rf $(ROOTFS) && debootstrap --variant=minbase bookworm $(ROOTFS) >/dev/null && \
+	   tar -C $(ROOTFS) -c . | podman import - localhost/debian-min:bookworm && rm -rf $(ROOTFS))
+
+# train, tools and serve-cpu images (names from src/cxrlt/platform.py), then their sizes
+images: $(STAMP) $(if $(filter localhost/debian-min:bookworm,$(BASE_IMAGE)),debian-base,container-tools)
+	$(PY) images/build.py --base-image $(BASE_IMAGE)

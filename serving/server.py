@@ -33,8 +33,9 @@ def dicom_requirements() -> tuple[str, ...]:
     return found
 
 
-SERVE_ENV_PACKAGES = ("numpy<2", "onnxruntime>=1.17", "opencv-python-headless>=4.8,<4.12",
-                      "nvidia-pytriton==0.7.0", *dicom_requirements())
+SERVE_ENV_FILE = Path(__file__).with_name("serve-env.txt")
+SERVE_ENV_PACKAGES = (*(line.strip() for line in SERVE_ENV_FILE.read_text().splitlines()
+                        if line.strip() and not line.startswith("#")), *dicom_requirements())
 DEFAULT_ENV = Path(os.environ.get("CXRLT_SERVE_ENV", Path.home() / ".cache" / "cxrlt" / "serve-env"))
 STATE_DIR = Path(os.environ.get("CXRLT_STATE_DIR", Path.home() / ".cache" / "cxrlt" / "servers"))
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -76,7 +77,10 @@ def ensure_serving_env(env: Path = DEFAULT_ENV, python: str = sys.executable) ->
         return env
     print(f"creating the Triton serving environment in {env} (first use; about a minute) ...", flush=True)
     subprocess.run([python, "-m", "venv", "--clear", str(env)], check=True)
-    subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", *SERVE_ENV_PACKAGES], check=True)
+    lock = Path(__file__).resolve().parents[1] / "requirements" / "serve-lock.txt"  # a checkout's pins, when there
+    pins = ["-c", str(lock)] if lock.exists() else []
+    subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", *pins, *SERVE_ENV_PACKAGES],
+                   check=True)
     marker.write_text(json.dumps({"packages": list(SERVE_ENV_PACKAGES)}))
     return env
 

@@ -14,6 +14,8 @@ IMAGES = {
     "train": f"{IMAGE_REGISTRY}/cxrlt-train:{IMAGE_TAG}",  # CUDA PyTorch + project + kfp (training components)
     "serve": f"{IMAGE_REGISTRY}/cxrlt-serve:{IMAGE_TAG}",  # NGC tritonserver + python-model dependencies
     "tools": f"{IMAGE_REGISTRY}/cxrlt-tools:{IMAGE_TAG}",  # CPU steps: validation, evaluation, registration
+    # pytriton's tritonserver + the python-backend environment (what `cxrlt serve up` runs): CPU clusters, tests
+    "serve_cpu": f"{IMAGE_REGISTRY}/cxrlt-serve-cpu:{IMAGE_TAG}",
 }
 
 NAMESPACE = "cxrlt"

@@ -1,0 +1,119 @@
+"""Build the CPU images (train, tools, serve-cpu) with podman, or Docker where its daemon is usable; print sizes.
+
+    python images/build.py [--base-image IMAGE] [--only train tools serve-cpu] [--engine podman|docker]
+
+Image names and tags come from ``cxrlt.platform.IMAGES`` (what the KFP components and infra/ reference), so
+kfp.local's DockerRunner finds them. The base image defaults to ``python:3.11-slim``; where registries cannot be
+reached, ``make images`` builds a Debian bookworm base with debootstrap and passes ``--base-image
+localhost/debian-min:bookworm``. This machine's package-index settings (``pip config``: mirrors, local wheel
+folders, CA bundle) are passed to the build as build arguments with the folders mounted read-only, for the build
+only: nothing in the images depends on this machine. podman runs with ``images/containers.conf`` (runc, cgroupfs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from cxrlt import __version__  # noqa: E402
+from cxrlt.platform import IMAGES  # noqa: E402
+
+#: image -> (Dockerfile, target, platform key)
+BUILDS = {"tools": ("cxrlt.Dockerfile", "tools", "tools"), "train": ("cxrlt.Dockerfile", "train", "train"),
+          "serve-cpu": ("serve-cpu.Dockerfile", "serve-cpu", "serve_cpu")}
+HOST_CA = "/run/cxrlt-host-ca.crt"
+
+
+def engine_command(engine: str | None = None) -> list[str]:
+    """podman (with the project's containers.conf) or docker, whichever works here; raises when neither does."""
+    candidates = [engine] if engine else ["podman", "docker"]
+    for name in candidates:
+        exe = shutil.which(name or "")
+        if not exe:
+            continue
+        env = container_env() if name == "podman" else os.environ
+        if subprocess.run([exe, "info"], capture_output=True, env=env).returncode == 0:
+            return [exe]
+    raise SystemExit(f"no usable container engine ({', '.join(c for c in candidates if c)}): "
+                     "make images installs podman on Debian")
+
+
+def container_env() -> dict[str, str]:
+    return {**os.environ, "CONTAINERS_CONF": str(ROOT / "images" / "containers.conf")}
+
+
+def _pip_config() -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    config = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        config[key.split(".", 1)[-1]] = value.strip().strip("'\"")
+    return config
+
+
+def pip_build_args() -> list[str]:
+    """Build arguments + read-only mounts for this machine's package-index settings (none on a plain machine)."""
+    config, args, mounts = _pip_config(), [], set()
+    for key, arg in (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
+                     ("find-links", "PIP_FIND_LINKS")):
+        value = config.get(key)
+        if not value:
+            continue
+        args += ["--build-arg", f"{arg}={value}"]
+        for item in value.split():
+            path = item.removeprefix("file://")
+            if path.startswith("/"):
+                top = Path(path).parts[:3]  # /opt/pypi/simple -> /opt/pypi
+                mounts.add(str(Path(*top)))
+    if config.get("cert") and Path(config["cert"]).exists():
+        args += ["--build-arg", f"PIP_CERT={HOST_CA}", "-v", f"{config['cert']}:{HOST_CA}:ro"]
+    for m in sorted(mounts):
+        if Path(m).exists():
+            args += ["-v", f"{m}:{m}:ro"]
+    return args
+
+
+def revision() -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def build(names: list[str], base_image: str, engine: list[str]) -> None:
+    env = container_env()
+    common = ["--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"VERSION={__version__}",
+              "--build-arg", f"REVISION={revision()}", *pip_build_args()]
+    if Path(engine[0]).name == "podman":
+        common += ["--network", "host", "--layers"]
+    for name in names:
+        dockerfile, target, key = BUILDS[name]
+        t0 = time.time()
+        print(f"building {IMAGES[key]} ({dockerfile}, target {target}, base {base_image}) ...", flush=True)
+        subprocess.run([*engine, "build", "-f", str(ROOT / "images" / dockerfile), "--target", target,
+                        "-t", IMAGES[key], *common, str(ROOT)], check=True, env=env)
+        print(f"  built in {time.time() - t0:.0f} s", flush=True)
+    print("\nimage sizes:")
+    for name in names:
+        size = subprocess.run([*engine, "image", "inspect", "--format", "{{.Size}}", IMAGES[BUILDS[name][2]]],
+                              capture_output=True, text=True, env=env).stdout.strip()
+        print(f"  {IMAGES[BUILDS[name][2]]:<45} {int(size) / 1e9:6.2f} GB" if size.isdigit() else f"  {name}: ?")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base-image", default=os.environ.get("BASE_IMAGE", "python:3.11-slim"))
+    ap.add_argument("--only", nargs="+", choices=list(BUILDS), default=list(BUILDS))
+    ap.add_argument("--engine", choices=["podman", "docker"], default=None)
+    args = ap.parse_args()
+    build(args.only, args.base_image, engine_command(args.engine))
+
+
+if __name__ == "__main__":
+    main()

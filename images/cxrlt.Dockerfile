@@ -1,0 +1,54 @@
+# The project images: `--target train` (training components, TrainJobs) and `--target tools` (CPU pipeline steps:
+# validation, preprocessing, evaluation, export, registration; the MLflow server with basic auth). Both hold the same
+# environment (PyPI's torch wheel carries its CUDA libraries, so the same image trains on GPUs and runs CPU steps);
+# they share every layer and differ in labels and entry point.
+#
+# BASE_IMAGE: python:3.11-slim on a normal machine; any Debian bookworm image works too (its python3 is 3.11 and is
+# installed here when missing), e.g. the debootstrapped base `make images` builds where registries cannot be
+# reached. Versions: requirements/lock.txt, the pins of the development environment.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS python
+RUN if ! command -v python3 >/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv libpython3.11 ca-certificates \
+      && rm -rf /var/lib/apt/lists/* /var/cache/apt/*; fi \
+ && useradd --uid 1000 --create-home --shell /usr/sbin/nologin cxrlt
+
+FROM python AS builder
+# Package-index settings for this build only (never in the final image): a mirror, local wheel folders, a CA bundle.
+ARG PIP_INDEX_URL=
+ARG PIP_EXTRA_INDEX_URL=
+ARG PIP_FIND_LINKS=
+ARG PIP_CERT=
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+COPY requirements/lock.txt /src/requirements/lock.txt
+COPY pyproject.toml README.md /src/
+COPY src /src/src
+COPY serving /src/serving
+COPY components /src/components
+COPY pipelines /src/pipelines
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" "mlflow[auth]" \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+
+FROM python AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+COPY --from=builder /opt/venv /opt/venv
+COPY configs /opt/cxrlt/configs
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/home/cxrlt
+WORKDIR /opt/cxrlt
+LABEL org.opencontainers.image.source="https://github.com/cxrlt/cxrlt" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+USER 1000
+ENTRYPOINT ["cxrlt"]
+
+FROM runtime AS tools
+LABEL org.opencontainers.image.title="cxrlt-tools" \
+      org.opencontainers.image.description="cxrlt CPU pipeline steps and the MLflow server"
+
+FROM runtime AS train
+LABEL org.opencontainers.image.title="cxrlt-train" \
+      org.opencontainers.image.description="cxrlt training components (CPU or CUDA)"
