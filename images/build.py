@@ -1,6 +1,7 @@
-"""Build the CPU images (train, tools, serve-cpu) with podman, or Docker where its daemon is usable; print sizes.
+"""Build the CPU images (cxrlt: tagged train and tools; serve-cpu) with podman, or Docker where its daemon is
+usable; print their sizes.
 
-    python images/build.py [--base-image IMAGE] [--only train tools serve-cpu] [--engine podman|docker]
+    python images/build.py [--base-image IMAGE] [--only cxrlt serve-cpu] [--engine podman|docker]
 
 Image names and tags come from ``cxrlt.platform.IMAGES`` (what the KFP components and infra/ reference), so
 kfp.local's DockerRunner finds them. The base image defaults to ``python:3.11-slim``; where registries cannot be
@@ -26,9 +27,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from cxrlt import __version__  # noqa: E402
 from cxrlt.platform import IMAGES  # noqa: E402
 
-#: image -> (Dockerfile, target, platform key)
-BUILDS = {"tools": ("cxrlt.Dockerfile", "tools", "tools"), "train": ("cxrlt.Dockerfile", "train", "train"),
-          "serve-cpu": ("serve-cpu.Dockerfile", "serve-cpu", "serve_cpu")}
+#: image -> (Dockerfile, target, platform keys it is tagged as): train and tools are one environment, built once
+BUILDS = {"cxrlt": ("cxrlt.Dockerfile", "cxrlt", ("tools", "train")),
+          "serve-cpu": ("serve-cpu.Dockerfile", "serve-cpu", ("serve_cpu",))}
 HOST_CA = "/run/cxrlt-host-ca.crt"
 
 
@@ -86,24 +87,42 @@ def revision() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def build(names: list[str], base_image: str, engine: list[str]) -> None:
+def built_at(engine: list[str], image: str) -> str | None:
+    """The git revision an image was built from (its label), or None when it is not there."""
+    done = subprocess.run([*engine, "image", "inspect", "--format",
+                           '{{index .Config.Labels "org.opencontainers.image.revision"}}', image],
+                          capture_output=True, text=True, env=container_env())
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def build(names: list[str], base_image: str, engine: list[str], skip_current: bool = False) -> None:
     env = container_env()
+    if skip_current:
+        head = revision()
+        current = [n for n in names if all(built_at(engine, IMAGES[k]) == head for k in BUILDS[n][2])]
+        for name in current:
+            print(f"{name}: already built from {head[:12]} (skipped)")
+        names = [n for n in names if n not in current]
     common = ["--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"VERSION={__version__}",
               "--build-arg", f"REVISION={revision()}", *pip_build_args()]
     if Path(engine[0]).name == "podman":
         common += ["--network", "host", "--layers"]
     for name in names:
-        dockerfile, target, key = BUILDS[name]
+        dockerfile, target, keys = BUILDS[name]
+        tags = [arg for key in keys for arg in ("-t", IMAGES[key])]
         t0 = time.time()
-        print(f"building {IMAGES[key]} ({dockerfile}, target {target}, base {base_image}) ...", flush=True)
-        subprocess.run([*engine, "build", "-f", str(ROOT / "images" / dockerfile), "--target", target,
-                        "-t", IMAGES[key], *common, str(ROOT)], check=True, env=env)
+        print(f"building {', '.join(IMAGES[k] for k in keys)} ({dockerfile}, base {base_image}) ...", flush=True)
+        subprocess.run([*engine, "build", "-f", str(ROOT / "images" / dockerfile), "--target", target, *tags,
+                        *common, str(ROOT)], check=True, env=env)
         print(f"  built in {time.time() - t0:.0f} s", flush=True)
+    # the builder stages (compilers, pip caches) are not part of any image: drop their dangling layers
+    subprocess.run([*engine, "image", "prune", "-f"], capture_output=True, env=env)
     print("\nimage sizes:")
-    for name in names:
-        size = subprocess.run([*engine, "image", "inspect", "--format", "{{.Size}}", IMAGES[BUILDS[name][2]]],
-                              capture_output=True, text=True, env=env).stdout.strip()
-        print(f"  {IMAGES[BUILDS[name][2]]:<45} {int(size) / 1e9:6.2f} GB" if size.isdigit() else f"  {name}: ?")
+    for name in BUILDS:
+        for key in BUILDS[name][2]:
+            size = subprocess.run([*engine, "image", "inspect", "--format", "{{.Size}}", IMAGES[key]],
+                                  capture_output=True, text=True, env=env).stdout.strip()
+            print(f"  {IMAGES[key]:<45} {int(size) / 1e9:6.2f} GB" if size.isdigit() else f"  {IMAGES[key]}: ?")
 
 
 def main() -> None:
@@ -111,8 +130,10 @@ def main() -> None:
     ap.add_argument("--base-image", default=os.environ.get("BASE_IMAGE", "python:3.11-slim"))
     ap.add_argument("--only", nargs="+", choices=list(BUILDS), default=list(BUILDS))
     ap.add_argument("--engine", choices=["podman", "docker"], default=None)
+    ap.add_argument("--skip-current", action="store_true",
+                    help="skip images already built from the checked-out commit (make test uses this)")
     args = ap.parse_args()
-    build(args.only, args.base_image, engine_command(args.engine))
+    build(args.only, args.base_image, engine_command(args.engine), args.skip_current)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-# The project images: `--target train` (training components, TrainJobs) and `--target tools` (CPU pipeline steps:
-# validation, preprocessing, evaluation, export, registration; the MLflow server with basic auth). Both hold the same
-# environment (PyPI's torch wheel carries its CUDA libraries, so the same image trains on GPUs and runs CPU steps);
-# they share every layer and differ in labels and entry point.
+# The project image, tagged twice: cxrlt-train (training components, TrainJobs) and cxrlt-tools (CPU pipeline steps:
+# validation, preprocessing, evaluation, export, registration, `cxrlt serve build`; the MLflow server with basic
+# auth). One environment serves both: PyPI's torch wheel carries its CUDA libraries, so the same image trains on GPUs
+# and runs the CPU steps; the two names (src/cxrlt/platform.py) let a cluster give them different images later.
 #
 # BASE_IMAGE: python:3.11-slim on a normal machine; any Debian bookworm image works too (its python3 is 3.11 and is
 # installed here when missing), e.g. the debootstrapped base `make images` builds where registries cannot be
@@ -31,7 +31,7 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" "mlflow[auth]" \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
-FROM python AS runtime
+FROM python AS cxrlt
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 COPY --from=builder /opt/venv /opt/venv
@@ -41,14 +41,10 @@ WORKDIR /opt/cxrlt
 LABEL org.opencontainers.image.source="https://github.com/cxrlt/cxrlt" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.title="cxrlt" \
+      org.opencontainers.image.description="cxrlt: training components, CPU pipeline steps, MLflow server"
 USER 1000
-ENTRYPOINT ["cxrlt"]
-
-FROM runtime AS tools
-LABEL org.opencontainers.image.title="cxrlt-tools" \
-      org.opencontainers.image.description="cxrlt CPU pipeline steps and the MLflow server"
-
-FROM runtime AS train
-LABEL org.opencontainers.image.title="cxrlt-train" \
-      org.opencontainers.image.description="cxrlt training components (CPU or CUDA)"
+# No ENTRYPOINT: KFP runs components as `sh -c ...` through the container command (kfp.local's DockerRunner passes
+# it as arguments, which an entry point would swallow); pods and TrainJobs set `command: [cxrlt, ...]`.
+CMD ["cxrlt", "--help"]

@@ -4,7 +4,6 @@ Skipped, with the reason, when no container engine is usable or the images are n
 first wherever podman or Docker works (`make images`; the build is cached, so only the first run pays for it).
 """
 
-from __future__ import annotations
 
 import json
 import shutil
@@ -20,28 +19,29 @@ from cxrlt.platform import IMAGES
 from cxrlt.procs import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.containers]
+TRAINING_TOLERANCE = 1e-6
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "images"))
 
 
-def _engine() -> list[str]:
-    from build import container_env, engine_command
+@pytest.fixture(scope="module")
+def engine() -> list[str]:
+    from build import engine_command
 
     try:
-        engine = engine_command()
+        return engine_command()
     except SystemExit as exc:
         pytest.skip(str(exc))
-    missing = [name for name in ("train", "tools", "serve_cpu")
-               if subprocess.run([*engine, "image", "inspect", IMAGES[name]], capture_output=True,
-                                 env=container_env()).returncode != 0]
+
+
+def _need(engine, *keys: str) -> None:
+    """Skip (saying so) when an image the test runs is not built."""
+    from build import container_env
+
+    missing = [IMAGES[k] for k in keys if subprocess.run([*engine, "image", "inspect", IMAGES[k]], capture_output=True,
+                                                         env=container_env()).returncode != 0]
     if missing:
-        pytest.skip(f"images not built ({', '.join(IMAGES[m] for m in missing)}): run make images")
-    return engine
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return _engine()
+        pytest.skip(f"images not built ({', '.join(missing)}): run make images")
 
 
 def _run(engine, *args, timeout=300, check=True) -> subprocess.CompletedProcess:
@@ -55,6 +55,7 @@ def _run(engine, *args, timeout=300, check=True) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name", ["train", "tools", "serve_cpu"])
 def test_images_run_as_non_root_with_provenance_labels(engine, name):
+    _need(engine, name)
     info = json.loads(_run(engine, "image", "inspect", IMAGES[name]).stdout)[0]
     config = info.get("Config") or info["config"]
     assert config["User"] == "1000"
@@ -70,11 +71,12 @@ def test_images_run_as_non_root_with_provenance_labels(engine, name):
 
 
 def test_train_image_runs_the_cli(engine):
-    help_text = _run(engine, "run", "--rm", IMAGES["train"], "--help").stdout
+    _need(engine, "train")
+    help_text = _run(engine, "run", "--rm", IMAGES["train"]).stdout  # the default command: cxrlt --help
     assert "Usage" in help_text and "train" in help_text
-    rows = json.loads(_run(engine, "run", "--rm", IMAGES["train"], "models", "summary", "--config",
+    rows = json.loads(_run(engine, "run", "--rm", IMAGES["train"], "cxrlt", "models", "summary", "--config",
                            "configs/tiny.yaml", "--json").stdout)
-    assert {r["member"] for r in rows} >= {"router", "pcam", "swin", "cait"}
+    assert {r["network"] for r in rows} >= {"router", "pcam", "swin", "cait"}
 
 
 def test_serve_cpu_image_answers_grpc_from_a_read_only_repository(engine, tiny_bundle, synth_data, tmp_path):
@@ -86,6 +88,7 @@ def test_serve_cpu_image_answers_grpc_from_a_read_only_repository(engine, tiny_b
     from serving.client import CXRClient
     from serving.repository import build_repository
 
+    _need(engine, "serve_cpu")
     export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", tmp_path / "bundle")
     repo = tmp_path / "repo"
     build_repository(tmp_path / "bundle", repo)
@@ -159,6 +162,8 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, docker_socket,
     from components.split_projection.component import split_projection
     from components.validate_data.component import validate_data
 
+    _need(engine, "tools")
+
     @dsl.pipeline(name="cxrlt-data-steps")
     def data_steps(data_dir: str):
         checked = validate_data(data_dir=data_dir, min_positives=0).set_caching_options(False)
@@ -191,3 +196,53 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, docker_socket,
         elif path.suffix in (".json", ".csv", ".txt"):
             assert path.read_text().replace(str(tmp_path / "subprocess"), "ROOT") == \
                 other.read_text().replace(str(tmp_path / "docker"), "ROOT"), rel
+
+
+def test_training_pipeline_runs_in_the_images_like_subprocesses(engine, docker_socket, synth_data, tmp_path,
+                                                                 monkeypatch):
+    """The whole training pipeline (validate -> ... -> register) on kfp.local's DockerRunner, every component in its
+    image against a real MLflow server, compared with the same pipeline on the SubprocessRunner."""
+    import yaml
+    from kfp import local
+
+    from cxrlt import mlflow_server
+    from pipelines.local_run import latest_run
+    from pipelines.training_pipeline import training_pipeline
+    from tests.conftest import TINY_CONFIG
+
+    _need(engine, "train", "tools")
+    state = mlflow_server.start(tmp_path / "mlflow", port=0, state_dir=tmp_path / "mlflow-state")
+    try:
+        runs = {}
+        for runner in ("subprocess", "docker"):
+            root = tmp_path / runner
+            shutil.copytree(synth_data, root / "data")
+            cfg = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "cache_size": 32}}
+            (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+            for path in [root, *root.rglob("*")]:
+                shutil.chown(path, 1000, 1000)
+            if runner == "docker":
+                if docker_socket:
+                    monkeypatch.setenv("DOCKER_HOST", docker_socket)
+                local.init(runner=local.DockerRunner(network_mode="host"), pipeline_root=str(root),
+                           raise_on_error=True)
+            else:
+                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+                           raise_on_error=True)
+            training_pipeline(data_dir=str(root / "data"), config=str(root / "tiny.yaml"),
+                              tracking_uri=state["tracking_uri"], epochs=1, zeroshot_epochs=1, cache_size=32,
+                              min_map=0.0, min_mauroc=0.0, max_ece=1.0, min_unseen_lift=0.0, member_threads=1,
+                              jobs=[{"view": "frontal", "member": "pcam"}, {"view": "lateral", "member": "pcam-only"}])
+            runs[runner] = latest_run(root)
+        reports = {r: json.loads((run / "evaluate/report/summary.json").read_text()) for r, run in runs.items()}
+        bundles = {r: json.loads((run / "export-onnx/bundle/bundle.json").read_text()) for r, run in runs.items()}
+        print(json.dumps(reports, indent=1, default=str)[:3000])
+        assert bundles["docker"]["views"].keys() == bundles["subprocess"]["views"].keys()
+        for name in ("mAP", "mAUROC", "mECE"):
+            assert reports["docker"][name] == pytest.approx(reports["subprocess"][name], abs=TRAINING_TOLERANCE), name
+        import mlflow
+
+        versions = mlflow.MlflowClient(state["tracking_uri"]).search_model_versions("name='cxrlt-bundle'")
+        assert len(versions) == 2  # both runs passed the (open) gate and registered their bundle
+    finally:
+        mlflow_server.stop(state_dir=tmp_path / "mlflow-state")
