@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_run
 
-.PHONY: setup demo test lint compile clean system-tools container-tools debian-base images images-if-possible
+.PHONY: setup demo test lint compile clean system-tools container-tools debian-base images images-if-possible images-current
 
 # Pinned by requirements/lock.txt (the images install the same pins).
 $(STAMP): pyproject.toml requirements/lock.txt
@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml requirements/lock.txt
 setup: $(STAMP)
 
 # The Triton serving environment (numpy < 2 python backend) is part of setup: created once, instant afterwards.
-demo: $(STAMP)
+# `make demo CONTAINERS=1`: the same demo with the pipeline's components and Triton in the images (built first).
+demo: $(STAMP) $(if $(CONTAINERS),images-current)
 	$(PY) -c "from serving.server import ensure_serving_env; ensure_serving_env()"
-	$(PY) -m cxrlt.demo --workdir $(DEMO_DIR)
+	$(PY) -m cxrlt.demo --workdir $(DEMO_DIR) $(if $(CONTAINERS),--containers)
 
 # Debian packages the tests use, installed when missing (the tests that need them skip, saying why, without them):
 # kubectl renders the infra/ overlays; bubblewrap runs the pods' commands under their constraints.
@@ -37,6 +38,9 @@ test: $(STAMP) system-tools images-if-possible
 images-if-possible:
 	@$(MAKE) --no-print-directory images IMAGES_ARGS=--skip-current || \
 	  echo "the images could not be built: the container tests will be skipped"
+
+images-current:
+	@$(MAKE) --no-print-directory images IMAGES_ARGS=--skip-current
 
 lint: $(STAMP)
 	$(PY) -m ruff check src components pipelines serving infra bench tests images

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,30 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cxrlt import __version__  # noqa: E402
+from cxrlt.containers import ContainerError, container_env, engine_command  # noqa: E402
 from cxrlt.platform import IMAGES  # noqa: E402
 
 #: image -> (Dockerfile, target, platform keys it is tagged as): train and tools are one environment, built once
 BUILDS = {"cxrlt": ("cxrlt.Dockerfile", "cxrlt", ("tools", "train")),
           "serve-cpu": ("serve-cpu.Dockerfile", "serve-cpu", ("serve_cpu",))}
 HOST_CA = "/run/cxrlt-host-ca.crt"
-
-
-def engine_command(engine: str | None = None) -> list[str]:
-    """podman (with the project's containers.conf) or docker, whichever works here; raises when neither does."""
-    candidates = [engine] if engine else ["podman", "docker"]
-    for name in candidates:
-        exe = shutil.which(name or "")
-        if not exe:
-            continue
-        env = container_env() if name == "podman" else os.environ
-        if subprocess.run([exe, "info"], capture_output=True, env=env).returncode == 0:
-            return [exe]
-    raise SystemExit(f"no usable container engine ({', '.join(c for c in candidates if c)}): "
-                     "make images installs podman on Debian")
-
-
-def container_env() -> dict[str, str]:
-    return {**os.environ, "CONTAINERS_CONF": str(ROOT / "images" / "containers.conf")}
 
 
 def _pip_config() -> dict[str, str]:
@@ -133,7 +115,11 @@ def main() -> None:
     ap.add_argument("--skip-current", action="store_true",
                     help="skip images already built from the checked-out commit (make test uses this)")
     args = ap.parse_args()
-    build(args.only, args.base_image, engine_command(args.engine), args.skip_current)
+    try:
+        engine = engine_command(args.engine)
+    except ContainerError as exc:
+        raise SystemExit(str(exc)) from None
+    build(args.only, args.base_image, engine, args.skip_current)
 
 
 if __name__ == "__main__":

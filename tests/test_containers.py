@@ -8,8 +8,6 @@ first wherever podman or Docker works (`make images`; the build is cached, so on
 import json
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,31 +19,29 @@ from cxrlt.procs import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.containers]
 TRAINING_TOLERANCE = 1e-6
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "images"))
 
 
 @pytest.fixture(scope="module")
 def engine() -> list[str]:
-    from build import engine_command
+    from cxrlt.containers import ContainerError, engine_command
 
     try:
         return engine_command()
-    except SystemExit as exc:
+    except ContainerError as exc:
         pytest.skip(str(exc))
 
 
 def _need(engine, *keys: str) -> None:
     """Skip (saying so) when an image the test runs is not built."""
-    from build import container_env
+    from cxrlt.containers import image_exists
 
-    missing = [IMAGES[k] for k in keys if subprocess.run([*engine, "image", "inspect", IMAGES[k]], capture_output=True,
-                                                         env=container_env()).returncode != 0]
+    missing = [IMAGES[k] for k in keys if not image_exists(engine, IMAGES[k])]
     if missing:
         pytest.skip(f"images not built ({', '.join(missing)}): run make images")
 
 
 def _run(engine, *args, timeout=300, check=True) -> subprocess.CompletedProcess:
-    from build import container_env
+    from cxrlt.containers import container_env
 
     done = subprocess.run([*engine, *args], capture_output=True, text=True, timeout=timeout, env=container_env())
     if check:
@@ -92,26 +88,11 @@ def test_serve_cpu_image_answers_grpc_from_a_read_only_repository(engine, tiny_b
     export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", tmp_path / "bundle")
     repo = tmp_path / "repo"
     build_repository(tmp_path / "bundle", repo)
-    for path in [repo, *repo.rglob("*")]:  # pytest's directories are 0700: the container's uid 1000 must read them
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    name = f"cxrlt-test-serve-{tmp_path.name}"
-    _run(engine, "run", "-d", "--rm", "--name", name, "--network", "host", "--shm-size", "1g",
-         "-v", f"{repo}:/models:ro", "--read-only", "--tmpfs", "/tmp", IMAGES["serve_cpu"],
-         "--model-repository=/models", "--model-control-mode=none", f"--http-port={http}", f"--grpc-port={grpc}",
-         f"--metrics-port={metrics}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
-         "--metrics-address=127.0.0.1")
-    try:
-        import urllib.request
+    from cxrlt.containers import start_triton, stop_container
 
-        deadline, ready = time.time() + 240, False
-        while time.time() < deadline and not ready:
-            try:
-                ready = urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2).status == 200
-            except OSError:
-                time.sleep(2)
-        logs = _run(engine, "logs", name, check=False)
-        assert ready, logs.stdout[-3000:] + logs.stderr[-3000:]
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    name = start_triton(repo, f"cxrlt-test-serve-{tmp_path.name}", IMAGES["serve_cpu"], http, grpc, metrics)
+    try:
         assert _run(engine, "exec", name, "id", "-u").stdout.strip() == "1000"
         ids = pd.read_csv(synth_data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:3]
         pngs = [synth_data / "images" / i for i in ids]
@@ -126,34 +107,10 @@ def test_serve_cpu_image_answers_grpc_from_a_read_only_repository(engine, tiny_b
             np.testing.assert_allclose([r.known[c] for c in KNOWN_CLASSES],
                                        ref.loc[i, list(KNOWN_CLASSES)].to_numpy(float), atol=1e-4)
     finally:
-        _run(engine, "stop", "-t", "20", name, check=False)
+        stop_container(name)
 
 
-@pytest.fixture(scope="module")
-def docker_socket(engine, tmp_path_factory):
-    """kfp.local's DockerRunner talks the Docker API: podman serves it on a socket (stopped by PID afterwards)."""
-    from build import container_env
-
-    from cxrlt.procs import alive, spawn, stop_group
-
-    if Path(engine[0]).name == "docker":
-        yield None
-        return
-    folder = tmp_path_factory.mktemp("podman")
-    sock = folder / "podman.sock"
-    proc = spawn([*engine, "system", "service", "--time=0", f"unix://{sock}"], folder / "service.log",
-                 env=container_env())
-    deadline = time.time() + 30
-    while time.time() < deadline and not sock.exists():
-        time.sleep(0.2)
-    assert sock.exists(), (folder / "service.log").read_text()
-    yield f"unix://{sock}"
-    stop_group(proc.pid)
-    assert not alive(proc.pid)
-
-
-def test_data_steps_run_in_their_images_like_subprocesses(engine, docker_socket, synth_data, tmp_path,
-                                                         monkeypatch):
+def test_data_steps_run_in_their_images_like_subprocesses(engine, synth_data, tmp_path):
     """validate -> preprocess -> split on kfp.local's DockerRunner (each component in its image, artifacts through
     the mounted pipeline root) give exactly the SubprocessRunner's outputs."""
     from kfp import dsl, local
@@ -161,6 +118,7 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, docker_socket,
     from components.preprocess.component import preprocess
     from components.split_projection.component import split_projection
     from components.validate_data.component import validate_data
+    from cxrlt.containers import docker_api, give_to_container_user
 
     _need(engine, "tools")
 
@@ -176,15 +134,15 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, docker_socket,
         root = tmp_path / runner
         data = root / "data"  # the data lives under the pipeline root: the only host folder the runner mounts
         shutil.copytree(synth_data, data)
-        for path in [root, *root.rglob("*")]:
-            shutil.chown(path, 1000, 1000)  # the components run as uid 1000 in their images
+        give_to_container_user(root)  # the components run as uid 1000 in their images
         if runner == "docker":
-            if docker_socket:
-                monkeypatch.setenv("DOCKER_HOST", docker_socket)
-            local.init(runner=local.DockerRunner(network_mode="host"), pipeline_root=str(root), raise_on_error=True)
+            with docker_api():
+                local.init(runner=local.DockerRunner(network_mode="host"), pipeline_root=str(root),
+                           raise_on_error=True)
+                data_steps(data_dir=str(data))
         else:
             local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-        data_steps(data_dir=str(data))
+            data_steps(data_dir=str(data))
         run = next(root.glob("cxrlt-data-steps-*"))
         outputs[runner] = {p.relative_to(run).as_posix(): p for p in run.rglob("*") if p.is_file()
                            and p.name != "executor_output.json"}
@@ -198,47 +156,34 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, docker_socket,
                 other.read_text().replace(str(tmp_path / "docker"), "ROOT"), rel
 
 
-def test_training_pipeline_runs_in_the_images_like_subprocesses(engine, docker_socket, synth_data, tmp_path,
-                                                                 monkeypatch):
+def test_training_pipeline_runs_in_the_images_like_subprocesses(engine, synth_data, tmp_path):
     """The whole training pipeline (validate -> ... -> register) on kfp.local's DockerRunner, every component in its
-    image against a real MLflow server, compared with the same pipeline on the SubprocessRunner."""
+    image against a real MLflow server, equals the same pipeline on the SubprocessRunner (one thread per member:
+    training is then deterministic on CPU, so the metrics agree to 1e-6)."""
     import yaml
-    from kfp import local
 
     from cxrlt import mlflow_server
-    from pipelines.local_run import latest_run
-    from pipelines.training_pipeline import training_pipeline
+    from pipelines.local_run import run_training_local
     from tests.conftest import TINY_CONFIG
 
     _need(engine, "train", "tools")
     state = mlflow_server.start(tmp_path / "mlflow", port=0, state_dir=tmp_path / "mlflow-state")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "cache_size": 32}}))
     try:
         runs = {}
         for runner in ("subprocess", "docker"):
-            root = tmp_path / runner
-            shutil.copytree(synth_data, root / "data")
-            cfg = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "cache_size": 32}}
-            (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-            for path in [root, *root.rglob("*")]:
-                shutil.chown(path, 1000, 1000)
-            if runner == "docker":
-                if docker_socket:
-                    monkeypatch.setenv("DOCKER_HOST", docker_socket)
-                local.init(runner=local.DockerRunner(network_mode="host"), pipeline_root=str(root),
-                           raise_on_error=True)
-            else:
-                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-                           raise_on_error=True)
-            training_pipeline(data_dir=str(root / "data"), config=str(root / "tiny.yaml"),
-                              tracking_uri=state["tracking_uri"], epochs=1, zeroshot_epochs=1, cache_size=32,
-                              min_map=0.0, min_mauroc=0.0, max_ece=1.0, min_unseen_lift=0.0, member_threads=1,
-                              jobs=[{"view": "frontal", "member": "pcam"}, {"view": "lateral", "member": "pcam-only"}])
-            runs[runner] = latest_run(root)
+            result = run_training_local(
+                tmp_path / runner, runner=runner, data_dir=str(synth_data), config=str(config),
+                tracking_uri=state["tracking_uri"], epochs=1, zeroshot_epochs=1, cache_size=32, min_map=0.0,
+                min_mauroc=0.0, max_ece=1.0, min_unseen_lift=0.0, member_threads=1,
+                jobs=[{"view": "frontal", "member": "pcam"}, {"view": "lateral", "member": "pcam-only"}])
+            runs[runner] = Path(result["run_dir"])
         reports = {r: json.loads((run / "evaluate/report/summary.json").read_text()) for r, run in runs.items()}
         bundles = {r: json.loads((run / "export-onnx/bundle/bundle.json").read_text()) for r, run in runs.items()}
-        print(json.dumps(reports, indent=1, default=str)[:3000])
         assert bundles["docker"]["views"].keys() == bundles["subprocess"]["views"].keys()
-        for name in ("mAP", "mAUROC", "mECE"):
+        assert bundles["docker"]["views"]["frontal"]["shared_trunk"]["members"] == ["pcam", "cait"]
+        for name in ("mAP", "mAUROC", "mECE", "unseen_mAP"):
             assert reports["docker"][name] == pytest.approx(reports["subprocess"][name], abs=TRAINING_TOLERANCE), name
         import mlflow
 

@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true", help="show every line of every step (kfp.local's "
                         "executor JSON included) instead of banners, progress and results")
     parser.add_argument("--no-challenger", action="store_true", help="skip the weakened-challenger run")
+    parser.add_argument("--containers", action="store_true", help="run the pipeline's components and Triton in "
+                        "the project's images (make images; podman or Docker) instead of the project venv")
     args = parser.parse_args(argv)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     from serving import server as triton
 
     data, t0, total = work / "data", time.time(), 10
+    runner = ["--runner", "docker"] if args.containers else []
+    if args.containers:
+        from cxrlt.containers import engine_command, image_exists
+        from cxrlt.platform import IMAGES
+
+        missing = [IMAGES[k] for k in ("train", "tools", "serve_cpu") if not image_exists(engine_command(), IMAGES[k])]
+        if missing:
+            raise SystemExit(f"--containers needs the images {', '.join(missing)}: run make images")
     quiet = {"log": log, "verbose": args.verbose}
     gate = ["--min-map", "0.1", "--min-mauroc", "0.75", "--max-ece", "0.15", "--min-unseen-lift", "1.5"]
     started_mlflow = started_triton = False
@@ -122,12 +132,13 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_challenger:
             _step(3, total, "a deliberately weakened challenger (1 epoch on 10 % of the training images) starts in "
                             "the background; the same gate must refuse it (its verdict comes in step 9)")
-            weakened = _start_weakened_challenger(work, data, args.config.resolve(), env, gate)
-        _step(4, total, "training pipeline on kfp.local (SubprocessRunner): validate, preprocess, split, router + "
+            weakened = _start_weakened_challenger(work, data, args.config.resolve(), env, [*gate, *runner])
+        where = "DockerRunner: each component in its image" if args.containers else "SubprocessRunner"
+        _step(4, total, f"training pipeline on kfp.local ({where}): validate, preprocess, split, router + "
                         "view members (two at a time) + zero-shot CLIP, ensemble, calibrate, evaluate, gate, register")
         _cxrlt("pipeline", "run", "--local", "--data", str(data), "--config", str(args.config.resolve()),
                "--root", str(work / "pipeline"), "--epochs", str(args.epochs), "--zeroshot-epochs",
-               str(args.zeroshot_epochs), "--member-threads", "1", *gate, env=env, **quiet)
+               str(args.zeroshot_epochs), "--member-threads", "1", *gate, *runner, env=env, **quiet)
         if not _print_gate(latest_run(work / "pipeline"), "challenger"):
             raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
                              f"evaluation report under {latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
@@ -136,11 +147,23 @@ def main(argv: list[str] | None = None) -> None:
         _step(6, total, "Triton model repository from models:/cxrlt-bundle@champion")
         _cxrlt("serve", "build", "--bundle", "models:/cxrlt-bundle@champion", "--out", str(work / "model_repository"),
                env=env)
-        _step(7, total, "tritonserver from the nvidia-pytriton wheel (python backend + ONNX Runtime)")
-        handle = triton.start(work / "model_repository", name="demo", http_port=0, grpc_port=0, metrics_port=0,
-                              state_dir=state)
+        if args.containers:
+            from cxrlt.containers import start_triton
+            from cxrlt.platform import IMAGES
+            from cxrlt.procs import free_port
+
+            _step(7, total, f"tritonserver in the serve image {IMAGES['serve_cpu']} (repository mounted read-only, "
+                            "uid 1000, read-only root filesystem)")
+            ports = [free_port() for _ in range(3)]
+            start_triton(work / "model_repository", "cxrlt-demo-triton", IMAGES["serve_cpu"], *ports)
+            grpc_url, metrics_url = f"127.0.0.1:{ports[1]}", f"http://127.0.0.1:{ports[2]}/metrics"
+        else:
+            _step(7, total, "tritonserver from the nvidia-pytriton wheel (python backend + ONNX Runtime)")
+            handle = triton.start(work / "model_repository", name="demo", http_port=0, grpc_port=0, metrics_port=0,
+                                  state_dir=state)
+            grpc_url, metrics_url = handle.grpc_url, f"http://{handle.host}:{handle.metrics_port}/metrics"
         started_triton = True
-        print(f"Triton ready: gRPC {handle.grpc_url}, metrics http://{handle.host}:{handle.metrics_port}/metrics")
+        print(f"Triton ready: gRPC {grpc_url}, metrics {metrics_url}")
         _step(8, total, "send PNG and DICOM images over gRPC; the truth column marks findings present in the "
                         "synthetic ground truth")
         import cv2
@@ -155,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         ids = [next(i for i in abnormal if meta.loc[i, "Projection"] == p) for p in ("PA", "L")]
         pngs = [data / "images" / i for i in ids]
         dcm = array_to_dicom(cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED), work / "example.dcm", monochrome1=True)
-        _cxrlt("infer", *map(str, [*pngs, dcm]), "--url", handle.grpc_url, "--top", "6", "--labels",
+        _cxrlt("infer", *map(str, [*pngs, dcm]), "--url", grpc_url, "--top", "6", "--labels",
                str(data / "CXRLT_2026_test_labels.csv"), env=env)
         if weakened is not None:
             _step(9, total, "the weakened challenger's verdict: refused by the gate, champion unchanged")
@@ -170,7 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         if weakened is not None and weakened[0].poll() is None:
             weakened[0].terminate()
             weakened[0].wait(30)
-        if started_triton:
+        if started_triton and args.containers:
+            from cxrlt.containers import stop_container
+
+            stop_container("cxrlt-demo-triton")
+        elif started_triton:
             triton.stop("demo", state_dir=state)
         if started_mlflow:
             mlflow_server.stop(state_dir=state)

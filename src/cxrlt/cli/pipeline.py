@@ -40,6 +40,9 @@ def pipeline_run(
     removal: Annotated[Path | None, typer.Option(help="CSV of ImageIDs to drop before splitting.")] = None,
     member_threads: Annotated[int, typer.Option(
         help="Threads per member training (two run side by side); 0 = every core each.")] = 0,
+    runner: Annotated[str, typer.Option(
+        help="subprocess (the project venv; fast) or docker (every component in its image, built by `make "
+             "images`; through podman's Docker API where no Docker daemon runs).")] = "subprocess",
 ) -> None:
     """Run the training pipeline on this machine (validate ... register); the jobs follow the profile's networks."""
     from pipelines.local_run import run_training_local
@@ -51,7 +54,9 @@ def pipeline_run(
     from cxrlt.config import load_config, pipeline_jobs
 
     cfg = load_config(config)
-    result = run_training_local(root, data_dir=str(data.resolve()), config=str(config.resolve()),
+    if runner not in ("subprocess", "docker"):
+        _fail(f"--runner must be subprocess or docker, got {runner!r}")
+    result = run_training_local(root, runner=runner, data_dir=str(data.resolve()), config=str(config.resolve()),
                                 tracking_uri=tracking_uri, epochs=epochs, zeroshot_epochs=zeroshot_epochs,
                                 min_map=min_map, min_mauroc=min_mauroc, max_ece=max_ece,
                                 min_unseen_lift=min_unseen_lift, cache_size=int(cfg["data"]["cache_size"]),
