@@ -96,18 +96,25 @@ def start_triton(repository: Path, name: str, image: str, http_port: int, grpc_p
     engine = engine_command()
     for path in [repository, *repository.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    subprocess.run([*engine, "run", "-d", "--rm", "--name", name, "--network", "host", "--shm-size", "1g",
-                    "--read-only", "--tmpfs", "/tmp", "-v", f"{repository.resolve()}:/models:ro", image,
-                    "--model-repository=/models", "--model-control-mode=none", "--http-address=127.0.0.1",
-                    "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1", f"--http-port={http_port}",
-                    f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}"],
-                   check=True, capture_output=True, env=container_env())
+    # no pipes: podman's conmon of a detached container can keep a captured stdout open, and the call never returns
+    with tempfile.TemporaryFile() as err:
+        started = subprocess.run([*engine, "run", "-d", "--rm", "--name", name, "--network", "host", "--shm-size",
+                                  "1g", "--read-only", "--tmpfs", "/tmp", "-v", f"{repository.resolve()}:/models:ro",
+                                  image, "--model-repository=/models", "--model-control-mode=none",
+                                  "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+                                  "--metrics-address=127.0.0.1", f"--http-port={http_port}",
+                                  f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}"],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=container_env())
+        err.seek(0)
+        if started.returncode:
+            raise ContainerError(f"could not start {image}: {err.read().decode(errors='replace')[-2000:]}")
     deadline = time.time() + timeout
     while time.time() < deadline:
         with contextlib.suppress(OSError):
             if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2).status == 200:
                 return name
-        if subprocess.run([*engine, "container", "exists", name], env=container_env()).returncode != 0:
+        if subprocess.run([*engine, "container", "exists", name], stdin=subprocess.DEVNULL,
+                          env=container_env()).returncode != 0:
             break
         time.sleep(2)
     logs = subprocess.run([*engine, "logs", name], capture_output=True, text=True, env=container_env())
@@ -116,4 +123,5 @@ def start_triton(repository: Path, name: str, image: str, http_port: int, grpc_p
 
 
 def stop_container(name: str, timeout: int = 20) -> None:
-    subprocess.run([*engine_command(), "stop", "-t", str(timeout), name], capture_output=True, env=container_env())
+    subprocess.run([*engine_command(), "stop", "-t", str(timeout), name], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=container_env())
