@@ -62,7 +62,7 @@ def test_images_run_as_non_root_with_provenance_labels(engine, name):
     assert labels["org.opencontainers.image.source"].startswith("https://")
     # no build tools or package caches left behind
     listing = _run(engine, "run", "--rm", "--entrypoint", "sh", IMAGES[name], "-c",
-                   "command -v gcc || true; ls /root/.cache /home/*/.cache 2>/dev/null || true; id -u").stdout
+                   "command -v gcc || true; ls ~root/.cache \"$HOME\"/.cache 2>/dev/null || true; id -u").stdout
     assert listing.strip().splitlines() == ["1000"], listing
 
 
