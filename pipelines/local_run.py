@@ -19,15 +19,17 @@ RUNNERS = ("subprocess", "docker")
 PATH_PARAMS = ("data_dir", "config", "removal_csv")
 
 
-def _inputs_under_root(root: Path, params: dict) -> dict:
-    """Copy inputs that live outside the pipeline root into ``ROOT/inputs`` (once) and point the parameters there."""
+def _inputs_on_volume(volume: Path, params: dict) -> dict:
+    """Copy inputs that live outside the shared volume into ``VOLUME/inputs`` (once) and point the parameters there:
+    the DockerRunner mounts only the pipeline root into the step containers, and TrainJob pods mount only the
+    shared volume."""
     params = dict(params)
     for key in PATH_PARAMS:
         value = params.get(key)
-        if not value or Path(value).resolve().is_relative_to(root):
+        if not value or Path(value).resolve().is_relative_to(volume):
             continue
         source = Path(value).resolve()
-        target = root / "inputs" / key / source.name
+        target = volume / "inputs" / key / source.name
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source, target) if source.is_dir() else shutil.copyfile(source, target)
@@ -35,12 +37,17 @@ def _inputs_under_root(root: Path, params: dict) -> dict:
     return params
 
 
-def run_training_local(pipeline_root: str | Path, runner: str = "subprocess", **params) -> dict:
+def run_training_local(pipeline_root: str | Path, runner: str = "subprocess", kubeconfig: str | Path | None = None,
+                       **params) -> dict:
     """Execute ``training_pipeline`` locally; returns the task outputs' root and the parameters used.
 
-    ``runner="docker"`` runs each component in its image (``cxrlt.platform.IMAGES``; ``make images``) with the host
-    network (the MLflow server on loopback): inputs outside the pipeline root are copied under it, and the root is
-    handed to the images' non-root user."""
+    The shared volume is ``ROOT/shared`` (``shared_root``; on a cluster the PVC at /data). ``runner="docker"`` runs
+    each component in its image (``cxrlt.platform.IMAGES``; ``make images``) with the host network (the MLflow server
+    on loopback): inputs outside the shared volume are copied onto it, and the root is handed to the images'
+    non-root user. ``kubeconfig``: the Kubernetes API that ``launcher="trainjob"`` steps create TrainJobs through
+    (for example :class:`cxrlt.trainer_box.TrainerBox`'s)."""
+    import os
+
     from kfp import local
 
     from pipelines.training_pipeline import training_pipeline
@@ -48,17 +55,30 @@ def run_training_local(pipeline_root: str | Path, runner: str = "subprocess", **
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
     root = Path(pipeline_root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    volume = root / "shared"
+    volume.mkdir(parents=True, exist_ok=True)
+    params = {"shared_root": str(volume), **params}
+    env = {"KUBECONFIG": str(Path(kubeconfig).resolve())} if kubeconfig else {}
     if runner == "subprocess":
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-        training_pipeline(**params)
+        before = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+            training_pipeline(**params)
+        finally:
+            for key, value in before.items():
+                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
     else:
         from cxrlt.containers import docker_api, give_to_container_user
 
-        params = _inputs_under_root(root, params)
+        params = _inputs_on_volume(volume, params)
+        if kubeconfig:  # the step containers see only the pipeline root
+            shutil.copyfile(kubeconfig, root / "kubeconfig")
+            env = {"KUBECONFIG": str(root / "kubeconfig")}
         give_to_container_user(root)
         with docker_api():
-            local.init(runner=local.DockerRunner(network_mode="host"), pipeline_root=str(root), raise_on_error=True)
+            local.init(runner=local.DockerRunner(network_mode="host", environment=env), pipeline_root=str(root),
+                       raise_on_error=True)
             training_pipeline(**params)
     run = latest_run(root)
     return {"pipeline_root": str(root), "run_dir": str(run) if run else None, "params": params}

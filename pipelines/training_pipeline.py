@@ -1,9 +1,13 @@
 """The retraining pipeline: validate -> preprocess -> split -> (members, router, zero-shot in parallel) -> fit
 ensemble -> evaluate -> gate -> export -> register (challenger).
 
-One *flat* ParallelFor over (view, member) jobs: kfp.local mixes up nested loop items, and the same shape compiles
-for a cluster. Side-effect steps have caching off. kfp-kubernetes settings (GPU limits, /dev/shm, MLflow/S3 secrets
-as env, the cache PVC) apply on a cluster; the local runner ignores them.
+One *flat* ParallelFor over the (view, member) jobs that ``plan_jobs`` reads from the profile: kfp.local mixes up
+nested loop items, and the same shape compiles for a cluster. Side-effect steps have caching off.
+
+The big files (preprocess cache, split manifests, training runs) live on the shared volume (``cxrlt-cache`` PVC at
+``/data``), and the artifacts between steps carry only their locations (:mod:`cxrlt.dataplane`): a TrainJob's pods
+mount the same volume, so they read and write exactly what the launching step sees. kfp-kubernetes settings (GPU
+limits, /dev/shm, MLflow/S3 secrets as env, the PVC) apply on a cluster; the local runner ignores them.
 """
 
 from kfp import dsl, kubernetes
@@ -12,19 +16,18 @@ from components.evaluate.component import evaluate
 from components.export_onnx.component import export_onnx
 from components.fit_ensemble.component import fit_ensemble
 from components.gate.component import gate
+from components.plan_run.component import plan_jobs, plan_run
 from components.preprocess.component import preprocess
 from components.register.component import register
 from components.split_projection.component import split_projection
 from components.train_member.component import train_member
 from components.train_zeroshot.component import train_zeroshot
 from components.validate_data.component import validate_data
-from cxrlt.platform import CACHE_PVC, MLFLOW_CLIENT_KEYS, S3_SECRET_KEYS, SECRETS
-
-DEFAULT_JOBS = [{"view": v, "member": m} for v in ("frontal", "lateral", "mixed") for m in ("pcam", "swin")]
+from cxrlt.platform import CACHE_PVC, MLFLOW_CLIENT_KEYS, S3_SECRET_KEYS, SECRETS, SHARED_ROOT
 
 
 def _cluster_settings(task, gpu: bool = False, s3: bool = True):
-    """Kubernetes-only settings (ignored by kfp.local): GPUs, shared memory, secrets as env, the cache PVC."""
+    """Kubernetes-only settings (ignored by kfp.local): GPUs, shared memory, secrets as env, the shared volume."""
     if gpu:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
@@ -35,46 +38,58 @@ def _cluster_settings(task, gpu: bool = False, s3: bool = True):
     # every step may talk to the registry (training logs, registration): MLflow basic-auth credentials
     kubernetes.use_secret_as_env(task, secret_name=SECRETS["mlflow_client"],
                                  secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})
-    kubernetes.mount_pvc(task, pvc_name=CACHE_PVC, mount_path="/data")
+    kubernetes.mount_pvc(task, pvc_name=CACHE_PVC, mount_path=SHARED_ROOT)
     return task
 
 
 @dsl.pipeline(name="cxrlt-training", description="Retrain the CXR-LT ensemble and zero-shot model; register a "
                                                   "challenger when the evaluation gate passes.")
-def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list = DEFAULT_JOBS,
-                      min_map: float = 0.1, min_mauroc: float = 0.75, max_ece: float = 0.15,
-                      min_unseen_lift: float = 1.5, launcher: str = "local", nproc: int = 1,
-                      epochs: int = 0, zeroshot_epochs: int = 0, cache_size: int = 64, eval_split: str = "dev",
-                      label_source: str = "all", removal_csv: str = "", val_fraction: float = 0.1,
-                      split_seed: int = 42, member_threads: int = 0):
+def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list = [],  # noqa: B006
+                      min_map: float = -1.0, min_mauroc: float = -1.0, max_ece: float = -1.0,
+                      min_unseen_lift: float = -1.0, launcher: str = "local", nproc: int = 1, num_nodes: int = 1,
+                      epochs: int = 0, zeroshot_epochs: int = 0, cache_size: int = 0, eval_split: str = "dev",
+                      label_source: str = "all", removal_csv: str = "", val_fraction: float = 0.0,
+                      split_seed: int = -1, member_threads: int = 0, shared_root: str = SHARED_ROOT):
+    """Settings the profile defines (cache size, members, split, gate) are read from it at run time by plan_run;
+    a parameter left at its marker (0, -1.0, -1 or []) takes the profile's value, any other value overrides it."""
+    plan = _cluster_settings(plan_run(
+        config=config, shared_root=shared_root, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, cache_size=cache_size,
+        val_fraction=val_fraction, split_seed=split_seed, min_map=min_map, min_mauroc=min_mauroc, max_ece=max_ece,
+        min_unseen_lift=min_unseen_lift), s3=False)
+    profile, run_dir = plan.outputs["profile"], plan.outputs["run_dir"]
+    planned_jobs = plan_jobs(config=profile, jobs=jobs)
     validated = _cluster_settings(validate_data(data_dir=data_dir, min_positives=0)).set_caching_options(False)
-    cache = _cluster_settings(preprocess(data_dir=data_dir, size=cache_size)).after(validated)
-    split = _cluster_settings(split_projection(data_dir=data_dir, label_source=label_source, removal_csv=removal_csv,
-                                               val_fraction=val_fraction, seed=split_seed)).after(validated)
+    cache = _cluster_settings(preprocess(data_dir=data_dir, data_hash=validated.outputs["Output"],
+                                         shared_root=shared_root, size=plan.outputs["cache_size"]))
+    split = _cluster_settings(split_projection(
+        data_dir=data_dir, run_dir=run_dir, label_source=label_source, removal_csv=removal_csv,
+        val_fraction=plan.outputs["val_fraction"], seed=plan.outputs["split_seed"])).after(validated)
     splits = split.outputs["splits"]
-    with dsl.ParallelFor(jobs, parallelism=2) as job:
-        member = train_member(view=job.view, member=job.member, config=config, data_dir=data_dir,
-                              cache=cache.outputs["cache"], splits=splits, launcher=launcher, nproc=nproc,
-                              epochs=epochs, threads=member_threads)
+    training = {"profile": profile, "run_dir": run_dir, "data_dir": data_dir, "cache": cache.outputs["cache"],
+                "splits": splits, "launcher": launcher, "nproc": nproc, "num_nodes": num_nodes,
+                "shared_root": shared_root}
+    with dsl.ParallelFor(planned_jobs.output, parallelism=2) as job:
+        member = train_member(view=job.view, member=job.member, epochs=epochs, threads=member_threads, **training)
         _cluster_settings(member, gpu=True).set_caching_options(False)
-    router = train_member(view="", member="router", config=config, data_dir=data_dir, cache=cache.outputs["cache"],
-                          splits=splits, launcher=launcher, nproc=nproc, epochs=epochs)
+    router = train_member(view="", member="router", epochs=epochs, **training)
     _cluster_settings(router, gpu=True).set_caching_options(False)
-    zs = train_zeroshot(config=config, data_dir=data_dir, cache=cache.outputs["cache"], splits=splits,
-                        launcher=launcher, nproc=nproc, epochs=zeroshot_epochs)
+    zs = train_zeroshot(epochs=zeroshot_epochs, **training)
     _cluster_settings(zs, gpu=True).set_caching_options(False)
-    ensemble = fit_ensemble(members=dsl.Collected(member.outputs["model"]), router=router.outputs["model"],
-                            config=config, data_dir=data_dir)
-    scores = evaluate(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"], data_dir=data_dir,
-                      split=eval_split)
+    ensemble = _cluster_settings(fit_ensemble(members=dsl.Collected(member.outputs["model"]),
+                                              router=router.outputs["model"], config=profile, data_dir=data_dir),
+                                 s3=False)
+    scores = _cluster_settings(evaluate(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"],
+                                        data_dir=data_dir, split=eval_split), s3=False)
     decision = gate(mAP=scores.outputs["mAP"], mAUROC=scores.outputs["mAUROC"], mECE=scores.outputs["mECE"],
                     unseen_mAP=scores.outputs["unseen_mAP"], unseen_prevalence=scores.outputs["unseen_prevalence"],
-                    min_map=min_map, min_mauroc=min_mauroc, max_ece=max_ece, min_unseen_lift=min_unseen_lift)
+                    min_map=plan.outputs["min_map"], min_mauroc=plan.outputs["min_mauroc"],
+                    max_ece=plan.outputs["max_ece"], min_unseen_lift=plan.outputs["min_unseen_lift"])
     with dsl.If(decision.outputs["Output"] == "pass", name="register-challenger"):
-        bundle = export_onnx(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"])
+        bundle = _cluster_settings(export_onnx(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"]),
+                                   s3=False)
         registered = register(bundle=bundle.outputs["bundle"], report=scores.outputs["report"],
                               evidence=decision.outputs["evidence"], tracking_uri=tracking_uri,
-                              data_hash=validated.outputs["Output"], config=config)
+                              data_hash=validated.outputs["Output"], config=profile)
         registered.set_caching_options(False)
         kubernetes.use_secret_as_env(registered, secret_name=SECRETS["mlflow_client"],
                                      secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})

@@ -60,19 +60,36 @@ class TestValidateData:
             validate_data.python_func(data_dir=str(faulty_data), report=_artifact(tmp_path / "r"), min_positives=0)
 
 
-def test_preprocess_component(synth_data, tmp_path):
+def test_preprocess_component_publishes_a_location_on_the_shared_volume(synth_data, tmp_path):
+    """The cache is written on the shared volume (keyed by data hash and contract) and the artifact holds only its
+    location and digest; a second run on the same data reuses it."""
     from components.preprocess.component import preprocess
+    from cxrlt.dataplane import POINTER, resolve
 
+    shared = tmp_path / "shared"
     art = _artifact(tmp_path / "cache")
-    n = preprocess.python_func(data_dir=str(synth_data), cache=art, size=16, workers=1)
-    assert n == 400 and art.metadata == {"size": 16, "images": 400}
-    assert (tmp_path / "cache" / "cache_config.json").exists()
+    n = preprocess.python_func(data_dir=str(synth_data), data_hash="0123456789abcdef", shared_root=str(shared),
+                               cache=art, size=16, workers=1)
+    assert n == 400 and art.metadata["size"] == 16 and art.metadata["images"] == 400
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [POINTER]  # no image bytes in the artifact
+    folder = resolve(tmp_path / "cache")
+    assert folder.parent == shared / "caches" and folder.name.startswith("0123456789ab-16px-")
+    assert (folder / "cache_config.json").exists() and len(list(folder.glob("*.png"))) == 400
+    again = _artifact(tmp_path / "cache2")
+    assert preprocess.python_func(data_dir=str(synth_data), data_hash="0123456789abcdef", shared_root=str(shared),
+                                  cache=again, size=16, workers=1) == 400
+    assert resolve(tmp_path / "cache2") == folder
 
 
 def test_split_projection_component(synth_data, tmp_path):
+    from cxrlt.dataplane import resolve
+
     art = _artifact(tmp_path / "splits")
-    summary = json.loads(split_projection.python_func(data_dir=str(synth_data), splits=art))
-    assert (tmp_path / "splits" / "train_frontal.csv").exists() and art.metadata["train"] == summary["images"]["train"]
+    run_dir = tmp_path / "shared" / "runs" / "r1"
+    summary = json.loads(split_projection.python_func(data_dir=str(synth_data), run_dir=str(run_dir), splits=art,
+                                                      val_fraction=0.1, seed=42))
+    assert resolve(tmp_path / "splits") == run_dir / "splits"
+    assert (run_dir / "splits" / "train_frontal.csv").exists() and art.metadata["train"] == summary["images"]["train"]
 
 
 class FakeCustomObjects:
@@ -149,12 +166,19 @@ def test_router_step_is_a_no_op_for_a_profile_without_router(tmp_path):
     """HPH has no router: the pipeline's router step records that and trains nothing; the jobs follow the profile."""
     from components.train_member.component import train_member
     from cxrlt.config import load_config, pipeline_jobs
+    from cxrlt.dataplane import publish, read_location
 
     art = _artifact(tmp_path / "router")
-    score = train_member.python_func(view="", member="router", config=str(ROOT / "configs" / "tiny_hph.yaml"),
-                                     data_dir=str(tmp_path), cache=_artifact(tmp_path / "cache"),
-                                     splits=_artifact(tmp_path / "splits"), model=art)
-    assert score == 0.0 and art.metadata["skipped"] and not any((tmp_path / "router").iterdir())
+    run_dir = tmp_path / "shared" / "runs" / "r1"
+    for name in ("c", "s"):
+        (tmp_path / "shared" / name).mkdir(parents=True)
+        publish(tmp_path / name, tmp_path / "shared" / name, name)
+    score = train_member.python_func(view="", member="router", profile=str(ROOT / "configs" / "tiny_hph.yaml"),
+                                     run_dir=str(run_dir), data_dir=str(tmp_path), cache=_artifact(tmp_path / "c"),
+                                     splits=_artifact(tmp_path / "s"), model=art, shared_root=str(tmp_path / "shared"))
+    location = read_location(tmp_path / "router")
+    assert score == 0.0 and art.metadata["skipped"] and location.metadata["networks"] == []
+    assert not any(Path(location.path).iterdir())
     assert pipeline_jobs(load_config(ROOT / "configs" / "tiny_hph.yaml")) == [
         {"view": "mixed", "member": "mlp"}, {"view": "mixed", "member": "csra"}]
     assert len(pipeline_jobs(load_config(ROOT / "configs" / "tiny.yaml"))) == 4  # 2 views x (pcam+cait, swin)

@@ -1,17 +1,31 @@
-"""`cxrlt pipeline schedule` against a stub KFP API server (the real kfp.Client over real HTTP)."""
+"""The cluster commands (`cxrlt pipeline upload | run --host | schedule`, infra/scripts/schedule_retraining.py)
+against a stub KFP API server that keeps state: the real kfp.Client over real HTTP."""
 
 import json
+import re
+import subprocess
+import sys
 import threading
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from typer.testing import CliRunner
 
 from cxrlt.cli import app
 
+ROOT = Path(__file__).resolve().parents[1]
+#: what the README's schedule example passes (the pipeline's required parameters and a trainjob launcher)
+README_PARAMS = ["data_dir=/data/datasets/padchest", "config=/opt/cxrlt/configs/paper.yaml",
+                 "tracking_uri=http://mlflow.cxrlt.svc.cluster.local:5000", "launcher=trainjob", "num_nodes=2",
+                 'jobs=[{"view": "frontal", "member": "pcam"}]']
+
 
 class StubKFP(BaseHTTPRequestHandler):
-    requests: list = []
+    state: dict = {}
 
     def _reply(self, payload: dict) -> None:
         body = json.dumps(payload).encode()
@@ -21,22 +35,68 @@ class StubKFP(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
     def do_GET(self):  # noqa: N802 - http.server API
-        self.requests.append(("GET", self.path, None))
-        if self.path.startswith("/apis/v2beta1/healthz"):
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        st = self.state
+        st["requests"].append(("GET", url.path, query))
+        if url.path == "/apis/v2beta1/healthz":
             self._reply({"multi_user": False})
-        elif self.path.startswith("/apis/v2beta1/experiments"):
+        elif url.path == "/apis/v2beta1/experiments":
             self._reply({"experiments": [], "total_size": 0})
+        elif url.path == "/apis/v2beta1/recurringruns":
+            runs = [r for r in st["recurring"].values() if r["experiment_id"] == query.get("experiment_id")]
+            self._reply({"recurringRuns": runs, "total_size": len(runs)})
+        elif url.path == "/apis/v2beta1/pipelines":
+            wanted = json.loads(query.get("filter", "{}")).get("predicates", [{}])[0].get("stringValue")
+            found = [p for p in st["pipelines"].values() if p["display_name"] == wanted]
+            self._reply({"pipelines": found, "total_size": len(found)})
+        elif m := re.fullmatch(r"/apis/v2beta1/pipelines/([^/]+)/versions", url.path):
+            found = [v for v in st["versions"].values() if v["pipeline_id"] == m[1]]
+            self._reply({"pipeline_versions": found, "total_size": len(found)})
         else:
             self.send_error(404)
 
     def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        self.requests.append(("POST", self.path, body))
-        if self.path == "/apis/v2beta1/experiments":
+        url = urlparse(self.path)
+        st = self.state
+        raw = self._body()
+        if url.path.startswith("/apis/v2beta1/pipelines/upload"):
+            form = BytesParser(policy=HTTP).parsebytes(
+                f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + raw)
+            package = next(part.get_payload(decode=True) for part in form.iter_parts())
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            st["requests"].append(("POST", url.path, query))
+            if url.path == "/apis/v2beta1/pipelines/upload":
+                pid = f"p-{len(st['pipelines']) + 1}"
+                st["pipelines"][pid] = {"pipeline_id": pid, "display_name": query["name"]}
+                return self._reply(st["pipelines"][pid])
+            vid = f"v-{len(st['versions']) + 1}"
+            st["versions"][vid] = {"pipeline_version_id": vid, "pipeline_id": query["pipelineid"],
+                                   "display_name": query["name"], "size": len(package)}
+            return self._reply(st["versions"][vid])
+        body = json.loads(raw or b"{}")
+        st["requests"].append(("POST", url.path, body))
+        if url.path == "/apis/v2beta1/experiments":
             self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
-        elif self.path == "/apis/v2beta1/recurringruns":
-            self._reply({**body, "recurring_run_id": "rr-42", "status": "ENABLED"})
+        elif url.path == "/apis/v2beta1/recurringruns":
+            rid = f"rr-{len(st['requests'])}"
+            st["recurring"][rid] = {**body, "recurring_run_id": rid, "status": "ENABLED"}
+            self._reply(st["recurring"][rid])
+        elif url.path == "/apis/v2beta1/runs":
+            self._reply({**body, "run_id": "run-7", "state": "PENDING"})
+        else:
+            self.send_error(404)
+
+    def do_DELETE(self):  # noqa: N802
+        url = urlparse(self.path)
+        self.state["requests"].append(("DELETE", url.path, None))
+        rid = url.path.rsplit("/", 1)[-1]
+        if url.path.startswith("/apis/v2beta1/recurringruns/") and self.state["recurring"].pop(rid, None):
+            self._reply({})
         else:
             self.send_error(404)
 
@@ -46,34 +106,66 @@ class StubKFP(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def kfp_stub():
-    StubKFP.requests = []
+    StubKFP.state = {"requests": [], "recurring": {}, "pipelines": {}, "versions": {}}
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubKFP)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", StubKFP.requests
+    yield f"http://127.0.0.1:{server.server_address[1]}", StubKFP.state
     server.shutdown()
     server.server_close()
 
 
-def test_schedule_creates_a_cron_recurring_run(kfp_stub, tmp_path):
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
     from pipelines.compile import compile_all
 
-    host, requests = kfp_stub
-    package = compile_all(tmp_path)[0]
-    result = CliRunner().invoke(app, ["pipeline", "schedule", "--host", host, "--cron", "0 0 2 * * 0",
-                                      "--package", str(package), "--param", "data_dir=/data/padchest"])
-    assert result.exit_code == 0, result.output
-    assert "rr-42" in result.output
-    posted = [b for m, p, b in requests if m == "POST" and p == "/apis/v2beta1/recurringruns"]
-    assert len(posted) == 1
-    run = posted[0]
+    out = tmp_path_factory.mktemp("compiled")
+    compile_all(out)
+    return out
+
+
+def _posted(state, path):
+    return [b for m, p, b in state["requests"] if m == "POST" and p == path]
+
+
+def test_schedule_is_idempotent_typed_and_complete(kfp_stub, compiled):
+    host, state = kfp_stub
+    args = ["pipeline", "schedule", "--host", host, "--cron", "0 0 2 * * 0", "--package",
+            str(compiled / "training_pipeline.yaml"), *[a for p in README_PARAMS for a in ("--param", p)]]
+    for _ in range(2):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert len(state["recurring"]) == 1, "a second call replaces the recurring run instead of adding one"
+    assert len(_posted(state, "/apis/v2beta1/recurringruns")) == 2
+    assert [m for m, p, _ in state["requests"] if m == "DELETE"] == ["DELETE"]
+    run = next(iter(state["recurring"].values()))
     assert run["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * 0"
-    assert run["max_concurrency"] == "1" or run["max_concurrency"] == 1
-    assert run["no_catchup"] is True and run["experiment_id"] == "exp-1"
-    assert run["runtime_config"]["parameters"]["data_dir"] == "/data/padchest"
+    assert int(run["max_concurrency"]) == 1 and run["no_catchup"] is True and run["experiment_id"] == "exp-1"
+    params = run["runtime_config"]["parameters"]
+    assert params["num_nodes"] == 2 and isinstance(params["num_nodes"], int)  # typed by the package, not a string
+    assert params["jobs"] == [{"view": "frontal", "member": "pcam"}] and params["launcher"] == "trainjob"
     spec = run["pipeline_spec"]
     spec = spec.get("pipeline_spec", spec)  # with a platform spec the IR is nested under pipeline_spec
     assert spec["pipelineInfo"]["name"] == "cxrlt-training"
+
+
+@pytest.mark.parametrize(("param", "message"), [
+    ("data_uri=s3://x", "no parameter 'data_uri'"),
+    ("num_nodes=two", "not a NUMBER_INTEGER"),
+])
+def test_schedule_refuses_unknown_or_mistyped_parameters(kfp_stub, compiled, param, message):
+    host, state = kfp_stub
+    result = CliRunner().invoke(app, ["pipeline", "schedule", "--host", host, "--cron", "0 0 2 * * 0", "--package",
+                                      str(compiled / "training_pipeline.yaml"), "--param", param])
+    assert result.exit_code == 1 and message in result.output
+    assert not state["recurring"]
+
+
+def test_schedule_names_missing_required_parameters(kfp_stub, compiled):
+    host, _ = kfp_stub
+    result = CliRunner().invoke(app, ["pipeline", "schedule", "--host", host, "--cron", "0 0 2 * * 0", "--package",
+                                      str(compiled / "training_pipeline.yaml"), "--param", "data_dir=/data/x"])
+    assert result.exit_code == 1 and "config, tracking_uri" in result.output
 
 
 def test_schedule_refuses_five_field_cron(kfp_stub, tmp_path):
@@ -81,3 +173,58 @@ def test_schedule_refuses_five_field_cron(kfp_stub, tmp_path):
     result = CliRunner().invoke(app, ["pipeline", "schedule", "--host", host, "--cron", "0 2 * * 0",
                                       "--package", str(tmp_path / "x.yaml")])
     assert result.exit_code == 1 and "6 fields" in result.output
+
+
+def test_schedule_script_runs_as_its_docstring_says(kfp_stub, compiled):
+    """infra/scripts/schedule_retraining.py, run as a program with the parameters its usage shows."""
+    host, state = kfp_stub
+    script = ROOT / "infra" / "scripts" / "schedule_retraining.py"
+    usage = script.read_text().split('"""')[1]
+    for param in README_PARAMS[:3]:
+        assert param.split("=")[0] + "=" in usage
+    done = subprocess.run([sys.executable, str(script), "--host", host, "--package",
+                           str(compiled / "training_pipeline.yaml"), "--cron", "0 0 2 * * 0",
+                           *[a for p in README_PARAMS for a in ("--param", p)]],
+                          capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT),
+                                                                          "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(state["recurring"]) == 1 and "scheduled" in done.stdout
+
+
+def test_run_on_a_cluster_starts_one_run(kfp_stub, compiled):
+    host, state = kfp_stub
+    result = CliRunner().invoke(app, ["pipeline", "run", "--host", host, "--package",
+                                      str(compiled / "training_pipeline.yaml"),
+                                      *[a for p in README_PARAMS for a in ("--param", p)]])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["run_id"] == "run-7"  # the UI links go to stderr
+    (run,) = _posted(state, "/apis/v2beta1/runs")
+    assert run["runtime_config"]["parameters"]["config"] == "/opt/cxrlt/configs/paper.yaml"
+    assert run["service_account"] == "cxrlt-pipeline-runner"
+
+
+def test_upload_names_versions_by_commit_and_is_a_no_op_when_repeated(kfp_stub, compiled):
+    host, state = kfp_stub
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    first = CliRunner().invoke(app, ["pipeline", "upload", "--host", host, "--compiled", str(compiled)])
+    assert first.exit_code == 0, first.output
+    made = json.loads(first.stdout)
+    assert {m["version"] for m in made} == {f"promotion-pipeline-{commit}", f"training-pipeline-{commit}"}
+    assert all(m["created"] for m in made) and len(state["pipelines"]) == 2 and len(state["versions"]) == 2
+    again = json.loads(CliRunner().invoke(app, ["pipeline", "upload", "--host", host, "--compiled",
+                                                str(compiled)]).stdout)
+    assert not any(m["created"] for m in again) and len(state["versions"]) == 2
+    sizes = {v["display_name"]: v["size"] for v in state["versions"].values()}
+    assert sizes[f"training-pipeline-{commit}"] == (compiled / "training_pipeline.yaml").stat().st_size
+
+
+def test_ci_workflow_lints_tests_compiles_and_uploads_on_main():
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    steps = [s.get("run", "") for job in workflow["jobs"].values() for s in job["steps"]]
+    assert any("make test" in s for s in steps) and any("pipeline compile" in s for s in steps)
+    upload = next(job for job in workflow["jobs"].values() if any("pipeline upload" in s.get("run", "")
+                                                                 for s in job["steps"]))
+    assert "refs/heads/main" in upload["if"]

@@ -15,7 +15,7 @@ def evaluate(ensemble: Input[Model], zeroshot: Input[Model], data_dir: str, metr
 
     Args:
         ensemble: ensemble directory.
-        zeroshot: zero-shot model directory.
+        zeroshot: location of the zero-shot model on the shared volume.
         data_dir: CXR-LT data directory.
         metrics: KFP scalar metrics.
         confusion: router confusion matrix (frontal/lateral).
@@ -25,9 +25,10 @@ def evaluate(ensemble: Input[Model], zeroshot: Input[Model], data_dir: str, metr
     """
     from collections import namedtuple
 
+    from cxrlt.dataplane import resolve
     from cxrlt.evaluation import evaluate_system
 
-    result = evaluate_system(ensemble.path, zeroshot.path, data_dir, split, report.path)
+    result = evaluate_system(ensemble.path, resolve(zeroshot.path), data_dir, split, report.path)
     confusion.log_confusion_matrix(["frontal", "lateral"], result["confusion"])
     keys = ("mAP", "mAUROC", "mECE", "unseen_mAP", "unseen_prevalence")
     for key in (*keys, "mF1", "router_accuracy"):

@@ -10,13 +10,14 @@ def export_onnx(ensemble: Input[Model], zeroshot: Input[Model], bundle: Output[M
 
     Args:
         ensemble: ensemble directory.
-        zeroshot: zero-shot model directory.
+        zeroshot: location of the zero-shot model on the shared volume.
         bundle: served-bundle directory.
     """
     import json
 
+    from cxrlt.dataplane import resolve
     from cxrlt.export import export_bundle
 
-    spec = export_bundle(ensemble.path, zeroshot.path, bundle.path)
+    spec = export_bundle(ensemble.path, resolve(zeroshot.path), bundle.path)
     bundle.metadata.update({"views": list(spec["views"]), "zeroshot": bool(spec["zeroshot"])})
     return json.dumps(list(spec["views"]))

@@ -10,8 +10,8 @@ def fit_ensemble(members: Input[list[Model]], router: Input[Model], config: str,
     """Merge the member runs, grid-search each view's logit weights on validation mAP, write the ensemble.
 
     Args:
-        members: run directories from train_member (each holds <view>/<kind>/).
-        router: the router's run directory.
+        members: locations of train_member's runs on the shared volume (each holds <view>/<kind>/).
+        router: location of the router's run.
         config: profile YAML path.
         data_dir: CXR-LT data directory.
         ensemble: the ensemble directory (ensemble.json + member copies).
@@ -22,11 +22,12 @@ def fit_ensemble(members: Input[list[Model]], router: Input[Model], config: str,
     from pathlib import Path
 
     from cxrlt.config import load_config
+    from cxrlt.dataplane import resolve
     from cxrlt.ensemble import build_ensemble
 
     with tempfile.TemporaryDirectory() as tmp:
         for artifact in [*members, router]:
-            shutil.copytree(artifact.path, tmp, dirs_exist_ok=True)
+            shutil.copytree(resolve(artifact.path), tmp, dirs_exist_ok=True)
         spec = build_ensemble(tmp, ensemble.path, Path(data_dir) / "CXRLT_2026_training.csv", load_config(config))
     weights = {v: s["weights"] for v, s in spec["views"].items()}
     ensemble.metadata.update({"weights": weights, "views": list(spec["views"])})

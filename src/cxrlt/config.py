@@ -282,6 +282,17 @@ class ZeroShotConfig(_Optimisation):
         return out
 
 
+class GateConfig(_Strict):
+    """The evaluation gate a candidate must pass before it is registered (the pipeline reads it from here)."""
+
+    min_map: Annotated[float, Field(ge=0, le=1)] = 0.1
+    min_mauroc: Annotated[float, Field(ge=0, le=1)] = 0.75
+    #: on the calibrated output
+    max_ece: Annotated[float, Field(ge=0, le=1)] = 0.15
+    #: zero-shot unseen mAP over its chance level (the unseen classes' mean prevalence); 0 = no zero-shot check
+    min_unseen_lift: Annotated[float, Field(ge=0)] = 1.5
+
+
 class Profile(_Strict):
     profile: str = "custom"
     weights_mirror: str | None = Field(default=None, description="s3:// prefix of a weights mirror")
@@ -291,6 +302,7 @@ class Profile(_Strict):
     inference: InferenceConfig = InferenceConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     zeroshot: ZeroShotConfig = ZeroShotConfig()
+    gate: GateConfig = GateConfig()
 
     @model_validator(mode="after")
     def _sizes(self):

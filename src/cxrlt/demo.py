@@ -116,7 +116,6 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             raise SystemExit(f"--containers needs the images {', '.join(missing)}: run make images")
     quiet = {"log": log, "verbose": args.verbose}
-    gate = ["--min-map", "0.1", "--min-mauroc", "0.75", "--max-ece", "0.15", "--min-unseen-lift", "1.5"]
     started_mlflow = started_triton = False
     weakened = None
     try:
@@ -132,13 +131,13 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_challenger:
             _step(3, total, "a deliberately weakened challenger (1 epoch on 10 % of the training images) starts in "
                             "the background; the same gate must refuse it (its verdict comes in step 9)")
-            weakened = _start_weakened_challenger(work, data, args.config.resolve(), env, [*gate, *runner])
+            weakened = _start_weakened_challenger(work, data, args.config.resolve(), env, runner)
         where = "DockerRunner: each component in its image" if args.containers else "SubprocessRunner"
         _step(4, total, f"training pipeline on kfp.local ({where}): validate, preprocess, split, router + "
                         "view members (two at a time) + zero-shot CLIP, ensemble, calibrate, evaluate, gate, register")
-        _cxrlt("pipeline", "run", "--local", "--data", str(data), "--config", str(args.config.resolve()),
+        _cxrlt("pipeline", "run", "--data", str(data), "--config", str(args.config.resolve()),
                "--root", str(work / "pipeline"), "--epochs", str(args.epochs), "--zeroshot-epochs",
-               str(args.zeroshot_epochs), "--member-threads", "1", *gate, *runner, env=env, **quiet)
+               str(args.zeroshot_epochs), "--member-threads", "1", *runner, env=env, **quiet)
         if not _print_gate(latest_run(work / "pipeline"), "challenger"):
             raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
                              f"evaluation report under {latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
@@ -204,8 +203,9 @@ def main(argv: list[str] | None = None) -> None:
         print("stopped the servers this demo started", flush=True)
 
 
-def _start_weakened_challenger(work: Path, data: Path, config: Path, env: dict, gate: list[str]):
-    """Start a retraining with 90 % of the training images removed and one epoch, against the same gate, in the
+def _start_weakened_challenger(work: Path, data: Path, config: Path, env: dict, runner: list[str]):
+    """Start a retraining with 90 % of the training images removed and one epoch, against the same gate (the
+    profile's), in the
     background (its output goes to a log file); returns what :func:`_finish_weakened_challenger` needs."""
     import pandas as pd
 
@@ -213,9 +213,9 @@ def _start_weakened_challenger(work: Path, data: Path, config: Path, env: dict, 
     removal = work / "weakened_removal.csv"
     train[["ImageID"]].sample(frac=0.9, random_state=0).to_csv(removal, index=False)
     root, log = work / "pipeline_weakened", work / "weakened.log"
-    cmd = [sys.executable, "-m", "cxrlt.cli", "pipeline", "run", "--local", "--data", str(data), "--config",
+    cmd = [sys.executable, "-m", "cxrlt.cli", "pipeline", "run", "--data", str(data), "--config",
            str(config), "--root", str(root), "--epochs", "1", "--zeroshot-epochs", "1", "--member-threads", "1",
-           "--removal", str(removal), *gate]
+           "--removal", str(removal), *runner]
     print("$ cxrlt " + " ".join(cmd[3:]) + f"  (output: {log})", flush=True)
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)

@@ -25,6 +25,7 @@ from cxrlt.platform import (
     S3_SECRET_KEYS,
     SECRETS,
     SERVICE_ACCOUNTS,
+    SHARED_ROOT,
     TRAINER_API,
     TRAINJOB_RUNTIME,
 )
@@ -69,12 +70,23 @@ def trainjob_name(prefix: str, cli_args: list[str], run_key: str) -> str:
     return f"{stem}-{digest}"
 
 
+#: what a TrainJob node runs: torchrun, which reads the torch-distributed runtime's PET_NNODES, PET_NODE_RANK,
+#: PET_NPROC_PER_NODE, PET_MASTER_ADDR and PET_MASTER_PORT (set by the Trainer on every node) as its arguments
+TRAINJOB_COMMAND = ["torchrun", "-m", "cxrlt.cli"]
+
+
 def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_nodes: int = 1,
-                  image: str | None = None, env: dict | None = None, namespace: str = NAMESPACE) -> dict:
-    """A Kubeflow Trainer TrainJob that runs ``cxrlt <cli_args>`` on the torch-distributed runtime, hardened like
-    every cxrlt pod (non-root, read-only root filesystem with emptyDirs for /tmp and /dev/shm, seccomp RuntimeDefault,
-    no capabilities, a service account without permissions or token). Credentials come from Secrets, never inline:
-    the registry account and the pipeline's object-storage keys (weights mirror, data)."""
+                  image: str | None = None, env: dict | None = None, namespace: str = NAMESPACE,
+                  nproc_per_node: int = 1) -> dict:
+    """A Kubeflow Trainer TrainJob that runs ``cxrlt <cli_args>`` under torchrun on the torch-distributed runtime
+    (``num_nodes`` pods of ``nproc_per_node`` processes), hardened like every cxrlt pod (non-root, read-only root
+    filesystem with emptyDirs for /tmp and /dev/shm, seccomp RuntimeDefault, no capabilities, a service account
+    without permissions or token). The pods mount only the shared volume at ``SHARED_ROOT``: every path in
+    ``cli_args`` must be a pod path there (:class:`cxrlt.dataplane.SharedVolume`). Credentials come from Secrets,
+    never inline: the registry account and the pipeline's object-storage keys (weights mirror, data)."""
+    if num_nodes < 1 or nproc_per_node < 1:
+        raise ValueError(f"a TrainJob needs num_nodes >= 1 and nproc_per_node >= 1, got {num_nodes}, "
+                         f"{nproc_per_node}")
     group, version, _ = TRAINER_API
     from_secret = [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRETS[secret], "key": k}}}
                    for secret, keys in (("mlflow_client", MLFLOW_CLIENT_KEYS), ("s3_pipeline", S3_SECRET_KEYS))
@@ -88,7 +100,7 @@ def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_no
                                             "capabilities": {"drop": ["ALL"]}},
                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
                                          {"name": "dshm", "mountPath": "/dev/shm"},
-                                         {"name": "data", "mountPath": "/data"}]}],
+                                         {"name": "data", "mountPath": SHARED_ROOT}]}],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
                     {"name": "data", "persistentVolumeClaim": {"claimName": CACHE_PVC}}],
@@ -98,8 +110,8 @@ def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_no
         "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "cxrlt"}},
         "spec": {
             "runtimeRef": {"name": TRAINJOB_RUNTIME, "apiGroup": group, "kind": "ClusterTrainingRuntime"},
-            "trainer": {"image": image or IMAGES["train"], "command": ["cxrlt"], "args": cli_args,
-                        "numNodes": num_nodes,
+            "trainer": {"image": image or IMAGES["train"], "command": TRAINJOB_COMMAND, "args": cli_args,
+                        "numNodes": num_nodes, "numProcPerNode": nproc_per_node,
                         "resourcesPerNode": {"limits": {"nvidia.com/gpu": str(gpus_per_node)}},
                         # HOME on the writable /tmp: library caches (torch, matplotlib) need a writable home
                         "env": [{"name": k, "value": str(v)} for k, v in {"HOME": "/tmp", **(env or {})}.items()]

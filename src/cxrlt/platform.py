@@ -53,8 +53,10 @@ SERVICE_ACCOUNTS = {
     "pipeline": "cxrlt-pipeline-runner",  # in PIPELINES_NAMESPACE; may create/watch TrainJobs in NAMESPACE
     "trainer": "cxrlt-trainer",  # TrainJob pods: no permissions, no token
 }
-#: the shared volume of pipeline steps and TrainJobs (preprocess cache, member outputs)
+#: the shared volume of pipeline steps and TrainJobs (preprocess cache, split manifests, training runs), and where
+#: both mount it (cxrlt.dataplane)
 CACHE_PVC = "cxrlt-cache"
+SHARED_ROOT = "/data"
 #: uid/gid the images run as (images/*.Dockerfile create this user)
 POD_UID = 1000
 

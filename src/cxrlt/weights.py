@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxrlt.dataplane import sha256_file
+
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "CXRLT_WEIGHTS_MIRROR"
@@ -92,14 +94,6 @@ def mirror_uri(explicit: str | None = None) -> str | None:
 
 def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cxrlt" / "weights")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _how_to_mirror(spec: str, family: str, arch: str | None) -> str:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from cxrlt.config import config_hash, load_config, task1_preprocess, train_settings
 from cxrlt.data.split import training_frames
 from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, VIEWS
+from cxrlt.dataplane import sha256_file
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.losses import build_loss
 from cxrlt.metrics import evaluate, selection_score
@@ -279,6 +280,8 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
         "pcam_model_config": cfg["models"].get("pcam") if kind == "cait" else None,
         "pcam_checkpoint": str(req.pcam_checkpoint) if req.pcam_checkpoint else None,
         "world_size": info.world_size, "data_dir": str(Path(req.data_dir).resolve()),
+        # what a launching step verifies before it records the member (a TrainJob writes on a shared volume)
+        "checkpoint_sha256": sha256_file(out / "best.pt") if (out / "best.pt").exists() else None,
     }
     if not router:
         res = evaluate(y_val.astype(int), 1 / (1 + np.exp(-logits)), classes)

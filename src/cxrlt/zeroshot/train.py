@@ -28,6 +28,7 @@ from cxrlt.config import config_hash, load_config, zeroshot_settings
 from cxrlt.data.images import PreprocessConfig
 from cxrlt.data.split import training_frames
 from cxrlt.data.tables import IMAGES_DIR
+from cxrlt.dataplane import sha256_file
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.metrics import macro_ap
 from cxrlt.training import distributed as D
@@ -190,6 +191,8 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
             os.kill(os.getpid(), 9)
 
     card = _card(cfg, zs, weights, held_out, train_classes, best_epoch, best, history, info)
+    if (out / "best.pt").exists():
+        card["checkpoint_sha256"] = sha256_file(out / "best.pt")
     if info.is_main:
         (out / "zeroshot.json").write_text(json.dumps(card, indent=2, default=str))
         if run is not None:

@@ -1,0 +1,167 @@
+"""What the training pipeline's steps do, as library functions the thin KFP components call.
+
+- :func:`plan_run` reads the profile once, at run time, and turns it into the run's settings: the profile defines
+  the cache size, the members, the split and the gate; pipeline parameters only override (0, -1 or an empty list
+  mean "the profile's"). It also copies the profile onto the shared volume, so every step and TrainJob pod reads
+  the same bytes.
+- :func:`train_networks` trains one job's networks, locally (torchrun) or as a Kubeflow Trainer TrainJob whose pods
+  see only the shared volume, then verifies what they wrote (member card, checkpoint digest) and publishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from cxrlt.dataplane import DataPlaneError, SharedVolume, publish, run_scoped, sha256_file
+
+#: the pipeline parameters' "take the profile's value" markers
+FROM_PROFILE = {"cache_size": 0, "val_fraction": 0.0, "split_seed": -1, "min_map": -1.0, "min_mauroc": -1.0,
+                "max_ece": -1.0, "min_unseen_lift": -1.0}
+
+
+class RunPlan(BaseModel):
+    run_dir: str
+    profile: str
+    cache_size: int
+    val_fraction: float
+    split_seed: int
+    min_map: float
+    min_mauroc: float
+    max_ece: float
+    min_unseen_lift: float
+
+
+def plan_run(config: str, shared_root: str, run_id: str, **overrides) -> RunPlan:
+    """The run's settings: the profile's, with every override that is not its :data:`FROM_PROFILE` marker."""
+    from cxrlt.config import load_config
+
+    unknown = set(overrides) - set(FROM_PROFILE)
+    if unknown:
+        raise ValueError(f"unknown run settings {sorted(unknown)}; known: {sorted(FROM_PROFILE)}")
+    cfg = load_config(config)
+    from_profile = {"cache_size": cfg["data"]["cache_size"], "val_fraction": cfg["data"]["val_fraction"],
+                    "split_seed": cfg["data"]["split_seed"], **cfg["gate"]}
+    settings = {k: (v if overrides.get(k, FROM_PROFILE[k]) == FROM_PROFILE[k] else overrides[k])
+                for k, v in from_profile.items()}
+    if settings["cache_size"] < cfg["data"]["image_size"]:
+        raise ValueError(f"cache_size {settings['cache_size']} is smaller than the profile's data.image_size "
+                         f"{cfg['data']['image_size']} ({config}): the cache would be upsampled")
+    run_dir = run_scoped(shared_root, run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    profile = run_dir / "profile.yaml"
+    shutil.copyfile(config, profile)
+    return RunPlan(run_dir=str(run_dir), profile=str(profile), **settings)
+
+
+def job_networks(view: str, member: str, models: dict) -> list[str]:
+    """The networks one pipeline job trains, in order: ``pcam`` also trains its view's ``cait`` on the frozen trunk
+    when the profile has one; ``pcam-only`` trains pcam alone; ``router`` the router."""
+    if member == "router":
+        return ["router"]
+    if member == "pcam":
+        return [f"{view}/pcam", *([f"{view}/cait"] if models.get("cait") is not None else [])]
+    if member == "pcam-only":
+        return [f"{view}/pcam"]
+    return [f"{view}/{member}"]
+
+
+def _launch(args: list[str], launcher: str, key: str, run_dir: str, nproc: int, num_nodes: int,
+            gpus_per_node: int, threads: int) -> None:
+    from cxrlt.launch import launch_local, launch_trainjob, trainjob_body, trainjob_name
+
+    if launcher == "local":
+        launch_local(args, nproc, threads=threads)
+    else:
+        launch_trainjob(trainjob_body(trainjob_name(f"cxrlt-{key}", args, run_dir), args, gpus_per_node,
+                                      num_nodes=num_nodes, nproc_per_node=nproc))
+
+
+def _verified_card(folder: Path, card_name: str) -> dict:
+    """The card a training run wrote, after checking that its checkpoint is the one the card describes."""
+    card_path = folder / card_name
+    if not card_path.exists():
+        raise DataPlaneError(f"training finished but wrote no {card_name} in {folder}: did the pods mount the shared "
+                             "volume at the path they were given?")
+    card = json.loads(card_path.read_text())
+    expected = card.get("checkpoint_sha256")
+    if expected and sha256_file(folder / "best.pt") != expected:
+        raise DataPlaneError(f"{folder / 'best.pt'} does not match the sha256 its card records: a partial or "
+                             "concurrent write")
+    return card
+
+
+def train_networks(view: str, member: str, plan_run_dir: str, profile: str, data_dir: str, cache: Path,
+                   splits: Path, artifact_dir: str, launcher: str = "local", nproc: int = 1, num_nodes: int = 1,
+                   epochs: int = 0, gpus_per_node: int = 1, threads: int = 0, shared_root: str = "",
+                   pod_root: str = "") -> dict:
+    """Train one job's networks into ``<run>/members/<job>/`` and publish that folder in ``artifact_dir``.
+
+    With ``launcher="trainjob"`` every path handed to the pods is translated from the step's view of the shared
+    volume (``shared_root``) to the pods' (``pod_root``); a path that is not on the volume is refused before any job
+    is created. Returns the artifact metadata (networks, best validation score, checkpoint digests)."""
+    from cxrlt.config import load_config
+    from cxrlt.platform import SHARED_ROOT
+
+    if launcher not in ("local", "trainjob"):
+        raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
+    models = load_config(profile)["models"] or {}
+    key = f"{view}-{member}" if view else member
+    job_dir = Path(plan_run_dir) / "members" / key
+    if member == "router" and models.get("router") is None:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        publish(artifact_dir, job_dir, "member-runs", networks=[], skipped="the profile defines no router")
+        return {"networks": [], "skipped": "the profile defines no router"}
+    volume = SharedVolume(shared_root or SHARED_ROOT, pod_root or SHARED_ROOT)
+    where = (lambda p, what: volume.to_pod(p, what)) if launcher == "trainjob" else (lambda p, what: str(p))
+    common = ["--config", where(profile, "profile"), "--data", where(data_dir, "data_dir"),
+              "--cache", where(cache, "cache"), "--splits", where(splits, "splits"), "--resume"]
+    if epochs:
+        common += ["--epochs", str(epochs)]
+    cards = {}
+    for name in job_networks(view, member, models):
+        out = job_dir / name
+        args = ["train", "--member", name, "--out", where(out, "output"), *common]
+        if name.endswith("/cait"):
+            args += ["--pcam-checkpoint", where(job_dir / name.replace("cait", "pcam") / "best.pt", "checkpoint")]
+        _launch(args, launcher, f"{key}-{name.rsplit('/', 1)[-1]}", plan_run_dir, nproc, num_nodes, gpus_per_node,
+                threads)
+        cards[name] = _verified_card(out, "member.json")
+    first = next(iter(cards.values()))
+    meta = {"networks": list(cards), "best_val_score": first["best_val_score"],
+            "checkpoints": {n: c.get("checkpoint_sha256") for n, c in cards.items()}}
+    publish(artifact_dir, job_dir, "member-runs", hashed=tuple(f"{n}/member.json" for n in cards), **meta)
+    return meta
+
+
+def train_zeroshot_run(plan_run_dir: str, profile: str, data_dir: str, cache: Path, splits: Path,
+                       artifact_dir: str, alpha: float = 1.5, launcher: str = "local", nproc: int = 1,
+                       num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1, shared_root: str = "",
+                       pod_root: str = "") -> dict:
+    """Fine-tune the dual-branch CLIP into ``<run>/zeroshot`` (locally or as a TrainJob), calibrate it on the
+    training split's validation part in this step, verify and publish it."""
+    from cxrlt.launch import launch_local
+    from cxrlt.platform import SHARED_ROOT
+
+    if launcher not in ("local", "trainjob"):
+        raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
+    out = Path(plan_run_dir) / "zeroshot"
+    volume = SharedVolume(shared_root or SHARED_ROOT, pod_root or SHARED_ROOT)
+    where = (lambda p, what: volume.to_pod(p, what)) if launcher == "trainjob" else (lambda p, what: str(p))
+    args = ["zeroshot", "train", "--config", where(profile, "profile"), "--data", where(data_dir, "data_dir"),
+            "--out", where(out, "output"), "--alpha", str(alpha), "--cache", where(cache, "cache"),
+            "--splits", where(splits, "splits"), "--resume"]
+    if epochs:
+        args += ["--epochs", str(epochs)]
+    _launch(args, launcher, "zeroshot", plan_run_dir, nproc, num_nodes, gpus_per_node, 0)
+    _verified_card(out, "zeroshot.json")
+    # Platt calibration on the known classes of the training split's validation part (monotonic: AP unchanged)
+    launch_local(["zeroshot", "calibrate", "--model", str(out), "--data", data_dir, "--split", "val", "--splits",
+                  str(splits)])
+    card = json.loads((out / "zeroshot.json").read_text())
+    meta = {"best_val_known_mAP": card["best_val_known_mAP"], "checkpoint_sha256": card.get("checkpoint_sha256")}
+    publish(artifact_dir, out, "zeroshot-run", hashed=("zeroshot.json",), **meta)
+    return meta
