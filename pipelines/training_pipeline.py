@@ -52,8 +52,9 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                       split_seed: int = -1, member_threads: int = 0, shared_root: str = SHARED_ROOT):
     """Settings the profile defines (cache size, members, split, gate) are read from it at run time by plan_run;
     a parameter left at its marker (0, -1.0, -1 or []) takes the profile's value, any other value overrides it."""
+    run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
     plan = _cluster_settings(plan_run(
-        config=config, shared_root=shared_root, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, cache_size=cache_size,
+        config=config, shared_root=shared_root, run_id=run_id, cache_size=cache_size,
         val_fraction=val_fraction, split_seed=split_seed, min_map=min_map, min_mauroc=min_mauroc, max_ece=max_ece,
         min_unseen_lift=min_unseen_lift), s3=False)
     profile, run_dir = plan.outputs["profile"], plan.outputs["run_dir"]
@@ -65,9 +66,10 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
         data_dir=data_dir, run_dir=run_dir, label_source=label_source, removal_csv=removal_csv,
         val_fraction=plan.outputs["val_fraction"], seed=plan.outputs["split_seed"])).after(validated)
     splits = split.outputs["splits"]
-    training = {"profile": profile, "run_dir": run_dir, "data_dir": data_dir, "cache": cache.outputs["cache"],
-                "splits": splits, "launcher": launcher, "nproc": nproc, "num_nodes": num_nodes,
-                "shared_root": shared_root}
+    # Only pipeline parameters, constants and artifacts enter the loop: kfp.local replaces every task-output
+    # *parameter* of a loop iteration with the loop item. The run's folder and profile follow from run_id.
+    training = {"run_id": run_id, "data_dir": data_dir, "cache": cache.outputs["cache"], "splits": splits,
+                "launcher": launcher, "nproc": nproc, "num_nodes": num_nodes, "shared_root": shared_root}
     with dsl.ParallelFor(planned_jobs.output, parallelism=2) as job:
         member = train_member(view=job.view, member=job.member, epochs=epochs, threads=member_threads, **training)
         _cluster_settings(member, gpu=True).set_caching_options(False)

@@ -15,6 +15,7 @@ with ``json_format.ParseDict``: a misspelt field or a wrong enum fails here, at 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -28,18 +29,41 @@ MODELS_DIR = Path(__file__).parent / "models"
 ONNX_RUNTIMES = ("python", "native")
 
 
-def _cores() -> int:
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """The CPUs this container may use by its CPU limit (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``), rounded up; None when it has no limit. A Kubernetes pod's ``limits.cpu: 4`` reads 4 here,
+    while the node's affinity mask shows every core of a 96-core machine."""
+    v2 = root / "cpu.max"
+    if v2.exists():
+        quota, _, period = v2.read_text().strip().partition(" ")
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period or 100000)))
+    quota_file, period_file = root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"
+    if quota_file.exists() and period_file.exists():
+        quota = int(quota_file.read_text())
+        return None if quota <= 0 else max(1, math.ceil(quota / int(period_file.read_text())))
+    return None
+
+
+def _cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """CPUs available to this process: its affinity mask, capped by its container's CPU limit."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cgroup_root)
+    return min(cores, limit) if limit else cores
 
 
 class ServingOptions(BaseModel):
     """How the repository schedules work: batching, queues, timeouts, instances and threads.
 
-    Defaults are sized to this machine's cores (``serve build`` runs where the server will run: the init container
-    of the Triton pod, or the host of ``serve up``)."""
+    Defaults are sized to the CPUs the server may use (``serve build`` runs where the server will run: the init
+    container of the Triton pod, whose CPU limit is the pod's, or the host of ``serve up``): the container's CPU limit
+    (cgroup ``cpu.max``), never the node's core count. On GPUs, ``gpu_instances`` of every ONNX model run on each
+    GPU the pod sees (Triton's KIND_GPU places them per visible device)."""
 
     onnx_runtime: Literal["python", "native"] = "python"
     device: Literal["cpu", "gpu"] = Field("cpu", description="where the native ONNX models run (KIND_CPU/KIND_GPU)")
@@ -47,6 +71,7 @@ class ServingOptions(BaseModel):
     precision: Literal["fp32", "fp16"] = Field("fp32", description="TensorRT precision (fp16 only with --tensorrt)")
     instances: int = Field(default_factory=lambda: max(1, _cores() // 2), ge=1, le=64,
                            description="instances of every compute model (ONNX, preprocess, heads)")
+    gpu_instances: int = Field(1, ge=1, le=8, description="GPU only: instances of every ONNX model per visible GPU")
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per instance")
     max_batch: int = Field(16, ge=1, le=1024, description="largest batch any model runs (images)")
     batch_delay_us: int = Field(1000, ge=0, description="how long a request may wait at the cxr entry for others to "
@@ -148,8 +173,9 @@ def _onnx_model(repo: Path, name: str, onnx_file: Path, in_dims: list[int], out_
                                                       "max_workspace_size_bytes": str(1 << 30)}}
             accelerators = {"execution_accelerators": {"gpu_execution_accelerator": [trt]}}
         params = {"intra_op_thread_count": str(opts.ort_threads), "inter_op_thread_count": "1"}
+        gpu = opts.device == "gpu"
         _write(repo, compute_config(name, inputs, outputs, opts, platform="onnxruntime_onnx", params=params,
-                                    kind="KIND_GPU" if opts.device == "gpu" else "KIND_CPU",
+                                    kind="KIND_GPU" if gpu else "KIND_CPU", instances=opts.gpu_instances if gpu else None,
                                     optimization=accelerators), {"model.onnx": onnx_file})
     else:
         _python_model(repo, compute_config(name, inputs, outputs, opts, params={

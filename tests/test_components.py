@@ -168,14 +168,17 @@ def test_router_step_is_a_no_op_for_a_profile_without_router(tmp_path):
     from cxrlt.config import load_config, pipeline_jobs
     from cxrlt.dataplane import publish, read_location
 
+    from cxrlt.pipeline_steps import plan_run
+
     art = _artifact(tmp_path / "router")
-    run_dir = tmp_path / "shared" / "runs" / "r1"
+    shared = tmp_path / "shared"
+    plan_run(str(ROOT / "configs" / "tiny_hph.yaml"), str(shared), "r1")
     for name in ("c", "s"):
-        (tmp_path / "shared" / name).mkdir(parents=True)
-        publish(tmp_path / name, tmp_path / "shared" / name, name)
-    score = train_member.python_func(view="", member="router", profile=str(ROOT / "configs" / "tiny_hph.yaml"),
-                                     run_dir=str(run_dir), data_dir=str(tmp_path), cache=_artifact(tmp_path / "c"),
-                                     splits=_artifact(tmp_path / "s"), model=art, shared_root=str(tmp_path / "shared"))
+        (shared / name).mkdir(parents=True)
+        publish(tmp_path / name, shared / name, name)
+    score = train_member.python_func(view="", member="router", run_id="r1", data_dir=str(tmp_path),
+                                     cache=_artifact(tmp_path / "c"), splits=_artifact(tmp_path / "s"), model=art,
+                                     shared_root=str(shared))
     location = read_location(tmp_path / "router")
     assert score == 0.0 and art.metadata["skipped"] and location.metadata["networks"] == []
     assert not any(Path(location.path).iterdir())
@@ -269,3 +272,54 @@ def test_data_hash_covers_the_images(synth_data, tmp_path):
     image = sorted((data / "images").iterdir())[0]
     os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the file was rewritten
     assert data_manifest_hash(data) != before
+
+
+def test_compiled_pipeline_takes_cache_size_members_split_and_gate_from_the_profile(tmp_path):
+    """The compiled pipeline wires preprocess's size, the split, the member loop and the gate to plan_run/plan_jobs,
+    which read the profile at run time: with configs/paper.yaml that is a 512 px cache and the paper's members."""
+    from components.plan_run.component import plan_jobs, plan_run
+    from pipelines.compile import compile_all
+
+    ir = next(yaml.safe_load_all(compile_all(tmp_path)[0].read_text()))
+    tasks = ir["root"]["dag"]["tasks"]
+    size = tasks["preprocess"]["inputs"]["parameters"]["size"]
+    assert size["taskOutputParameter"] == {"producerTask": "plan-run", "outputParameterKey": "cache_size"}
+    for key, source in (("val_fraction", "val_fraction"), ("seed", "split_seed")):
+        assert tasks["split-projection"]["inputs"]["parameters"][key]["taskOutputParameter"]["outputParameterKey"] \
+            == source
+    loop = next(t for t in tasks.values() if "parameterIterator" in t)
+    assert "plan-jobs" in loop["parameterIterator"]["items"]["inputParameter"]
+    defaults = {k: v.get("defaultValue") for k, v in ir["root"]["inputDefinitions"]["parameters"].items()}
+    assert defaults["cache_size"] == 0 and defaults["jobs"] == [] and defaults["min_mauroc"] == -1.0
+
+    paper = str(ROOT / "configs" / "paper.yaml")
+    plan = plan_run.python_func(config=paper, shared_root=str(tmp_path / "shared"), run_id="run-1")
+    assert plan.cache_size == 512 and plan.min_mauroc == 0.75 and plan.run_dir == str(tmp_path / "shared/runs/run-1")
+    assert Path(plan.profile).read_text() == Path(paper).read_text()  # the run's copy on the shared volume
+    jobs = plan_jobs.python_func(config=plan.profile, jobs=[])
+    assert jobs == [{"view": v, "member": m} for v in ("frontal", "lateral", "mixed") for m in ("pcam", "swin")]
+    assert plan_run.python_func(config=paper, shared_root=str(tmp_path / "s"), run_id="r", cache_size=640,
+                                min_mauroc=0.8).cache_size == 640  # a parameter overrides
+    with pytest.raises(ValueError, match="smaller than the profile's data.image_size 512"):
+        plan_run.python_func(config=paper, shared_root=str(tmp_path / "s"), run_id="r2", cache_size=64)
+
+
+def test_training_refuses_a_cache_of_another_size_or_scaling(synth_data, tmp_path):
+    from cxrlt.data.images import PreprocessConfig
+    from cxrlt.data.preprocess import build_cache
+    from cxrlt.data.tables import IMAGES_DIR, read_id_list
+    from cxrlt.training.data import CacheMismatchError, ImageStore
+
+    ids = read_id_list(synth_data / "CXRLT_2026_training.csv")[:3]
+    build_cache(ids, synth_data / IMAGES_DIR, tmp_path / "c16", PreprocessConfig(size=16), progress=False)
+    contract = PreprocessConfig(size=32)
+    with pytest.raises(CacheMismatchError, match="holds 16 px images; the profile's data.cache_size is 32 px"):
+        ImageStore(synth_data / IMAGES_DIR, contract, tmp_path / "c16", cache_size=32)
+    with pytest.raises(CacheMismatchError, match="network input is 32 px and would be upsampled"):
+        ImageStore(synth_data / IMAGES_DIR, contract, tmp_path / "c16")
+    build_cache(ids, synth_data / IMAGES_DIR, tmp_path / "c32", PreprocessConfig(size=32), progress=False)
+    bits = PreprocessConfig(size=32, scaling="bit_depth")
+    with pytest.raises(CacheMismatchError, match="percentile scaling .* the profile's contract is bit_depth"):
+        ImageStore(synth_data / IMAGES_DIR, bits, tmp_path / "c32", cache_size=32)
+    assert ImageStore(synth_data / IMAGES_DIR, bits, tmp_path / "c32").cache_dir is None  # CLIP: raw files instead
+    assert ImageStore(synth_data / IMAGES_DIR, contract, tmp_path / "c32", cache_size=32).cache_dir is not None

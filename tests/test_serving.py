@@ -123,6 +123,7 @@ def test_gpu_repository_uses_gpu_instances_and_tensorrt(bundle, tmp_path):
     build_repository(bundle, tmp_path / "repo", opts)
     swin = _parsed(tmp_path / "repo/frontal_swin/config.pbtxt")
     assert swin.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert swin.instance_group[0].count == 1  # per visible GPU, whatever the node's core count
     trt = swin.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
     assert _parsed(tmp_path / "repo/preprocess/config.pbtxt").instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
@@ -569,3 +570,24 @@ def test_overload_is_refused_quickly_and_model_calls_time_out(strict_server, ima
         _raw_request(slow, [("IMAGE", payload, "BYTES")])
     assert "timeout" in str(info.value) and "preprocess" in str(info.value)
     assert _ready(slow)
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "400000 100000\n"}, 4),             # cgroup v2, limits.cpu: 4
+    ({"cpu.max": "150000 100000\n"}, 2),             # limits.cpu: 1500m rounds up
+    ({"cpu.max": "max 100000\n"}, None),             # no limit
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_instance_counts_follow_the_pods_cpu_limit_not_the_nodes_cores(tmp_path, files, expected):
+    import os
+
+    from serving.repository import _cores, cgroup_cpu_limit
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == expected
+    affinity = len(os.sched_getaffinity(0))
+    assert _cores(tmp_path) == (min(affinity, expected) if expected else affinity)

@@ -5,7 +5,7 @@ from components._base import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def train_member(view: str, member: str, profile: str, run_dir: str, data_dir: str, cache: Input[Dataset],
+def train_member(view: str, member: str, run_id: str, data_dir: str, cache: Input[Dataset],
                  splits: Input[Dataset], model: Output[Model], shared_root: str, launcher: str = "local",
                  nproc: int = 1, num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1,
                  threads: int = 0) -> float:
@@ -18,8 +18,7 @@ def train_member(view: str, member: str, profile: str, run_dir: str, data_dir: s
     Args:
         view: frontal, lateral, mixed, or "" for the router.
         member: pcam (+cait when the profile has one), swin, mlp, csra, cait-less pcam ("pcam-only"), or router.
-        profile: the run's copy of the profile (plan_run).
-        run_dir: the run's folder on the shared volume (plan_run).
+        run_id: the pipeline run's name: the run's folder and its copy of the profile (plan_run wrote it) follow.
         data_dir: CXR-LT data directory (on the shared volume for a TrainJob).
         cache: preprocess cache (a location on the shared volume).
         splits: manifests from the split step (removal list and label source applied).
@@ -35,8 +34,8 @@ def train_member(view: str, member: str, profile: str, run_dir: str, data_dir: s
     from cxrlt.dataplane import resolve
     from cxrlt.pipeline_steps import train_networks
 
-    meta = train_networks(view, member, run_dir, profile, data_dir, resolve(cache.path), resolve(splits.path),
+    meta = train_networks(view, member, shared_root, run_id, data_dir, resolve(cache.path), resolve(splits.path),
                           model.path, launcher=launcher, nproc=nproc, num_nodes=num_nodes, epochs=epochs,
-                          gpus_per_node=gpus_per_node, threads=threads, shared_root=shared_root)
+                          gpus_per_node=gpus_per_node, threads=threads)
     model.metadata.update(meta)
     return float(meta.get("best_val_score", 0.0))

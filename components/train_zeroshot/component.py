@@ -5,15 +5,14 @@ from components._base import TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
-def train_zeroshot(profile: str, run_dir: str, data_dir: str, cache: Input[Dataset], splits: Input[Dataset],
+def train_zeroshot(run_id: str, data_dir: str, cache: Input[Dataset], splits: Input[Dataset],
                    model: Output[Model], shared_root: str, alpha: float = 1.5, launcher: str = "local",
                    nproc: int = 1, num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1) -> float:
     """Fine-tune the dual-branch CLIP (contrastive + alpha * ASL) into the run's folder on the shared volume and
     calibrate it; returns the known-class validation mAP.
 
     Args:
-        profile: the run's copy of the profile (plan_run).
-        run_dir: the run's folder on the shared volume (plan_run).
+        run_id: the pipeline run's name: the run's folder and its copy of the profile (plan_run wrote it) follow.
         data_dir: CXR-LT data directory (on the shared volume for a TrainJob).
         cache: preprocess cache (used when its size and scaling match the CLIP's contract).
         splits: manifests from the split step (removal list and label source applied).
@@ -29,8 +28,8 @@ def train_zeroshot(profile: str, run_dir: str, data_dir: str, cache: Input[Datas
     from cxrlt.dataplane import resolve
     from cxrlt.pipeline_steps import train_zeroshot_run
 
-    meta = train_zeroshot_run(run_dir, profile, data_dir, resolve(cache.path), resolve(splits.path), model.path,
+    meta = train_zeroshot_run(shared_root, run_id, data_dir, resolve(cache.path), resolve(splits.path), model.path,
                               alpha=alpha, launcher=launcher, nproc=nproc, num_nodes=num_nodes, epochs=epochs,
-                              gpus_per_node=gpus_per_node, shared_root=shared_root)
+                              gpus_per_node=gpus_per_node)
     model.metadata.update(meta)
     return float(meta["best_val_known_mAP"])

@@ -50,11 +50,16 @@ def plan_run(config: str, shared_root: str, run_id: str, **overrides) -> RunPlan
     if settings["cache_size"] < cfg["data"]["image_size"]:
         raise ValueError(f"cache_size {settings['cache_size']} is smaller than the profile's data.image_size "
                          f"{cfg['data']['image_size']} ({config}): the cache would be upsampled")
-    run_dir = run_scoped(shared_root, run_id)
+    run_dir, profile = run_paths(shared_root, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    profile = run_dir / "profile.yaml"
     shutil.copyfile(config, profile)
     return RunPlan(run_dir=str(run_dir), profile=str(profile), **settings)
+
+
+def run_paths(shared_root: str | Path, run_id: str) -> tuple[Path, Path]:
+    """The run's folder on the shared volume and its copy of the profile (written by :func:`plan_run`)."""
+    run_dir = run_scoped(shared_root, run_id)
+    return run_dir, run_dir / "profile.yaml"
 
 
 def job_networks(view: str, member: str, models: dict) -> list[str]:
@@ -94,10 +99,9 @@ def _verified_card(folder: Path, card_name: str) -> dict:
     return card
 
 
-def train_networks(view: str, member: str, plan_run_dir: str, profile: str, data_dir: str, cache: Path,
+def train_networks(view: str, member: str, shared_root: str, run_id: str, data_dir: str, cache: Path,
                    splits: Path, artifact_dir: str, launcher: str = "local", nproc: int = 1, num_nodes: int = 1,
-                   epochs: int = 0, gpus_per_node: int = 1, threads: int = 0, shared_root: str = "",
-                   pod_root: str = "") -> dict:
+                   epochs: int = 0, gpus_per_node: int = 1, threads: int = 0, pod_root: str = "") -> dict:
     """Train one job's networks into ``<run>/members/<job>/`` and publish that folder in ``artifact_dir``.
 
     With ``launcher="trainjob"`` every path handed to the pods is translated from the step's view of the shared
@@ -108,14 +112,15 @@ def train_networks(view: str, member: str, plan_run_dir: str, profile: str, data
 
     if launcher not in ("local", "trainjob"):
         raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
+    plan_run_dir, profile = run_paths(shared_root, run_id)
     models = load_config(profile)["models"] or {}
     key = f"{view}-{member}" if view else member
-    job_dir = Path(plan_run_dir) / "members" / key
+    job_dir = plan_run_dir / "members" / key
     if member == "router" and models.get("router") is None:
         job_dir.mkdir(parents=True, exist_ok=True)
         publish(artifact_dir, job_dir, "member-runs", networks=[], skipped="the profile defines no router")
         return {"networks": [], "skipped": "the profile defines no router"}
-    volume = SharedVolume(shared_root or SHARED_ROOT, pod_root or SHARED_ROOT)
+    volume = SharedVolume(shared_root, pod_root or SHARED_ROOT)
     where = (lambda p, what: volume.to_pod(p, what)) if launcher == "trainjob" else (lambda p, what: str(p))
     common = ["--config", where(profile, "profile"), "--data", where(data_dir, "data_dir"),
               "--cache", where(cache, "cache"), "--splits", where(splits, "splits"), "--resume"]
@@ -137,10 +142,9 @@ def train_networks(view: str, member: str, plan_run_dir: str, profile: str, data
     return meta
 
 
-def train_zeroshot_run(plan_run_dir: str, profile: str, data_dir: str, cache: Path, splits: Path,
+def train_zeroshot_run(shared_root: str, run_id: str, data_dir: str, cache: Path, splits: Path,
                        artifact_dir: str, alpha: float = 1.5, launcher: str = "local", nproc: int = 1,
-                       num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1, shared_root: str = "",
-                       pod_root: str = "") -> dict:
+                       num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1, pod_root: str = "") -> dict:
     """Fine-tune the dual-branch CLIP into ``<run>/zeroshot`` (locally or as a TrainJob), calibrate it on the
     training split's validation part in this step, verify and publish it."""
     from cxrlt.launch import launch_local
@@ -148,8 +152,9 @@ def train_zeroshot_run(plan_run_dir: str, profile: str, data_dir: str, cache: Pa
 
     if launcher not in ("local", "trainjob"):
         raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
-    out = Path(plan_run_dir) / "zeroshot"
-    volume = SharedVolume(shared_root or SHARED_ROOT, pod_root or SHARED_ROOT)
+    plan_run_dir, profile = run_paths(shared_root, run_id)
+    out = plan_run_dir / "zeroshot"
+    volume = SharedVolume(shared_root, pod_root or SHARED_ROOT)
     where = (lambda p, what: volume.to_pod(p, what)) if launcher == "trainjob" else (lambda p, what: str(p))
     args = ["zeroshot", "train", "--config", where(profile, "profile"), "--data", where(data_dir, "data_dir"),
             "--out", where(out, "output"), "--alpha", str(alpha), "--cache", where(cache, "cache"),

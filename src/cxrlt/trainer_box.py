@@ -101,7 +101,7 @@ class PodSpecError(ValueError):
 
 
 def container_args(pod: dict, secrets: dict[str, dict[str, str]], env_file: Path, extra_hosts: dict[str, str],
-                   engine: list[str]) -> list[str]:
+                   engine: list[str], claims: dict[str, str] | None = None) -> list[str]:
     """``podman run`` arguments for a rendered pod's ``node`` container: its declared volumes only."""
     spec, name = pod["spec"], pod["name"]
     container = next(c for c in spec["containers"] if c["name"] == NODE)
@@ -125,7 +125,8 @@ def container_args(pod: dict, secrets: dict[str, dict[str, str]], env_file: Path
             raise PodSpecError(f"{name}: volumeMount {mount['name']!r} names no volume of the pod")
         ro = ",ro" if mount.get("readOnly") else ""
         if "persistentVolumeClaim" in volume:
-            claim = volume["persistentVolumeClaim"]["claimName"]
+            claim = (claims or {}).get(volume["persistentVolumeClaim"]["claimName"],
+                                       volume["persistentVolumeClaim"]["claimName"])
             if subprocess.run([*engine, "volume", "exists", claim], env=container_env()).returncode:
                 raise PodSpecError(f"{name}: persistentVolumeClaim {claim!r} not found (create the podman volume)")
             args += ["--mount", f"type=volume,source={claim},destination={mount['mountPath']}{ro}"]
@@ -158,10 +159,13 @@ def container_args(pod: dict, secrets: dict[str, dict[str, str]], env_file: Path
 
 
 class PodmanTrainer:
-    """The controller: creates, runs and reports TrainJobs; ``jobs`` holds each job's object with its status."""
+    """The controller: creates, runs and reports TrainJobs; ``jobs`` holds each job's object with its status.
+    ``claims`` maps a PVC name to the podman volume that plays it (default: the volume of the same name)."""
 
-    def __init__(self, runtime: dict, secrets: dict[str, dict[str, str]] | None = None, log_dir: Path | None = None):
-        self.runtime, self.secrets = runtime, secrets or {}
+    def __init__(self, runtime: dict, secrets: dict[str, dict[str, str]] | None = None, log_dir: Path | None = None,
+                 claims: dict[str, str] | None = None):
+        self.runtime, self.secrets, self.claims = runtime, secrets or {}, claims or {}
+        self.running: set[str] = set()
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="cxrlt-trainer-box-"))
         self.jobs: dict[tuple[str, str], dict] = {}
         self._lock = threading.Lock()
@@ -197,7 +201,8 @@ class PodmanTrainer:
             procs = []
             for pod in pods:
                 args = container_args(pod, self.secrets, self.log_dir / f"{pod['name']}.env", {host: "127.0.0.1"},
-                                      self.engine)
+                                      self.engine, self.claims)
+                self.running.add(pod["name"])
                 log = open(self.log_dir / f"{pod['name']}.log", "w")  # noqa: SIM115 - closed below
                 procs.append((pod["name"], subprocess.Popen([*self.engine, *args], stdout=log,
                                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -211,6 +216,7 @@ class PodmanTrainer:
                     failed.append(f"{name} exited {code}: {tail}")
             for name, _, _ in procs:
                 subprocess.run([*self.engine, "rm", "-f", name], capture_output=True, env=container_env())
+                self.running.discard(name)
             if failed:
                 self._finish(key, "Failed", "NodeFailed", "\n".join(failed))
             else:
@@ -272,12 +278,12 @@ class TrainerBox:
     """The controller behind a loopback Kubernetes-shaped API; ``kubeconfig`` is what clients load."""
 
     def __init__(self, runtime: dict | str | Path, secrets: dict[str, dict[str, str]] | None = None,
-                 work_dir: str | Path | None = None, host: str = "127.0.0.1"):
+                 work_dir: str | Path | None = None, host: str = "127.0.0.1", claims: dict[str, str] | None = None):
         if not isinstance(runtime, dict):
             runtime = yaml.safe_load(Path(runtime).read_text())
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="cxrlt-trainer-box-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.trainer = PodmanTrainer(runtime, secrets, self.work_dir / "pods")
+        self.trainer = PodmanTrainer(runtime, secrets, self.work_dir / "pods", claims)
         self.trainer.log_dir.mkdir(parents=True, exist_ok=True)
         self.server = ThreadingHTTPServer((host, 0), _handler(self.trainer))
         self.url = f"http://{host}:{self.server.server_address[1]}"
@@ -295,10 +301,11 @@ class TrainerBox:
         return self
 
     def __exit__(self, *exc) -> None:
+        """Stop the API and remove any pod container still running (a test that failed half-way)."""
         self.server.shutdown()
         self.server.server_close()
-        deadline = time.time() + 5
-        while time.time() < deadline and any(
-                not any(c["type"] in ("Complete", "Failed") for c in j["status"]["conditions"])
-                for j in self.trainer.jobs.values()):
+        for name in list(self.trainer.running):
+            subprocess.run([*self.trainer.engine, "rm", "-f", name], capture_output=True, env=container_env())
+        deadline = time.time() + 10
+        while time.time() < deadline and self.trainer.running:
             time.sleep(0.2)

@@ -21,21 +21,43 @@ from cxrlt.training.sampler import sample_rng
 log = logging.getLogger(__name__)
 
 
+class CacheMismatchError(ValueError):
+    """A preprocess cache made for another size or intensity scaling than the profile asks for."""
+
+
 class ImageStore:
     """Loads [0, 1] square images of the contract's size, from a cache directory when it matches, else from raw
-    files; the contract also defines how the dataset turns them into network inputs."""
+    files; the contract also defines how the dataset turns them into network inputs.
 
-    def __init__(self, image_dir: str | Path, preprocess: PreprocessConfig, cache_dir: str | Path | None = None):
+    ``cache_size``: the side the profile's cache must have (``data.cache_size``). A cache of another side, one smaller
+    than the network input (it would be upsampled without a word) or one of another scaling than the contract is
+    refused with :class:`CacheMismatchError` naming both. Without ``cache_size`` (the zero-shot CLIP, whose contract
+    may scale intensities differently) a cache of another scaling is skipped with a warning and raw files are read;
+    one smaller than the input is still refused."""
+
+    def __init__(self, image_dir: str | Path, preprocess: PreprocessConfig, cache_dir: str | Path | None = None,
+                 cache_size: int | None = None):
         self.image_dir, self.preprocess, self.size = Path(image_dir), preprocess, preprocess.size
-        self.cache_dir = Path(cache_dir) if cache_dir and self._cache_matches(Path(cache_dir)) else None
+        self.cache_dir = Path(cache_dir) if cache_dir and self._cache_matches(Path(cache_dir), cache_size) else None
         self._memory: dict[str, np.ndarray] = {}
 
-    def _cache_matches(self, cache_dir: Path) -> bool:
+    def _cache_matches(self, cache_dir: Path, cache_size: int | None) -> bool:
         """A cache holds intensity-scaled squares: usable when its scaling and percentiles are the contract's."""
         if not (cache_dir / CACHE_CONFIG).exists():
-            return False
+            raise CacheMismatchError(f"{cache_dir} is not a preprocess cache (no {CACHE_CONFIG}); make one with "
+                                     "cxrlt data preprocess")
         cached = PreprocessConfig.from_dict(json.loads((cache_dir / CACHE_CONFIG).read_text()))
+        if cache_size is not None and cached.size != cache_size:
+            raise CacheMismatchError(f"cache {cache_dir} holds {cached.size} px images; the profile's data.cache_size "
+                                     f"is {cache_size} px (preprocess again at {cache_size}, or use its cache)")
+        if cached.size < self.size:
+            raise CacheMismatchError(f"cache {cache_dir} holds {cached.size} px images; the network input is "
+                                     f"{self.size} px and would be upsampled")
         if (cached.scaling, cached.percentiles) != (self.preprocess.scaling, self.preprocess.percentiles):
+            if cache_size is not None:
+                raise CacheMismatchError(
+                    f"cache {cache_dir} was made with {cached.scaling} scaling {cached.percentiles}; the profile's "
+                    f"contract is {self.preprocess.scaling} {self.preprocess.percentiles}")
             log.warning("cache %s was made with %s scaling %s; the model's contract needs %s %s: reading raw files",
                         cache_dir, cached.scaling, cached.percentiles, self.preprocess.scaling,
                         self.preprocess.percentiles)

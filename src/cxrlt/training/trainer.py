@@ -149,7 +149,7 @@ def train_member(req: TrainRequest) -> dict:
     size, in_chans, mirror = contract.size, contract.channels, cfg.get("weights_mirror")
     train_df, val_df = _frames(Path(req.data_dir), cfg, view, req.splits)
     y_train, y_val = _targets(train_df, router), _targets(val_df, router)
-    store = ImageStore(Path(req.data_dir) / IMAGES_DIR, contract, req.cache_dir)
+    store = ImageStore(Path(req.data_dir) / IMAGES_DIR, contract, req.cache_dir, cfg["data"]["cache_size"])
     if cfg["data"].get("preload", True):
         store.preload(pd.concat([train_df["ImageID"], val_df["ImageID"]]), progress=req.progress and info.is_main)
     aug = AugmentConfig.from_dict(ts.get("augment"))
