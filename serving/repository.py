@@ -175,7 +175,8 @@ def _onnx_model(repo: Path, name: str, onnx_file: Path, in_dims: list[int], out_
         params = {"intra_op_thread_count": str(opts.ort_threads), "inter_op_thread_count": "1"}
         gpu = opts.device == "gpu"
         _write(repo, compute_config(name, inputs, outputs, opts, platform="onnxruntime_onnx", params=params,
-                                    kind="KIND_GPU" if gpu else "KIND_CPU", instances=opts.gpu_instances if gpu else None,
+                                    kind="KIND_GPU" if gpu else "KIND_CPU",
+                                    instances=opts.gpu_instances if gpu else None,
                                     optimization=accelerators), {"model.onnx": onnx_file})
     else:
         _python_model(repo, compute_config(name, inputs, outputs, opts, params={

@@ -167,7 +167,6 @@ def test_router_step_is_a_no_op_for_a_profile_without_router(tmp_path):
     from components.train_member.component import train_member
     from cxrlt.config import load_config, pipeline_jobs
     from cxrlt.dataplane import publish, read_location
-
     from cxrlt.pipeline_steps import plan_run
 
     art = _artifact(tmp_path / "router")
