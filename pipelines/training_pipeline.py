@@ -52,7 +52,7 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                       split_seed: int = -1, member_threads: int = 0, shared_root: str = SHARED_ROOT):
     """Settings the profile defines (cache size, members, split, gate) are read from it at run time by plan_run;
     a parameter left at its marker (0, -1.0, -1 or []) takes the profile's value, any other value overrides it."""
-    run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's UUID: unique, and the same in every step and loop iteration
     plan = _cluster_settings(plan_run(
         config=config, shared_root=shared_root, run_id=run_id, cache_size=cache_size,
         val_fraction=val_fraction, split_seed=split_seed, min_map=min_map, min_mauroc=min_mauroc, max_ece=max_ece,

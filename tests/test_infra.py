@@ -1,7 +1,6 @@
 """infra/: overlays render, core resources validate against Kubernetes schemas, the TrainJob against the Trainer CRD,
 and names/ports/images agree with cxrlt.platform."""
 
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -162,38 +161,6 @@ def test_network_policies_restrict_triton_grpc_and_mlflow(rendered):
     mlflow = _by_kind(docs, "NetworkPolicy", "mlflow-ingress")["spec"]["ingress"][0]
     assert mlflow["from"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": P.PIPELINES_NAMESPACE}
-
-
-def _schedule_module():
-    spec = importlib.util.spec_from_file_location("schedule_retraining",
-                                                  ROOT / "infra" / "scripts" / "schedule_retraining.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_schedule_script_creates_a_recurring_run():
-    mod = _schedule_module()
-    calls = {}
-
-    class FakeClient:
-        def create_experiment(self, name, namespace=None):
-            calls["experiment"] = name
-            return type("E", (), {"experiment_id": "exp-1"})()
-
-        def create_recurring_run(self, **kwargs):
-            calls["run"] = kwargs
-            return type("R", (), {"recurring_run_id": "rr-1"})()
-
-    params = mod.parse_params(["data_uri=s3://b/d", "epochs=3"])
-    run = mod.schedule("http://kfp", "p.yaml", "0 0 2 * * 0", params, client=FakeClient())
-    assert run.recurring_run_id == "rr-1" and calls["experiment"] == mod.EXPERIMENT
-    assert calls["run"]["params"] == {"data_uri": "s3://b/d", "epochs": 3}
-    assert calls["run"]["no_catchup"] is True and calls["run"]["max_concurrency"] == 1
-    with pytest.raises(ValueError, match="6 fields"):
-        mod.validate_cron("0 2 * * 0")
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        mod.parse_params(["oops"])
 
 
 def test_pods_are_hardened(rendered):

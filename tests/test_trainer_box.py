@@ -166,7 +166,7 @@ def test_training_pipeline_with_two_node_trainjobs_in_containers(synth_data, tmp
         assert all(j["status"]["conditions"][-1]["type"] == "Complete" for j in jobs.values())
         assert all(j["spec"]["trainer"]["numNodes"] == 2 for j in jobs.values())
         run = Path(result["run_dir"])
-        runs = root / "shared" / "runs" / run.name
+        (runs,) = (root / "shared" / "runs").iterdir()  # one run, named by its id
         card = json.loads((runs / "members" / "frontal-pcam" / "frontal" / "pcam" / "member.json").read_text())
         assert card["world_size"] == 2 and card["data_dir"].startswith(P.SHARED_ROOT)
         assert json.loads((runs / "zeroshot" / "zeroshot.json").read_text())["world_size"] == 2

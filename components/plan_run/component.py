@@ -19,7 +19,7 @@ def plan_run(config: str, shared_root: str, run_id: str, cache_size: int = 0, va
     Args:
         config: profile YAML path.
         shared_root: where this step sees the shared volume (the cxrlt-cache PVC at /data on a cluster).
-        run_id: the pipeline run's name (scopes every path the run writes).
+        run_id: the pipeline run's id (scopes every path the run writes).
         cache_size: preprocess side in pixels (0 = profile's data.cache_size).
         val_fraction: validation fraction of patients (0 = profile's data.val_fraction).
         split_seed: split seed (-1 = profile's data.split_seed).

@@ -18,7 +18,7 @@ def train_member(view: str, member: str, run_id: str, data_dir: str, cache: Inpu
     Args:
         view: frontal, lateral, mixed, or "" for the router.
         member: pcam (+cait when the profile has one), swin, mlp, csra, cait-less pcam ("pcam-only"), or router.
-        run_id: the pipeline run's name: the run's folder and its copy of the profile (plan_run wrote it) follow.
+        run_id: the pipeline run's id: the run's folder and its copy of the profile (plan_run wrote it) follow.
         data_dir: CXR-LT data directory (on the shared volume for a TrainJob).
         cache: preprocess cache (a location on the shared volume).
         splits: manifests from the split step (removal list and label source applied).

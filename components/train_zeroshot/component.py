@@ -12,7 +12,7 @@ def train_zeroshot(run_id: str, data_dir: str, cache: Input[Dataset], splits: In
     calibrate it; returns the known-class validation mAP.
 
     Args:
-        run_id: the pipeline run's name: the run's folder and its copy of the profile (plan_run wrote it) follow.
+        run_id: the pipeline run's id: the run's folder and its copy of the profile (plan_run wrote it) follow.
         data_dir: CXR-LT data directory (on the shared volume for a TrainJob).
         cache: preprocess cache (used when its size and scaling match the CLIP's contract).
         splits: manifests from the split step (removal list and label source applied).
