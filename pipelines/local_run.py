@@ -85,6 +85,8 @@ def run_training_local(pipeline_root: str | Path, runner: str = "subprocess", ku
 
 
 def run_promotion_local(pipeline_root: str | Path, **params) -> None:
+    """Execute ``promotion_pipeline`` here; there is no Triton Deployment to roll, so ``rollout`` defaults off."""
+    params.setdefault("rollout", False)
     from kfp import local
 
     from pipelines.promotion_pipeline import promotion_pipeline

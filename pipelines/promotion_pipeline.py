@@ -8,9 +8,11 @@ from cxrlt.platform import MLFLOW_CLIENT_KEYS, SECRETS
 
 
 @dsl.pipeline(name="cxrlt-promotion", description="Move the champion alias to a non-inferior challenger.")
-def promotion_pipeline(tracking_uri: str, labels_csv: str, model_name: str = "cxrlt-bundle", margin: float = 0.02):
-    task = promote(tracking_uri=tracking_uri, labels_csv=labels_csv, model_name=model_name,
-                   margin=margin).set_caching_options(False)
+def promotion_pipeline(tracking_uri: str, labels_csv: str, model_name: str = "cxrlt-bundle", margin: float = 0.02,
+                       rollout: bool = True):
+    """On a cluster a promotion also pins the Triton Deployment to the new champion's version (``rollout``)."""
+    task = promote(tracking_uri=tracking_uri, labels_csv=labels_csv, model_name=model_name, margin=margin,
+                   rollout=rollout).set_caching_options(False)
     # moving aliases needs an MLflow account with edit rights on the registered model (basic auth in every overlay)
     kubernetes.use_secret_as_env(task, secret_name=SECRETS["mlflow_client"],
                                  secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})

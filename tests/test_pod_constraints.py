@@ -95,13 +95,18 @@ def _sandbox_args(pod: dict, container: dict, volumes: dict[str, Path], binds: d
     return [*args, "--remount-ro", "/"]
 
 
-def _pod_env(container: dict, tracking_uri: str, extra_path: list[Path]) -> dict[str, str]:
+def _pod_env(container: dict, tracking_uri: str, extra_path: list[Path],
+             config_maps: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
     """The container's env as the cluster would give it: values as written (the MLflow Service name pointed at the
-    test's server), Secret references resolved to test values; PATH as in the images."""
+    test's server), ConfigMap references from ``config_maps``, Secret references resolved to test values; PATH as in
+    the images."""
     env = {"PATH": ":".join([*map(str, extra_path), "/usr/local/bin", "/usr/bin", "/bin"])}
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"].replace(P.MLFLOW_TRACKING_URI, tracking_uri)
+        elif "configMapKeyRef" in item["valueFrom"]:
+            ref = item["valueFrom"]["configMapKeyRef"]
+            env[item["name"]] = (config_maps or {})[ref["name"]][ref["key"]]
         else:
             env[item["name"]] = f"test-{item['valueFrom']['secretKeyRef']['key'].lower()}"
     return env
@@ -158,7 +163,8 @@ def champion(tiny_bundle, tmp_path_factory):
         assert mlflow_server.stop(state_dir=root / "state")
 
 
-def _run_init(pod: dict, tracking_uri: str, root: Path, onnx_runtime: str | None = None):
+def _run_init(pod: dict, tracking_uri: str, root: Path, version: str, onnx_runtime: str | None = None):
+    """The init container with the rollout ConfigMap pinning ``version`` (what `cxrlt serve rollout` writes)."""
     init = pod["initContainers"][0]
     args = list(init["args"])
     if onnx_runtime:  # the wheel's tritonserver has only the python backend (see the module docstring)
@@ -166,7 +172,8 @@ def _run_init(pod: dict, tracking_uri: str, root: Path, onnx_runtime: str | None
         if "--device" in args:  # ... and no GPU here
             del args[args.index("--device") : args.index("--device") + 2]
     volumes = _volumes(pod, root)
-    env = _pod_env(init, tracking_uri, [Path(sys.executable).parent])
+    env = _pod_env(init, tracking_uri, [Path(sys.executable).parent],
+                   {P.ROLLOUT_CONFIGMAP: {P.ROLLOUT_KEY: version}})
     sandbox = _sandbox_args(pod, init, volumes, {}, env, net=True)
     result = subprocess.run([*sandbox, *_expand([*init["command"], *args], env)], capture_output=True, text=True,
                             timeout=600)
@@ -176,7 +183,7 @@ def _run_init(pod: dict, tracking_uri: str, root: Path, onnx_runtime: str | None
 def test_init_container_builds_the_verified_champion_repository_under_pod_constraints(champion, tmp_path):
     tracking_uri, version = champion
     pod = _triton_pod("prod")
-    result, volumes = _run_init(pod, tracking_uri, tmp_path)
+    result, volumes = _run_init(pod, tracking_uri, tmp_path, version)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     repo = volumes["models"]
     assert (repo / "cxr" / "config.pbtxt").exists() and list(repo.glob("*/1/model.onnx"))
@@ -190,9 +197,9 @@ def test_init_container_builds_the_verified_champion_repository_under_pod_constr
 def test_server_container_becomes_ready_under_pod_constraints(champion, tmp_path):
     from serving.server import _backend_dir, _tritonserver_dir, ensure_serving_env
 
-    tracking_uri, _ = champion
+    tracking_uri, version = champion
     pod = _triton_pod("prod")
-    result, volumes = _run_init(pod, tracking_uri, tmp_path / "pod", onnx_runtime="python")
+    result, volumes = _run_init(pod, tracking_uri, tmp_path / "pod", version, onnx_runtime="python")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     env_dir = ensure_serving_env()
     IMAGE_PATHS.add(env_dir.resolve())

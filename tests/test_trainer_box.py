@@ -82,10 +82,10 @@ def test_step_refuses_paths_the_pods_cannot_see(tmp_path):
         volume.to_pod(tmp_path / "elsewhere", "data_dir")
 
 
-def test_trainjob_step_fails_when_the_pods_write_nothing(tmp_path):
+def test_trainjob_step_fails_when_the_pods_write_nothing(tmp_path, monkeypatch):
     """The step verifies what the TrainJob wrote: a job that 'completes' without a member card fails the step
     naming the folder (the bug where pods wrote to paths the step never saw)."""
-    from cxrlt import pipeline_steps
+    from cxrlt import launch, pipeline_steps
     from cxrlt.dataplane import DataPlaneError, publish
     from tests.conftest import TINY_CONFIG
 
@@ -96,17 +96,15 @@ def test_trainjob_step_fails_when_the_pods_write_nothing(tmp_path):
     for name in ("cache", "splits", "data"):
         (shared / name).mkdir()
     publish(tmp_path / "c", shared / "cache", "cache")
-    launched = []
-    original = pipeline_steps._launch
-    pipeline_steps._launch = lambda args, *a, **k: launched.append(args)
-    try:
-        with pytest.raises(DataPlaneError, match="wrote no member.json in .*members/frontal-swin/frontal/swin"):
-            pipeline_steps.train_networks("frontal", "swin", str(shared), "r1", str(shared / "data"),
-                                          shared / "cache", shared / "splits", str(tmp_path / "art"),
-                                          launcher="trainjob")
-    finally:
-        pipeline_steps._launch = original
-    (args,) = launched
+    created = []
+    monkeypatch.setattr(launch, "launch_trainjob", created.append)  # the job "completes" and writes nothing
+    with pytest.raises(DataPlaneError, match="wrote no member.json in .*members/frontal-swin/frontal/swin"):
+        pipeline_steps.train_networks("frontal", "swin", str(shared), "r1", str(shared / "data"), shared / "cache",
+                                      shared / "splits", str(tmp_path / "art"), launcher="trainjob", num_nodes=2)
+    (body,) = created
+    trainer = body["spec"]["trainer"]
+    args = trainer["args"]
+    assert trainer["numNodes"] == 2 and trainer["command"] == ["torchrun", "-m", "cxrlt.cli"]
     assert args[args.index("--out") + 1] == "/data/runs/r1/members/frontal-swin/frontal/swin"
     assert args[args.index("--config") + 1] == "/data/runs/r1/profile.yaml"
     assert args[args.index("--cache") + 1] == "/data/cache" and args[args.index("--data") + 1] == "/data/data"

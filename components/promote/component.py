@@ -4,17 +4,25 @@ from components._base import TOOLS_IMAGE
 
 
 @dsl.component(base_image=TOOLS_IMAGE, install_kfp_package=False)
-def promote(tracking_uri: str, labels_csv: str, model_name: str = "cxrlt-bundle", margin: float = 0.02) -> str:
-    """Move ``champion`` to ``challenger`` if it passed its gate and is non-inferior (paired bootstrap CI).
+def promote(tracking_uri: str, labels_csv: str, model_name: str = "cxrlt-bundle", margin: float = 0.02,
+            rollout: bool = False) -> str:
+    """Move ``champion`` to ``challenger`` if it passed its gate and is non-inferior (paired bootstrap CI); with
+    ``rollout``, pin the Triton Deployment to the new champion's version (cxrlt.rollout).
 
     Args:
         tracking_uri: MLflow tracking URI.
         labels_csv: labels of the evaluation set both versions were scored on.
         model_name: registered model name.
         margin: non-inferiority margin on mAP.
+        rollout: after a promotion, pin the served version to the new champion (needs the cxrlt-rollout Role).
     """
     import json
 
     from cxrlt.registry import promote as promote_version
 
-    return json.dumps(promote_version(labels_csv, model_name, tracking_uri, margin))
+    decision = promote_version(labels_csv, model_name, tracking_uri, margin)
+    if rollout and decision["promoted"]:
+        from cxrlt.rollout import rollout as pin
+
+        decision["rollout"] = pin(str(decision["challenger"]), model_name, tracking_uri)
+    return json.dumps(decision)

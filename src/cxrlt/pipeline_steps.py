@@ -81,7 +81,7 @@ def _launch(args: list[str], launcher: str, key: str, run_dir: str, nproc: int, 
     if launcher == "local":
         launch_local(args, nproc, threads=threads)
     else:
-        launch_trainjob(trainjob_body(trainjob_name(f"cxrlt-{key}", args, run_dir), args, gpus_per_node,
+        launch_trainjob(trainjob_body(trainjob_name(f"cxrlt-{key}", args, str(run_dir)), args, gpus_per_node,
                                       num_nodes=num_nodes, nproc_per_node=nproc))
 
 

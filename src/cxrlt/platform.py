@@ -49,6 +49,12 @@ REGISTERED_MODEL = "cxrlt-bundle"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 
+#: the ConfigMap that pins the model version every Triton replica serves (set by `cxrlt serve rollout` / promotion),
+#: its key, and the pod-template annotation whose change rolls the Deployment
+ROLLOUT_CONFIGMAP = "cxrlt-rollout"
+ROLLOUT_KEY = "model_version"
+ROLLOUT_ANNOTATION = "cxrlt.io/model-version"
+
 SERVICE_ACCOUNTS = {
     "pipeline": "cxrlt-pipeline-runner",  # in PIPELINES_NAMESPACE; may create/watch TrainJobs in NAMESPACE
     "trainer": "cxrlt-trainer",  # TrainJob pods: no permissions, no token

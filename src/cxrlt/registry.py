@@ -314,6 +314,9 @@ def resolve_version(model_uri: str, tracking_uri: str | None = None) -> tuple[st
         name, _, alias = rest.partition("@")
         return name, str(_client(tracking_uri).get_model_version_by_alias(name, alias).version)
     name, _, version = rest.partition("/")
+    if version == "none":
+        raise RegistryError(f"{model_uri}: no version has been rolled out yet; run `cxrlt serve rollout --version "
+                            "@champion` (or a promotion with rollout)")
     if not version.isdigit():
         raise RegistryError(f"{model_uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
     return name, version

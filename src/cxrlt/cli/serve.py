@@ -90,6 +90,29 @@ def serve_build(
                f"{summary['model_version']})")
 
 
+@serve_app.command("rollout")
+def serve_rollout(
+    version: Annotated[str, typer.Option(
+        help="@alias (resolved once, now) or a version number of the registered model.")] = "@champion",
+    model_name: Annotated[str, typer.Option(help="Registered model.")] = "cxrlt-bundle",
+    tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI.")] = None,
+    namespace: Annotated[str, typer.Option(help="Kubernetes namespace of the Triton Deployment.")] = "cxrlt",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve and print; change nothing.")] = False,
+) -> None:
+    """Pin the cluster's Triton Deployment to one registered version and roll its pods (prints JSON).
+
+    The version goes into the cxrlt-rollout ConfigMap that every replica's init container reads, and the pod
+    template's cxrlt.io/model-version annotation changes, which starts the rolling update."""
+    from cxrlt.registry import RegistryError
+    from cxrlt.rollout import rollout
+
+    try:
+        result = rollout(version, model_name, tracking_uri, namespace=namespace, dry_run=dry_run)
+    except RegistryError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result))
+
+
 @serve_app.command("up")
 def serve_up(
     repository: Annotated[Path, typer.Option(help="Model repository (cxrlt serve build).")],
