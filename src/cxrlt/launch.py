@@ -127,8 +127,8 @@ def _custom_objects_api():
 
     try:
         config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    except config.ConfigException:  # KUBECONFIG read now (the client reads it once, at import)
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.CustomObjectsApi()
 
 

@@ -9,6 +9,8 @@ never disagree because one of them resolved ``@champion`` later than the others.
 
 from __future__ import annotations
 
+import os
+
 from cxrlt.platform import (
     NAMESPACE,
     REGISTERED_MODEL,
@@ -25,8 +27,8 @@ def _kube_apis():
 
     try:
         config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    except config.ConfigException:  # KUBECONFIG read now (the client reads it once, at import)
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.CoreV1Api(), client.AppsV1Api()
 
 
