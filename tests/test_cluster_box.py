@@ -4,10 +4,19 @@
 What a cluster would supply is the only substitution, each one what the kubelet or the cluster does:
 - `$(VAR)` in a container's command and args is expanded from its environment (the kubelet does this; podman 4.3
   does not);
-- Secrets are podman secrets holding the Kubernetes Secret YAML (`stringData`), secret volumes are marked
-  `optional: false` (podman 4.3 crashes without it), and the rollout ConfigMap is passed with `--configmap`;
-- Services are the host's loopback: pods run with `hostNetwork` and `hostAliases` map the Service DNS names to
-  127.0.0.1 (so the fixed ports 5000, 8000-8002 and 8333 must be free);
+- Secret and ConfigMap references in the environment are resolved into values, as the kubelet injects them
+  (podman 4.3 reads env Secrets in another format than volume Secrets); secret volumes are podman secrets holding
+  the Kubernetes Secret YAML with the plain values under `data` (podman 4.3 ignores `stringData` and writes `data`
+  values verbatim, without base64-decoding them), marked `optional: false` (podman 4.3 crashes without it), and
+  the named volume podman fills from each Secret is removed before and after (it outlives `kube down`);
+- Services are the host's loopback: pods run with `hostNetwork`, and a Service's DNS name in an environment value
+  or argument becomes 127.0.0.1 (podman 4.3 does not write `hostAliases` into a host-network container's
+  /etc/hosts), so the fixed ports 5000, 8000-8002 and 8333 must be free; `ports` declarations are dropped, since
+  podman 4.3 turns them into port mappings, which the host network refuses;
+- each emptyDir is a fresh world-writable folder of this pod (hostPath): podman 4.3 gives an emptyDir the owner and
+  mode of the image's folder at that path (root's `/dev/shm`), where Kubernetes makes it writable;
+- pods restart `OnFailure` rather than `Always`: podman 4.3 gives init containers the pod's restart policy, so under
+  `Always` an init container that succeeded is started again and again and the server never starts;
 - probes and the preStop hook are dropped: they are the kubelet's, and podman 4.3 turns HTTP probes into `curl`
   commands that the images do not ship.
 Images, users, read-only root filesystems, capabilities, init containers, emptyDirs, environment and arguments are
@@ -38,26 +47,39 @@ PORTS = (P.MLFLOW_PORT, *P.TRITON_PORTS.values(), 8333)
 SERVICES = (P.MLFLOW_SERVICE, P.TRITON_SERVICE, "object-storage")
 
 
-def _hostnames() -> list[str]:
-    return [h for s in SERVICES for h in (s, f"{s}.{P.NAMESPACE}", f"{s}.{P.NAMESPACE}.svc",
-                                          f"{s}.{P.NAMESPACE}.svc.cluster.local")]
+SERVICE_DNS = re.compile(rf"\b({'|'.join(SERVICES)})\.{P.NAMESPACE}\.svc\.cluster\.local\b")
 
 
 def _expand(values: list[str], env: dict[str, str]) -> list[str]:
     return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), v) for v in values]
 
 
-def _as_played(deployment: dict, secret_data: dict, config_maps: dict) -> dict:
+def _loopback(value: str) -> str:
+    """A Service's cluster DNS name -> the host's loopback, where the pod listens (host network)."""
+    return SERVICE_DNS.sub("127.0.0.1", value)
+
+
+def _as_played(deployment: dict, secret_data: dict, config_maps: dict, scratch: Path) -> dict:
     """The Deployment with the cluster's substitutions (see the module docstring) and nothing else changed."""
     dep = copy.deepcopy(deployment)
     pod = dep["spec"]["template"]["spec"]
     pod["hostNetwork"] = True
-    pod["hostAliases"] = [{"ip": "127.0.0.1", "hostnames": _hostnames()}]
+    pod["restartPolicy"] = "OnFailure"
     for volume in pod.get("volumes", []):
         if "secret" in volume:
             volume["secret"]["optional"] = False
+        if "emptyDir" in volume:
+            folder = scratch / f"{dep['metadata']['name']}-{volume.pop('name')}"
+            folder.mkdir(parents=True)
+            folder.chmod(0o1777)
+            volume.pop("emptyDir")
+            volume.update(name=folder.name, hostPath={"path": str(folder), "type": "Directory"})
+            for container in pod.get("initContainers", []) + pod["containers"]:
+                for mount in container.get("volumeMounts", []):
+                    if mount["name"] == folder.name.removeprefix(f"{dep['metadata']['name']}-"):
+                        mount["name"] = folder.name
     for container in pod.get("initContainers", []) + pod["containers"]:
-        for key in ("livenessProbe", "readinessProbe", "startupProbe", "lifecycle"):
+        for key in ("livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "ports"):
             container.pop(key, None)
         env = {}
         for item in container.get("env", []):
@@ -69,9 +91,12 @@ def _as_played(deployment: dict, secret_data: dict, config_maps: dict) -> dict:
             else:
                 ref = item["valueFrom"]["configMapKeyRef"]
                 env[item["name"]] = config_maps[ref["name"]][ref["key"]]
+        env = {k: _loopback(v) for k, v in env.items()}
+        if "env" in container:
+            container["env"] = [{"name": k, "value": v} for k, v in env.items()]
         for key in ("command", "args"):
             if key in container:
-                container[key] = _expand(container[key], env)
+                container[key] = [_loopback(a) for a in _expand(container[key], env)]
     return dep
 
 
@@ -158,16 +183,16 @@ def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bun
     for name, data in secret_data.items():
         spec = tmp_path / f"secret-{name}.yaml"
         spec.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-                                        "stringData": data}))
+                                        "data": data}))
         _podman("secret", "rm", name, check=False)
+        _podman("volume", "rm", "-f", name, check=False)
         _podman("secret", "create", name, str(spec))
 
-    def play(name: str, config_map: Path | None = None) -> None:
+    def play(name: str) -> None:
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(_as_played(deployments[name], secret_data, config_maps)))
+        path.write_text(yaml.safe_dump(_as_played(deployments[name], secret_data, config_maps, tmp_path / "volumes")))
         files.append(path)
-        extra = ["--configmap", str(config_map)] if config_map else []
-        _podman("kube", "play", *extra, str(path), timeout=600)
+        _podman("kube", "play", str(path), timeout=600)
         pods.extend(c for c in _podman("ps", "-a", "--format", "{{.Names}}").stdout.split() if c.startswith(name))
 
     try:
@@ -199,10 +224,7 @@ def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bun
         version = pinned_version("@champion", tracking_uri=uri)
         assert version == registered
         config_maps[P.ROLLOUT_CONFIGMAP][P.ROLLOUT_KEY] = version
-        rollout = next(d for d in docs if d["kind"] == "ConfigMap")
-        rollout = {**rollout, "data": {P.ROLLOUT_KEY: version}}
-        (tmp_path / "rollout.yaml").write_text(yaml.safe_dump(rollout))
-        play(P.TRITON_SERVICE, tmp_path / "rollout.yaml")
+        play(P.TRITON_SERVICE)
         _wait(f"http://127.0.0.1:{P.TRITON_PORTS['http']}/v2/health/ready", "Triton", pods, timeout=600)
 
         ids = pd.read_csv(synth_data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:3]
@@ -221,12 +243,13 @@ def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bun
                                        ref.loc[i, list(KNOWN_CLASSES)].to_numpy(float), atol=1e-4)
         plain = CXRClient(f"localhost:{P.TRITON_PORTS['grpc']}", tls=TLSOptions(ca=pki / "ca.pem"), retries=0)
         try:
-            with pytest.raises(Exception):  # noqa: B017 - no client certificate: the TLS handshake is refused
-                plain.infer_files(pngs[:1])
+            (refused,) = plain.infer_files(pngs[:1])  # no client certificate: the TLS handshake is refused
         finally:
             plain.close()
+        assert refused.error and not refused.known, refused
     finally:
         for path in reversed(files):
             _podman("kube", "down", str(path), check=False)
         for name in secret_data:
             _podman("secret", "rm", name, check=False)
+            _podman("volume", "rm", "-f", name, check=False)
