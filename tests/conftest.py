@@ -123,3 +123,23 @@ def _restore_mlflow_tracking_uri():
         import mlflow
 
         mlflow.set_tracking_uri(before)  # None unsets both
+
+
+def served_images_and_check(synth_data: Path, ensemble: Path, infer, count: int = 3) -> list:
+    """Send ``count`` test-split PNGs through ``infer`` (a client's ``infer_files``) and check every answer against
+    the in-process predictor of ``ensemble``: no error, the same view, the 30 known findings within 1e-4."""
+    import numpy as np
+    import pandas as pd
+
+    from cxrlt.inference import EnsemblePredictor
+    from cxrlt.labels import KNOWN_CLASSES
+
+    ids = pd.read_csv(synth_data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:count]
+    pngs = [synth_data / "images" / i for i in ids]
+    results = infer(pngs)
+    ref = EnsemblePredictor(ensemble).predict_files(pngs)
+    for i, r in enumerate(results):
+        assert r.error == "" and r.view == ref.loc[i, "view"]
+        np.testing.assert_allclose([r.known[c] for c in KNOWN_CLASSES], ref.loc[i, list(KNOWN_CLASSES)].to_numpy(float),
+                                   atol=1e-4)
+    return results
