@@ -228,3 +228,17 @@ def test_ci_workflow_lints_tests_compiles_and_uploads_on_main():
     upload = next(job for job in workflow["jobs"].values() if any("pipeline upload" in s.get("run", "")
                                                                  for s in job["steps"]))
     assert "refs/heads/main" in upload["if"]
+
+
+def test_schedule_points_at_an_uploaded_version(kfp_stub, compiled):
+    host, state = kfp_stub
+    result = CliRunner().invoke(app, ["pipeline", "schedule", "--host", host, "--cron", "0 0 2 * * 0", "--package",
+                                      str(compiled / "training_pipeline.yaml"), "--pipeline-id", "p-9",
+                                      "--version-id", "v-3", *[a for p in README_PARAMS for a in ("--param", p)]])
+    assert result.exit_code == 0, result.output
+    (run,) = state["recurring"].values()
+    assert run["pipeline_version_reference"] == {"pipeline_id": "p-9", "pipeline_version_id": "v-3"}
+    assert "pipeline_spec" not in run  # the uploaded version runs, not the local package
+    half = CliRunner().invoke(app, ["pipeline", "schedule", "--host", host, "--cron", "0 0 2 * * 0",
+                                    "--version-id", "v-3"])
+    assert half.exit_code == 1 and "together" in half.output
