@@ -113,10 +113,11 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, synth_data, tm
     _need(engine, "tools")
 
     @dsl.pipeline(name="cxrlt-data-steps")
-    def data_steps(data_dir: str):
+    def data_steps(data_dir: str, shared_root: str, run_dir: str):
         checked = validate_data(data_dir=data_dir, min_positives=0).set_caching_options(False)
-        preprocess(data_dir=data_dir, size=32).after(checked).set_caching_options(False)
-        split_projection(data_dir=data_dir, label_source="all", removal_csv="", val_fraction=0.2,
+        preprocess(data_dir=data_dir, data_hash=checked.outputs["Output"], shared_root=shared_root,
+                   size=32).set_caching_options(False)
+        split_projection(data_dir=data_dir, run_dir=run_dir, label_source="all", removal_csv="", val_fraction=0.2,
                          seed=0).after(checked).set_caching_options(False)
 
     outputs = {}
@@ -124,23 +125,31 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, synth_data, tm
         root = tmp_path / runner
         data = root / "data"  # the data lives under the pipeline root: the only host folder the runner mounts
         shutil.copytree(synth_data, data)
+        (root / "shared").mkdir()
         give_to_container_user(root)  # the components run as uid 1000 in their images
+        params = {"data_dir": str(data), "shared_root": str(root / "shared"),
+                  "run_dir": str(root / "shared" / "runs" / "r1")}
         if runner == "docker":
             with docker_api():
                 local.init(runner=local.DockerRunner(network_mode="host"), pipeline_root=str(root),
                            raise_on_error=True)
-                data_steps(data_dir=str(data))
+                data_steps(**params)
         else:
             local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-            data_steps(data_dir=str(data))
+            data_steps(**params)
         run = next(root.glob("cxrlt-data-steps-*"))
-        outputs[runner] = {p.relative_to(run).as_posix(): p for p in run.rglob("*") if p.is_file()
-                           and p.name != "executor_output.json"}
+        # the artifacts (locations with digests) and what they point to on the shared volume
+        files = {p.relative_to(run).as_posix(): p for p in run.rglob("*") if p.is_file()
+                 and p.name != "executor_output.json"}
+        files.update({p.relative_to(root).as_posix(): p for p in (root / "shared").rglob("*") if p.is_file()})
+        outputs[runner] = files
     assert outputs["docker"].keys() == outputs["subprocess"].keys() and outputs["docker"]
     for rel, path in outputs["subprocess"].items():
         other = outputs["docker"][rel]
         if path.suffix == ".npy":
             np.testing.assert_array_equal(np.load(path), np.load(other), err_msg=rel)
+        elif path.suffix == ".png":
+            assert path.read_bytes() == other.read_bytes(), rel
         elif path.suffix in (".json", ".csv", ".txt"):
             assert path.read_text().replace(str(tmp_path / "subprocess"), "ROOT") == \
                 other.read_text().replace(str(tmp_path / "docker"), "ROOT"), rel
