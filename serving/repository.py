@@ -23,9 +23,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+import cxrlt.scoring
 from cxrlt.export import bundle_contracts, load_bundle
+from cxrlt.labels import UNSEEN_CLASSES
+from cxrlt.scoring import scoring_fields
 
 MODELS_DIR = Path(__file__).parent / "models"
+#: the one scoring module, shipped beside every python model that scores (as the image contract is)
+SCORING_FILE = {"cxrlt_scoring.py": Path(cxrlt.scoring.__file__)}
 ONNX_RUNTIMES = ("python", "native")
 
 
@@ -160,6 +165,7 @@ def _write(repo: Path, spec: dict, files: dict[str, Path] | None = None) -> None
 
 
 def _python_model(repo: Path, spec: dict, source: str, files: dict[str, Path] | None = None) -> None:
+    """A python-backend model: its ``model.py``, the shared helpers, and the library files it imports."""
     _write(repo, spec, {"model.py": MODELS_DIR / source, "_common.py": MODELS_DIR / "_common.py", **(files or {})})
 
 
@@ -184,17 +190,10 @@ def _onnx_model(repo: Path, name: str, onnx_file: Path, in_dims: list[int], out_
             {"model.onnx": onnx_file})
 
 
-def _class_vectors(calibration: dict | None, classes: list[str]) -> dict:
-    """The bundle's per-class calibration as vectors in the served class order (identity when absent)."""
-    calibration = calibration or {}
-    return {"a": [float(calibration.get("a", {}).get(c, 1.0)) for c in classes],
-            "b": [float(calibration.get("b", {}).get(c, 0.0)) for c in classes]}
-
-
 def _view_models(repo: Path, bundle: dict, view: str, vspec: dict, onnx: Path, shape: list[int],
                  opts: ServingOptions) -> None:
     """One view: its members (a shared trunk computed once where the bundle has one), the combiner, the ensemble."""
-    known = bundle["known_classes"]
+    known, scoring = bundle["known_classes"], json.dumps(scoring_fields(bundle))
     shared = vspec.get("shared_trunk")
     steps = []
     if shared:
@@ -209,10 +208,7 @@ def _view_models(repo: Path, bundle: dict, view: str, vspec: dict, onnx: Path, s
     _python_model(repo, compute_config(
         f"{view}_combiner", [tensor(n, "TYPE_FP32", [len(known)]) for n in weights],
         [tensor("PROBS", "TYPE_FP32", [len(known)])], opts, instances=1,
-        params={"weights": weights, "normal_gate_alpha": str(bundle.get("normal_gate_alpha") or 0),
-                "combine": bundle.get("combine", "logit"),
-                "calibration": _class_vectors(bundle.get("calibration"), known),
-                "normal_index": str(known.index("Normal"))}), "combiner.py")
+        params={"scoring": scoring, "view": view}), "combiner.py", SCORING_FILE)
     steps.append((f"{view}_combiner", {f"LOGITS_{k}": f"logits_{k}" for k in vspec["members"]}, {"PROBS": "PROBS"}))
     _write(repo, ensemble_config(f"{view}_ensemble", [tensor("INPUT", "TYPE_FP32", shape)],
                                  [tensor("PROBS", "TYPE_FP32", [len(known)])], steps, opts))
@@ -259,15 +255,15 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
         _onnx_model(repo, "clip_image", onnx / "clip_image.onnx", zs_shape, [dim], opts)
         _python_model(repo, compute_config(
             "zeroshot_head", [tensor("EMBEDDING", "TYPE_FP32", [dim])],
-            [tensor("PROBS", "TYPE_FP32", [len(zs["classes"])])], opts, instances=1), "zeroshot_head.py",
-            {"text_embeddings.npy": bundle_dir / "zeroshot" / "text_embeddings.npy",
-             "text_classes.json": bundle_dir / "zeroshot" / "text_classes.json"})
+            [tensor("PROBS", "TYPE_FP32", [len(zs["classes"])])], opts, instances=1,
+            params={"scoring": json.dumps(scoring_fields(bundle))}), "zeroshot_head.py",
+            {"text_embeddings.npy": bundle_dir / "zeroshot" / "text_embeddings.npy", **SCORING_FILE})
         _write(repo, ensemble_config(
             "zeroshot", [tensor("INPUT", "TYPE_FP32", zs_shape)], [tensor("PROBS", "TYPE_FP32", [len(zs["classes"])])],
             [("clip_image", {"INPUT": "INPUT"}, {"OUTPUT": "embedding"}),
              ("zeroshot_head", {"EMBEDDING": "embedding"}, {"PROBS": "PROBS"})], opts))
     version = model_version or bundle.get("lineage", {}).get("model_version") or f"local:{bundle_dir.resolve().name}"
-    n_unseen = len(zs["classes"]) if zs else 6
+    n_unseen = len(zs["classes"]) if zs else len(UNSEEN_CLASSES)  # a bundle without zero-shot answers NaN for them
     _python_model(repo, compute_config(
         "cxr", image_inputs,
         [tensor("KNOWN_PROBS", "TYPE_FP32", [len(known)]), tensor("UNSEEN_PROBS", "TYPE_FP32", [n_unseen]),
@@ -279,9 +275,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
         # two batches in flight: one being preprocessed and routed while the other is in the members
         instances=max(2, opts.instances),
         max_queue=opts.max_queue, batch_delay_us=opts.batch_delay_us,
-        params={"known_classes": known, "unseen_classes": zs["classes"] if zs else [],
-                "router_classes": bundle["router_classes"], "views": list(bundle["views"]),
-                "bands": bundle.get("bands", {}), "model_version": version, "zeroshot": "true" if zs else "false",
-                "bls_timeout_s": str(opts.bls_timeout_ms / 1000)}), "cxr.py")
+        params={"scoring": json.dumps(scoring_fields(bundle)), "bands": bundle.get("bands", {}),
+                "model_version": version, "bls_timeout_s": str(opts.bls_timeout_ms / 1000)}), "cxr.py", SCORING_FILE)
     models = sorted(p.name for p in repo.iterdir() if p.is_dir())
     return {"repository": str(repo), "models": models, "model_version": version, **opts.model_dump()}

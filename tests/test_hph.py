@@ -208,18 +208,17 @@ def test_exportable_affine_grid_equals_torch():
 
 @pytest.mark.slow
 def test_registry_pyfunc_serves_a_router_less_bundle_like_the_predictor(hph, synth_data, tmp_path):
-    from types import SimpleNamespace
+    import mlflow.pyfunc
 
     from cxrlt.export import export_bundle
     from cxrlt.inference import EnsemblePredictor
-    from cxrlt.registry import _bundle_model_class
+    from cxrlt.registry import save_bundle_model
 
     root, _, _, _ = hph
     export_bundle(root / "ensemble", None, tmp_path / "bundle")
-    model = _bundle_model_class()()
-    model.load_context(SimpleNamespace(artifacts={"bundle": str(tmp_path / "bundle")}))
+    model = mlflow.pyfunc.load_model(str(save_bundle_model(tmp_path / "bundle", tmp_path / "pyfunc")))
     pngs = [str(p) for p in sorted((synth_data / "images").iterdir())[:3]]
-    got = model.predict(None, pd.DataFrame({"image_path": pngs}))
+    got = model.predict(pd.DataFrame({"image_path": pngs}))
     ref = EnsemblePredictor(root / "ensemble").predict_files(pngs)
     assert (got["view"] == "mixed").all()
     np.testing.assert_allclose(got[list(KNOWN_CLASSES)].to_numpy(), ref[list(KNOWN_CLASSES)].to_numpy(), atol=1e-4)

@@ -20,6 +20,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from _common import CalleeError, bytes_array, call, failed, invalid, parameters
+from cxrlt_scoring import BundleScorer
 
 IMAGE_INPUTS = ("IMAGE", "PIXELS", "BITS")
 
@@ -27,10 +28,9 @@ IMAGE_INPUTS = ("IMAGE", "PIXELS", "BITS")
 class TritonPythonModel:
     def initialize(self, args):
         p = parameters(args)
-        self.known = json.loads(p["known_classes"])
-        self.unseen = json.loads(p["unseen_classes"])
-        self.router_classes = json.loads(p["router_classes"])
-        self.views = json.loads(p["views"])
+        self.scorer = BundleScorer(json.loads(p["scoring"]))
+        self.known, self.unseen = self.scorer.known, self.scorer.unseen
+        self.router_classes = self.scorer.router_classes
         self.version = p["model_version"]
         self.timeout_s = float(p.get("bls_timeout_s", "60"))
         bands = json.loads(p.get("bands") or "{}")
@@ -38,7 +38,7 @@ class TritonPythonModel:
         self.name_rows = {"KNOWN_CLASSES": np.array([c.encode() for c in self.known], dtype=np.object_),
                           "UNSEEN_CLASSES": np.array([c.encode() for c in self.unseen], dtype=np.object_),
                           "KNOWN_BANDS": np.array([bands.get(c, "").encode() for c in self.known], dtype=np.object_)}
-        self.has_zeroshot = p.get("zeroshot", "false") == "true"
+        self.has_zeroshot = bool(self.unseen)
 
     async def _preprocess(self, request) -> dict:
         inputs = {}
@@ -49,7 +49,7 @@ class TritonPythonModel:
         return await call("preprocess", inputs, ["TASK1_INPUT", "ZS_INPUT", "ERROR"], self.timeout_s)
 
     async def _view_probs(self, view: str, x: np.ndarray) -> np.ndarray:
-        target = view if view in self.views else "mixed"
+        target = self.scorer.target(view)
         return (await call(f"{target}_ensemble", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
 
     async def _task1(self, x: np.ndarray):
@@ -57,17 +57,14 @@ class TritonPythonModel:
         n = len(x)
         if not self.router_classes:  # no router (HPH): the mixed ensemble serves every image
             return await self._view_probs("mixed", x), ["mixed"] * n, np.ones(n, np.float32)
-        logits = (await call("router", {"INPUT": x}, ["OUTPUT"], self.timeout_s))["OUTPUT"].astype(np.float64)
-        prob = np.exp(logits - logits.max(1, keepdims=True))
-        prob /= prob.sum(1, keepdims=True)
-        chosen = prob.argmax(1)
-        groups = [(view, np.flatnonzero(chosen == k)) for k, view in enumerate(self.router_classes)]
-        groups = [(view, sel) for view, sel in groups if len(sel)]
+        logits = (await call("router", {"INPUT": x}, ["OUTPUT"], self.timeout_s))["OUTPUT"]
+        views, confidence = self.scorer.route(logits, n)
+        groups = [(view, np.flatnonzero(views == view)) for view in np.unique(views)]
         known = np.zeros((n, len(self.known)), np.float32)
         answers = await asyncio.gather(*(self._view_probs(view, x[sel]) for view, sel in groups))
         for (_, sel), probs in zip(groups, answers, strict=True):
             known[sel] = probs
-        return known, [self.router_classes[k] for k in chosen], prob.max(1).astype(np.float32)
+        return known, [str(v) for v in views], confidence.astype(np.float32)
 
     async def _zeroshot(self, x: np.ndarray) -> np.ndarray:
         if not self.has_zeroshot:

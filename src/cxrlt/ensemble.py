@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlt import scoring
 from cxrlt.config import task1_preprocess
 from cxrlt.data.tables import read_training_csv
 from cxrlt.labels import KNOWN_CLASSES, NORMAL, frequency_bands
 from cxrlt.metrics import macro_ap
-from cxrlt.models.factory import MEMBER_KINDS
+from cxrlt.models.factory import MEMBER_KINDS, ROUTER_CLASSES
 
 ENSEMBLE_JSON = "ensemble.json"
 
@@ -34,31 +35,14 @@ def simplex_grid(n: int, step: float = 0.05) -> np.ndarray:
     return np.array([[*c, k - sum(c)] for c in rows], dtype=np.float64) / k
 
 
-COMBINES = ("logit", "probability")
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-z))
-
-
-def combine(member_logits: dict[str, np.ndarray], weights: dict[str, float], mode: str = "logit") -> np.ndarray:
-    """Ensemble probabilities: sigmoid(sum_k w_k z_k) (``logit``, seed 000) or sum_k w_k sigmoid(z_k)
-    (``probability``, HPH); weights sum to 1 and are taken by member name."""
-    if mode == "logit":
-        return sigmoid(sum(w * np.asarray(member_logits[k], np.float64) for k, w in weights.items()))
-    if mode == "probability":
-        return sum(w * sigmoid(np.asarray(member_logits[k], np.float64)) for k, w in weights.items())
-    raise ValueError(f"unknown combine mode {mode!r}: choose one of {COMBINES}")
+COMBINES = scoring.COMBINES
+sigmoid, logit, combine = scoring.sigmoid, scoring.logit, scoring.combine
 
 
 CALIBRATIONS = ("none", "platt", "temperature")
 #: a class needs this many positives *and* negatives on validation to be calibrated; others keep identity
 MIN_CALIBRATION_EXAMPLES = 3
 
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
 
 
 def fit_calibration(probs: np.ndarray, y: np.ndarray, classes: list[str], method: str = "platt") -> dict:
@@ -111,11 +95,7 @@ def _scaled_nll(scale: float, z: np.ndarray, t: np.ndarray) -> float:
 
 def calibrate(probs: np.ndarray, calibration: dict | None, classes: list[str]) -> np.ndarray:
     """Apply a :func:`fit_calibration` result (by class name); None is the identity."""
-    if not calibration or calibration.get("method", "none") == "none":
-        return probs
-    a = np.array([calibration["a"].get(c, 1.0) for c in classes])
-    b = np.array([calibration["b"].get(c, 0.0) for c in classes])
-    return 1 / (1 + np.exp(-(a * logit(probs) + b)))
+    return scoring.calibrate(probs, scoring.calibration_vectors(calibration, classes))
 
 
 def normalised(weights: dict[str, float]) -> dict[str, float]:
@@ -137,15 +117,13 @@ def fit_weights(member_logits: dict[str, np.ndarray], y: np.ndarray, step: float
     return {n: float(v) for n, v in zip(names, best_w, strict=True)}, float(best_score)
 
 
-def normal_gate(probs: pd.DataFrame | dict, alpha: float | None) -> pd.DataFrame | dict:
-    """p_c <- p_c * (1 - p_Normal)^alpha for every class but Normal (off when alpha is None or 0)."""
+def normal_gate(probs: pd.DataFrame, alpha: float | None) -> pd.DataFrame:
+    """:func:`cxrlt.scoring.normal_gate` on a frame of known-class columns (off when alpha is None or 0)."""
     if not alpha:
         return probs
-    gate = (1 - np.asarray(probs[NORMAL])) ** alpha
+    known = [c for c in KNOWN_CLASSES if c in probs]
     out = probs.copy()
-    for c in KNOWN_CLASSES:
-        if c != NORMAL and c in out:
-            out[c] = np.clip(np.asarray(probs[c]) * gate, 1e-6, 1 - 1e-6)
+    out[known] = scoring.normal_gate(probs[known].to_numpy(), known.index(NORMAL), alpha)
     return out
 
 
@@ -230,6 +208,14 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
                              f"contract is {spec['preprocess']}; retrain it or use the profile it was trained with")
     (out / ENSEMBLE_JSON).write_text(json.dumps(spec, indent=2))
     return spec
+
+
+def spec_scorer(spec: dict) -> scoring.BundleScorer:
+    """The scorer of an ensemble directory's ``ensemble.json``: the same one the served bundle builds."""
+    return scoring.BundleScorer({
+        "known_classes": spec["classes"], "router_classes": list(ROUTER_CLASSES) if "router" in spec else [],
+        "views": spec["views"], "combine": spec.get("combine"), "calibration": spec.get("calibration"),
+        "normal_gate_alpha": spec.get("normal_gate_alpha")})
 
 
 def load_spec(ensemble_dir: str | Path) -> dict:

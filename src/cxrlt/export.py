@@ -135,15 +135,6 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
     return bundle
 
 
-def member_logits(run, view: dict, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every member's logits for one view of a bundle, ``run(onnx_name, input)`` running one ONNX file: the shared
-    trunk (when the view has one) runs once and its features feed the members that read it."""
-    shared = view.get("shared_trunk")
-    feats = run(shared["model"], x) if shared else None
-    return {kind: run(name, feats if shared and kind in shared["members"] else x)
-            for kind, name in view["members"].items()}
-
-
 def bundle_contracts(bundle: dict) -> tuple[PreprocessConfig, PreprocessConfig | None]:
     """The Task 1 and zero-shot preprocessing contracts of a bundle (bundles without them: 1 channel, 0.5/0.25)."""
     task1 = PreprocessConfig.from_dict({"size": bundle["image_size"], **bundle["preprocess"]})

@@ -13,9 +13,7 @@ import pandas as pd
 import torch
 
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
-from cxrlt.ensemble import calibrate, combine, load_spec, normal_gate
-from cxrlt.labels import KNOWN_CLASSES
-from cxrlt.models.factory import ROUTER_CLASSES
+from cxrlt.ensemble import load_spec, spec_scorer
 from cxrlt.training.trainer import load_member
 from cxrlt.tta import TTAModel
 
@@ -27,6 +25,7 @@ class EnsemblePredictor:
     def __init__(self, ensemble_dir: str | Path, mixed: bool = False, device: str = "cpu", calibrated: bool = True):
         self.dir = Path(ensemble_dir)
         self.spec = load_spec(self.dir)
+        self.scorer = spec_scorer(self.spec)
         mixed = mixed or "router" not in self.spec  # no router (HPH): every image goes to the mixed members
         self.mixed, self.calibrated = mixed, calibrated
         self.device = torch.device(device)
@@ -42,54 +41,44 @@ class EnsemblePredictor:
                 .to(self.device).eval() for k, path in vspec["members"].items()}
 
     @torch.no_grad()
+    def member_logits(self, view: str, x: torch.Tensor) -> dict[str, np.ndarray]:
+        return {k: m(x).cpu().numpy() for k, m in self.members[view].items()}
+
     def view_probs(self, view: str, x: torch.Tensor) -> np.ndarray:
         """The view ensemble's combined probabilities (before calibration and normal gating)."""
-        vspec = self.spec["views"][view]
-        logits = {k: self.members[view][k](x).cpu().numpy() for k in vspec["members"]}
-        return combine(logits, vspec["weights"], self.spec.get("combine", "logit"))
+        return self.scorer.view_probs(view, self.member_logits(view, x), calibrated=False, gated=False)
 
     @torch.no_grad()
-    def _combined(self, images: np.ndarray, batch_size: int) -> pd.DataFrame:
-        """Routing and each image's view ensemble: 30 combined probabilities, ``view``, ``view_confidence``."""
-        rows = []
+    def _scored(self, images: np.ndarray, batch_size: int, calibrated: tuple[bool, ...]) -> list[pd.DataFrame]:
+        """Routing and each image's view ensemble through :class:`cxrlt.scoring.BundleScorer`, once per entry of
+        ``calibrated`` from one pass of the networks: 30 probabilities, ``view``, ``view_confidence``."""
+        known = self.scorer.known
+        out: list[list[pd.DataFrame]] = [[] for _ in calibrated]
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(self.preprocess.normalize(images[start : start + batch_size]))
-            x = x.to(self.device)
-            if self.mixed:
-                views = np.array(["mixed"] * len(x))
-                conf = np.ones(len(x))
-            else:
-                p = torch.softmax(self.router(x), dim=1).cpu().numpy()
-                views = np.array(ROUTER_CLASSES)[p.argmax(1)]
-                conf = p.max(1)
-            probs = np.zeros((len(x), len(KNOWN_CLASSES)), np.float64)
+            x = torch.from_numpy(self.preprocess.normalize(images[start : start + batch_size])).to(self.device)
+            router_logits = None if self.mixed else self.router(x).cpu().numpy()
+            views, conf = self.scorer.route(router_logits, len(x))
+            probs = [np.zeros((len(x), len(known)), np.float64) for _ in calibrated]
             for view in np.unique(views):
-                target = view if view in self.spec["views"] else "mixed"
-                if target not in self.spec["views"]:
-                    raise ValueError(f"router chose {view!r} but the ensemble has no {view} or mixed members")
                 idx = np.flatnonzero(views == view)
-                probs[idx] = self.view_probs(target, x[idx])
-            frame = pd.DataFrame(probs, columns=list(KNOWN_CLASSES))
-            frame["view"], frame["view_confidence"] = views, conf
-            rows.append(frame)
-        return pd.concat(rows, ignore_index=True)
-
-    def _served(self, combined: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
-        """The served output: the per-class calibration (one map for every view), then normal gating."""
-        out, known = combined.copy(), list(KNOWN_CLASSES)
-        if calibrated:
-            out[known] = calibrate(out[known].to_numpy(), self.spec.get("calibration"), known)
-        out[known] = normal_gate(out[known], self.spec.get("normal_gate_alpha"))
-        return out
+                logits = self.member_logits(self.scorer.target(view), x[idx])
+                for p, cal in zip(probs, calibrated, strict=True):
+                    p[idx] = self.scorer.view_probs(self.scorer.target(view), logits, calibrated=cal)
+            for frames, p in zip(out, probs, strict=True):
+                frame = pd.DataFrame(p, columns=known)
+                frame["view"], frame["view_confidence"] = views, conf
+                frames.append(frame)
+        empty = pd.DataFrame(columns=[*known, "view", "view_confidence"])
+        return [pd.concat(frames, ignore_index=True) if frames else empty for frames in out]
 
     def predict(self, images: np.ndarray, batch_size: int = 64) -> pd.DataFrame:
         """``(N, S, S)`` float [0, 1] images -> frame with 30 class columns, ``view`` and ``view_confidence``."""
-        return self._served(self._combined(images, batch_size), self.calibrated)
+        return self._scored(images, batch_size, (self.calibrated,))[0]
 
     def predict_before_after(self, images: np.ndarray, batch_size: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The output without and with the calibration, from one pass of the networks (for reliability plots)."""
-        combined = self._combined(images, batch_size)
-        return self._served(combined, False), self._served(combined, True)
+        before, after = self._scored(images, batch_size, (False, True))
+        return before, after
 
     def predict_files(self, paths: Sequence[str | Path]) -> pd.DataFrame:
         images = np.stack([load_preprocessed(p, self.preprocess) for p in paths]) if paths else \

@@ -2,18 +2,21 @@
 trail, promotion by paired bootstrap on the same evaluation set, rollback, and download for serving.
 
 The bundle (ONNX files, ensemble weights, prompt embeddings, label order, preprocessing config) is logged as one
-``mlflow.pyfunc`` model whose ``predict`` runs the ONNX pipeline, so ``models:/cxrlt-bundle@champion`` is both the
-serving source and a loadable model. A failed gate never reaches this module.
+self-contained ``mlflow.pyfunc`` model (:mod:`cxrlt.pyfunc_bundle`: both tasks through :mod:`cxrlt.scoring`, pinned
+requirements, a signature, no cxrlt needed to load it), so ``models:/cxrlt-bundle@champion`` is both the serving
+source and a loadable model. A failed gate never reaches this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
@@ -44,48 +47,71 @@ class RegistryError(RuntimeError):
     """A registry operation was refused; the message says why."""
 
 
-def _bundle_model_class():
+#: the model-from-code file that MLflow stores as the model (it imports no cxrlt; see its docstring)
+PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_bundle.py")
+#: what the logged model needs to run, pinned to the versions it was logged with (never cxrlt itself)
+PYFUNC_REQUIREMENTS = ("numpy", "pandas", "onnxruntime", "opencv-python-headless", "pydicom", "pylibjpeg",
+                       "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle")
+
+
+def pyfunc_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in PYFUNC_REQUIREMENTS]
+
+
+def pyfunc_signature(bundle: dict):
+    """Input: ``image`` (PNG/DICOM bytes) or ``image_path``; output: every finding by class name, view, confidence."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    classes = [*bundle["known_classes"], *((bundle.get("zeroshot") or {}).get("classes") or [])]
+    inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "image_path", required=False)])
+    outputs = Schema([*(ColSpec("double", c) for c in classes), ColSpec("string", "view"),
+                      ColSpec("double", "view_confidence")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _pyfunc_arguments(bundle_dir: str | Path, code_dir: Path) -> dict:
+    """The model-from-code file (:mod:`cxrlt.pyfunc_bundle`), the two modules it runs copied under the names it
+    imports, the bundle, pinned requirements and the signature: everything ``load_model`` needs without cxrlt."""
+    import shutil
+
+    import cxrlt.data.images
+    import cxrlt.scoring
+
+    code_dir.mkdir(parents=True, exist_ok=True)
+    code = [code_dir / "cxrlt_scoring.py", code_dir / "cxrlt_images.py"]
+    shutil.copyfile(cxrlt.scoring.__file__, code[0])
+    shutil.copyfile(cxrlt.data.images.__file__, code[1])
+    bundle = json.loads((Path(bundle_dir) / "bundle.json").read_text())
+    return {"python_model": str(PYFUNC_MODEL_FILE), "artifacts": {"bundle": str(bundle_dir)},
+            "code_paths": [str(p) for p in code], "pip_requirements": pyfunc_requirements(),
+            "signature": pyfunc_signature(bundle)}
+
+
+@contextlib.contextmanager
+def _pyfunc_model(bundle_dir: str | Path):
+    """The arguments of :func:`_pyfunc_arguments`, with its code folder importable while MLflow loads the model file
+    to check it (as ``load_model`` will make it from ``code_paths``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        arguments = _pyfunc_arguments(bundle_dir, Path(tmp))
+        sys.path.insert(0, tmp)
+        try:
+            yield arguments
+        finally:
+            sys.path.remove(tmp)
+            for module in ("cxrlt_scoring", "cxrlt_images"):
+                sys.modules.pop(module, None)
+
+
+def save_bundle_model(bundle_dir: str | Path, path: str | Path) -> Path:
+    """Write the bundle as a local MLflow pyfunc model directory (what registration logs)."""
     import mlflow.pyfunc
 
-    class BundleModel(mlflow.pyfunc.PythonModel):
-        """Routes each image (``image_path`` column) through the bundle's ONNX router and view ensemble."""
-
-        def load_context(self, context):
-            import onnxruntime as ort
-
-            self.dir = Path(context.artifacts["bundle"])
-            self.spec = json.loads((self.dir / "bundle.json").read_text())
-            self.sessions = {p.stem: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-                             for p in (self.dir / "onnx").glob("*.onnx")}
-
-        def _run(self, name, x):
-            return self.sessions[name].run(["OUTPUT"], {"INPUT": x})[0]
-
-        def predict(self, context, model_input, params=None):
-            from cxrlt.data.images import load_preprocessed
-            from cxrlt.ensemble import calibrate, combine, normal_gate
-            from cxrlt.export import bundle_contracts, member_logits
-
-            contract, _ = bundle_contracts(self.spec)
-            x = np.stack([contract.normalize(load_preprocessed(p, contract)) for p in model_input["image_path"]])
-            if self.spec["router_classes"]:
-                views = np.array(self.spec["router_classes"])[self._run("router", x).argmax(1)]
-            else:  # no router (HPH): the mixed ensemble serves every image
-                views = np.array(["mixed"] * len(x))
-            probs = np.zeros((len(x), len(self.spec["known_classes"])))
-            for view in np.unique(views):
-                target = view if view in self.spec["views"] else "mixed"
-                idx = np.flatnonzero(views == view)
-                v = self.spec["views"][target]
-                probs[idx] = calibrate(combine(member_logits(self._run, v, x[idx]),
-                                               v["weights"], self.spec.get("combine", "logit")),
-                                       self.spec.get("calibration"), self.spec["known_classes"])
-            out = normal_gate(pd.DataFrame(probs, columns=self.spec["known_classes"]),
-                              self.spec.get("normal_gate_alpha"))
-            out["view"] = views
-            return out
-
-    return BundleModel
+    with _pyfunc_model(bundle_dir) as arguments:
+        mlflow.pyfunc.save_model(str(path), **arguments)
+    return Path(path)
 
 
 def _client(tracking_uri: str | None):
@@ -181,9 +207,8 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
             mlflow.log_artifact(str(evaluation_csv), artifact_path=EVAL_ARTIFACT)
             for plot in sorted(Path(evaluation_csv).parent.glob("*.png")):  # reliability before/after, per-class AP
                 mlflow.log_artifact(str(plot), artifact_path=EVAL_ARTIFACT)
-        info = mlflow.pyfunc.log_model(name="bundle", python_model=_bundle_model_class()(),
-                                       artifacts={"bundle": str(bundle_dir)},
-                                       pip_requirements=["onnxruntime", "opencv-python-headless", "pandas", "numpy"])
+        with _pyfunc_model(bundle_dir) as arguments:
+            info = mlflow.pyfunc.log_model(name="bundle", **arguments)
     version = mlflow.register_model(info.model_uri, name).version
     tags = {"lineage." + k: str(v) for k, v in lineage.items()}
     tags.update({"metrics": json.dumps(metrics), "gate_evidence": json.dumps(gate_evidence), "run_id": run.info.run_id,
