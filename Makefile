@@ -31,6 +31,7 @@ system-tools:
 
 test: $(STAMP) system-tools images-if-possible
 	$(PY) -m ruff check src components pipelines serving infra bench tests images
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 # The container tests run the images: built here where podman can be installed (about 10 minutes the first time on
@@ -44,6 +45,7 @@ images-current:
 
 lint: $(STAMP)
 	$(PY) -m ruff check src components pipelines serving infra bench tests images
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m ruff format --check src components pipelines serving infra bench tests images
 
 clean:

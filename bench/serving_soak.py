@@ -32,7 +32,7 @@ import numpy as np
 
 from cxrlt.data.dicom import array_to_dicom
 from cxrlt.export import export_bundle
-from cxrlt.procs import same_process
+from cxrlt.ops.procs import same_process
 from serving.refusals import oversize_png, png_bytes, refusal_cases
 from serving.repository import build_repository
 from serving.server import start, stop

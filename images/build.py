@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cxrlt import __version__  # noqa: E402
-from cxrlt.containers import ContainerError, container_env, engine_command  # noqa: E402
+from cxrlt.ops.containers import ContainerError, container_env, engine_command  # noqa: E402
 from cxrlt.platform import IMAGES  # noqa: E402
 
 #: image -> (Dockerfile, target, platform keys it is tagged as): train and tools are one environment, built once

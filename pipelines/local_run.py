@@ -45,7 +45,7 @@ def run_training_local(pipeline_root: str | Path, runner: str = "subprocess", ku
     each component in its image (``cxrlt.platform.IMAGES``; ``make images``) with the host network (the MLflow server
     on loopback): inputs outside the shared volume are copied onto it, and the root is handed to the images'
     non-root user. ``kubeconfig``: the Kubernetes API that ``launcher="trainjob"`` steps create TrainJobs through
-    (for example :class:`cxrlt.trainer_box.TrainerBox`'s)."""
+    (for example :class:`cxrlt.ops.trainer_box.TrainerBox`'s)."""
     import os
 
     from kfp import local
@@ -69,7 +69,7 @@ def run_training_local(pipeline_root: str | Path, runner: str = "subprocess", ku
             for key, value in before.items():
                 os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
     else:
-        from cxrlt.containers import docker_api, give_to_container_user
+        from cxrlt.ops.containers import docker_api, give_to_container_user
 
         params = _inputs_on_volume(volume, params)
         if kubeconfig:  # the step containers see only the pipeline root

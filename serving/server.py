@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cxrlt.procs import free_port, same_process, spawn, start_time, stop_group, wait_ready
+from cxrlt.ops.procs import free_port, same_process, spawn, start_time, stop_group, wait_ready
 
 
 def dicom_requirements() -> tuple[str, ...]:

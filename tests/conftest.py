@@ -13,7 +13,7 @@ import pytest
 
 from cxrlt import storage
 from cxrlt.data.synth import SynthConfig, generate
-from cxrlt.procs import free_port, spawn, stop_group
+from cxrlt.ops.procs import free_port, spawn, stop_group
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,7 @@ def _as_played(deployment: dict, secret_data: dict, config_maps: dict, scratch: 
 
 
 def _podman(*args, check=True, timeout=300) -> subprocess.CompletedProcess:
-    from cxrlt.containers import container_env, engine_command
+    from cxrlt.ops.containers import container_env, engine_command
 
     done = subprocess.run([*engine_command("podman"), *args], capture_output=True, text=True, timeout=timeout,
                           env=container_env(), stdin=subprocess.DEVNULL)
@@ -122,7 +122,7 @@ def _wait(url: str, what: str, pods: list[str], timeout: float = 300) -> None:
 
 @pytest.fixture
 def engine():
-    from cxrlt.containers import ContainerError, engine_command, image_exists
+    from cxrlt.ops.containers import ContainerError, engine_command, image_exists
 
     try:
         engine = engine_command("podman")
@@ -148,8 +148,8 @@ def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bun
     import boto3
 
     from cxrlt.export import export_bundle
+    from cxrlt.ops.rollout import pinned_version
     from cxrlt.registry import promote, register_bundle
-    from cxrlt.rollout import pinned_version
     from serving.client import CXRClient, TLSOptions
     from tests.conftest import served_images_and_check
     from tests.pki import make_pki

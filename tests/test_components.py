@@ -12,7 +12,7 @@ from components.gate.component import gate
 from components.split_projection.component import split_projection
 from components.validate_data.component import validate_data
 from cxrlt import platform as P
-from cxrlt.launch import launch_trainjob, local_command, trainjob_body
+from cxrlt.ops.launch import launch_trainjob, local_command, trainjob_body
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,7 @@ def test_router_step_is_a_no_op_for_a_profile_without_router(tmp_path):
     from components.train_member.component import train_member
     from cxrlt.config import load_config, pipeline_jobs
     from cxrlt.dataplane import publish, read_location
-    from cxrlt.pipeline_steps import plan_run
+    from cxrlt.ops.pipeline_steps import plan_run
 
     art = _artifact(tmp_path / "router")
     shared = tmp_path / "shared"
@@ -190,7 +190,7 @@ def test_router_step_is_a_no_op_for_a_profile_without_router(tmp_path):
 
 
 def test_trainjob_names_are_deterministic_and_a_retry_attaches():
-    from cxrlt.launch import trainjob_name
+    from cxrlt.ops.launch import trainjob_name
 
     args = ["train", "--member", "frontal/pcam", "--out", "/data/run/model"]
     name = trainjob_name("cxrlt-frontal-pcam", args, "s3://root/run-1/train-member/model")
@@ -224,7 +224,7 @@ def test_trainjob_names_are_deterministic_and_a_retry_attaches():
 def test_local_launcher_streams_the_childs_output():
     import io
 
-    from cxrlt.launch import launch_local
+    from cxrlt.ops.launch import launch_local
 
     out = io.StringIO()
     launch_local(["models", "--help"], out=out)
@@ -238,7 +238,7 @@ def test_local_launcher_sets_the_childs_threads(monkeypatch):
     environment alone."""
     import io
 
-    from cxrlt import launch
+    from cxrlt.ops import launch
 
     seen = []
 

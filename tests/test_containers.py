@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxrlt.ops.procs import free_port
 from cxrlt.platform import IMAGES
-from cxrlt.procs import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.containers]
 TRAINING_TOLERANCE = 1e-6
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def engine() -> list[str]:
-    from cxrlt.containers import ContainerError, engine_command
+    from cxrlt.ops.containers import ContainerError, engine_command
 
     try:
         return engine_command()
@@ -33,7 +33,7 @@ def engine() -> list[str]:
 
 def _need(engine, *keys: str) -> None:
     """Skip (saying so) when an image the test runs is not built."""
-    from cxrlt.containers import image_exists
+    from cxrlt.ops.containers import image_exists
 
     missing = [IMAGES[k] for k in keys if not image_exists(engine, IMAGES[k])]
     if missing:
@@ -41,7 +41,7 @@ def _need(engine, *keys: str) -> None:
 
 
 def _run(engine, *args, timeout=300, check=True) -> subprocess.CompletedProcess:
-    from cxrlt.containers import container_env
+    from cxrlt.ops.containers import container_env
 
     done = subprocess.run([*engine, *args], capture_output=True, text=True, timeout=timeout, env=container_env())
     if check:
@@ -85,7 +85,7 @@ def test_serve_cpu_image_answers_grpc_from_a_read_only_repository(engine, tiny_b
     export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", tmp_path / "bundle")
     repo = tmp_path / "repo"
     build_repository(tmp_path / "bundle", repo)
-    from cxrlt.containers import start_triton, stop_container
+    from cxrlt.ops.containers import start_triton, stop_container
 
     http, grpc, metrics = free_port(), free_port(), free_port()
     name = start_triton(repo, f"cxrlt-test-serve-{tmp_path.name}", IMAGES["serve_cpu"], http, grpc, metrics)
@@ -108,7 +108,7 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, synth_data, tm
     from components.preprocess.component import preprocess
     from components.split_projection.component import split_projection
     from components.validate_data.component import validate_data
-    from cxrlt.containers import docker_api, give_to_container_user
+    from cxrlt.ops.containers import docker_api, give_to_container_user
 
     _need(engine, "tools")
 
@@ -161,7 +161,7 @@ def test_training_pipeline_runs_in_the_images_like_subprocesses(engine, synth_da
     training is then deterministic on CPU, so the metrics agree to 1e-6)."""
     import yaml
 
-    from cxrlt import mlflow_server
+    from cxrlt.ops import mlflow_server
     from pipelines.local_run import run_training_local
     from tests.conftest import TINY_CONFIG
 

@@ -60,7 +60,7 @@ def _split_router(member_dir: Path, contract) -> None:
     """An untrained router sends every image the same way: scale its classifier and set its bias so that the golden
     files split between frontal and lateral at the widest gap between them, far from the decision boundary."""
     from cxrlt.data.images import load_preprocessed
-    from cxrlt.training.trainer import load_member
+    from cxrlt.models.factory import load_member
 
     state = torch.load(member_dir / "best.pt", weights_only=True)
     model, _ = load_member(member_dir)

@@ -45,13 +45,13 @@ def test_core_resources_validate_against_kubernetes_schemas(rendered):
     assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy",
                                          "ServiceMonitor", "ServiceAccount", "Role", "RoleBinding"}
     config_maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
-    assert config_maps == {P.ROLLOUT_CONFIGMAP}, "one TrainJob definition (cxrlt.launch.trainjob_body), no template"
+    assert config_maps == {P.ROLLOUT_CONFIGMAP}, "one TrainJob definition (cxrlt.ops.launch.trainjob_body), no template"
 
 
 def test_trainjob_body_validates_against_the_trainer_crd_and_is_hardened():
     """The launcher's TrainJob (the only TrainJob definition) is valid for the Trainer CRD; its pods run as a
     permission-less account, non-root, read-only root filesystem, no capabilities; credentials only from Secrets."""
-    from cxrlt.launch import trainjob_body
+    from cxrlt.ops.launch import trainjob_body
 
     crd = yaml.safe_load((FIXTURES / "trainer.kubeflow.org_trainjobs.yaml").read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -252,7 +252,7 @@ def test_registry_clients_get_mlflow_credentials_from_the_secret(rendered, tmp_p
     Triton init container, every pipeline step, TrainJobs) gets MLFLOW_TRACKING_USERNAME/PASSWORD from a Secret."""
     from kfp import compiler
 
-    from cxrlt.launch import trainjob_body
+    from cxrlt.ops.launch import trainjob_body
     from pipelines.promotion_pipeline import promotion_pipeline
     from pipelines.training_pipeline import training_pipeline
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from cxrlt import mlflow_server
+from cxrlt.ops import mlflow_server
 from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
 from tests.conftest import TINY_CONFIG
 
@@ -23,7 +23,7 @@ def mlflow_uri(tmp_path_factory):
     SERVER_DATA[:] = [root / "data"]
     yield state["tracking_uri"]
     assert mlflow_server.stop(state_dir=root / "state")
-    from cxrlt.procs import alive
+    from cxrlt.ops.procs import alive
 
     assert not alive(state["pid"])
 

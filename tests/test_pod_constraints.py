@@ -142,8 +142,8 @@ def champion(tiny_bundle, tmp_path_factory):
     """This test's MLflow server with a registered, promoted ``cxrlt-bundle`` version."""
     import mlflow
 
-    from cxrlt import mlflow_server
     from cxrlt.export import export_bundle
+    from cxrlt.ops import mlflow_server
     from cxrlt.registry import promote, register_bundle
 
     before = os.environ.get("MLFLOW_TRACKING_URI")  # register/promote set it: restored when the server stops
@@ -238,7 +238,7 @@ def test_training_command_runs_under_the_trainjob_pod_constraints(synth_data, tm
     """A TrainJob from ``trainjob_body`` (its command, args, env and pod patch): training writes only to its
     volumes (the cache PVC, /tmp, /dev/shm) and runs as uid 1000 with a read-only root filesystem."""
     from cxrlt.config import load_config
-    from cxrlt.launch import trainjob_body
+    from cxrlt.ops.launch import trainjob_body
     from tests.conftest import TINY_CONFIG
 
     pvc = tmp_path / "pvc"

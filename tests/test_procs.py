@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from cxrlt import mlflow_server
-from cxrlt.procs import alive, same_process, start_time, stop_group
+from cxrlt.ops import mlflow_server
+from cxrlt.ops.procs import alive, same_process, start_time, stop_group
 from serving import server
 
 

@@ -88,8 +88,8 @@ def registry(tiny_bundle, tmp_path_factory):
 
     import mlflow
 
-    from cxrlt import mlflow_server
     from cxrlt.export import export_bundle
+    from cxrlt.ops import mlflow_server
     from cxrlt.registry import promote, register_bundle
 
     before = os.environ.get("MLFLOW_TRACKING_URI")

@@ -15,7 +15,7 @@ from cxrlt.data.images import PreprocessConfig
 from cxrlt.export import export_bundle, onnx_outputs
 from cxrlt.inference import EnsemblePredictor
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
-from cxrlt.training.trainer import load_member
+from cxrlt.models.factory import load_member
 from cxrlt.tta import TTAModel
 from tests.pki import make_pki
 
@@ -156,7 +156,7 @@ def server(bundle, tmp_path_factory):
                    state_dir=root / "state")
     yield handle
     stop(handle.name, state_dir=root / "state")
-    from cxrlt.procs import alive
+    from cxrlt.ops.procs import alive
 
     assert not alive(handle.pid)
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cxrlt import platform as P
-from cxrlt.launch import trainjob_body
+from cxrlt.ops.launch import trainjob_body
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "tests" / "fixtures" / "kubeflow-trainer" / "torch_distributed_runtime.yaml"
@@ -24,7 +24,7 @@ def _env(container: dict) -> dict:
 
 
 def test_trainjob_renders_one_pod_per_node_from_the_runtime_and_its_patches():
-    from cxrlt.trainer_box import render_pods
+    from cxrlt.ops.trainer_box import render_pods
 
     runtime = yaml.safe_load(RUNTIME.read_text())
     args = ["train", "--member", "frontal/pcam", "--out", "/data/runs/r/members/frontal-pcam/frontal/pcam"]
@@ -50,7 +50,7 @@ def test_trainjob_renders_one_pod_per_node_from_the_runtime_and_its_patches():
 
 
 def test_pod_containers_get_only_their_declared_volumes_and_resolved_secrets(tmp_path):
-    from cxrlt.trainer_box import PodSpecError, container_args, render_pods
+    from cxrlt.ops.trainer_box import PodSpecError, container_args, render_pods
 
     runtime = yaml.safe_load(RUNTIME.read_text())
     (pod,) = render_pods(trainjob_body("job-2", ["train"]), runtime)
@@ -85,8 +85,8 @@ def test_step_refuses_paths_the_pods_cannot_see(tmp_path):
 def test_trainjob_step_fails_when_the_pods_write_nothing(tmp_path, monkeypatch):
     """The step verifies what the TrainJob wrote: a job that 'completes' without a member card fails the step
     naming the folder (the bug where pods wrote to paths the step never saw)."""
-    from cxrlt import launch, pipeline_steps
     from cxrlt.dataplane import DataPlaneError, publish
+    from cxrlt.ops import launch, pipeline_steps
     from tests.conftest import TINY_CONFIG
 
     shared = tmp_path / "shared"
@@ -130,9 +130,9 @@ def test_training_pipeline_with_two_node_trainjobs_in_containers(synth_data, tmp
     DDP over gloo; the steps run on kfp.local's DockerRunner and register the bundle in a real MLflow server."""
     import mlflow
 
-    from cxrlt import mlflow_server
-    from cxrlt.containers import ContainerError, container_env, engine_command, image_exists
-    from cxrlt.trainer_box import TrainerBox
+    from cxrlt.ops import mlflow_server
+    from cxrlt.ops.containers import ContainerError, container_env, engine_command, image_exists
+    from cxrlt.ops.trainer_box import TrainerBox
     from pipelines.local_run import run_training_local
     from tests.conftest import TINY_CONFIG
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from cxrlt.training.trainer import KILL_AFTER_EPOCH_ENV, load_member
+from cxrlt.models.factory import load_member
+from cxrlt.training.checkpoint import KILL_AFTER_EPOCH_ENV
 from tests.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.slow

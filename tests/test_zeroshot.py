@@ -188,7 +188,7 @@ def test_zeroshot_killed_run_resumes_to_the_same_weights(synth_data, tmp_path):
     import subprocess
     import sys
 
-    from cxrlt.training.trainer import KILL_AFTER_EPOCH_ENV
+    from cxrlt.training.checkpoint import KILL_AFTER_EPOCH_ENV
 
     cfg = {"profile": "test", "data": {"val_fraction": 0.2, "split_seed": 0},
            "zeroshot": {**TINY_ZS, "epochs": 2, "batch_size": 32}}

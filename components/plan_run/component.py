@@ -30,7 +30,7 @@ def plan_run(config: str, shared_root: str, run_id: str, cache_size: int = 0, va
     """
     from collections import namedtuple
 
-    from cxrlt.pipeline_steps import plan_run as plan
+    from cxrlt.ops.pipeline_steps import plan_run as plan
 
     result = plan(config, shared_root, run_id, cache_size=cache_size, val_fraction=val_fraction,
                   split_seed=split_seed, min_map=min_map, min_mauroc=min_mauroc, max_ece=max_ece,

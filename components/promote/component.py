@@ -7,7 +7,7 @@ from components._base import TOOLS_IMAGE
 def promote(tracking_uri: str, labels_csv: str, model_name: str = "cxrlt-bundle", margin: float = 0.02,
             rollout: bool = False) -> str:
     """Move ``champion`` to ``challenger`` if it passed its gate and is non-inferior (paired bootstrap CI); with
-    ``rollout``, pin the Triton Deployment to the new champion's version (cxrlt.rollout).
+    ``rollout``, pin the Triton Deployment to the new champion's version (cxrlt.ops.rollout).
 
     Args:
         tracking_uri: MLflow tracking URI.
@@ -22,7 +22,7 @@ def promote(tracking_uri: str, labels_csv: str, model_name: str = "cxrlt-bundle"
 
     decision = promote_version(labels_csv, model_name, tracking_uri, margin)
     if rollout and decision["promoted"]:
-        from cxrlt.rollout import rollout as pin
+        from cxrlt.ops.rollout import rollout as pin
 
         decision["rollout"] = pin(str(decision["challenger"]), model_name, tracking_uri)
     return json.dumps(decision)

@@ -32,7 +32,7 @@ def train_member(view: str, member: str, run_id: str, data_dir: str, cache: Inpu
         threads: intra-op threads of a local run (0 = the library's default, every core).
     """
     from cxrlt.dataplane import resolve
-    from cxrlt.pipeline_steps import train_networks
+    from cxrlt.ops.pipeline_steps import train_networks
 
     meta = train_networks(view, member, shared_root, run_id, data_dir, resolve(cache.path), resolve(splits.path),
                           model.path, launcher=launcher, nproc=nproc, num_nodes=num_nodes, epochs=epochs,

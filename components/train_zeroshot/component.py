@@ -26,7 +26,7 @@ def train_zeroshot(run_id: str, data_dir: str, cache: Input[Dataset], splits: In
         gpus_per_node: GPUs per node for a TrainJob.
     """
     from cxrlt.dataplane import resolve
-    from cxrlt.pipeline_steps import train_zeroshot_run
+    from cxrlt.ops.pipeline_steps import train_zeroshot_run
 
     meta = train_zeroshot_run(shared_root, run_id, data_dir, resolve(cache.path), resolve(splits.path), model.path,
                               alpha=alpha, launcher=launcher, nproc=nproc, num_nodes=num_nodes, epochs=epochs,

@@ -36,7 +36,7 @@ def _step(n: int, total: int, title: str) -> None:
 
 
 class _QuietLog:
-    """An output sink for :func:`cxrlt.launch.launch_local`: every line to the log file, the lines :func:`shown`
+    """An output sink for :func:`cxrlt.ops.launch.launch_local`: every line to the log file, the lines :func:`shown`
     selects to the screen."""
 
     def __init__(self, log):
@@ -58,7 +58,7 @@ def _cxrlt(*args: str, env: dict | None = None, log: Path | None = None, verbose
     if verbose or log is None:
         subprocess.run([sys.executable, "-m", "cxrlt.cli", *args], check=True, env=env)
         return
-    from cxrlt.launch import launch_local
+    from cxrlt.ops.launch import launch_local
 
     print(f"  (full output: {log}; --verbose shows it here)", flush=True)
     with open(log, "a") as sink:
@@ -102,14 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.verbose:
         env["TQDM_MININTERVAL"] = "5"  # progress bars in the log file: a line every few seconds, not per batch
     os.environ.update({k: env[k] for k in ("CXRLT_STATE_DIR", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
-    from cxrlt import mlflow_server
+    from cxrlt.ops import mlflow_server
     from pipelines.local_run import latest_run
     from serving import server as triton
 
     data, t0, total = work / "data", time.time(), 10
     runner = ["--runner", "docker"] if args.containers else []
     if args.containers:
-        from cxrlt.containers import engine_command, image_exists
+        from cxrlt.ops.containers import engine_command, image_exists
         from cxrlt.platform import IMAGES
 
         missing = [IMAGES[k] for k in ("train", "tools", "serve_cpu") if not image_exists(engine_command(), IMAGES[k])]
@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         _cxrlt("serve", "build", "--bundle", "models:/cxrlt-bundle@champion", "--out", str(work / "model_repository"),
                env=env)
         if args.containers:
-            from cxrlt.containers import start_triton
+            from cxrlt.ops.containers import start_triton
+            from cxrlt.ops.procs import free_port
             from cxrlt.platform import IMAGES
-            from cxrlt.procs import free_port
 
             _step(7, total, f"tritonserver in the serve image {IMAGES['serve_cpu']} (repository mounted read-only, "
                             "uid 1000, read-only root filesystem)")
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             weakened[0].terminate()
             weakened[0].wait(30)
         if started_triton and args.containers:
-            from cxrlt.containers import stop_container
+            from cxrlt.ops.containers import stop_container
 
             stop_container("cxrlt-demo-triton")
         elif started_triton:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlt.data.tables import TableError, read_label_csv, read_training_csv
+from cxrlt.data.tables import TableError, bands_from_training, read_label_csv
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES, frequency_bands
 from cxrlt.metrics import EvalResult, evaluate
 from cxrlt.plots import per_class_ap_chart, reliability_diagram
@@ -57,11 +57,6 @@ def align(pred: pd.DataFrame, pred_classes: list[str], labels: pd.DataFrame, lab
     return y_true, y_prob, classes, list(pred["ImageID"])
 
 
-def bands_from_training(train_csv: str | Path) -> dict[str, str]:
-    train = read_training_csv(train_csv)
-    return frequency_bands({c: int(train[c].sum()) for c in KNOWN_CLASSES}, len(train))
-
-
 def _clean(obj):
     """JSON without NaN: undefined scores become null."""
     if isinstance(obj, dict):
@@ -106,7 +101,7 @@ def evaluate_files(pred_csv: str | Path, labels_csv: str | Path, out_dir: str | 
     return summary
 
 
-__all__ = ["EvalInputError", "TableError", "align", "bands_from_training", "evaluate_files"]
+__all__ = ["EvalInputError", "TableError", "align", "evaluate_files"]
 
 
 def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir: str | Path, split: str,
@@ -121,11 +116,11 @@ def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir
     from sklearn.metrics import average_precision_score, confusion_matrix
 
     from cxrlt.data.images import load_preprocessed
+    from cxrlt.data.preprocess import load_eval_images
     from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, read_projections, write_submission
     from cxrlt.inference import EnsemblePredictor
     from cxrlt.plots import reliability_before_after
     from cxrlt.zeroshot.predict import ZeroShotPredictor
-    from cxrlt.zeroshot.proxy import load_eval_images
 
     data, out = Path(data_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

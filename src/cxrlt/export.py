@@ -33,8 +33,8 @@ from cxrlt import __version__
 from cxrlt.data.images import PreprocessConfig
 from cxrlt.ensemble import load_spec
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
+from cxrlt.models.factory import load_member
 from cxrlt.models.members import shares_trunk
-from cxrlt.training.trainer import load_member
 from cxrlt.tta import FeatureHeadTTA, TrunkTTA, TTAModel
 
 BUNDLE_JSON = "bundle.json"

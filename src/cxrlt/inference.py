@@ -14,7 +14,7 @@ import torch
 
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
 from cxrlt.ensemble import load_spec, spec_scorer
-from cxrlt.training.trainer import load_member
+from cxrlt.models.factory import load_member
 from cxrlt.tta import TTAModel
 
 

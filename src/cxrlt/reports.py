@@ -18,13 +18,20 @@ import torch
 from cxrlt.config import load_config, task1_preprocess
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
 from cxrlt.data.synth import SynthConfig, generate
-from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TEST_LABELS_CSV, TRAINING_CSV, read_projections
+from cxrlt.data.tables import (
+    IMAGES_DIR,
+    PADCHEST_METADATA_CSV,
+    TEST_LABELS_CSV,
+    TRAINING_CSV,
+    bands_from_training,
+    read_projections,
+)
 from cxrlt.ensemble import build_ensemble
-from cxrlt.evaluation import bands_from_training
 from cxrlt.inference import EnsemblePredictor
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.metrics import evaluate, macro_ap, macro_auroc, paired_bootstrap_diff
-from cxrlt.training.trainer import TrainRequest, load_member, train_member
+from cxrlt.models.factory import load_member
+from cxrlt.training.trainer import TrainRequest, train_member
 from cxrlt.tta import TTAModel
 
 VIEWS = ("frontal", "lateral", "mixed")
@@ -180,9 +187,10 @@ def task2_report(work: Path, config_path: Path, n_images: int = 2000, size: int 
     """Zero-shot experiments on synthetic data: alpha ablation, prompt ablation, proxy groups."""
     from sklearn.metrics import average_precision_score
 
+    from cxrlt.data.preprocess import load_eval_images
     from cxrlt.labels import UNSEEN_CLASSES
     from cxrlt.zeroshot.predict import ZeroShotPredictor
-    from cxrlt.zeroshot.proxy import load_eval_images, proxy_validate
+    from cxrlt.zeroshot.proxy import proxy_validate
     from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
 
     t0 = time.time()

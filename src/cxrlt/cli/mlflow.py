@@ -25,7 +25,7 @@ def mlflow_up(
     allowed_hosts: Annotated[str | None, typer.Option(help="Comma-separated Host headers to accept.")] = None,
 ) -> None:
     """Start mlflow server (one worker, job execution off) and wait until /health answers."""
-    from cxrlt.mlflow_server import start
+    from cxrlt.ops.mlflow_server import start
 
     try:
         state = start(data, port, host, artifacts, allowed_hosts)
@@ -38,6 +38,6 @@ def mlflow_up(
 @mlflow_app.command("down")
 def mlflow_down() -> None:
     """Stop the server started by cxrlt mlflow up."""
-    from cxrlt.mlflow_server import stop
+    from cxrlt.ops.mlflow_server import stop
 
     typer.echo("stopped" if stop() else "no MLflow server is recorded")

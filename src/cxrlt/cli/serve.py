@@ -103,8 +103,8 @@ def serve_rollout(
 
     The version goes into the cxrlt-rollout ConfigMap that every replica's init container reads, and the pod
     template's cxrlt.io/model-version annotation changes, which starts the rolling update."""
+    from cxrlt.ops.rollout import rollout
     from cxrlt.registry import RegistryError
-    from cxrlt.rollout import rollout
 
     try:
         result = rollout(version, model_name, tracking_uri, namespace=namespace, dry_run=dry_run)

@@ -73,7 +73,7 @@ def models_summary(
     """Every network of the profile: architecture, parameter count, input size, channels, normalisation and where
     its weights come from (tag, file, mirror or random). Validates the profile; resolves no weights."""
     from cxrlt.config import ConfigError
-    from cxrlt.models.summary import format_table, summarize_profile
+    from cxrlt.model_summary import format_table, summarize_profile
 
     try:
         rows = summarize_profile(config)

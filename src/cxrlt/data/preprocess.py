@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -92,3 +93,13 @@ def _record(report: CacheReport, image_id: str, err: str | None) -> None:
         report.written += 1
     else:
         report.failures[image_id] = err
+
+
+def load_eval_images(data_dir: Path, labels_csv: str, preprocess: PreprocessConfig
+                     ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The labelled images of ``labels_csv`` as [0, 1] squares under a model's preprocessing contract."""
+    from cxrlt.data.tables import IMAGES_DIR
+
+    labels = pd.read_csv(Path(data_dir) / labels_csv, dtype={"ImageID": str})
+    return labels, np.stack([load_preprocessed(Path(data_dir) / IMAGES_DIR / i, preprocess)
+                             for i in labels["ImageID"]])

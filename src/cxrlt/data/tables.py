@@ -176,3 +176,11 @@ def write_submission(path: str | Path, image_ids: Sequence[str], probs: dict[str
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False, float_format="%.6f")
     return path
+
+
+def bands_from_training(train_csv: str | Path) -> dict[str, str]:
+    """Each known class's frequency band (head, medium, tail) from its prevalence in the training table."""
+    from cxrlt.labels import frequency_bands
+
+    train = read_training_csv(train_csv)
+    return frequency_bands({c: int(train[c].sum()) for c in KNOWN_CLASSES}, len(train))

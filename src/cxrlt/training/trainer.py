@@ -36,6 +36,7 @@ from cxrlt.metrics import evaluate, selection_score
 from cxrlt.models.factory import MEMBER_KINDS, ROUTER_CLASSES, build_member, build_router
 from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
+from cxrlt.training.checkpoint import KILL_AFTER_EPOCH_ENV, atomic_save, restore_checkpoint
 from cxrlt.training.data import ImageStore, ManifestDataset
 from cxrlt.training.sampler import EpochShardedSampler, repeat_factors
 from cxrlt.tta import TTAModel
@@ -43,7 +44,6 @@ from cxrlt.tta import TTAModel
 log = logging.getLogger(__name__)
 
 MEMBER_VIEWS = (*VIEWS, "mixed")
-KILL_AFTER_EPOCH_ENV = "CXRLT_KILL_AFTER_EPOCH"  # fault injection for the resume test: SIGKILL after this epoch
 
 
 def parse_member(member: str) -> tuple[str | None, str]:
@@ -88,26 +88,6 @@ def _targets(df: pd.DataFrame, router: bool) -> np.ndarray:
     if router:
         return np.stack([(df["view"] == v).to_numpy() for v in ROUTER_CLASSES], axis=1).astype(np.float32)
     return df[list(KNOWN_CLASSES)].to_numpy(np.float32)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def restore_checkpoint(path: Path, **stateful) -> tuple[int, float, int, list]:
-    """Load ``last.pt`` into each stateful object (model, ema, optimizer, scheduler, sampler ...).
-
-    Returns (next epoch, best score, best epoch, history); a fresh start when there is no checkpoint.
-    """
-    if not path.exists():
-        return 0, -1.0, -1, []
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    for key, obj in stateful.items():
-        obj.load_state_dict(state[key])
-    log.info("resumed from %s (epoch %d done)", path, state["epoch"] + 1)
-    return state["epoch"] + 1, state["best"], state["best_epoch"], state["history"]
 
 
 def _score(router: bool, y: np.ndarray, logits: np.ndarray, rule: str = "mAP") -> float:
@@ -240,8 +220,8 @@ def train_member(req: TrainRequest) -> dict:
             log.info("%s epoch %d/%d loss %.4f %s %.4f%s", req.member, epoch + 1, epochs, train_loss, metric, score,
                      " (best)" if improved else "")
             if improved:
-                _atomic_save({"model": ema.module.state_dict(), "epoch": epoch, "score": score}, best_path)
-            _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                atomic_save({"model": ema.module.state_dict(), "epoch": epoch, "score": score}, best_path)
+            atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "epoch": epoch,
                           "best": best, "best_epoch": best_epoch, "history": history}, last_path)
             _mlflow_log_epoch(mlflow_run, record, metric)
@@ -296,25 +276,6 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
     return summary
 
 
-def load_member(member_dir: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a trained member from its directory (``member.json`` + ``best.pt``) for inference or export."""
-    member_dir = Path(member_dir)
-    card = json.loads((member_dir / "member.json").read_text())
-    models_cfg = {card["kind"]: card["model_config"]}
-    in_chans = int(card.get("in_chans", 1))
-    if card["kind"] == "router":
-        model = build_router(card["model_config"], in_chans)
-    elif card["kind"] == "cait":
-        models_cfg["pcam"] = card["pcam_model_config"]
-        model = build_member("cait", models_cfg, len(card["classes"]), card["image_size"], in_chans, for_loading=True)
-    else:
-        model = build_member(card["kind"], models_cfg, len(card["classes"]), card["image_size"], in_chans)
-    state = torch.load(member_dir / "best.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    return model.eval(), card
-
-
-# ------------------------------------------------------------------------------------------------------------ MLflow
 def _mlflow_start(req: TrainRequest, cfg: dict, info: D.DistInfo):
     if not info.is_main or not os.environ.get("MLFLOW_TRACKING_URI"):
         return None
@@ -345,7 +306,7 @@ def _mlflow_end(run, out: Path, summary: dict) -> None:
     mlflow.log_metrics({f"best_{k}": v for k, v in summary["val_tta"].items() if v is not None})
     mlflow.log_artifact(str(out / "member.json"))
     if summary["kind"] != "router":  # per-class AP of the best EMA weights on validation, grouped by band
-        from cxrlt.evaluation import bands_from_training
+        from cxrlt.data.tables import bands_from_training
         from cxrlt.plots import per_class_ap_chart
 
         logits = pd.read_csv(out / "val_logits.csv", dtype={"ImageID": str}).set_index("ImageID")

@@ -17,19 +17,12 @@ from sklearn.metrics import average_precision_score
 
 from cxrlt.config import load_config
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
+from cxrlt.data.preprocess import load_eval_images
 from cxrlt.data.split import training_frames
 from cxrlt.data.tables import DEV_LABELS_CSV, IMAGES_DIR
 from cxrlt.labels import PROXY_GROUPS
 from cxrlt.zeroshot.predict import ZeroShotPredictor
 from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
-
-
-def load_eval_images(data_dir: Path, labels_csv: str, preprocess: PreprocessConfig
-                     ) -> tuple[pd.DataFrame, np.ndarray]:
-    """The labelled images of ``labels_csv`` as [0, 1] squares under a model's preprocessing contract."""
-    labels = pd.read_csv(data_dir / labels_csv, dtype={"ImageID": str})
-    return labels, np.stack([load_preprocessed(data_dir / IMAGES_DIR / i, preprocess) for i in labels["ImageID"]])
-
 
 LABELLED_SOURCES = ("val", "dev")
 

@@ -33,9 +33,9 @@ from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.metrics import macro_ap
 from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
+from cxrlt.training.checkpoint import KILL_AFTER_EPOCH_ENV, atomic_save, restore_checkpoint
 from cxrlt.training.data import ImageStore, ManifestDataset
 from cxrlt.training.sampler import EpochShardedSampler, sample_rng
-from cxrlt.training.trainer import KILL_AFTER_EPOCH_ENV, _atomic_save, restore_checkpoint
 from cxrlt.zeroshot.bank import load_bank, prompts_for
 from cxrlt.zeroshot.loss import DualBranchLoss
 from cxrlt.zeroshot.model import DualBranchCLIP, build_clip, tokenize
@@ -116,7 +116,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
         score = known_class_map(model, val_loader, bank, train_classes, zs, device)
         card = _card(cfg, zs, weights, held_out, train_classes, -1, score, [], info) | {"training_free": True}
         if info.is_main:
-            _atomic_save({"model": model.state_dict(), "epoch": -1, "score": score}, out / "best.pt")
+            atomic_save({"model": model.state_dict(), "epoch": -1, "score": score}, out / "best.pt")
             (out / "zeroshot.json").write_text(json.dumps(card, indent=2, default=str))
             log.info("zeroshot: training-free model from %s, known-class validation mAP %.4f",
                      weights.source if weights else "random weights", score)
@@ -178,8 +178,8 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
             log.info("zeroshot epoch %d/%d loss %.4f (clip %.4f, asl %.4f) val known-class mAP %.4f%s", epoch + 1,
                      epochs, record["loss"], record["contrastive"], record["asl"], score, " (best)" if improved else "")
             if improved:
-                _atomic_save({"model": ema.module.state_dict(), "epoch": epoch, "score": score}, out / "best.pt")
-            _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                atomic_save({"model": ema.module.state_dict(), "epoch": epoch, "score": score}, out / "best.pt")
+            atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                           "history": history}, out / "last.pt")
             if run is not None:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONTAINERS_CONF = ROOT / "images" / "containers.conf"
 #: the uid the images run as (their USER): host folders a container writes to must be writable by it
 CONTAINER_UID = 1000
@@ -52,7 +52,7 @@ def image_exists(engine: list[str], image: str) -> bool:
 def docker_api():
     """Set ``DOCKER_HOST`` for the Docker API clients (kfp.local's DockerRunner) while the block runs: Docker's own
     daemon when it works, otherwise podman's Docker-compatible service on a private socket, stopped by PID after."""
-    from cxrlt.procs import spawn, stop_group
+    from cxrlt.ops.procs import spawn, stop_group
 
     engine = engine_command()
     if Path(engine[0]).name == "docker":

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import yaml
 
-from cxrlt.containers import container_env, engine_command
+from cxrlt.ops.containers import container_env, engine_command
+from cxrlt.ops.procs import free_port
 from cxrlt.platform import TRAINER_API
-from cxrlt.procs import free_port
 
 #: list fields merged by key when a patch is applied (strategic-merge style); other lists are replaced
 MERGE_KEYS = {"containers": "name", "initContainers": "name", "volumes": "name", "env": "name",

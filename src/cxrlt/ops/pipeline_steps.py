@@ -76,7 +76,7 @@ def job_networks(view: str, member: str, models: dict) -> list[str]:
 
 def _launch(args: list[str], launcher: str, key: str, run_dir: str, nproc: int, num_nodes: int,
             gpus_per_node: int, threads: int) -> None:
-    from cxrlt.launch import launch_local, launch_trainjob, trainjob_body, trainjob_name
+    from cxrlt.ops.launch import launch_local, launch_trainjob, trainjob_body, trainjob_name
 
     if launcher == "local":
         launch_local(args, nproc, threads=threads)
@@ -147,7 +147,7 @@ def train_zeroshot_run(shared_root: str, run_id: str, data_dir: str, cache: Path
                        num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1, pod_root: str = "") -> dict:
     """Fine-tune the dual-branch CLIP into ``<run>/zeroshot`` (locally or as a TrainJob), calibrate it on the
     training split's validation part in this step, verify and publish it."""
-    from cxrlt.launch import launch_local
+    from cxrlt.ops.launch import launch_local
     from cxrlt.platform import SHARED_ROOT
 
     if launcher not in ("local", "trainjob"):

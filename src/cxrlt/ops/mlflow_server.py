@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from cxrlt.procs import free_port, load_state, same_process, save_state, spawn, start_time, stop_group, wait_ready
+from cxrlt.ops.procs import free_port, load_state, same_process, save_state, spawn, start_time, stop_group, wait_ready
 
 STATE_DIR = Path(os.environ.get("CXRLT_STATE_DIR", Path.home() / ".cache" / "cxrlt" / "servers"))
 
