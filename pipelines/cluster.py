@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from cxrlt.errors import CxrltError, InvalidInputError, OperationError
+
 EXPERIMENT = "cxrlt-retraining"
 SERVICE_ACCOUNT = "cxrlt-pipeline-runner"
 #: KFP IR parameter types -> how a command-line string becomes that type
@@ -22,14 +24,14 @@ _KINDS = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN
           "STRUCT": dict}
 
 
-class PipelineParamError(ValueError):
+class PipelineParamError(CxrltError, ValueError):
     """A pipeline parameter that the compiled package does not declare, or a value of the wrong type."""
 
 
 def validate_cron(cron: str) -> str:
     fields = cron.split()
     if len(fields) != 6:
-        raise ValueError(f"KFP cron needs 6 fields (seconds first), got {len(fields)}: {cron!r}")
+        raise InvalidInputError(f"KFP cron needs 6 fields (seconds first), got {len(fields)}: {cron!r}")
     return cron
 
 
@@ -89,7 +91,7 @@ def git_commit(root: str | Path = ".") -> str:
     done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                           text=True)
     if done.returncode:
-        raise RuntimeError(f"cannot name the version by the git commit: {done.stderr.strip() or 'not a checkout'}")
+        raise OperationError(f"cannot name the version by the git commit: {done.stderr.strip() or 'not a checkout'}")
     return done.stdout.strip()
 
 

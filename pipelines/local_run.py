@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from cxrlt.errors import InvalidInputError
+
 
 def latest_run(pipeline_root: str | Path) -> Path | None:
     """The newest ``cxrlt-training-*`` run directory under a local pipeline root (None when there is none)."""
@@ -53,7 +55,7 @@ def run_training_local(pipeline_root: str | Path, runner: str = "subprocess", ku
     from pipelines.training_pipeline import training_pipeline
 
     if runner not in RUNNERS:
-        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+        raise InvalidInputError(f"runner must be one of {RUNNERS}, got {runner!r}")
     root = Path(pipeline_root).resolve()
     volume = root / "shared"
     volume.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlt.errors import InvalidInputError, NotFoundError
+
 MODEL = "cxr"
 OUTPUTS = ("KNOWN_PROBS", "UNSEEN_PROBS", "VIEW", "VIEW_CONFIDENCE", "MODEL_VERSION", "ERROR", "KNOWN_CLASSES",
            "UNSEEN_CLASSES", "KNOWN_BANDS")
@@ -113,10 +115,10 @@ class TLSOptions:
     def client_kwargs(self) -> dict:
         """tritonclient's arguments (it reads the PEM files itself)."""
         if bool(self.cert) != bool(self.key):
-            raise ValueError("mutual TLS needs both a client certificate and its key")
+            raise InvalidInputError("mutual TLS needs both a client certificate and its key")
         for path in (self.ca, self.cert, self.key):
             if path and not Path(path).is_file():
-                raise FileNotFoundError(f"TLS file not found: {path}")
+                raise NotFoundError(f"TLS file not found: {path}")
         return {"ssl": True, "root_certificates": str(self.ca), "private_key": str(self.key) if self.key else None,
                 "certificate_chain": str(self.cert) if self.cert else None}
 

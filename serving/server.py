@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cxrlt.errors import CxrltError
 from cxrlt.ops.procs import free_port, same_process, spawn, start_time, stop_group, wait_ready
 
 
@@ -41,7 +42,7 @@ STATE_DIR = Path(os.environ.get("CXRLT_STATE_DIR", Path.home() / ".cache" / "cxr
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-class ServeError(RuntimeError):
+class ServeError(CxrltError, RuntimeError):
     """The server could not be started or stopped; the message carries the relevant log lines."""
 
 

@@ -30,3 +30,32 @@ def test_demo_quiet_mode_keeps_banners_progress_results_and_errors(raw, expected
     from cxrlt.demo import shown
 
     assert shown(raw) == expected
+
+
+def test_every_error_cxrlt_defines_derives_from_the_one_base():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import cxrlt
+    from cxrlt.errors import CxrltError
+
+    defined = []
+    for info in pkgutil.walk_packages(cxrlt.__path__, "cxrlt."):
+        if info.name == "cxrlt.pyfunc_bundle" or info.name.endswith("__main__"):  # a model-from-code file (imported
+            continue                                                            # inside MLflow models) and the CLI
+        module = importlib.import_module(info.name)
+        defined += [obj for obj in vars(module).values() if inspect.isclass(obj) and issubclass(obj, Exception)
+                    and obj.__module__ == module.__name__]
+    assert len(defined) >= 15
+    assert [e.__qualname__ for e in defined if not issubclass(e, CxrltError)] == []
+
+
+def test_cli_prints_a_cxrlt_error_without_a_traceback(tmp_path):
+    png = tmp_path / "x.png"
+    png.write_bytes(b"not an image")
+    result = CliRunner().invoke(app, ["predict", "--ensemble", str(tmp_path / "missing"), "--out",
+                                      str(tmp_path / "p.csv"), str(png)])
+    assert result.exit_code == 1
+    assert "error: " in result.output and "is not an ensemble directory" in result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from cxrlt.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MODALITIES, DEFAULT_PERCENTILES, PreprocessConfig
+from cxrlt.errors import CxrltError, InvalidInputError, NotFoundError
 
 #: Named input normalisations (per-channel mean, std on [0, 1] pixels). ``cxrlt`` is this project's 1-channel
 #: default; ``imagenet`` is timm's ImageNet statistics (seed 000 and HPH); ``clip`` is OpenAI CLIP's;
@@ -35,7 +36,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
-class ConfigError(ValueError):
+class ConfigError(CxrltError, ValueError):
     """A profile failed validation; the message names the file and every offending key."""
 
 
@@ -58,7 +59,7 @@ class InputConfig(_Strict):
     @classmethod
     def _ordered(cls, v):
         if not 0 <= v[0] < v[1] <= 100:
-            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(v)}")
+            raise InvalidInputError(f"percentiles must satisfy 0 <= low < high <= 100, got {list(v)}")
         return v
 
     def contract(self, size: int) -> PreprocessConfig:
@@ -118,9 +119,9 @@ class ModelsConfig(_Strict):
     @model_validator(mode="after")
     def _some_member(self):
         if not any(getattr(self, k) is not None for k in ("pcam", "swin", "cait", "mlp", "csra")):
-            raise ValueError("models: define at least one ensemble member (pcam, swin, cait, mlp or csra)")
+            raise InvalidInputError("models: define at least one ensemble member (pcam, swin, cait, mlp or csra)")
         if self.cait is not None and self.pcam is None:
-            raise ValueError("models.cait runs over the frozen pcam trunk: models.pcam is needed too")
+            raise InvalidInputError("models.cait runs over the frozen pcam trunk: models.pcam is needed too")
         return self
 
 
@@ -262,8 +263,8 @@ class ZeroShotConfig(_Optimisation):
         import open_clip
 
         if v not in open_clip.list_models():
-            raise ValueError(f"unknown zero-shot model {v!r}: 'tiny' or an open_clip model name such as "
-                             "ViT-B-32-quickgelu (CheXzero) or ViT-L-14")
+            raise InvalidInputError(f"unknown zero-shot model {v!r}: 'tiny' or an open_clip model name such as "
+                                    "ViT-B-32-quickgelu (CheXzero) or ViT-L-14")
         return v
 
     def resolved(self) -> dict:
@@ -307,8 +308,8 @@ class Profile(_Strict):
     @model_validator(mode="after")
     def _sizes(self):
         if self.data.cache_size < self.data.image_size:
-            raise ValueError(f"data.cache_size ({self.data.cache_size}) is smaller than data.image_size "
-                             f"({self.data.image_size}): the cache would be upsampled")
+            raise InvalidInputError(f"data.cache_size ({self.data.cache_size}) is smaller than data.image_size "
+                                    f"({self.data.image_size}): the cache would be upsampled")
         return self
 
 
@@ -332,7 +333,7 @@ def load_profile(path: str | Path | dict | Profile) -> Profile:
     else:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"config {path} not found (profiles live in configs/)")
+            raise NotFoundError(f"config {path} not found (profiles live in configs/)")
         raw, source = yaml.safe_load(path.read_text()) or {}, str(path)
     try:
         return Profile.model_validate(raw)

@@ -20,13 +20,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from cxrlt.errors import CxrltError
+
 #: the file a KFP artifact holds instead of the data it points to
 POINTER = "location.json"
 #: layout under the shared root
 RUNS, CACHES = "runs", "caches"
 
 
-class DataPlaneError(RuntimeError):
+class DataPlaneError(CxrltError, RuntimeError):
     """A path is not on the shared volume, a pointer is missing, or its target changed; the message says which."""
 
 

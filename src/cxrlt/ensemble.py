@@ -21,6 +21,7 @@ import pandas as pd
 from cxrlt import scoring
 from cxrlt.config import task1_preprocess
 from cxrlt.data.tables import read_training_csv
+from cxrlt.errors import InvalidInputError, NotFoundError
 from cxrlt.labels import KNOWN_CLASSES, NORMAL, frequency_bands
 from cxrlt.metrics import macro_ap
 from cxrlt.models.factory import MEMBER_KINDS, ROUTER_CLASSES
@@ -54,7 +55,7 @@ def fit_calibration(probs: np.ndarray, y: np.ndarray, classes: list[str], method
     identity would leave it as miscalibrated as the loss made it (ASL inflates rare-class probabilities).
     """
     if method not in CALIBRATIONS:
-        raise ValueError(f"unknown calibration {method!r}: choose one of {CALIBRATIONS}")
+        raise InvalidInputError(f"unknown calibration {method!r}: choose one of {CALIBRATIONS}")
     if method == "none":
         return {"method": method, "a": dict.fromkeys(classes, 1.0), "b": dict.fromkeys(classes, 0.0)}
     z_all, t_all = logit(probs), np.asarray(y, np.float64)
@@ -180,7 +181,7 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
         if fixed:  # HPH: fixed raw weights (1.0 : 1.5), normalised over the members this view has
             missing = [k for k in members if k not in fixed]
             if missing:
-                raise ValueError(f"ensemble.weights gives no weight for the {view} members {missing}")
+                raise InvalidInputError(f"ensemble.weights gives no weight for the {view} members {missing}")
             weights = normalised({k: fixed[k] for k in members})
             score = macro_ap(y, combine(logits, weights, spec["combine"]))
         else:
@@ -193,7 +194,7 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
         for k in members:
             shutil.copytree(runs / view / k, out / view / k, dirs_exist_ok=True)
     if not spec["views"]:
-        raise ValueError(f"{runs}: no trained members found (expected <view>/<kind>/member.json)")
+        raise InvalidInputError(f"{runs}: no trained members found (expected <view>/<kind>/member.json)")
     served = served_validation(view_probs, "router" in spec)
     if len(served):
         y = labels.loc[served.index, list(KNOWN_CLASSES)].to_numpy()
@@ -204,8 +205,9 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
     for card_path in sorted(out.glob("**/member.json")):  # one contract for every network the ensemble serves
         card = json.loads(card_path.read_text())
         if card.get("preprocess", spec["preprocess"]) != spec["preprocess"]:
-            raise ValueError(f"{card_path.parent}: trained with preprocessing {card['preprocess']}, but the profile's "
-                             f"contract is {spec['preprocess']}; retrain it or use the profile it was trained with")
+            raise InvalidInputError(f"{card_path.parent}: trained with preprocessing {card['preprocess']}, but the "
+                                    f"profile's contract is {spec['preprocess']}; retrain it or use the profile it "
+                                    "was trained with")
     (out / ENSEMBLE_JSON).write_text(json.dumps(spec, indent=2))
     return spec
 
@@ -221,5 +223,5 @@ def spec_scorer(spec: dict) -> scoring.BundleScorer:
 def load_spec(ensemble_dir: str | Path) -> dict:
     path = Path(ensemble_dir) / ENSEMBLE_JSON
     if not path.exists():
-        raise FileNotFoundError(f"{ensemble_dir} is not an ensemble directory (no {ENSEMBLE_JSON})")
+        raise NotFoundError(f"{ensemble_dir} is not an ensemble directory (no {ENSEMBLE_JSON})")
     return json.loads(path.read_text())

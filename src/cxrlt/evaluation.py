@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.data.tables import TableError, bands_from_training, read_label_csv
+from cxrlt.errors import CxrltError
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES, frequency_bands
 from cxrlt.metrics import EvalResult, evaluate
 from cxrlt.plots import per_class_ap_chart, reliability_diagram
 
 
-class EvalInputError(ValueError):
+class EvalInputError(CxrltError, ValueError):
     """Predictions and labels cannot be matched; the message says which IDs or classes are at fault."""
 
 

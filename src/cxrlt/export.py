@@ -32,6 +32,7 @@ from torch import nn
 from cxrlt import __version__
 from cxrlt.data.images import PreprocessConfig
 from cxrlt.ensemble import load_spec
+from cxrlt.errors import InvalidInputError, NotFoundError
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
 from cxrlt.models.factory import load_member
 from cxrlt.models.members import shares_trunk
@@ -84,7 +85,7 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
     spec = load_spec(ens)
     has_router = "router" in spec
     if not has_router and "mixed" not in spec["views"]:
-        raise ValueError(f"{ens} has neither a router nor a mixed ensemble: nothing could serve every image")
+        raise InvalidInputError(f"{ens} has neither a router nor a mixed ensemble: nothing could serve every image")
     if out.exists():
         shutil.rmtree(out)
     (out / "onnx").mkdir(parents=True)
@@ -145,5 +146,5 @@ def bundle_contracts(bundle: dict) -> tuple[PreprocessConfig, PreprocessConfig |
 def load_bundle(bundle_dir: str | Path) -> dict:
     path = Path(bundle_dir) / BUNDLE_JSON
     if not path.exists():
-        raise FileNotFoundError(f"{bundle_dir} is not a served bundle (no {BUNDLE_JSON}); run cxrlt export")
+        raise NotFoundError(f"{bundle_dir} is not a served bundle (no {BUNDLE_JSON}); run cxrlt export")
     return json.loads(path.read_text())

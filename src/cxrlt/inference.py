@@ -14,6 +14,7 @@ import torch
 
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
 from cxrlt.ensemble import load_spec, spec_scorer
+from cxrlt.errors import InvalidInputError
 from cxrlt.models.factory import load_member
 from cxrlt.tta import TTAModel
 
@@ -32,7 +33,7 @@ class EnsemblePredictor:
         self.preprocess = PreprocessConfig.from_dict(self.spec.get("preprocess") or {"size": self.spec["image_size"]})
         self.size = self.preprocess.size
         if mixed and "mixed" not in self.spec["views"]:
-            raise ValueError(f"{ensemble_dir} has no mixed ensemble")
+            raise InvalidInputError(f"{ensemble_dir} has no mixed ensemble")
         self.router = None if mixed else load_member(self.dir / self.spec["router"])[0].to(self.device)
         self.members: dict[str, dict[str, torch.nn.Module]] = {}
         for view, vspec in self.spec["views"].items():

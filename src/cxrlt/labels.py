@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from cxrlt.errors import CxrltError
+
 #: The 30 Task 1 classes, in the exact column order and spelling of ``CXRLT_2026_training.csv``.
 KNOWN_CLASSES: tuple[str, ...] = (
     "Normal",
@@ -77,7 +79,7 @@ PROXY_GROUPS: dict[str, tuple[str, ...]] = {
 _UNSEEN_ALIASES = {name.lower(): name for name in UNSEEN_CLASSES}
 
 
-class LabelSpaceError(ValueError):
+class LabelSpaceError(CxrltError, ValueError):
     """A class name or column set does not match the CXR-LT label space."""
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrlt.errors import InvalidInputError
+
 
 class AsymmetricLoss(nn.Module):
     """ASL (Ridnik et al.; Alibaba-MIIL/ASL reference semantics).
@@ -24,7 +26,7 @@ class AsymmetricLoss(nn.Module):
                  reduction: str = "sum", class_weights: Sequence[float] | torch.Tensor | None = None):
         super().__init__()
         if reduction not in ("sum", "mean"):
-            raise ValueError("reduction must be 'sum' or 'mean'")
+            raise InvalidInputError("reduction must be 'sum' or 'mean'")
         self.gamma_neg, self.gamma_pos, self.clip, self.eps, self.reduction = gamma_neg, gamma_pos, clip, eps, reduction
         weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
@@ -84,9 +86,9 @@ def build_loss(name: str, class_counts: Sequence[int] | None = None, **kwargs) -
     if name == "asl":
         return AsymmetricLoss(**kwargs)
     if name in ("asl_weighted", "db") and class_counts is None:
-        raise ValueError(f"loss {name!r} needs class_counts")
+        raise InvalidInputError(f"loss {name!r} needs class_counts")
     if name == "asl_weighted":
         return AsymmetricLoss(class_weights=class_balanced_weights(class_counts), **kwargs)
     if name == "db":
         return DistributionBalancedLoss(class_counts, **kwargs)
-    raise ValueError(f"unknown loss {name!r}: choose one of {LOSSES}")
+    raise InvalidInputError(f"unknown loss {name!r}: choose one of {LOSSES}")

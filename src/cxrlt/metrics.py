@@ -16,6 +16,8 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 from torchmetrics.functional.classification import binary_calibration_error
 
+from cxrlt.errors import InvalidInputError
+
 THRESHOLD = 0.5
 
 
@@ -102,11 +104,12 @@ def evaluate(
     y_true = np.asarray(y_true)
     y_prob = np.asarray(y_prob, dtype=np.float64)
     if y_true.shape != y_prob.shape or y_true.ndim != 2 or y_true.shape[1] != len(classes):
-        raise ValueError(f"labels {y_true.shape}, probabilities {y_prob.shape} and {len(classes)} classes disagree")
+        raise InvalidInputError(f"labels {y_true.shape}, probabilities {y_prob.shape} and {len(classes)} classes "
+                                "disagree")
     if not np.isfinite(y_prob).all() or y_prob.min() < 0 or y_prob.max() > 1:
-        raise ValueError("probabilities must be finite and within [0, 1]")
+        raise InvalidInputError("probabilities must be finite and within [0, 1]")
     if not np.isin(y_true, (0, 1)).all():
-        raise ValueError("labels must be 0 or 1")
+        raise InvalidInputError("labels must be 0 or 1")
     per_class, excluded = {}, {}
     for j, name in enumerate(classes):
         per_class[name] = score_class(y_true[:, j], y_prob[:, j])
@@ -146,7 +149,7 @@ def selection_score(y_true: np.ndarray, logits: np.ndarray, rule: str = "mAP") -
         # BCE from logits, numerically stable: max(z, 0) - z y + log(1 + exp(-|z|))
         bce = np.maximum(logits, 0) - logits * y_true + np.log1p(np.exp(-np.abs(logits)))
         return macro_ap(y_true, prob) + macro_auroc(y_true, prob) - float(bce.mean())
-    raise ValueError(f"unknown selection rule {rule!r}: mAP or mAP+mAUC-BCE")
+    raise InvalidInputError(f"unknown selection rule {rule!r}: mAP or mAP+mAUC-BCE")
 
 
 def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n: int = 200, seed: int = 0,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlt.errors import CxrltError
 from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
 
 EVAL_ARTIFACT = "evaluation"
@@ -43,7 +44,7 @@ def verify_bundle(bundle_dir: str | Path, manifest: dict[str, str], source: str 
                             f"changed {changed}, missing {missing}, unexpected {extra}; refusing to serve it")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(CxrltError, RuntimeError):
     """A registry operation was refused; the message says why."""
 
 

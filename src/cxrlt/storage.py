@@ -11,13 +11,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cxrlt.errors import InvalidInputError, NotFoundError
+
 
 def parse_s3(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
+        raise InvalidInputError(f"not an s3:// URI: {uri!r}")
     bucket, _, prefix = uri[5:].partition("/")
     if len(bucket) < 3:
-        raise ValueError(f"invalid bucket name in {uri!r}")
+        raise InvalidInputError(f"invalid bucket name in {uri!r}")
     return bucket, prefix.strip("/")
 
 
@@ -54,7 +56,7 @@ def download_dir(uri: str, local: str | Path, s3=None, progress: bool = True) ->
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]
     if not keys:
-        raise FileNotFoundError(f"nothing stored under {uri}")
+        raise NotFoundError(f"nothing stored under {uri}")
     for key in tqdm(keys, desc=f"download {uri}", unit="file", disable=not progress):
         target = Path(local) / (key[len(prefix) :].lstrip("/") if prefix else key)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrlt.errors import InvalidInputError
+
 TTA_MODES = ("none", "flip", "medium")
 
 
@@ -36,7 +38,7 @@ def _affine(x: torch.Tensor, angle_deg: float = 0.0, zoom: float = 1.0) -> torch
 
 def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     if mode not in TTA_MODES:
-        raise ValueError(f"unknown TTA mode {mode!r}: choose one of {TTA_MODES}")
+        raise InvalidInputError(f"unknown TTA mode {mode!r}: choose one of {TTA_MODES}")
     views = [x]
     if mode in ("flip", "medium"):
         views.append(torch.flip(x, dims=[3]))
@@ -59,7 +61,7 @@ class TTAModel(nn.Module):
     def __init__(self, model: nn.Module, mode: str = "flip", merge: str = "logit"):
         super().__init__()
         if merge not in TTA_MERGES:
-            raise ValueError(f"unknown TTA merge {merge!r}: choose one of {TTA_MERGES}")
+            raise InvalidInputError(f"unknown TTA merge {merge!r}: choose one of {TTA_MERGES}")
         self.model, self.mode, self.merge = model, mode, merge
         tta_views(torch.zeros(1, 1, 4, 4), mode)  # validate the mode early
 
@@ -95,7 +97,7 @@ class FeatureHeadTTA(nn.Module):
     def __init__(self, member: nn.Module, merge: str = "logit"):
         super().__init__()
         if merge not in TTA_MERGES:
-            raise ValueError(f"unknown TTA merge {merge!r}: choose one of {TTA_MERGES}")
+            raise InvalidInputError(f"unknown TTA merge {merge!r}: choose one of {TTA_MERGES}")
         self.member, self.merge = member, merge
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from cxrlt.dataplane import sha256_file
+from cxrlt.errors import CxrltError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,15 @@ OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(CxrltError, FileNotFoundError):
     """A configured weight could not be found; the message says where it was looked for and how to mirror it."""
 
 
-class WeightsIntegrityError(ValueError):
+class WeightsIntegrityError(CxrltError, ValueError):
     """A downloaded weight file does not match the sha256 recorded in the mirror."""
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(CxrltError, ValueError):
     """A weight file was found but does not fit the configured architecture."""
 
 
@@ -118,7 +119,7 @@ def resolve(spec: str, family: str = "timm", arch: str | None = None, mirror: st
     """
     kind = spec_kind(spec)
     if kind == "random":
-        raise ValueError("spec is null: nothing to resolve (random initialisation)")
+        raise InvalidInputError("spec is null: nothing to resolve (random initialisation)")
     if kind == "file":
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -267,7 +268,7 @@ def mirror_weights(spec: str, to: str, name: str | None = None, family: str = "t
     if name is None:
         name = _mirror_names(spec, family, arch)[0] if spec_kind(spec) == "tag" else resolved.path.stem
     if not _NAME.match(name):
-        raise ValueError(f"mirror name {name!r}: use letters, digits and . _ @ + - (no slashes)")
+        raise InvalidInputError(f"mirror name {name!r}: use letters, digits and . _ @ + - (no slashes)")
     bucket, prefix = storage.parse_s3(to)
     s3 = storage.client()
     storage.ensure_bucket(bucket, s3)

@@ -7,8 +7,26 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+from cxrlt.errors import CxrltError
+
+
+class _Commands(TyperGroup):
+    """The root command group: the one place where cxrlt's errors become ``error: <message>`` and exit status 1.
+
+    A :class:`~cxrlt.errors.CxrltError` (and a missing file named on the command line) is the user's to fix and is
+    printed without a traceback; anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (CxrltError, FileNotFoundError) as exc:
+            _fail(str(exc))
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="cxrlt: long-tailed (30 known findings) and zero-shot (6 unseen findings) chest X-ray classification.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

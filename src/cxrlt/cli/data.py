@@ -45,13 +45,9 @@ def data_validate(
     min_size: Annotated[int, typer.Option(help="Minimum image side in pixels.")] = 32,
 ) -> None:
     """Validate the training CSV (great-expectations suite, zero-shot leak guard) and the image files."""
-    from cxrlt.data.tables import TableError
     from cxrlt.data.validate import validate_dataset, write_report
 
-    try:
-        report = validate_dataset(data, min_positives, image_check, min_size)
-    except TableError as exc:
-        _fail(str(exc))
+    report = validate_dataset(data, min_positives, image_check, min_size)
     json_path, md_path = write_report(report, out)
     if report.success:
         typer.echo(f"validation passed ({report.statistics}); report: {md_path}")
@@ -112,13 +108,10 @@ def data_split(
     Train with `cxrlt train --splits OUT` (and `cxrlt zeroshot train --splits OUT`) so that the removal list and the
     label-source filter applied here are exactly what the networks see."""
     from cxrlt.data.split import split_dataset
-    from cxrlt.data.tables import PADCHEST_METADATA_CSV, TRAINING_CSV, TableError
+    from cxrlt.data.tables import PADCHEST_METADATA_CSV, TRAINING_CSV
 
     if metadata is None and (data / PADCHEST_METADATA_CSV).exists():
         metadata = data / PADCHEST_METADATA_CSV
-    try:
-        summary = split_dataset(data / TRAINING_CSV, out, metadata, removal, val_fraction, seed, label_source)
-    except (TableError, ValueError) as exc:
-        _fail(str(exc))
+    summary = split_dataset(data / TRAINING_CSV, out, metadata, removal, val_fraction, seed, label_source)
     keys = ("images", "patients", "excluded_images", "removed_images", "label_source", "label_source_excluded_images")
     typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}))

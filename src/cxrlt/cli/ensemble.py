@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import DataDir, _fail, app
+from cxrlt.cli._app import DataDir, app
 
 ensemble_app = typer.Typer(help="Fit and inspect per-view ensembles.", no_args_is_help=True)
 app.add_typer(ensemble_app, name="ensemble")
@@ -25,9 +25,6 @@ def ensemble_build(
     from cxrlt.data.tables import TRAINING_CSV
     from cxrlt.ensemble import build_ensemble
 
-    try:
-        spec = build_ensemble(runs, out, data / TRAINING_CSV, load_config(config))
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    spec = build_ensemble(runs, out, data / TRAINING_CSV, load_config(config))
     for view, v in spec["views"].items():
         typer.echo(f"{view}: weights {v['weights']} val mAP {v['val_mAP']:.4f} (members {v['val_mAP_members']})")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import _fail, app
+from cxrlt.cli._app import app
 
 mlflow_app = typer.Typer(help="A local MLflow tracking/registry server (SQLite + local or S3 artifacts).",
                          no_args_is_help=True)
@@ -27,10 +27,7 @@ def mlflow_up(
     """Start mlflow server (one worker, job execution off) and wait until /health answers."""
     from cxrlt.ops.mlflow_server import start
 
-    try:
-        state = start(data, port, host, artifacts, allowed_hosts)
-    except RuntimeError as exc:
-        _fail(str(exc))
+    state = start(data, port, host, artifacts, allowed_hosts)
     uri = state["tracking_uri"]
     typer.echo(f"MLflow at {uri} (pid {state['pid']}); export MLFLOW_TRACKING_URI={uri}")
 

@@ -61,12 +61,9 @@ def pipeline_upload(
     packages = sorted(compiled.glob("*.yaml"))
     if not packages:
         _fail(f"no compiled pipelines in {compiled}: run cxrlt pipeline compile first")
-    try:
-        commit = None if version else git_commit()
-        results = [upload(host, p, version or f"{p.stem.replace('_', '-')}-{commit}", namespace=namespace)
-                   for p in packages]
-    except (RuntimeError, ValueError) as exc:
-        _fail(str(exc))
+    commit = None if version else git_commit()
+    results = [upload(host, p, version or f"{p.stem.replace('_', '-')}-{commit}", namespace=namespace)
+               for p in packages]
     typer.echo(json.dumps(results, indent=2))
 
 
@@ -104,12 +101,9 @@ def pipeline_run(
 
     Cache size, members, split and gate come from the profile; the options here only override."""
     if host:
-        from pipelines.cluster import PipelineParamError, run_once
+        from pipelines.cluster import run_once
 
-        try:
-            run_id = run_once(host, package, _params(param), run_name=run_name, namespace=namespace)
-        except (PipelineParamError, FileNotFoundError) as exc:
-            _fail(str(exc))
+        run_id = run_once(host, package, _params(param), run_name=run_name, namespace=namespace)
         typer.echo(json.dumps({"run_id": run_id, "host": host}))
         return
     if data is None:
@@ -141,13 +135,10 @@ def pipeline_schedule(
         help="Uploaded pipeline version to run; default: the package itself.")] = None,
 ) -> None:
     """Create or update the KFP recurring run of the training pipeline."""
-    from pipelines.cluster import PipelineParamError, schedule
+    from pipelines.cluster import schedule
 
     if bool(pipeline_id) != bool(version_id):
         _fail("give --pipeline-id and --version-id together (cxrlt pipeline upload prints both)")
-    try:
-        run = schedule(host, package, cron, _params(param), job_name, namespace=namespace, pipeline_id=pipeline_id,
-                       version_id=version_id)
-    except (PipelineParamError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    run = schedule(host, package, cron, _params(param), job_name, namespace=namespace, pipeline_id=pipeline_id,
+                   version_id=version_id)
     typer.echo(f"recurring run {getattr(run, 'recurring_run_id', '?')} {job_name!r} scheduled ({cron})")

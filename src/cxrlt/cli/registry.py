@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import _fail, app
+from cxrlt.cli._app import app
 
 registry_app = typer.Typer(help="Registry: promote the challenger, roll the champion back.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
@@ -22,12 +22,9 @@ def registry_promote(
     margin: Annotated[float, typer.Option(help="Non-inferiority margin on mAP.")] = 0.02,
 ) -> None:
     """champion <- challenger if it passed its gate and its mAP CI (paired bootstrap) is within the margin."""
-    from cxrlt.registry import RegistryError, promote
+    from cxrlt.registry import promote
 
-    try:
-        decision = promote(labels, name, tracking_uri, margin)
-    except RegistryError as exc:
-        _fail(str(exc))
+    decision = promote(labels, name, tracking_uri, margin)
     typer.echo(json.dumps(decision))
 
 
@@ -37,9 +34,6 @@ def registry_rollback(
     name: Annotated[str, typer.Option(help="Registered model.")] = "cxrlt-bundle",
 ) -> None:
     """Point champion back at the previous champion (from the alias audit trail)."""
-    from cxrlt.registry import RegistryError, rollback
+    from cxrlt.registry import rollback
 
-    try:
-        typer.echo(json.dumps(rollback(name, tracking_uri)))
-    except RegistryError as exc:
-        _fail(str(exc))
+    typer.echo(json.dumps(rollback(name, tracking_uri)))

@@ -20,10 +20,7 @@ def export_cmd(
     """Export every served network to ONNX (dynamic batch axis) with the metadata serving needs."""
     from cxrlt.export import export_bundle
 
-    try:
-        bundle = export_bundle(ensemble, zeroshot, out)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    bundle = export_bundle(ensemble, zeroshot, out)
     typer.echo(f"served bundle {out}: views {list(bundle['views'])}, zero-shot {'yes' if bundle['zeroshot'] else 'no'}")
 
 
@@ -71,18 +68,15 @@ def serve_build(
             **({"instances": instances} if instances else {}))
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()))
-    try:
-        with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:
-            bundle_dir, version = Path(bundle), None
-            if bundle.startswith("models:/"):
-                from cxrlt.registry import download_verified_bundle, resolve_version
+    with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:
+        bundle_dir, version = Path(bundle), None
+        if bundle.startswith("models:/"):
+            from cxrlt.registry import download_verified_bundle, resolve_version
 
-                name, number = resolve_version(bundle)
-                bundle_dir = download_verified_bundle(name, number, tmp)
-                version = f"{name}/{number}"
-            summary = build_repository(bundle_dir, out, options, version)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # RegistryError: a tampered or unmanifested bundle
-        _fail(str(exc))
+            name, number = resolve_version(bundle)
+            bundle_dir = download_verified_bundle(name, number, tmp)
+            version = f"{name}/{number}"
+        summary = build_repository(bundle_dir, out, options, version)
     if summary_file is not None:
         summary_file.write_text(json.dumps(summary, indent=2))
     typer.echo(f"model repository {out}: {', '.join(summary['models'])} ({onnx_runtime} ONNX on {device}, "
@@ -104,12 +98,8 @@ def serve_rollout(
     The version goes into the cxrlt-rollout ConfigMap that every replica's init container reads, and the pod
     template's cxrlt.io/model-version annotation changes, which starts the rolling update."""
     from cxrlt.ops.rollout import rollout
-    from cxrlt.registry import RegistryError
 
-    try:
-        result = rollout(version, model_name, tracking_uri, namespace=namespace, dry_run=dry_run)
-    except RegistryError as exc:
-        _fail(str(exc))
+    result = rollout(version, model_name, tracking_uri, namespace=namespace, dry_run=dry_run)
     typer.echo(json.dumps(result))
 
 
@@ -132,17 +122,14 @@ def serve_up(
         help="PEM CA: clients must present a certificate it signed (mutual TLS).")] = None,
 ) -> None:
     """Start the bundled tritonserver (creating the serving environment on first use) and wait until ready."""
-    from serving.server import ServeError, ServerTLS, start
+    from serving.server import ServerTLS, start
 
     if bool(tls_cert) != bool(tls_key):
         _fail("--tls-cert and --tls-key go together")
     tls = ServerTLS(tls_cert, tls_key, tls_ca) if tls_cert else None
     if tls_ca and not tls:
         _fail("--tls-ca needs --tls-cert and --tls-key")
-    try:
-        h = start(repository, name, host, http_port, grpc_port, metrics_port, production=production, tls=tls)
-    except ServeError as exc:
-        _fail(str(exc))
+    h = start(repository, name, host, http_port, grpc_port, metrics_port, production=production, tls=tls)
     typer.echo(f"triton ready: gRPC {h.grpc_url}{' (TLS)' if h.tls else ''}, HTTP {h.http_url}, metrics "
                f"{h.host}:{h.metrics_port} (pid {h.pid}, log {h.log_file}, "
                f"{'production: model control none, admin APIs restricted' if h.production else 'development'})")
@@ -187,10 +174,7 @@ def infer_cmd(
 
     if (tls_cert or tls_key) and not tls_ca:
         _fail("--tls-cert/--tls-key need --tls-ca")
-    try:
-        client = CXRClient(url, timeout=timeout, tls=TLSOptions(tls_ca, tls_cert, tls_key) if tls_ca else None)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    client = CXRClient(url, timeout=timeout, tls=TLSOptions(tls_ca, tls_cert, tls_key) if tls_ca else None)
     try:
         results = client.infer_files(files)
         bands = client.bands()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import DataDir, _fail, _image_inputs, app
+from cxrlt.cli._app import DataDir, _image_inputs, app
 
 
 @app.command("train")
@@ -30,11 +30,8 @@ def train_cmd(
     """Train the router or one ensemble member (plain process, or under torchrun --nproc_per_node N)."""
     from cxrlt.training.trainer import TrainRequest, train_member
 
-    try:
-        summary = train_member(TrainRequest(member, config, data, out, resume, pcam_checkpoint, cache, epochs,
-                                            splits=splits))
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    summary = train_member(TrainRequest(member, config, data, out, resume, pcam_checkpoint, cache, epochs,
+                                        splits=splits))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"{member}: best {summary['val_metric']} {summary['best_val_score']:.4f} at epoch "
                    f"{summary['best_epoch'] + 1}; TTA validation {summary['val_tta']}; run dir {out}")
@@ -50,17 +47,13 @@ def predict_cmd(
     mixed: Annotated[bool, typer.Option(help="Use the mixed ensemble without routing.")] = False,
 ) -> None:
     """Router -> chosen view ensemble -> 30 probabilities per image, in submission format."""
-    from cxrlt.data.images import ImageReadError
     from cxrlt.data.tables import write_submission
     from cxrlt.inference import EnsemblePredictor
     from cxrlt.labels import KNOWN_CLASSES
 
     paths, ids = _image_inputs(images, data, split)
-    try:
-        predictor = EnsemblePredictor(ensemble, mixed=mixed)
-        frame = predictor.predict_files(paths)
-    except (ImageReadError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    predictor = EnsemblePredictor(ensemble, mixed=mixed)
+    frame = predictor.predict_files(paths)
     write_submission(out, ids, frame, KNOWN_CLASSES)
     views = frame["view"].value_counts().to_dict()
     typer.echo(f"wrote {len(ids)} predictions to {out} (views: {views})")
@@ -75,13 +68,9 @@ def eval_cmd(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs (0 = off).")] = 200,
 ) -> None:
     """Score predictions: mAP, mAUROC, mF1 (p > 0.5), mECE, per class and per band, with plots."""
-    from cxrlt.data.tables import TableError
-    from cxrlt.evaluation import EvalInputError, evaluate_files
+    from cxrlt.evaluation import evaluate_files
 
-    try:
-        summary = evaluate_files(pred, labels, out, train_csv=train_csv, n_bootstrap=bootstrap)
-    except (EvalInputError, TableError) as exc:
-        _fail(str(exc))
+    summary = evaluate_files(pred, labels, out, train_csv=train_csv, n_bootstrap=bootstrap)
 
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"

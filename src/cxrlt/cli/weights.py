@@ -30,15 +30,12 @@ def weights_mirror(
     Training resolves tags through the mirror first when the profile's weights_mirror or CXRLT_WEIGHTS_MIRROR names
     it, and verifies each file's sha256 before use.
     """
-    from cxrlt.weights import WeightsNotFoundError, mirror_weights
+    from cxrlt.weights import mirror_weights
 
     if name and len(specs) > 1:
         _fail("--name applies to a single spec")
     for spec in specs:
-        try:
-            card = mirror_weights(spec, to, name, "open_clip" if clip_arch else "timm", clip_arch)
-        except (WeightsNotFoundError, ValueError) as exc:
-            _fail(str(exc))
+        card = mirror_weights(spec, to, name, "open_clip" if clip_arch else "timm", clip_arch)
         typer.echo(f"mirrored {card['name']}: {card['file']} ({card['size'] / 1e6:.1f} MB, sha256 "
                    f"{card['sha256'][:16]}...) from {card['source']}")
 
@@ -72,11 +69,7 @@ def models_summary(
 ) -> None:
     """Every network of the profile: architecture, parameter count, input size, channels, normalisation and where
     its weights come from (tag, file, mirror or random). Validates the profile; resolves no weights."""
-    from cxrlt.config import ConfigError
     from cxrlt.model_summary import format_table, summarize_profile
 
-    try:
-        rows = summarize_profile(config)
-    except (ConfigError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    rows = summarize_profile(config)
     typer.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import DataDir, _fail, _image_inputs, app
+from cxrlt.cli._app import DataDir, _image_inputs, app
 
 zeroshot_app = typer.Typer(help="Task 2: zero-shot recognition of unseen findings (dual-branch CLIP).",
                            no_args_is_help=True)
@@ -28,14 +28,10 @@ def zeroshot_train(
                                                      "source).")] = None,
 ) -> None:
     """Fine-tune CLIP with contrastive + alpha * ASL on label-synthesised reports (torchrun-capable)."""
-    from cxrlt.zeroshot.text import LeakError
     from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
 
     held = [c.strip() for c in hold_out.split(",") if c.strip()]
-    try:
-        card = train_zeroshot(ZeroShotRequest(config, data, out, held, resume, cache, epochs, alpha, splits=splits))
-    except (ValueError, FileNotFoundError, LeakError) as exc:
-        _fail(str(exc))
+    card = train_zeroshot(ZeroShotRequest(config, data, out, held, resume, cache, epochs, alpha, splits=splits))
     typer.echo(f"best known-class validation mAP {card['best_val_known_mAP']:.4f} at epoch {card['best_epoch'] + 1}; "
                f"model {out}")
 
@@ -55,7 +51,7 @@ def zeroshot_predict(
     """Score images for unseen findings (or any named findings) zero-shot; writes the Task 2 submission CSV."""
     import numpy as np
 
-    from cxrlt.data.images import ImageReadError, load_preprocessed
+    from cxrlt.data.images import load_preprocessed
     from cxrlt.data.tables import write_submission
     from cxrlt.labels import UNSEEN_CLASSES, canonical_class
     from cxrlt.zeroshot.predict import ZeroShotPredictor
@@ -63,12 +59,9 @@ def zeroshot_predict(
     names = [c.strip() for c in classes.split(",") if c.strip()] or list(UNSEEN_CLASSES)
     names = [canonical_class(c) if c.lower() in {u.lower() for u in UNSEEN_CLASSES} else c for c in names]
     paths, ids = _image_inputs(images, data, split)
-    try:
-        predictor = ZeroShotPredictor(model)
-        arr = np.stack([load_preprocessed(p, predictor.preprocess) for p in paths])
-        probs = predictor.predict(arr, names, scoring, prompts)
-    except (ImageReadError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    predictor = ZeroShotPredictor(model)
+    arr = np.stack([load_preprocessed(p, predictor.preprocess) for p in paths])
+    probs = predictor.predict(arr, names, scoring, prompts)
     write_submission(out, ids, {c: probs[:, j] for j, c in enumerate(names)}, names)
     typer.echo(f"wrote {len(ids)} x {len(names)} zero-shot probabilities to {out}")
 
@@ -89,11 +82,8 @@ def zeroshot_calibrate(
     predictor = ZeroShotPredictor(model)
     classes = [c for c in KNOWN_CLASSES if c in predictor.card["train_classes"]]
     data_split = predictor.card.get("data_split", {"val_fraction": 0.1, "split_seed": 42})
-    try:
-        labels, images = labelled_eval_set(data, split, predictor.preprocess, data_split["val_fraction"],
-                                           data_split["split_seed"], splits)
-    except ValueError as exc:
-        _fail(str(exc))
+    labels, images = labelled_eval_set(data, split, predictor.preprocess, data_split["val_fraction"],
+                                       data_split["split_seed"], splits)
     cal = predictor.fit_calibration(images, labels[classes].to_numpy(), classes)
     typer.echo(f"calibration a={cal['a']:.3f} b={cal['b']:.3f} ({cal['scoring']}), saved to {model}/zeroshot.json")
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlt.errors import InvalidInputError
+
 
 def array_to_dicom(
     arr: np.ndarray,
@@ -26,7 +28,7 @@ def array_to_dicom(
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     if arr.ndim != 2 or arr.dtype != np.uint16:
-        raise ValueError("array_to_dicom expects a 2-D uint16 array")
+        raise InvalidInputError("array_to_dicom expects a 2-D uint16 array")
     path = Path(path)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation

@@ -30,7 +30,15 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 PNG_GRAYSCALE = 0  # IHDR colour type of a plain grayscale PNG
 
 
-class ImageReadError(ValueError):
+try:
+    from cxrlt.errors import CxrltError
+except ImportError:  # shipped alone, as cxrlt_images.py, into a Triton model repository or an MLflow model
+
+    class CxrltError(Exception):
+        """Stand-in for cxrlt's error base where cxrlt is not installed."""
+
+
+class ImageReadError(CxrltError, ValueError):
     """An image file or buffer could not be turned into a radiograph; the message names the source."""
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cxrlt.data.images import ImageReadError, PreprocessConfig, load_preprocessed, to_uint16, write_png16
+from cxrlt.errors import InvalidInputError
 
 CACHE_CONFIG = "cache_config.json"
 FAILURES_CSV = "failures.csv"
@@ -60,7 +61,8 @@ def build_cache(image_ids: Iterable[str], image_dir: str | Path, out_dir: str | 
     if cfg_path.exists():
         existing = json.loads(cfg_path.read_text())
         if existing != cfg.to_dict():
-            raise ValueError(f"{out_dir} holds a cache made with {existing}, not {cfg.to_dict()}; use another --out")
+            raise InvalidInputError(f"{out_dir} holds a cache made with {existing}, not {cfg.to_dict()}; "
+                                    "use another --out")
     else:
         cfg_path.write_text(json.dumps(cfg.to_dict()))
     report = CacheReport()

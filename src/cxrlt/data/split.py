@@ -22,6 +22,7 @@ from cxrlt.data.tables import (
     read_projections,
     read_training_csv,
 )
+from cxrlt.errors import InvalidInputError, NotFoundError
 from cxrlt.labels import KNOWN_CLASSES
 
 SPLIT_SUMMARY = "split_summary.json"
@@ -30,9 +31,9 @@ SPLIT_SUMMARY = "split_summary.json"
 def patient_split(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split rows so that no PatientID appears on both sides (about ``val_fraction`` of patients in val)."""
     if df["PatientID"].isna().any():
-        raise ValueError("PatientID has blanks: a patient-disjoint split is impossible")
+        raise InvalidInputError("PatientID has blanks: a patient-disjoint split is impossible")
     if df["PatientID"].nunique() < 2:
-        raise ValueError("need at least two patients to split")
+        raise InvalidInputError("need at least two patients to split")
     gss = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_idx, val_idx = next(gss.split(df, groups=df["PatientID"]))
     return df.iloc[train_idx].reset_index(drop=True), df.iloc[val_idx].reset_index(drop=True)
@@ -47,7 +48,7 @@ def split_frames(train_csv: str | Path, metadata_csv: str | Path | None = None, 
     is ``Physician`` (seed 000's physician-verified subset). Both are counted in the summary.
     """
     if label_source not in LABEL_SOURCES:
-        raise ValueError(f"label source must be one of {LABEL_SOURCES}, got {label_source!r}")
+        raise InvalidInputError(f"label source must be one of {LABEL_SOURCES}, got {label_source!r}")
     df = read_training_csv(train_csv)
     summary: dict = {"input_images": len(df), "seed": seed, "val_fraction": val_fraction, "label_source": label_source}
     before = len(df)
@@ -55,7 +56,7 @@ def split_frames(train_csv: str | Path, metadata_csv: str | Path | None = None, 
     summary["removed_images"] = before - len(df)
     if label_source == "physician":
         if metadata_csv is None:
-            raise ValueError("--label-source physician needs the PadChest metadata CSV (its MethodLabel column)")
+            raise InvalidInputError("--label-source physician needs the PadChest metadata CSV (its MethodLabel column)")
         methods = df["ImageID"].map(read_label_methods(metadata_csv)).fillna("<not in metadata>")
         summary["label_methods"] = methods.value_counts().to_dict()
         df = df[methods == "Physician"].reset_index(drop=True)
@@ -118,7 +119,7 @@ def training_frames(data_dir: str | Path, splits_dir: str | Path | None, val_fra
     if splits_dir is not None:
         splits_dir = Path(splits_dir)
         if not (splits_dir / "train.csv").exists():
-            raise FileNotFoundError(f"{splits_dir}: no train.csv (run cxrlt data split --out {splits_dir})")
+            raise NotFoundError(f"{splits_dir}: no train.csv (run cxrlt data split --out {splits_dir})")
         train, val = read_manifest(splits_dir / "train.csv"), read_manifest(splits_dir / "val.csv")
         for frame in (train, val):
             frame[list(KNOWN_CLASSES)] = frame[list(KNOWN_CLASSES)].astype(int)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlt.errors import CxrltError
 from cxrlt.labels import KNOWN_CLASSES, TRAINING_META_COLUMNS, LabelSpaceError, canonical_class, check_columns
 
 TRAINING_CSV = "CXRLT_2026_training.csv"
@@ -27,7 +28,7 @@ VIEWS: tuple[str, ...] = ("frontal", "lateral")
 _ID_DTYPES = {"ImageID": str, "PatientID": str, "StudyDate_DICOM": str}
 
 
-class TableError(ValueError):
+class TableError(CxrltError, ValueError):
     """A CSV does not have the expected structure; the message names the file and the problem."""
 
 

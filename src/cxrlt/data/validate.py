@@ -18,6 +18,7 @@ import pandas as pd
 
 from cxrlt.data.images import PNG_IEND, PNG_SIGNATURE, ImageReadError, is_dicom, read_image
 from cxrlt.data.tables import DEV_LABELS_CSV, IMAGES_DIR, TEST_LABELS_CSV, TRAINING_CSV, read_training_csv
+from cxrlt.errors import InvalidInputError
 from cxrlt.labels import KNOWN_CLASSES, TRAINING_META_COLUMNS, unseen_columns_in
 
 MAX_LISTED_IDS = 50
@@ -196,7 +197,7 @@ def check_image_decode(path: Path, min_size: int) -> str | None:
 def check_images(image_ids: Iterable[str], image_dir: str | Path, mode: str = "header",
                  min_size: int = 32) -> list[Failure]:
     if mode not in IMAGE_CHECK_MODES:
-        raise ValueError(f"image check mode must be one of {IMAGE_CHECK_MODES}")
+        raise InvalidInputError(f"image check mode must be one of {IMAGE_CHECK_MODES}")
     if mode == "none":
         return []
     check = check_image_header if mode == "header" else check_image_decode

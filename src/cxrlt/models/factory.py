@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxrlt.errors import InvalidInputError
 from cxrlt.models.members import CaiTOverCNN, PooledCNN, TimmClassifier
 
 #: seed 000: pcam, swin, cait; HPH (seed 002): the same trunk with an MLP head and with a CSRA head
@@ -45,9 +46,9 @@ def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int,
     complete cait state dict (trunk included) is loaded right after.
     """
     if kind not in MEMBER_KINDS:
-        raise ValueError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")
+        raise InvalidInputError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")
     if models_cfg.get(kind) is None:
-        raise ValueError(f"the profile defines no models.{kind} network")
+        raise InvalidInputError(f"the profile defines no models.{kind} network")
     if kind in POOLED_CNN_KINDS:
         return build_pooled_cnn(models_cfg[kind], num_classes, in_chans, weights, mirror)
     if kind == "swin":
@@ -56,7 +57,8 @@ def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int,
                               img_size=image_size, **cfg.get("kwargs", {}))
     if kind == "cait":
         if pcam_checkpoint is None and not for_loading:
-            raise ValueError("the cait member needs the trained pcam member of the same view (--pcam-checkpoint)")
+            raise InvalidInputError("the cait member needs the trained pcam member of the same view "
+                                    "(--pcam-checkpoint)")
         cnn = build_pooled_cnn(models_cfg["pcam"], num_classes, in_chans)
         if pcam_checkpoint is not None:
             state = torch.load(pcam_checkpoint, map_location="cpu", weights_only=True)
@@ -66,7 +68,7 @@ def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int,
         cfg = models_cfg["cait"]
         return CaiTOverCNN(cnn, num_classes, hw, cfg.get("arch", "cait_xxs24_224"), cfg.get("kwargs"),
                            _pretrained(cfg, weights), mirror)
-    raise ValueError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")
+    raise InvalidInputError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")
 
 
 def load_member(member_dir: str | Path) -> tuple[nn.Module, dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cxrlt.errors import InvalidInputError
 from cxrlt.models.heads import CSRAHead, MLPHead, PCAMHead
 from cxrlt.weights import create_timm_model
 
@@ -42,7 +43,7 @@ class PooledCNN(nn.Module):
         elif head == "mlp":
             self.head = MLPHead(features, num_classes, drop=drop)
         else:
-            raise ValueError(f"unknown head {head!r}: choose pcam, csra or mlp")
+            raise InvalidInputError(f"unknown head {head!r}: choose pcam, csra or mlp")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk.forward_features(x)

@@ -15,13 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from cxrlt.errors import CxrltError
+
 ROOT = Path(__file__).resolve().parents[3]
 CONTAINERS_CONF = ROOT / "images" / "containers.conf"
 #: the uid the images run as (their USER): host folders a container writes to must be writable by it
 CONTAINER_UID = 1000
 
 
-class ContainerError(RuntimeError):
+class ContainerError(CxrltError, RuntimeError):
     """No usable container engine, or a container did not start; the message says why."""
 
 

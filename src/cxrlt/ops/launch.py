@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from cxrlt.errors import InvalidInputError, OperationError
 from cxrlt.platform import (
     CACHE_PVC,
     IMAGES,
@@ -59,7 +60,7 @@ def launch_local(cli_args: list[str], nproc: int = 1, out=None, threads: int = 0
             tail.append(line)
     if proc.returncode != 0:
         what = " ".join(cli_args[:2])
-        raise RuntimeError(f"cxrlt {what} failed (exit {proc.returncode}):\n{''.join(tail)[-4000:]}")
+        raise OperationError(f"cxrlt {what} failed (exit {proc.returncode}):\n{''.join(tail)[-4000:]}")
 
 
 def trainjob_name(prefix: str, cli_args: list[str], run_key: str) -> str:
@@ -85,8 +86,8 @@ def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_no
     ``cli_args`` must be a pod path there (:class:`cxrlt.dataplane.SharedVolume`). Credentials come from Secrets,
     never inline: the registry account and the pipeline's object-storage keys (weights mirror, data)."""
     if num_nodes < 1 or nproc_per_node < 1:
-        raise ValueError(f"a TrainJob needs num_nodes >= 1 and nproc_per_node >= 1, got {num_nodes}, "
-                         f"{nproc_per_node}")
+        raise InvalidInputError(f"a TrainJob needs num_nodes >= 1 and nproc_per_node >= 1, got {num_nodes}, "
+                                f"{nproc_per_node}")
     group, version, _ = TRAINER_API
     from_secret = [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRETS[secret], "key": k}}}
                    for secret, keys in (("mlflow_client", MLFLOW_CLIENT_KEYS), ("s3_pipeline", S3_SECRET_KEYS))
@@ -155,7 +156,7 @@ def launch_trainjob(body: dict, api=None, poll_s: float = 10.0, timeout_s: float
             last = summary
         if conditions.get("Failed", {}).get("status") == "True":
             c = conditions["Failed"]
-            raise RuntimeError(f"TrainJob {name} failed: {c.get('reason')}: {c.get('message')}")
+            raise OperationError(f"TrainJob {name} failed: {c.get('reason')}: {c.get('message')}")
         if conditions.get("Complete", {}).get("status") == "True":
             return obj
         time.sleep(poll_s)

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from cxrlt.dataplane import DataPlaneError, SharedVolume, publish, run_scoped, sha256_file
+from cxrlt.errors import InvalidInputError
 
 #: the pipeline parameters' "take the profile's value" markers
 FROM_PROFILE = {"cache_size": 0, "val_fraction": 0.0, "split_seed": -1, "min_map": -1.0, "min_mauroc": -1.0,
@@ -41,15 +42,15 @@ def plan_run(config: str, shared_root: str, run_id: str, **overrides) -> RunPlan
 
     unknown = set(overrides) - set(FROM_PROFILE)
     if unknown:
-        raise ValueError(f"unknown run settings {sorted(unknown)}; known: {sorted(FROM_PROFILE)}")
+        raise InvalidInputError(f"unknown run settings {sorted(unknown)}; known: {sorted(FROM_PROFILE)}")
     cfg = load_config(config)
     from_profile = {"cache_size": cfg["data"]["cache_size"], "val_fraction": cfg["data"]["val_fraction"],
                     "split_seed": cfg["data"]["split_seed"], **cfg["gate"]}
     settings = {k: (v if overrides.get(k, FROM_PROFILE[k]) == FROM_PROFILE[k] else overrides[k])
                 for k, v in from_profile.items()}
     if settings["cache_size"] < cfg["data"]["image_size"]:
-        raise ValueError(f"cache_size {settings['cache_size']} is smaller than the profile's data.image_size "
-                         f"{cfg['data']['image_size']} ({config}): the cache would be upsampled")
+        raise InvalidInputError(f"cache_size {settings['cache_size']} is smaller than the profile's data.image_size "
+                                f"{cfg['data']['image_size']} ({config}): the cache would be upsampled")
     run_dir, profile = run_paths(shared_root, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config, profile)
@@ -111,7 +112,7 @@ def train_networks(view: str, member: str, shared_root: str, run_id: str, data_d
     from cxrlt.platform import SHARED_ROOT
 
     if launcher not in ("local", "trainjob"):
-        raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
+        raise InvalidInputError(f"launcher must be local or trainjob, got {launcher!r}")
     plan_run_dir, profile = run_paths(shared_root, run_id)
     models = load_config(profile)["models"] or {}
     key = f"{view}-{member}" if view else member
@@ -151,7 +152,7 @@ def train_zeroshot_run(shared_root: str, run_id: str, data_dir: str, cache: Path
     from cxrlt.platform import SHARED_ROOT
 
     if launcher not in ("local", "trainjob"):
-        raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
+        raise InvalidInputError(f"launcher must be local or trainjob, got {launcher!r}")
     plan_run_dir, profile = run_paths(shared_root, run_id)
     out = plan_run_dir / "zeroshot"
     volume = SharedVolume(shared_root, pod_root or SHARED_ROOT)

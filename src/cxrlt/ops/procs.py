@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cxrlt.errors import OperationError
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -79,12 +81,12 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float, log_file: Path,
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}:\n{tail(log_file)}")
+            raise OperationError(f"{what} exited with code {proc.returncode}:\n{tail(log_file)}")
         if http_ok(url):
             return
         time.sleep(0.3)
     stop_group(proc.pid)
-    raise RuntimeError(f"{what} not ready after {timeout:.0f} s:\n{tail(log_file)}")
+    raise OperationError(f"{what} not ready after {timeout:.0f} s:\n{tail(log_file)}")
 
 
 def stop_group(pid: int, timeout: float = 20.0, started: int | None = None) -> bool:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from cxrlt.errors import CxrltError
 from cxrlt.ops.containers import container_env, engine_command
 from cxrlt.ops.procs import free_port
 from cxrlt.platform import TRAINER_API
@@ -96,7 +97,7 @@ def render_pods(trainjob: dict, runtime: dict, master_port: int = TORCH_MASTER_P
     return pods
 
 
-class PodSpecError(ValueError):
+class PodSpecError(CxrltError, ValueError):
     """A pod spec the box cannot run as written (a missing Secret or PVC, an unsupported volume)."""
 
 

@@ -15,13 +15,14 @@ from tqdm import tqdm
 
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
 from cxrlt.data.preprocess import CACHE_CONFIG, cached_name
+from cxrlt.errors import CxrltError
 from cxrlt.training.augment import AugmentConfig, augment
 from cxrlt.training.sampler import sample_rng
 
 log = logging.getLogger(__name__)
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(CxrltError, ValueError):
     """A preprocess cache made for another size or intensity scaling than the profile asks for."""
 
 

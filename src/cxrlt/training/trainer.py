@@ -30,6 +30,7 @@ from cxrlt.config import config_hash, load_config, task1_preprocess, train_setti
 from cxrlt.data.split import training_frames
 from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, VIEWS
 from cxrlt.dataplane import sha256_file
+from cxrlt.errors import InvalidInputError
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.losses import build_loss
 from cxrlt.metrics import evaluate, selection_score
@@ -52,8 +53,8 @@ def parse_member(member: str) -> tuple[str | None, str]:
         return None, "router"
     view, _, kind = member.partition("/")
     if view not in MEMBER_VIEWS or kind not in MEMBER_KINDS:
-        raise ValueError(f"member must be 'router' or '<view>/<kind>' with view in {MEMBER_VIEWS} and kind in "
-                         f"{MEMBER_KINDS}; got {member!r}")
+        raise InvalidInputError(f"member must be 'router' or '<view>/<kind>' with view in {MEMBER_VIEWS} and kind in "
+                                f"{MEMBER_KINDS}; got {member!r}")
     return view, kind
 
 
@@ -75,12 +76,13 @@ def _frames(data_dir: Path, cfg: dict, view: str | None, splits: Path | None = N
     train, val = training_frames(data_dir, splits, cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
     if view in VIEWS:
         if (train["view"] == "").all():
-            raise ValueError(f"{data_dir}: no projection metadata ({PADCHEST_METADATA_CSV}); train 'mixed' members")
+            raise InvalidInputError(f"{data_dir}: no projection metadata ({PADCHEST_METADATA_CSV}); "
+                                    "train 'mixed' members")
         train, val = train[train["view"] == view], val[val["view"] == view]
     if view is None and (train["view"] == "").all():
-        raise ValueError(f"{data_dir}: the router needs projection labels ({PADCHEST_METADATA_CSV})")
+        raise InvalidInputError(f"{data_dir}: the router needs projection labels ({PADCHEST_METADATA_CSV})")
     if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"no {view or 'router'} images to train or validate on")
+        raise InvalidInputError(f"no {view or 'router'} images to train or validate on")
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
@@ -124,7 +126,7 @@ def train_member(req: TrainRequest) -> dict:
     info, device = D.start_run(out, seed)
 
     if cfg["models"] is None or cfg["models"].get(kind) is None:
-        raise ValueError(f"the profile defines no models.{kind} network to train")
+        raise InvalidInputError(f"the profile defines no models.{kind} network to train")
     contract = task1_preprocess(cfg)
     size, in_chans, mirror = contract.size, contract.channels, cfg.get("weights_mirror")
     train_df, val_df = _frames(Path(req.data_dir), cfg, view, req.splits)
@@ -144,7 +146,7 @@ def train_member(req: TrainRequest) -> dict:
     sampler = EpochShardedSampler(len(train_ds), factors, seed, info.rank, info.world_size)
     batch = int(ts["batch_size"])
     if batch % info.world_size:
-        raise ValueError(f"global batch {batch} is not divisible by {info.world_size} processes")
+        raise InvalidInputError(f"global batch {batch} is not divisible by {info.world_size} processes")
     loader = DataLoader(train_ds, batch_size=batch // info.world_size, sampler=sampler, drop_last=True,
                         num_workers=int(ts["num_workers"]))
     val_loader, select_loader = (
@@ -152,7 +154,7 @@ def train_member(req: TrainRequest) -> dict:
                    sampler=EpochShardedSampler(len(ds), None, seed, info.rank, info.world_size, False))
         for ds in (val_ds, select_ds))
     if len(loader) == 0:
-        raise ValueError(f"{len(train_ds)} training images is less than one batch of {batch}")
+        raise InvalidInputError(f"{len(train_ds)} training images is less than one batch of {batch}")
 
     if router:
         model = build_router(cfg["models"]["router"], in_chans, weights=True, mirror=mirror)

@@ -13,6 +13,7 @@ from importlib import resources
 
 import yaml
 
+from cxrlt.errors import InvalidInputError
 from cxrlt.labels import ALL_CLASSES, NORMAL, canonical_class
 
 NAME_TEMPLATES = ("{}", "a chest x-ray showing {}")
@@ -45,7 +46,7 @@ def load_bank(kind: str = "clinical") -> dict[str, Finding]:
         bank = {c: Finding(c, c.lower(), tuple(p.descriptions())) for c, p in FINDING_PATTERNS.items()}
         bank[NORMAL] = Finding(NORMAL, "no finding", NORMAL_REPORTS)
         return bank
-    raise ValueError(f"unknown description bank {kind!r}: choose one of {BANKS}")
+    raise InvalidInputError(f"unknown description bank {kind!r}: choose one of {BANKS}")
 
 
 def bank_version() -> int:
@@ -62,7 +63,7 @@ def free_text_finding(text: str, bank: dict[str, Finding]) -> Finding:
 
 def prompts_for(finding: Finding, mode: str) -> list[str]:
     if mode not in PROMPT_MODES:
-        raise ValueError(f"unknown prompt mode {mode!r}: choose one of {PROMPT_MODES}")
+        raise InvalidInputError(f"unknown prompt mode {mode!r}: choose one of {PROMPT_MODES}")
     names = [t.format(finding.name) for t in NAME_TEMPLATES]
     if mode == "names" or not finding.descriptions:
         return names

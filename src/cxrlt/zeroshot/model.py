@@ -15,6 +15,7 @@ import open_clip
 import torch
 from torch import nn
 
+from cxrlt.errors import InvalidInputError
 from cxrlt.weights import ResolvedWeights, load_clip_weights
 
 
@@ -38,7 +39,7 @@ def build_clip(cfg: dict, weights: bool = False, mirror: str | None = None) -> t
         finally:
             root.setLevel(level)
     else:
-        raise ValueError(f"unknown zero-shot model {kind!r}: 'tiny' or an open_clip model name")
+        raise InvalidInputError(f"unknown zero-shot model {kind!r}: 'tiny' or an open_clip model name")
     resolved = None
     if weights and cfg.get("pretrained"):
         resolved = load_clip_weights(model, cfg["pretrained"], None if kind == "tiny" else kind, mirror)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cxrlt.data.images import PreprocessConfig
+from cxrlt.errors import InvalidInputError, NotFoundError
 from cxrlt.zeroshot.bank import NEGATIVE_TEMPLATE, Finding, free_text_finding, load_bank, prompts_for
 from cxrlt.zeroshot.model import DualBranchCLIP, ImageEncoder, build_clip, tokenize
 
@@ -27,7 +28,7 @@ class ZeroShotPredictor:
         self.dir = Path(model_dir)
         card_path = self.dir / "zeroshot.json"
         if not card_path.exists():
-            raise FileNotFoundError(f"{model_dir} is not a zero-shot model directory (no zeroshot.json)")
+            raise NotFoundError(f"{model_dir} is not a zero-shot model directory (no zeroshot.json)")
         self.card = json.loads(card_path.read_text())
         self.settings = self.card["settings"]
         self.device = torch.device(device)
@@ -86,7 +87,7 @@ class ZeroShotPredictor:
         """Uncalibrated per-class scores: mean prompt cosine (sigmoid mode) or s_pos - s_neg (softmax_pn)."""
         scoring = scoring or self.settings["scoring"]
         if scoring not in SCORING_MODES:
-            raise ValueError(f"unknown scoring {scoring!r}: choose one of {SCORING_MODES}")
+            raise InvalidInputError(f"unknown scoring {scoring!r}: choose one of {SCORING_MODES}")
         img = self.image_embeddings(images, tta)
         emb = self.text_embeddings(classes, prompts)
         if scoring == "sigmoid":

@@ -20,6 +20,7 @@ from cxrlt.data.images import PreprocessConfig, load_preprocessed
 from cxrlt.data.preprocess import load_eval_images
 from cxrlt.data.split import training_frames
 from cxrlt.data.tables import DEV_LABELS_CSV, IMAGES_DIR
+from cxrlt.errors import InvalidInputError
 from cxrlt.labels import PROXY_GROUPS
 from cxrlt.zeroshot.predict import ZeroShotPredictor
 from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
@@ -32,8 +33,8 @@ def labelled_eval_set(data_dir: str | Path, source: str, preprocess: PreprocessC
     """Labelled images a user has, for tuning: ``val`` (the patient-disjoint validation part of the training set,
     training labels) or ``dev``. ``test`` is refused: its labels are for the final evaluation only."""
     if source not in LABELLED_SOURCES:
-        raise ValueError(f"labelled source must be one of {LABELLED_SOURCES} (test labels are never used for tuning "
-                         f"or calibration), got {source!r}")
+        raise InvalidInputError(f"labelled source must be one of {LABELLED_SOURCES} (test labels are never used for "
+                                f"tuning or calibration), got {source!r}")
     data_dir = Path(data_dir)
     if source == "dev":
         return load_eval_images(data_dir, DEV_LABELS_CSV, preprocess)

@@ -6,11 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cxrlt.errors import CxrltError
 from cxrlt.labels import NORMAL
 from cxrlt.zeroshot.bank import Finding, mentions
 
 
-class LeakError(RuntimeError):
+class LeakError(CxrltError, RuntimeError):
     """A held-out class (name, description or label) reached the training data."""
 
 

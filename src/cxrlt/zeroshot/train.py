@@ -29,6 +29,7 @@ from cxrlt.data.images import PreprocessConfig
 from cxrlt.data.split import training_frames
 from cxrlt.data.tables import IMAGES_DIR
 from cxrlt.dataplane import sha256_file
+from cxrlt.errors import InvalidInputError
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.metrics import macro_ap
 from cxrlt.training import distributed as D
@@ -107,7 +108,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
                         num_workers=int(zs["num_workers"]))
     val_loader = DataLoader(val_ds, batch_size=batch, num_workers=int(zs["num_workers"]))
     if len(loader) == 0:
-        raise ValueError(f"{len(train_ds)} training images is less than one batch of {batch}")
+        raise InvalidInputError(f"{len(train_ds)} training images is less than one batch of {batch}")
 
     ctx = int(zs["context_length"])
     clip, weights = build_clip(zs, weights=True, mirror=cfg.get("weights_mirror"))
