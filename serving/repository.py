@@ -194,7 +194,7 @@ def _view_models(repo: Path, bundle: dict, view: str, vspec: dict, onnx: Path, s
                  opts: ServingOptions) -> None:
     """One view: its members (a shared trunk computed once where the bundle has one), the combiner, the ensemble."""
     known, scoring = bundle["known_classes"], json.dumps(scoring_fields(bundle))
-    shared = vspec.get("shared_trunk")
+    shared = vspec["shared_trunk"]
     steps = []
     if shared:
         _onnx_model(repo, shared["model"], onnx / f"{shared['model']}.onnx", shape, shared["features"], opts)
@@ -224,7 +224,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
     repo.mkdir(parents=True, exist_ok=True)
     for old in repo.iterdir():
         shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    known, zs = bundle["known_classes"], bundle.get("zeroshot")
+    known, zs = bundle["known_classes"], bundle["zeroshot"]
     task1, zs_contract = bundle_contracts(bundle)
     zs_contract = zs_contract or task1
     shape = [task1.channels, task1.size, task1.size]  # every network input follows the bundle's contracts
@@ -262,7 +262,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
             "zeroshot", [tensor("INPUT", "TYPE_FP32", zs_shape)], [tensor("PROBS", "TYPE_FP32", [len(zs["classes"])])],
             [("clip_image", {"INPUT": "INPUT"}, {"OUTPUT": "embedding"}),
              ("zeroshot_head", {"EMBEDDING": "embedding"}, {"PROBS": "PROBS"})], opts))
-    version = model_version or bundle.get("lineage", {}).get("model_version") or f"local:{bundle_dir.resolve().name}"
+    version = model_version or bundle["lineage"].get("model_version") or f"local:{bundle_dir.resolve().name}"
     n_unseen = len(zs["classes"]) if zs else len(UNSEEN_CLASSES)  # a bundle without zero-shot answers NaN for them
     _python_model(repo, compute_config(
         "cxr", image_inputs,
@@ -275,7 +275,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
         # two batches in flight: one being preprocessed and routed while the other is in the members
         instances=max(2, opts.instances),
         max_queue=opts.max_queue, batch_delay_us=opts.batch_delay_us,
-        params={"scoring": json.dumps(scoring_fields(bundle)), "bands": bundle.get("bands", {}),
+        params={"scoring": json.dumps(scoring_fields(bundle)), "bands": bundle["bands"],
                 "model_version": version, "bls_timeout_s": str(opts.bls_timeout_ms / 1000)}), "cxr.py", SCORING_FILE)
     models = sorted(p.name for p in repo.iterdir() if p.is_dir())
     return {"repository": str(repo), "models": models, "model_version": version, **opts.model_dump()}

@@ -37,6 +37,7 @@ def _config() -> dict:
 def _member(out: Path, member: str, cfg: dict, seed: int) -> None:
     """A member directory as training writes it, with seeded untrained weights."""
     from cxrlt.config import task1_preprocess
+    from cxrlt.contract import MemberCard
     from cxrlt.labels import KNOWN_CLASSES
     from cxrlt.models.factory import ROUTER_CLASSES, build_member, build_router
 
@@ -48,12 +49,11 @@ def _member(out: Path, member: str, cfg: dict, seed: int) -> None:
         build_member(kind, cfg["models"], len(KNOWN_CLASSES), contract.size, contract.channels)
     out.mkdir(parents=True)
     torch.save({"model": model.state_dict()}, out / "best.pt")
-    card = {"member": member, "kind": "router" if router else kind, "view": view or None,
-            "classes": list(ROUTER_CLASSES if router else KNOWN_CLASSES), "image_size": contract.size,
-            "in_chans": contract.channels, "preprocess": contract.to_dict(),
-            "tta": "none" if router else cfg["inference"]["tta"], "tta_merge": cfg["inference"]["tta_merge"],
-            "model_config": cfg["models"]["router" if router else kind], "pcam_model_config": None}
-    (out / "member.json").write_text(json.dumps(card))
+    MemberCard(member=member, kind="router" if router else kind, view=view or None,
+               classes=list(ROUTER_CLASSES if router else KNOWN_CLASSES), image_size=contract.size,
+               in_chans=contract.channels, preprocess=contract.to_dict(),
+               tta="none" if router else cfg["inference"]["tta"], tta_merge=cfg["inference"]["tta_merge"],
+               model_config=cfg["models"]["router" if router else kind]).save(out)
 
 
 def _split_router(member_dir: Path, contract) -> None:
@@ -81,6 +81,7 @@ def _split_router(member_dir: Path, contract) -> None:
 def build_golden(root: Path) -> dict[str, Path]:
     """The golden ensemble, zero-shot model and exported bundle under ``root``."""
     from cxrlt.config import task1_preprocess, zeroshot_settings
+    from cxrlt.contract import EnsembleSpec
     from cxrlt.export import export_bundle
     from cxrlt.labels import KNOWN_CLASSES
     from cxrlt.zeroshot.model import DualBranchCLIP, build_clip
@@ -101,7 +102,7 @@ def build_golden(root: Path) -> dict[str, Path]:
                             "a": {c: 0.5 + j / n for j, c in enumerate(KNOWN_CLASSES)},
                             "b": {c: -0.3 + 0.6 * j / n for j, c in enumerate(KNOWN_CLASSES)}},
             "bands": {}}
-    (ens / "ensemble.json").write_text(json.dumps(spec))
+    EnsembleSpec.model_validate(spec).save(ens)
     zs_dir = root / "zeroshot"
     zs_dir.mkdir()
     settings = zeroshot_settings(cfg)

@@ -56,7 +56,7 @@ def test_member_run_writes_card_logits_and_checkpoints(synth_data, config_path, 
                 "--pcam-checkpoint", str(out / "best.pt"), "--epochs", "1"])
     assert r.returncode == 0, r.stderr[-3000:]
     model, card = load_member(cait)
-    assert card["kind"] == "cait" and model(torch.zeros(2, 1, 32, 32)).shape == (2, 30)
+    assert card.kind == "cait" and model(torch.zeros(2, 1, 32, 32)).shape == (2, 30)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(synth_data, config_path, tmp_path):

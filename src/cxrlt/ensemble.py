@@ -11,7 +11,6 @@ view's members -> calibrate -> normal gating.
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 from pathlib import Path
 
@@ -20,13 +19,14 @@ import pandas as pd
 
 from cxrlt import scoring
 from cxrlt.config import task1_preprocess
+from cxrlt.contract import EnsembleSpec, MemberCard
 from cxrlt.data.tables import read_training_csv
-from cxrlt.errors import InvalidInputError, NotFoundError
+from cxrlt.errors import InvalidInputError
 from cxrlt.labels import KNOWN_CLASSES, NORMAL, frequency_bands
 from cxrlt.metrics import macro_ap
 from cxrlt.models.factory import MEMBER_KINDS, ROUTER_CLASSES
 
-ENSEMBLE_JSON = "ensemble.json"
+ENSEMBLE_JSON = EnsembleSpec.FILE
 
 
 def simplex_grid(n: int, step: float = 0.05) -> np.ndarray:
@@ -202,26 +202,24 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
                                               config["ensemble"]["calibration"])
         spec["val_mECE"] = {"uncalibrated": _mece(y, served.to_numpy()), "calibrated": _mece(
             y, calibrate(served.to_numpy(), spec["calibration"], list(KNOWN_CLASSES)))}
-    for card_path in sorted(out.glob("**/member.json")):  # one contract for every network the ensemble serves
-        card = json.loads(card_path.read_text())
-        if card.get("preprocess", spec["preprocess"]) != spec["preprocess"]:
-            raise InvalidInputError(f"{card_path.parent}: trained with preprocessing {card['preprocess']}, but the "
+    for card_path in sorted(out.glob(f"**/{MemberCard.FILE}")):  # one contract for every network the ensemble serves
+        card = MemberCard.load(card_path.parent)
+        if card.preprocess != spec["preprocess"]:
+            raise InvalidInputError(f"{card_path.parent}: trained with preprocessing {card.preprocess}, but the "
                                     f"profile's contract is {spec['preprocess']}; retrain it or use the profile it "
                                     "was trained with")
-    (out / ENSEMBLE_JSON).write_text(json.dumps(spec, indent=2))
-    return spec
+    EnsembleSpec.model_validate(spec).save(out)
+    return load_spec(out)
 
 
 def spec_scorer(spec: dict) -> scoring.BundleScorer:
     """The scorer of an ensemble directory's ``ensemble.json``: the same one the served bundle builds."""
     return scoring.BundleScorer({
         "known_classes": spec["classes"], "router_classes": list(ROUTER_CLASSES) if "router" in spec else [],
-        "views": spec["views"], "combine": spec.get("combine"), "calibration": spec.get("calibration"),
-        "normal_gate_alpha": spec.get("normal_gate_alpha")})
+        "views": spec["views"], "combine": spec["combine"], "calibration": spec["calibration"],
+        "normal_gate_alpha": spec["normal_gate_alpha"]})
 
 
 def load_spec(ensemble_dir: str | Path) -> dict:
-    path = Path(ensemble_dir) / ENSEMBLE_JSON
-    if not path.exists():
-        raise NotFoundError(f"{ensemble_dir} is not an ensemble directory (no {ENSEMBLE_JSON})")
-    return json.loads(path.read_text())
+    """``ensemble.json`` read through :class:`cxrlt.contract.EnsembleSpec`: validated, every default filled in."""
+    return EnsembleSpec.load(ensemble_dir).model_dump(mode="json")

@@ -21,7 +21,6 @@ onnxruntime backend and the python-backend runner.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -30,15 +29,16 @@ import torch
 from torch import nn
 
 from cxrlt import __version__
+from cxrlt.contract import Bundle
 from cxrlt.data.images import PreprocessConfig
 from cxrlt.ensemble import load_spec
-from cxrlt.errors import InvalidInputError, NotFoundError
+from cxrlt.errors import InvalidInputError
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
 from cxrlt.models.factory import load_member
 from cxrlt.models.members import shares_trunk
 from cxrlt.tta import FeatureHeadTTA, TrunkTTA, TTAModel
 
-BUNDLE_JSON = "bundle.json"
+BUNDLE_JSON = Bundle.FILE
 INPUT_NAME, OUTPUT_NAME = "INPUT", "OUTPUT"
 OPSET = 17
 
@@ -89,13 +89,13 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
     if out.exists():
         shutil.rmtree(out)
     (out / "onnx").mkdir(parents=True)
-    preprocess = spec.get("preprocess") or {"size": spec["image_size"]}
-    size, channels = int(preprocess["size"]), int(preprocess.get("channels", 1))
+    contract = PreprocessConfig.from_dict(spec["preprocess"])
+    size, channels = contract.size, contract.channels
     if has_router:
         router, _ = load_member(ens / spec["router"])
         export_onnx(router, size, out / "onnx" / "router.onnx", channels)
     views = {}
-    merge = spec.get("tta_merge", "logit")
+    merge = spec["tta_merge"]
     for view, vspec in spec["views"].items():
         models = {kind: load_member(ens / rel)[0] for kind, rel in vspec["members"].items()}
         members, entry = {}, {}
@@ -115,13 +115,12 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
                 export_onnx(TTAModel(model, spec["tta"], merge), size, out / "onnx" / f"{name}.onnx", channels)
             members[kind] = name
         views[view] = {"members": members, "weights": vspec["weights"], **entry}
-    bundle = {"format": 1, "cxrlt_version": __version__, "known_classes": list(KNOWN_CLASSES),
+    bundle = {"cxrlt_version": __version__, "known_classes": list(KNOWN_CLASSES),
               "router_classes": ["frontal", "lateral"] if has_router else [], "image_size": size, "tta": spec["tta"],
-              "tta_merge": spec.get("tta_merge", "logit"), "combine": spec.get("combine", "logit"),
-              "calibration": spec.get("calibration"),
-              "normal_gate_alpha": spec.get("normal_gate_alpha"), "views": views,
-              "preprocess": PreprocessConfig.from_dict(preprocess).to_dict(),
-              "bands": spec.get("bands", {}), "zeroshot": None, "lineage": lineage or {}}
+              "tta_merge": spec["tta_merge"], "combine": spec["combine"], "calibration": spec["calibration"],
+              "normal_gate_alpha": spec["normal_gate_alpha"], "views": views,
+              "preprocess": contract.to_dict(),
+              "bands": spec["bands"], "zeroshot": None, "lineage": lineage or {}}
     if zeroshot_dir is not None:
         from cxrlt.zeroshot.predict import ZeroShotPredictor
 
@@ -132,19 +131,17 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
         bundle["zeroshot"] = {"classes": scoring["classes"], "image_size": predictor.image_size, "a": scoring["a"],
                               "b": scoring["b"], "prompts": scoring["prompts"],
                               "preprocess": predictor.preprocess.to_dict()}
-    (out / BUNDLE_JSON).write_text(json.dumps(bundle, indent=2))
-    return bundle
+    Bundle.model_validate(bundle).save(out)
+    return load_bundle(out)
 
 
 def bundle_contracts(bundle: dict) -> tuple[PreprocessConfig, PreprocessConfig | None]:
-    """The Task 1 and zero-shot preprocessing contracts of a bundle (bundles without them: 1 channel, 0.5/0.25)."""
+    """The Task 1 and zero-shot preprocessing contracts of a bundle."""
     task1 = PreprocessConfig.from_dict({"size": bundle["image_size"], **bundle["preprocess"]})
-    zs = bundle.get("zeroshot")
-    return task1, (PreprocessConfig.from_dict(zs.get("preprocess") or {"size": zs["image_size"]}) if zs else None)
+    zs = bundle["zeroshot"]
+    return task1, (PreprocessConfig.from_dict(zs["preprocess"]) if zs else None)
 
 
 def load_bundle(bundle_dir: str | Path) -> dict:
-    path = Path(bundle_dir) / BUNDLE_JSON
-    if not path.exists():
-        raise NotFoundError(f"{bundle_dir} is not a served bundle (no {BUNDLE_JSON}); run cxrlt export")
-    return json.loads(path.read_text())
+    """``bundle.json`` read through :class:`cxrlt.contract.Bundle`: validated, every default filled in."""
+    return Bundle.load(bundle_dir).model_dump(mode="json")

@@ -30,7 +30,7 @@ class EnsemblePredictor:
         mixed = mixed or "router" not in self.spec  # no router (HPH): every image goes to the mixed members
         self.mixed, self.calibrated = mixed, calibrated
         self.device = torch.device(device)
-        self.preprocess = PreprocessConfig.from_dict(self.spec.get("preprocess") or {"size": self.spec["image_size"]})
+        self.preprocess = PreprocessConfig.from_dict(self.spec["preprocess"])
         self.size = self.preprocess.size
         if mixed and "mixed" not in self.spec["views"]:
             raise InvalidInputError(f"{ensemble_dir} has no mixed ensemble")
@@ -38,7 +38,7 @@ class EnsemblePredictor:
         self.members: dict[str, dict[str, torch.nn.Module]] = {}
         for view, vspec in self.spec["views"].items():
             self.members[view] = {
-                k: TTAModel(load_member(self.dir / path)[0], self.spec["tta"], self.spec.get("tta_merge", "logit"))
+                k: TTAModel(load_member(self.dir / path)[0], self.spec["tta"], self.spec["tta_merge"])
                 .to(self.device).eval() for k, path in vspec["members"].items()}
 
     @torch.no_grad()

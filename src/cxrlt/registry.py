@@ -66,7 +66,7 @@ def pyfunc_signature(bundle: dict):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    classes = [*bundle["known_classes"], *((bundle.get("zeroshot") or {}).get("classes") or [])]
+    classes = [*bundle["known_classes"], *(bundle["zeroshot"]["classes"] if bundle["zeroshot"] else [])]
     inputs = Schema([ColSpec("binary", "image", required=False), ColSpec("string", "image_path", required=False)])
     outputs = Schema([*(ColSpec("double", c) for c in classes), ColSpec("string", "view"),
                       ColSpec("double", "view_confidence")])
@@ -80,12 +80,13 @@ def _pyfunc_arguments(bundle_dir: str | Path, code_dir: Path) -> dict:
 
     import cxrlt.data.images
     import cxrlt.scoring
+    from cxrlt.export import load_bundle
 
     code_dir.mkdir(parents=True, exist_ok=True)
     code = [code_dir / "cxrlt_scoring.py", code_dir / "cxrlt_images.py"]
     shutil.copyfile(cxrlt.scoring.__file__, code[0])
     shutil.copyfile(cxrlt.data.images.__file__, code[1])
-    bundle = json.loads((Path(bundle_dir) / "bundle.json").read_text())
+    bundle = load_bundle(bundle_dir)
     return {"python_model": str(PYFUNC_MODEL_FILE), "artifacts": {"bundle": str(bundle_dir)},
             "code_paths": [str(p) for p in code], "pip_requirements": pyfunc_requirements(),
             "signature": pyfunc_signature(bundle)}

@@ -50,7 +50,7 @@ def _test_set(data: Path, preprocess: PreprocessConfig):
 def _member_probs(member_dir: Path, images: np.ndarray, tta: str) -> np.ndarray:
     model, card = load_member(member_dir)
     net = TTAModel(model, tta).eval()
-    x = torch.from_numpy(PreprocessConfig.from_dict(card["preprocess"]).normalize(images))
+    x = torch.from_numpy(PreprocessConfig.from_dict(card.preprocess).normalize(images))
     return torch.sigmoid(torch.cat([net(x[i : i + 128]) for i in range(0, len(x), 128)])).numpy()
 
 

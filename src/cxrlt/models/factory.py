@@ -6,12 +6,12 @@ bare architecture because a trained checkpoint is loaded right after (inference,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from cxrlt.contract import MemberCard
 from cxrlt.errors import InvalidInputError
 from cxrlt.models.members import CaiTOverCNN, PooledCNN, TimmClassifier
 
@@ -71,19 +71,18 @@ def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int,
     raise InvalidInputError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")
 
 
-def load_member(member_dir: str | Path) -> tuple[nn.Module, dict]:
+def load_member(member_dir: str | Path) -> tuple[nn.Module, MemberCard]:
     """Rebuild a trained member from its directory (``member.json`` + ``best.pt``) for inference or export."""
     member_dir = Path(member_dir)
-    card = json.loads((member_dir / "member.json").read_text())
-    models_cfg = {card["kind"]: card["model_config"]}
-    in_chans = int(card.get("in_chans", 1))
-    if card["kind"] == "router":
-        model = build_router(card["model_config"], in_chans)
-    elif card["kind"] == "cait":
-        models_cfg["pcam"] = card["pcam_model_config"]
-        model = build_member("cait", models_cfg, len(card["classes"]), card["image_size"], in_chans, for_loading=True)
+    card = MemberCard.load(member_dir)
+    models_cfg = {card.kind: card.model_config_}
+    if card.kind == "router":
+        model = build_router(card.model_config_, card.in_chans)
+    elif card.kind == "cait":
+        models_cfg["pcam"] = card.pcam_model_config
+        model = build_member("cait", models_cfg, len(card.classes), card.image_size, card.in_chans, for_loading=True)
     else:
-        model = build_member(card["kind"], models_cfg, len(card["classes"]), card["image_size"], in_chans)
+        model = build_member(card.kind, models_cfg, len(card.classes), card.image_size, card.in_chans)
     state = torch.load(member_dir / "best.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     return model.eval(), card

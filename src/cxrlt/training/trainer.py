@@ -8,7 +8,6 @@ accuracy) are kept in ``best.pt``; validation logits with TTA go to ``val_logits
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cxrlt.config import config_hash, load_config, task1_preprocess, train_settings
+from cxrlt.contract import MemberCard
 from cxrlt.data.split import training_frames
 from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, VIEWS
 from cxrlt.dataplane import sha256_file
@@ -274,7 +274,7 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
         frame = pd.DataFrame(logits, columns=classes)
         frame.insert(0, "ImageID", val_df["ImageID"].to_numpy())
         frame.to_csv(out / "val_logits.csv", index=False)
-        (out / "member.json").write_text(json.dumps(summary, indent=2, default=str))
+        MemberCard.model_validate(summary).save(out)
     return summary
 
 
