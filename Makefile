@@ -20,7 +20,7 @@ setup: $(STAMP)
 # `make demo CONTAINERS=1`: the same demo with the pipeline's components and Triton in the images (built first).
 demo: $(STAMP) $(if $(CONTAINERS),images-current)
 	$(PY) -c "from serving.server import ensure_serving_env; ensure_serving_env()"
-	$(PY) -m cxrlt.demo --workdir $(DEMO_DIR) $(if $(CONTAINERS),--containers)
+	$(VENV)/bin/cxrlt demo --workdir $(DEMO_DIR) $(if $(CONTAINERS),--containers)
 
 # Debian packages the tests use, installed when missing (the tests that need them skip, saying why, without them):
 # kubectl renders the infra/ overlays; bubblewrap runs the pods' commands under their constraints.

@@ -4,12 +4,12 @@ evaluation set (paired bootstrap CI on mAP)."""
 from kfp import dsl, kubernetes
 
 from components.promote.component import promote
-from cxrlt.platform import MLFLOW_CLIENT_KEYS, SECRETS
+from cxrlt.platform import MLFLOW_CLIENT_KEYS, PROMOTION_MARGIN, REGISTERED_MODEL, SECRETS
 
 
 @dsl.pipeline(name="cxrlt-promotion", description="Move the champion alias to a non-inferior challenger.")
-def promotion_pipeline(tracking_uri: str, labels_csv: str, model_name: str = "cxrlt-bundle", margin: float = 0.02,
-                       rollout: bool = True):
+def promotion_pipeline(tracking_uri: str, labels_csv: str, model_name: str = REGISTERED_MODEL,
+                       margin: float = PROMOTION_MARGIN, rollout: bool = True):
     """On a cluster a promotion also pins the Triton Deployment to the new champion's version (``rollout``)."""
     task = promote(tracking_uri=tracking_uri, labels_csv=labels_csv, model_name=model_name, margin=margin,
                    rollout=rollout).set_caching_options(False)

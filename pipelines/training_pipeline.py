@@ -23,7 +23,7 @@ from components.split_projection.component import split_projection
 from components.train_member.component import train_member
 from components.train_zeroshot.component import train_zeroshot
 from components.validate_data.component import validate_data
-from cxrlt.platform import CACHE_PVC, MLFLOW_CLIENT_KEYS, S3_SECRET_KEYS, SECRETS, SHARED_ROOT
+from cxrlt.platform import CACHE_PVC, MLFLOW_CLIENT_KEYS, REGISTERED_MODEL, S3_SECRET_KEYS, SECRETS, SHARED_ROOT
 
 
 def _cluster_settings(task, gpu: bool = False, s3: bool = True):
@@ -91,7 +91,7 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                                    s3=False)
         registered = register(bundle=bundle.outputs["bundle"], report=scores.outputs["report"],
                               evidence=decision.outputs["evidence"], tracking_uri=tracking_uri,
-                              data_hash=validated.outputs["Output"], config=profile)
+                              data_hash=validated.outputs["Output"], config=profile, model_name=REGISTERED_MODEL)
         registered.set_caching_options(False)
         kubernetes.use_secret_as_env(registered, secret_name=SECRETS["mlflow_client"],
                                      secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})

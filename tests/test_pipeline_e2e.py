@@ -87,6 +87,18 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     audit = audit_trail(tracking_uri=mlflow_uri)
     assert [e["alias"] for e in audit][-2:] == [CHALLENGER_ALIAS, CHAMPION_ALIAS] and audit[-1]["reason"] == "rollback"
     assert audit[0] == {**audit[0], "alias": CHALLENGER_ALIAS, "from": None, "to": "1"}  # complete: the first move too
+    # the CLI reads the same state; stdout holds exactly one JSON document (MLflow's notices go to stderr)
+    from typer.testing import CliRunner
+
+    from cxrlt.cli import app
+
+    status = CliRunner().invoke(app, ["registry", "status", "--tracking-uri", mlflow_uri])
+    assert status.exit_code == 0, status.output
+    state = json.loads(status.stdout)
+    assert state[CHAMPION_ALIAS]["version"] == "1" and state[CHAMPION_ALIAS]["gate_passed"] is True
+    assert state[CHALLENGER_ALIAS] is None and "data_manifest_hash" in state[CHAMPION_ALIAS]["lineage"]
+    history = CliRunner().invoke(app, ["registry", "history", "--tracking-uri", mlflow_uri])
+    assert history.exit_code == 0 and json.loads(history.stdout) == audit
     with pytest.raises(RegistryError, match="challenger"):
         promote(labels, tracking_uri=mlflow_uri)
     with pytest.raises(RegistryError, match="gate"):

@@ -4,8 +4,7 @@ from components._base import TOOLS_IMAGE
 
 
 @dsl.component(base_image=TOOLS_IMAGE, install_kfp_package=False)
-def promote(tracking_uri: str, labels_csv: str, model_name: str = "cxrlt-bundle", margin: float = 0.02,
-            rollout: bool = False) -> str:
+def promote(tracking_uri: str, labels_csv: str, model_name: str, margin: float, rollout: bool = False) -> str:
     """Move ``champion`` to ``challenger`` if it passed its gate and is non-inferior (paired bootstrap CI); with
     ``rollout``, pin the Triton Deployment to the new champion's version (cxrlt.ops.rollout).
 

@@ -6,7 +6,7 @@ from components._base import TOOLS_IMAGE
 
 @dsl.component(base_image=TOOLS_IMAGE, install_kfp_package=False)
 def register(bundle: Input[Model], report: Input[Artifact], evidence: Input[Artifact], tracking_uri: str,
-             data_hash: str, config: str, model_name: str = "cxrlt-bundle") -> str:
+             data_hash: str, config: str, model_name: str) -> str:
     """Register the bundle in MLflow with lineage and gate evidence; move alias ``challenger``. Returns the version.
 
     Args:

@@ -8,14 +8,18 @@ over gRPC -> findings table. Everything it started is stopped at the end, also o
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from cxrlt.platform import CHAMPION_ALIAS, REGISTERED_MODEL
+
+CHAMPION_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"
 
 #: What the quiet mode shows of a pipeline run: task starts and ends, per-epoch training progress, member results,
 #: errors. Everything (kfp.local's executor JSON included) goes to the log file.
@@ -81,20 +85,22 @@ def _print_gate(run: Path, title: str) -> bool:
     return bool(evidence["passed"])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("demo_run"), help="where everything is written")
-    parser.add_argument("--n-images", type=int, default=2500, help="synthetic images (70 %% train, 15 %% dev/test)")
-    parser.add_argument("--epochs", type=int, default=0, help="epochs of every network (0 = the profile's, which "
-                        "gives each kind its own)")
-    parser.add_argument("--zeroshot-epochs", type=int, default=8)
-    parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
-    parser.add_argument("--verbose", action="store_true", help="show every line of every step (kfp.local's "
-                        "executor JSON included) instead of banners, progress and results")
-    parser.add_argument("--no-challenger", action="store_true", help="skip the weakened-challenger run")
-    parser.add_argument("--containers", action="store_true", help="run the pipeline's components and Triton in "
-                        "the project's images (make images; podman or Docker) instead of the project venv")
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``cxrlt demo`` runs (its options and help are in ``cxrlt.cli.demo``)."""
+
+    workdir: Path = Path("demo_run")
+    n_images: int = 2500
+    epochs: int = 0
+    zeroshot_epochs: int = 8
+    config: Path = Path("configs/tiny.yaml")
+    verbose: bool = False
+    no_challenger: bool = False
+    containers: bool = False
+
+
+def run_demo(args: DemoOptions) -> None:
+    """The demo (see the module docstring); everything it started is stopped at the end, also on failure."""
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     state, log = work / "state", work / "demo.log"
@@ -143,8 +149,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"evaluation report under {latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
         _step(5, total, "promote challenger -> champion (non-inferiority on the dev set)")
         _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), env=env)
-        _step(6, total, "Triton model repository from models:/cxrlt-bundle@champion")
-        _cxrlt("serve", "build", "--bundle", "models:/cxrlt-bundle@champion", "--out", str(work / "model_repository"),
+        _step(6, total, f"Triton model repository from {CHAMPION_URI}")
+        _cxrlt("serve", "build", "--bundle", CHAMPION_URI, "--out", str(work / "model_repository"),
                env=env)
         if args.containers:
             from cxrlt.ops.containers import start_triton
@@ -233,9 +239,5 @@ def _finish_weakened_challenger(proc: subprocess.Popen, root: Path, log: Path, e
         raise SystemExit("the weakened challenger passed the gate: the gate is not doing its job")
     from cxrlt.registry import resolve_version
 
-    _, version = resolve_version("models:/cxrlt-bundle@champion", env["MLFLOW_TRACKING_URI"])
+    _, version = resolve_version(CHAMPION_URI, env["MLFLOW_TRACKING_URI"])
     print(f"  champion is still version {version} (nothing was registered for the refused run)", flush=True)
-
-
-if __name__ == "__main__":
-    main()

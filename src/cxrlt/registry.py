@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxrlt.errors import CxrltError
-from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL
+from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, PROMOTION_MARGIN, REGISTERED_MODEL
 
 EVAL_ARTIFACT = "evaluation"
 MANIFEST_ARTIFACT = "bundle_manifest.json"
@@ -249,7 +249,7 @@ def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: p
 
 
 def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
-            margin: float = 0.02, n_bootstrap: int = 200) -> dict:
+            margin: float = PROMOTION_MARGIN, n_bootstrap: int = 200) -> dict:
     """Move ``champion`` to the challenger if it passed its gate and is non-inferior on the same evaluation set:
     the lower end of the 95 % CI of (challenger - champion) mAP must be >= -margin."""
     from cxrlt.data.tables import read_label_csv
@@ -284,6 +284,24 @@ def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: 
             _audit(client, name, {"alias": CHALLENGER_ALIAS, "from": challenger.version, "to": None,
                                   "reason": "promoted"})
     return decision
+
+
+def status(name: str = REGISTERED_MODEL, tracking_uri: str | None = None) -> dict:
+    """Where the aliases point, and for each of those versions its gate result, metrics and lineage tags."""
+    client = _client(tracking_uri)
+    out: dict = {"registered_model": name}
+    for alias in (CHAMPION_ALIAS, CHALLENGER_ALIAS):
+        version = _alias_version(client, name, alias)
+        if version is None:
+            out[alias] = None
+            continue
+        mv = client.get_model_version(name, version)
+        evidence = json.loads(mv.tags.get("gate_evidence") or "{}")
+        lineage = {k.removeprefix("lineage."): v for k, v in mv.tags.items() if k.startswith("lineage.")}
+        out[alias] = {"version": version, "created": mv.creation_timestamp, "run_id": mv.tags.get("run_id"),
+                      "gate_passed": bool(evidence.get("passed")),
+                      "metrics": json.loads(mv.tags.get("metrics") or "{}"), "lineage": lineage}
+    return out
 
 
 def rollback(name: str = REGISTERED_MODEL, tracking_uri: str | None = None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,35 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+class Split(StrEnum):
+    """Labelled image lists a command reads by name (CXRLT_2026_<split>_labels.csv)."""
+
+    dev = "dev"
+    test = "test"
+
+
+class LabelSource(StrEnum):
+    """Training labels: every image, or only PadChest's physician-verified ones (MethodLabel == Physician)."""
+
+    all = "all"
+    physician = "physician"
+
+
+class OnnxRuntime(StrEnum):
+    python = "python"
+    native = "native"
+
+
+class Device(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
 DataDir = Annotated[Path, typer.Option("--data", help="CXR-LT data directory (CSV files + images/).")]
 
 
@@ -48,8 +78,6 @@ def _image_inputs(images: list[Path] | None, data: Path | None, split: str) -> t
         return list(images), [p.name for p in images]
     if data is None:
         _fail("give --data DIR or image files")
-    if split not in ("dev", "test"):
-        _fail("--split must be dev or test")
     ids = read_id_list(data / f"CXRLT_2026_{split}_labels.csv")
     return [data / IMAGES_DIR / i for i in ids], ids
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import DataDir, _fail, app
+from cxrlt.cli._app import DataDir, LabelSource, _fail, app
 
 data_app = typer.Typer(help="Generate, validate, preprocess and split CXR-LT data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -100,8 +100,9 @@ def data_split(
     removal: Annotated[Path | None, typer.Option(help="CSV of ImageIDs to drop.")] = None,
     val_fraction: Annotated[float, typer.Option(help="Fraction of patients for validation.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 42,
-    label_source: Annotated[str, typer.Option(help="all, or physician: keep only images whose PadChest MethodLabel "
-                                                   "is Physician (seed 000's physician-verified subset).")] = "all",
+    label_source: Annotated[LabelSource, typer.Option(help="physician: keep only images whose PadChest MethodLabel "
+                                                           "is Physician (seed 000's physician-verified subset).")]
+    = LabelSource.all,
 ) -> None:
     """Patient-disjoint train/val split, then the projection split into frontal/lateral manifests.
 
@@ -112,6 +113,6 @@ def data_split(
 
     if metadata is None and (data / PADCHEST_METADATA_CSV).exists():
         metadata = data / PADCHEST_METADATA_CSV
-    summary = split_dataset(data / TRAINING_CSV, out, metadata, removal, val_fraction, seed, label_source)
+    summary = split_dataset(data / TRAINING_CSV, out, metadata, removal, val_fraction, seed, label_source.value)
     keys = ("images", "patients", "excluded_images", "removed_images", "label_source", "label_source_excluded_images")
     typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}))

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import _fail, app
+from cxrlt.cli._app import Device, OnnxRuntime, Precision, _fail, app
+from cxrlt.platform import REGISTERED_MODEL
 
 
 @app.command("export")
@@ -33,11 +34,12 @@ app.add_typer(serve_app, name="serve")
 def serve_build(
     bundle: Annotated[str, typer.Option(help="Served-bundle directory, or models:/<name>@<alias> from MLflow.")],
     out: Annotated[Path, typer.Option(help="Model repository directory to write (replaced).")],
-    onnx_runtime: Annotated[str, typer.Option(help="python (ONNX Runtime in the python backend; embedded default) "
-                                                   "or native (platform onnxruntime_onnx; NGC image).")] = "python",
-    device: Annotated[str, typer.Option(help="cpu, or gpu (native runtime, KIND_GPU instances).")] = "cpu",
+    onnx_runtime: Annotated[OnnxRuntime, typer.Option(help="python (ONNX Runtime in the python backend; embedded "
+                                                           "default) or native (onnxruntime_onnx; NGC image).")]
+    = OnnxRuntime.python,
+    device: Annotated[Device, typer.Option(help="gpu: native runtime, KIND_GPU instances.")] = Device.cpu,
     tensorrt: Annotated[bool, typer.Option(help="GPU: TensorRT execution accelerator for the ONNX models.")] = False,
-    precision: Annotated[str, typer.Option(help="TensorRT precision: fp32 or fp16.")] = "fp32",
+    precision: Annotated[Precision, typer.Option(help="TensorRT precision.")] = Precision.fp32,
     instances: Annotated[int | None, typer.Option(help="Instances per compute model [default: half the cores].")]
     = None,
     ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per instance.")] = 1,
@@ -63,7 +65,8 @@ def serve_build(
 
     try:
         options = ServingOptions(
-            onnx_runtime=onnx_runtime, device=device, tensorrt=tensorrt, precision=precision, ort_threads=ort_threads,
+            onnx_runtime=onnx_runtime.value, device=device.value, tensorrt=tensorrt, precision=precision.value,
+            ort_threads=ort_threads,
             max_batch=max_batch, max_queue=max_queue, queue_timeout_ms=queue_timeout_ms, bls_timeout_ms=bls_timeout_ms,
             **({"instances": instances} if instances else {}))
     except ValidationError as exc:
@@ -88,7 +91,7 @@ def serve_build(
 def serve_rollout(
     version: Annotated[str, typer.Option(
         help="@alias (resolved once, now) or a version number of the registered model.")] = "@champion",
-    model_name: Annotated[str, typer.Option(help="Registered model.")] = "cxrlt-bundle",
+    model_name: Annotated[str, typer.Option(help="Registered model.")] = REGISTERED_MODEL,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI.")] = None,
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace of the Triton Deployment.")] = "cxrlt",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve and print; change nothing.")] = False,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import DataDir, _image_inputs, app
+from cxrlt.cli._app import DataDir, Split, _image_inputs, app
 
 
 @app.command("train")
@@ -42,7 +42,7 @@ def predict_cmd(
     ensemble: Annotated[Path, typer.Option(help="Ensemble directory (cxrlt ensemble build).")],
     out: Annotated[Path, typer.Option(help="Submission CSV to write.")],
     data: Annotated[Path | None, typer.Option("--data", help="CXR-LT data directory.")] = None,
-    split: Annotated[str, typer.Option(help="dev or test (reads CXRLT_2026_<split>_labels.csv for the IDs).")] = "dev",
+    split: Annotated[Split, typer.Option(help="Image list to score (CXRLT_2026_<split>_labels.csv).")] = Split.test,
     images: Annotated[list[Path] | None, typer.Argument(help="Explicit PNG/DICOM files instead of --data.")] = None,
     mixed: Annotated[bool, typer.Option(help="Use the mixed ensemble without routing.")] = False,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import DataDir, _image_inputs, app
+from cxrlt.cli._app import DataDir, Split, _image_inputs, app
 
 zeroshot_app = typer.Typer(help="Task 2: zero-shot recognition of unseen findings (dual-branch CLIP).",
                            no_args_is_help=True)
@@ -41,7 +41,7 @@ def zeroshot_predict(
     model: Annotated[Path, typer.Option(help="Zero-shot model directory.")],
     out: Annotated[Path, typer.Option(help="CSV to write (ImageID + one column per class).")],
     data: Annotated[Path | None, typer.Option("--data", help="CXR-LT data directory.")] = None,
-    split: Annotated[str, typer.Option(help="dev or test.")] = "test",
+    split: Annotated[Split, typer.Option(help="Image list to score (CXRLT_2026_<split>_labels.csv).")] = Split.test,
     classes: Annotated[str, typer.Option(help="Comma-separated class names or free-text findings "
                                               "(default: the 6 unseen classes).")] = "",
     scoring: Annotated[str | None, typer.Option(help="sigmoid or softmax_pn (default: the model's).")] = None,
