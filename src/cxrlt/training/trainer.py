@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +21,6 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from cxrlt.config import config_hash, load_config, task1_preprocess, train_settings
 from cxrlt.contract import MemberCard
@@ -37,8 +34,8 @@ from cxrlt.metrics import evaluate, selection_score
 from cxrlt.models.factory import MEMBER_KINDS, ROUTER_CLASSES, build_member, build_router
 from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
-from cxrlt.training.checkpoint import KILL_AFTER_EPOCH_ENV, atomic_save, restore_checkpoint
 from cxrlt.training.data import ImageStore, ManifestDataset
+from cxrlt.training.loop import fit, per_rank_batch
 from cxrlt.training.sampler import EpochShardedSampler, repeat_factors
 from cxrlt.tta import TTAModel
 
@@ -145,9 +142,7 @@ def train_member(req: TrainRequest) -> dict:
         if (ts["sampler"] == "repeat_factor" and not router) else None
     sampler = EpochShardedSampler(len(train_ds), factors, seed, info.rank, info.world_size)
     batch = int(ts["batch_size"])
-    if batch % info.world_size:
-        raise InvalidInputError(f"global batch {batch} is not divisible by {info.world_size} processes")
-    loader = DataLoader(train_ds, batch_size=batch // info.world_size, sampler=sampler, drop_last=True,
+    loader = DataLoader(train_ds, batch_size=per_rank_batch(batch, info), sampler=sampler, drop_last=True,
                         num_workers=int(ts["num_workers"]))
     val_loader, select_loader = (
         DataLoader(ds, batch_size=max(1, batch // info.world_size), num_workers=int(ts["num_workers"]),
@@ -175,67 +170,47 @@ def train_member(req: TrainRequest) -> dict:
                                   warmup_lr_init=float(ts["lr"]) * ts["warmup_lr_ratio"],
                                   warmup_prefix=True, t_in_epochs=False)
     net = DistributedDataParallel(model) if info.enabled else model
-    use_amp = bool(ts["amp"]) and device.type == "cuda"
-
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    start_epoch, best, best_epoch, history = restore_checkpoint(
-        last_path, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
-    ) if req.resume else (0, -1.0, -1, [])
-
+    task = MemberTask(criterion, device, bool(ts["amp"]) and device.type == "cuda", router, rule, y_val,
+                      select_loader, info, len(val_ds))
     mlflow_run = _mlflow_start(req, cfg, info)
-    for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        torch.manual_seed(seed * 1000 + epoch * 10 + info.rank)  # dropout/drop-path: a function of the epoch
-        net.train()
-        running, seen = 0.0, 0
-        bar = tqdm(loader, desc=f"{req.member} epoch {epoch + 1}/{epochs}", unit="batch",
-                   disable=not (req.progress and info.is_main), leave=False)
-        for step, (x, y, _) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(x)
-            loss = criterion(logits.float(), y)
-            if getattr(criterion, "reduction", "mean") == "sum":
-                loss = loss / len(y)  # per-sample sum over classes, mean over the batch: DDP-invariant
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if ts["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(params, float(ts["grad_clip"]))
-            optimizer.step()
-            scheduler.step_update(epoch * steps + step + 1)
-            ema.update(model, step=epoch * steps + step)
-            running += loss.item() * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        val_logits = predict_logits(ema.module, select_loader, device, info, len(val_ds))
-        score = _score(router, y_val, val_logits, rule)
-        train_loss = sum(D.gather_objects(running, info)) / sum(D.gather_objects(seen, info))
-        record = {"epoch": epoch, "train_loss": train_loss, "val_score": score, "seconds": time.time() - t0}
-        history.append(record)
-        improved = score > best
-        if improved:
-            best, best_epoch = score, epoch
-        if info.is_main:
-            metric = "val_accuracy" if router else ("val_mAP" if rule == "mAP" else "val_mAP+mAUC-BCE")
-            log.info("%s epoch %d/%d loss %.4f %s %.4f%s", req.member, epoch + 1, epochs, train_loss, metric, score,
-                     " (best)" if improved else "")
-            if improved:
-                atomic_save({"model": ema.module.state_dict(), "epoch": epoch, "score": score}, best_path)
-            atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "epoch": epoch,
-                          "best": best, "best_epoch": best_epoch, "history": history}, last_path)
-            _mlflow_log_epoch(mlflow_run, record, metric)
-        D.barrier(info)
-        if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(epoch) and info.is_main:
-            os.kill(os.getpid(), signal.SIGKILL)
+    state = fit(task, name=req.member, model=model, net=net, loader=loader, epochs=epochs, steps_per_epoch=steps,
+                optimizer=optimizer, scheduler=scheduler, ema=ema, out_dir=out, seed=seed, info=info,
+                epoch_hooks=(sampler, train_ds), grad_clip=float(ts["grad_clip"] or 0), resume=req.resume,
+                progress=req.progress, on_epoch=lambda record: _mlflow_log_epoch(mlflow_run, record, task.label))
+    best, best_epoch, history = state.best, state.best_epoch, state.history
 
     summary = _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, view, kind, best, best_epoch,
                       history, contract, weights)
     _mlflow_end(mlflow_run, out, summary)
     D.teardown(info)
     return summary
+
+
+class MemberTask:
+    """A member or the router in :func:`cxrlt.training.loop.fit`: logits -> the profile's loss; selection on the
+    (augmented, for seed 000's rule) validation set."""
+
+    metric = "val_score"
+
+    def __init__(self, criterion: nn.Module, device: torch.device, amp: bool, router: bool, rule: str,
+                 y_val: np.ndarray, select_loader: DataLoader, info: D.DistInfo, n_val: int):
+        self.criterion, self.device, self.amp, self.router, self.rule = criterion, device, amp, router, rule
+        self.y_val, self.select_loader, self.info, self.n_val = y_val, select_loader, info, n_val
+        self.label = "val_accuracy" if router else ("val_mAP" if rule == "mAP" else "val_mAP+mAUC-BCE")
+
+    def loss(self, net: nn.Module, batch, epoch: int, step: int) -> tuple[torch.Tensor, int, dict]:
+        x, y, _ = batch
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = net(x)
+        loss = self.criterion(logits.float(), y)
+        if getattr(self.criterion, "reduction", "mean") == "sum":
+            loss = loss / len(y)  # per-sample sum over classes, mean over the batch: DDP-invariant
+        return loss, len(y), {}
+
+    def validate(self, model: nn.Module, epoch: int) -> float:
+        logits = predict_logits(model, self.select_loader, self.device, self.info, self.n_val)
+        return _score(self.router, self.y_val, logits, self.rule)
 
 
 def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, view, kind, best, best_epoch, history,

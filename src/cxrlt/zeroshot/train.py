@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +19,9 @@ import pandas as pd
 import torch
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from cxrlt.config import config_hash, load_config, zeroshot_settings
 from cxrlt.data.images import PreprocessConfig
@@ -34,8 +33,9 @@ from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.metrics import macro_ap
 from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
-from cxrlt.training.checkpoint import KILL_AFTER_EPOCH_ENV, atomic_save, restore_checkpoint
+from cxrlt.training.checkpoint import atomic_save
 from cxrlt.training.data import ImageStore, ManifestDataset
+from cxrlt.training.loop import fit, per_rank_batch
 from cxrlt.training.sampler import EpochShardedSampler, sample_rng
 from cxrlt.zeroshot.bank import load_bank, prompts_for
 from cxrlt.zeroshot.loss import DualBranchLoss
@@ -104,7 +104,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     val_ds = ManifestDataset(val_df, store, y_val)
     sampler = EpochShardedSampler(len(train_ds), None, seed, info.rank, info.world_size)
     batch = int(zs["batch_size"])
-    loader = DataLoader(train_ds, batch_size=batch // info.world_size, sampler=sampler, drop_last=True,
+    loader = DataLoader(train_ds, batch_size=per_rank_batch(batch, info), sampler=sampler, drop_last=True,
                         num_workers=int(zs["num_workers"]))
     val_loader = DataLoader(val_ds, batch_size=batch, num_workers=int(zs["num_workers"]))
     if len(loader) == 0:
@@ -133,63 +133,13 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
                                   warmup_t=int(zs["warmup_epochs"] * steps),
                                   warmup_lr_init=float(zs["lr"]) * zs["warmup_lr_ratio"],
                                   warmup_prefix=True, t_in_epochs=False)
-    start_epoch, best, best_epoch, history = restore_checkpoint(
-        out / "last.pt", model=model, ema=ema, optimizer=optimizer, scheduler=scheduler,
-    ) if req.resume else (0, -1.0, -1, [])
-
+    task = ZeroShotTask(model, criterion, guard, bank, train_classes, zs, seed, device, info, val_loader)
     run = _mlflow_start(zs, cfg, held_out, info)
-    for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        torch.manual_seed(seed * 1000 + epoch * 10 + info.rank)
-        net.train()
-        totals = {"loss": 0.0, "contrastive": 0.0, "asl": 0.0}
-        bar = tqdm(loader, desc=f"zeroshot epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   disable=not (req.progress and info.is_main))
-        for step, (x, y, idx) in enumerate(bar):
-            texts = [synth_report([c for c, v in zip(train_classes, row, strict=True) if v], bank,
-                                  sample_rng(seed + 1, epoch, int(i))) for row, i in zip(y.numpy(), idx, strict=True)]
-            prompt_rng = sample_rng(seed + 2, epoch, step)
-            class_prompts = [(p := prompts_for(bank[c], zs["prompts"]))[int(prompt_rng.integers(len(p)))]
-                             for c in train_classes]
-            guard.check_texts(texts + class_prompts)
-            x, y = x.to(device), y.to(device)
-            img, txt, cls = net(x, tokenize(texts, ctx).to(device), tokenize(class_prompts, ctx).to(device))
-            loss, parts = criterion(img, txt, cls, model.clip.logit_scale, model.asl_scale, model.asl_bias, y,
-                                    _groups(y.cpu().numpy()).to(device), info.rank, info.world_size)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(zs["grad_clip"]))
-            optimizer.step()
-            scheduler.step_update(epoch * steps + step + 1)
-            ema.update(model, step=epoch * steps + step)
-            totals["loss"] += loss.item()
-            for k, v in parts.items():
-                totals[k] += v
-            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.3f}")
-        score = known_class_map(ema.module, val_loader, bank, train_classes, zs, device)
-        record = {"epoch": epoch, **{k: v / steps for k, v in totals.items()}, "val_known_mAP": score,
-                  "seconds": time.time() - t0}
-        history.append(record)
-        improved = score > best
-        if improved:
-            best, best_epoch = score, epoch
-        if info.is_main:
-            log.info("zeroshot epoch %d/%d loss %.4f (clip %.4f, asl %.4f) val known-class mAP %.4f%s", epoch + 1,
-                     epochs, record["loss"], record["contrastive"], record["asl"], score, " (best)" if improved else "")
-            if improved:
-                atomic_save({"model": ema.module.state_dict(), "epoch": epoch, "score": score}, out / "best.pt")
-            atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                          "history": history}, out / "last.pt")
-            if run is not None:
-                import mlflow
-
-                mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-        D.barrier(info)
-        if os.environ.get(KILL_AFTER_EPOCH_ENV) == str(epoch) and info.is_main:
-            os.kill(os.getpid(), 9)
+    state = fit(task, name="zeroshot", model=model, net=net, loader=loader, epochs=epochs, steps_per_epoch=steps,
+                optimizer=optimizer, scheduler=scheduler, ema=ema, out_dir=out, seed=seed, info=info,
+                epoch_hooks=(sampler, train_ds), grad_clip=float(zs["grad_clip"]), resume=req.resume,
+                progress=req.progress, on_epoch=lambda record: _mlflow_log_epoch(run, record))
+    best, best_epoch, history = state.best, state.best_epoch, state.history
 
     card = _card(cfg, zs, weights, held_out, train_classes, best_epoch, best, history, info)
     if (out / "best.pt").exists():
@@ -204,6 +154,46 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
             mlflow.end_run()
     D.teardown(info)
     return card
+
+
+class ZeroShotTask:
+    """The dual-branch CLIP in :func:`cxrlt.training.loop.fit`: a synthesised report per image and one prompt per
+    training class (both leak-guarded) -> contrastive + alpha x ASL; selection on the known classes' zero-shot mAP."""
+
+    metric = "val_known_mAP"
+    label = "val known-class mAP"
+
+    def __init__(self, model: DualBranchCLIP, criterion: DualBranchLoss, guard: LeakGuard, bank, classes: list[str],
+                 zs: dict, seed: int, device: torch.device, info: D.DistInfo, val_loader: DataLoader):
+        self.model, self.criterion, self.guard, self.bank, self.classes = model, criterion, guard, bank, classes
+        self.zs, self.seed, self.device, self.info, self.val_loader = zs, seed, device, info, val_loader
+        self.ctx = int(zs["context_length"])
+
+    def loss(self, net: nn.Module, batch, epoch: int, step: int) -> tuple[torch.Tensor, int, dict]:
+        x, y, idx = batch
+        texts = [synth_report([c for c, v in zip(self.classes, row, strict=True) if v], self.bank,
+                              sample_rng(self.seed + 1, epoch, int(i))) for row, i in zip(y.numpy(), idx, strict=True)]
+        prompt_rng = sample_rng(self.seed + 2, epoch, step)
+        class_prompts = [(p := prompts_for(self.bank[c], self.zs["prompts"]))[int(prompt_rng.integers(len(p)))]
+                         for c in self.classes]
+        self.guard.check_texts(texts + class_prompts)
+        x, y = x.to(self.device), y.to(self.device)
+        img, txt, cls = net(x, tokenize(texts, self.ctx).to(self.device),
+                            tokenize(class_prompts, self.ctx).to(self.device))
+        m = self.model
+        loss, parts = self.criterion(img, txt, cls, m.clip.logit_scale, m.asl_scale, m.asl_bias, y,
+                                     _groups(y.cpu().numpy()).to(self.device), self.info.rank, self.info.world_size)
+        return loss, len(y), parts
+
+    def validate(self, model: nn.Module, epoch: int) -> float:
+        return known_class_map(model, self.val_loader, self.bank, self.classes, self.zs, self.device)
+
+
+def _mlflow_log_epoch(run, record: dict) -> None:
+    if run is not None:
+        import mlflow
+
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
 
 
 def _card(cfg, zs, weights, held_out, train_classes, best_epoch, best, history, info) -> dict:
