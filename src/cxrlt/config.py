@@ -16,10 +16,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from cxrlt.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MODALITIES, DEFAULT_PERCENTILES, PreprocessConfig
 from cxrlt.errors import CxrltError, InvalidInputError, NotFoundError
+from cxrlt.kinds import job_kinds, member_kind, member_kinds
 
 #: Named input normalisations (per-channel mean, std on [0, 1] pixels). ``cxrlt`` is this project's 1-channel
 #: default; ``imagenet`` is timm's ImageNet statistics (seed 000 and HPH); ``clip`` is OpenAI CLIP's;
@@ -30,7 +40,6 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "chexzero": ((101.48761 / 255,) * 3, (83.43944 / 255,) * 3),
 }
-MEMBER_NETWORKS = ("router", "pcam", "swin", "cait", "mlp", "csra")
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -88,41 +97,40 @@ class RouterConfig(_Strict):
     pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
 
 
-class PooledCNNConfig(_Strict):
-    backbone: str
-    head: Literal["pcam", "csra", "mlp"] = "pcam"
-    backbone_kwargs: dict[str, Any] = {}
-    drop: Fraction = 0.0
-    pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
-
-
-class TimmMemberConfig(_Strict):
-    arch: str
-    kwargs: dict[str, Any] = {}
-    pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
-
-
-class CaiTConfig(TimmMemberConfig):
-    arch: str = "cait_xxs24_224"
-
-
 class ModelsConfig(_Strict):
-    """Task 1 networks: seed 000 uses router + pcam/swin/cait, HPH the mlp and csra heads over one trunk."""
+    """Task 1 networks: the router and one optional section per registered member kind (:mod:`cxrlt.kinds`; seed
+    000 uses router + pcam/swin/cait, HPH the mlp and csra heads over one trunk). The fields of the kinds are added
+    from the registry (:func:`models_schema`), each validated by its kind's settings model."""
 
     router: RouterConfig | None = None
-    pcam: PooledCNNConfig | None = None
-    swin: TimmMemberConfig | None = None
-    cait: CaiTConfig | None = None
-    mlp: PooledCNNConfig | None = None
-    csra: PooledCNNConfig | None = None
 
     @model_validator(mode="after")
     def _some_member(self):
-        if not any(getattr(self, k) is not None for k in ("pcam", "swin", "cait", "mlp", "csra")):
-            raise InvalidInputError("models: define at least one ensemble member (pcam, swin, cait, mlp or csra)")
-        if self.cait is not None and self.pcam is None:
-            raise InvalidInputError("models.cait runs over the frozen pcam trunk: models.pcam is needed too")
+        defined = [k for k in member_kinds() if getattr(self, k, None) is not None]
+        if not defined:
+            raise InvalidInputError(f"models: define at least one ensemble member ({', '.join(member_kinds())})")
+        for name in defined:
+            needs = member_kind(name).reads_trunk_of
+            if needs and getattr(self, needs, None) is None:
+                raise InvalidInputError(f"models.{name} runs over the frozen {needs} trunk: models.{needs} is "
+                                        "needed too")
         return self
+
+
+_SCHEMAS: dict[tuple, tuple[type[ModelsConfig], type[BaseModel]]] = {}
+
+
+def models_schema() -> tuple[type[ModelsConfig], type[Profile]]:
+    """The ``models`` section and the profile with one field per registered member kind (rebuilt when a kind is
+    registered, so a new kind needs no change here)."""
+    key = tuple((k, member_kind(k).settings) for k in member_kinds())
+    if key not in _SCHEMAS:
+        models = create_model("ModelsConfig", __base__=ModelsConfig,
+                              **{k: (settings | None, None) for k, settings in key})
+        profile = create_model("Profile", __base__=Profile, models=(models | None, Field(
+            default=None, description="Task 1 networks; a zero-shot-only profile omits it")))
+        _SCHEMAS[key] = (models, profile)
+    return _SCHEMAS[key]
 
 
 class AugmentSettings(_Strict):
@@ -148,9 +156,18 @@ class _Optimisation(_Strict):
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
 
 
-_KINDS = ("pcam", "swin", "cait", "mlp", "csra")
 _VIEWS = ("frontal", "lateral", "mixed")
-OverrideKey = Literal[("router", *_KINDS, *_VIEWS, *(f"{v}/{k}" for v in _VIEWS for k in _KINDS))]
+
+
+def _override_key(key: str) -> str:
+    """``router``, a kind, a view, or ``<view>/<kind>``."""
+    view, _, kind = key.rpartition("/")
+    if key in ("router", *_VIEWS, *member_kinds()) or (view in _VIEWS and kind in member_kinds()):
+        return key
+    raise ValueError(f"unknown override key {key!r}: router, a view {_VIEWS}, a kind {member_kinds()} or view/kind")
+
+
+OverrideKey = Annotated[str, AfterValidator(_override_key)]
 
 
 class TrainConfig(_Optimisation):
@@ -336,7 +353,7 @@ def load_profile(path: str | Path | dict | Profile) -> Profile:
             raise NotFoundError(f"config {path} not found (profiles live in configs/)")
         raw, source = yaml.safe_load(path.read_text()) or {}, str(path)
     try:
-        return Profile.model_validate(raw)
+        return models_schema()[1].model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
 
@@ -376,7 +393,7 @@ def pipeline_jobs(cfg: dict) -> list[dict]:
         views: tuple[str, ...] = ("mixed",)
     else:
         views = ("frontal", "lateral", "mixed") if cfg["ensemble"]["mixed_members"] else ("frontal", "lateral")
-    members = [k for k in ("pcam", "swin", "mlp", "csra") if models.get(k)]
+    members = [k for k in job_kinds() if models.get(k)]
     return [{"view": v, "member": m} for v in views for m in members]
 
 

@@ -23,7 +23,8 @@ CHAMPION_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"
 
 #: What the quiet mode shows of a pipeline run: task starts and ends, per-epoch training progress, member results,
 #: errors. Everything (kfp.local's executor JSON included) goes to the log file.
-_SHOWN = re.compile(r"Executing task|finished with status|epoch \d+/\d+ loss|best mAP|best val|Traceback|Error|"
+_SHOWN = re.compile(r"Executing task|train-member: training|finished with status|epoch \d+/\d+ loss|best mAP|"
+                    r"best val|Traceback|Error|"
                     r"FAILED|pipeline finished")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -22,9 +22,10 @@ from cxrlt.config import task1_preprocess
 from cxrlt.contract import EnsembleSpec, MemberCard
 from cxrlt.data.tables import read_training_csv
 from cxrlt.errors import InvalidInputError
+from cxrlt.kinds import member_kinds
 from cxrlt.labels import KNOWN_CLASSES, NORMAL, frequency_bands
 from cxrlt.metrics import macro_ap
-from cxrlt.models.factory import MEMBER_KINDS, ROUTER_CLASSES
+from cxrlt.models.factory import ROUTER_CLASSES
 
 ENSEMBLE_JSON = EnsembleSpec.FILE
 
@@ -171,7 +172,7 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
         shutil.copytree(runs / "router", out / "router", dirs_exist_ok=True)
         spec["router"] = "router"
     for view in views:
-        members = [k for k in MEMBER_KINDS if (runs / view / k / "member.json").exists()]
+        members = [k for k in member_kinds() if (runs / view / k / "member.json").exists()]
         if not members:
             continue
         frames = {k: _val_logits(runs / view / k) for k in members}

@@ -33,6 +33,7 @@ from cxrlt.contract import Bundle
 from cxrlt.data.images import PreprocessConfig
 from cxrlt.ensemble import load_spec
 from cxrlt.errors import InvalidInputError
+from cxrlt.kinds import member_kind
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
 from cxrlt.models.factory import load_member
 from cxrlt.models.members import shares_trunk
@@ -99,16 +100,18 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
     for view, vspec in spec["views"].items():
         models = {kind: load_member(ens / rel)[0] for kind, rel in vspec["members"].items()}
         members, entry = {}, {}
-        shared = "pcam" in models and "cait" in models and shares_trunk(models["pcam"], models["cait"])
-        if shared:  # CaiT reads the frozen PCAM trunk: compute it once, serve both heads over its features
-            trunk = TrunkTTA(models["pcam"], spec["tta"])
+        # a kind that reads another's frozen trunk (CaiT over PCAM): compute the trunk once, serve both heads over it
+        pair = next(((kind_of, kind) for kind in models if (kind_of := member_kind(kind).reads_trunk_of) in models
+                     and shares_trunk(models[kind_of], models[kind])), None)
+        if pair:
+            trunk = TrunkTTA(models[pair[0]], spec["tta"])
             path = export_onnx(trunk, size, out / "onnx" / f"{view}_trunk.onnx", channels)
             with torch.no_grad():
                 feature_shape = list(trunk.eval()(torch.zeros(1, channels, size, size)).shape[1:])
-            entry["shared_trunk"] = {"model": path.stem, "members": ["pcam", "cait"], "features": feature_shape}
+            entry["shared_trunk"] = {"model": path.stem, "members": list(pair), "features": feature_shape}
         for kind, model in models.items():
             name = f"{view}_{kind}"
-            if shared and kind in ("pcam", "cait"):
+            if pair and kind in pair:
                 export_onnx(FeatureHeadTTA(model, merge), size, out / "onnx" / f"{name}.onnx",
                             input_shape=tuple(feature_shape))
             else:

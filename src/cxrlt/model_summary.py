@@ -40,7 +40,8 @@ def _row(network: str, arch: str, model: nn.Module, backbone: nn.Module, contrac
 
 def summarize_profile(config) -> list[dict]:
     """One row per network the profile defines (router and members in profile order) and the zero-shot CLIP."""
-    from cxrlt.models.factory import POOLED_CNN_KINDS, build_member, build_router
+    from cxrlt.kinds import pooled_cnn_kinds
+    from cxrlt.models.factory import build_member, build_router
     from cxrlt.zeroshot.model import build_clip
 
     cfg = load_config(config)
@@ -56,7 +57,7 @@ def summarize_profile(config) -> list[dict]:
             if name == "router":
                 model = build_router(net, ch)
                 rows.append(_row(name, net["arch"], model, model.net, contract, net["pretrained"], mirror))
-            elif name in POOLED_CNN_KINDS:
+            elif name in pooled_cnn_kinds():
                 model = build_member(name, models, k, size, ch)
                 rows.append(_row(name, f"{net['backbone']} + {net['head']} head", model, model.trunk, contract,
                                  net["pretrained"], mirror))

@@ -28,6 +28,7 @@ from cxrlt.data.tables import (
 )
 from cxrlt.ensemble import build_ensemble
 from cxrlt.inference import EnsemblePredictor
+from cxrlt.kinds import job_kinds
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.metrics import evaluate, macro_ap, macro_auroc, paired_bootstrap_diff
 from cxrlt.models.factory import load_member
@@ -274,8 +275,9 @@ def recipes_report(work: Path, root: Path, n_images: int = 1500, size: int = 64,
             cfg = json.loads(json.dumps(base))
             cfg["train"]["seed"] = seed
             runs = work / Path(rel).stem / f"seed{seed}" / "runs"
-            members = (["router"] + [f"{v}/{k}" for v in ("frontal", "lateral") for k in ("pcam", "swin")]
-                       if cfg["models"].get("router") else ["mixed/mlp", "mixed/csra"])
+            kinds = [k for k in job_kinds() if cfg["models"].get(k)]
+            members = (["router"] + [f"{v}/{k}" for v in ("frontal", "lateral") for k in kinds]
+                       if cfg["models"].get("router") else [f"mixed/{k}" for k in kinds])
             for member in members:
                 if not (runs / member / "member.json").exists():
                     train_member(TrainRequest(member, cfg, data, runs / member))

@@ -1,5 +1,5 @@
 """Model zoo: the view router and the ensemble members, all built from config by name (timm backbones)."""
 
-from cxrlt.models.factory import MEMBER_KINDS, build_member, build_router
+from cxrlt.models.factory import build_member, build_router
 
-__all__ = ["MEMBER_KINDS", "build_member", "build_router"]
+__all__ = ["build_member", "build_router"]

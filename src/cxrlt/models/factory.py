@@ -6,6 +6,8 @@ bare architecture because a trained checkpoint is loaded right after (inference,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,12 +15,49 @@ from torch import nn
 
 from cxrlt.contract import MemberCard
 from cxrlt.errors import InvalidInputError
+from cxrlt.kinds import member_kind
 from cxrlt.models.members import CaiTOverCNN, PooledCNN, TimmClassifier
 
-#: seed 000: pcam, swin, cait; HPH (seed 002): the same trunk with an MLP head and with a CSRA head
-MEMBER_KINDS: tuple[str, ...] = ("pcam", "swin", "cait", "mlp", "csra")
-POOLED_CNN_KINDS: tuple[str, ...] = ("pcam", "mlp", "csra")
 ROUTER_CLASSES: tuple[str, ...] = ("frontal", "lateral")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a kind's builder gets: the profile's ``models`` section (its own under ``models[kind]``) and the input."""
+
+    kind: str
+    models: dict
+    num_classes: int
+    image_size: int
+    in_chans: int = 1
+    #: the trained checkpoint of the kind whose trunk this one reads (cait: the view's pcam member)
+    trunk_checkpoint: str | Path | None = None
+    #: a complete state dict (trunk included) is loaded right after: no trunk checkpoint needed
+    for_loading: bool = False
+    weights: bool = False
+    mirror: str | None = None
+
+    @property
+    def settings(self) -> dict:
+        return self.models[self.kind]
+
+    @property
+    def pretrained(self) -> str | None:
+        return self.settings.get("pretrained") if self.weights else None
+
+
+Builder = Callable[[BuildRequest], nn.Module]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def builds(kind: str) -> Callable[[Builder], Builder]:
+    """Register the builder of a member kind (the kind itself is registered in :mod:`cxrlt.kinds`)."""
+
+    def register(builder: Builder) -> Builder:
+        _BUILDERS[kind] = builder
+        return builder
+
+    return register
 
 
 def _pretrained(cfg: dict, weights: bool) -> str | None:
@@ -37,38 +76,50 @@ def build_pooled_cnn(cfg: dict, num_classes: int, in_chans: int = 1, weights: bo
                      cfg.get("drop", 0.0), _pretrained(cfg, weights), mirror)
 
 
+@builds("pcam")
+@builds("mlp")
+@builds("csra")
+def _pooled_cnn(req: BuildRequest) -> nn.Module:
+    return build_pooled_cnn(req.settings, req.num_classes, req.in_chans, req.weights, req.mirror)
+
+
+@builds("swin")
+def _swin(req: BuildRequest) -> nn.Module:
+    return TimmClassifier(req.settings["arch"], req.num_classes, req.in_chans, req.pretrained, req.mirror,
+                          img_size=req.image_size, **req.settings.get("kwargs", {}))
+
+
+@builds("cait")
+def _cait(req: BuildRequest) -> nn.Module:
+    trunk_kind = member_kind("cait").reads_trunk_of
+    if req.trunk_checkpoint is None and not req.for_loading:
+        raise InvalidInputError(f"the cait member needs the trained {trunk_kind} member of the same view "
+                                "(--pcam-checkpoint)")
+    cnn = build_pooled_cnn(req.models[trunk_kind], req.num_classes, req.in_chans)
+    if req.trunk_checkpoint is not None:
+        state = torch.load(req.trunk_checkpoint, map_location="cpu", weights_only=True)
+        cnn.load_state_dict(state.get("model", state))
+    with torch.no_grad():  # eval: a batch of one through BatchNorm in training mode is an error
+        hw = cnn.eval().features(torch.zeros(1, req.in_chans, req.image_size, req.image_size)).shape[-1]
+    return CaiTOverCNN(cnn, req.num_classes, hw, req.settings.get("arch", "cait_xxs24_224"),
+                       req.settings.get("kwargs"), req.pretrained, req.mirror)
+
+
 def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int, in_chans: int = 1,
                  pcam_checkpoint: str | Path | None = None, for_loading: bool = False, weights: bool = False,
                  mirror: str | None = None) -> nn.Module:
-    """Build one ensemble member.
+    """Build one ensemble member of a registered kind (:mod:`cxrlt.kinds`) with the builder registered for it.
 
-    ``cait`` needs the trained PCAM member's checkpoint (its frozen trunk), unless ``for_loading`` is set because a
-    complete cait state dict (trunk included) is loaded right after.
+    A kind that reads another's frozen trunk (``cait``) needs that member's checkpoint, unless ``for_loading`` is
+    set because a complete state dict (trunk included) is loaded right after.
     """
-    if kind not in MEMBER_KINDS:
-        raise InvalidInputError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")
+    member_kind(kind)  # an unknown kind names the registered ones
+    if kind not in _BUILDERS:
+        raise InvalidInputError(f"member kind {kind!r} has no builder: register one with cxrlt.models.factory.builds")
     if models_cfg.get(kind) is None:
         raise InvalidInputError(f"the profile defines no models.{kind} network")
-    if kind in POOLED_CNN_KINDS:
-        return build_pooled_cnn(models_cfg[kind], num_classes, in_chans, weights, mirror)
-    if kind == "swin":
-        cfg = models_cfg["swin"]
-        return TimmClassifier(cfg["arch"], num_classes, in_chans, _pretrained(cfg, weights), mirror,
-                              img_size=image_size, **cfg.get("kwargs", {}))
-    if kind == "cait":
-        if pcam_checkpoint is None and not for_loading:
-            raise InvalidInputError("the cait member needs the trained pcam member of the same view "
-                                    "(--pcam-checkpoint)")
-        cnn = build_pooled_cnn(models_cfg["pcam"], num_classes, in_chans)
-        if pcam_checkpoint is not None:
-            state = torch.load(pcam_checkpoint, map_location="cpu", weights_only=True)
-            cnn.load_state_dict(state.get("model", state))
-        with torch.no_grad():  # eval: a batch of one through BatchNorm in training mode is an error
-            hw = cnn.eval().features(torch.zeros(1, in_chans, image_size, image_size)).shape[-1]
-        cfg = models_cfg["cait"]
-        return CaiTOverCNN(cnn, num_classes, hw, cfg.get("arch", "cait_xxs24_224"), cfg.get("kwargs"),
-                           _pretrained(cfg, weights), mirror)
-    raise InvalidInputError(f"unknown member kind {kind!r}: choose one of {MEMBER_KINDS}")
+    return _BUILDERS[kind](BuildRequest(kind, models_cfg, num_classes, image_size, in_chans, pcam_checkpoint,
+                                        for_loading, weights, mirror))
 
 
 def load_member(member_dir: str | Path) -> tuple[nn.Module, MemberCard]:
@@ -78,9 +129,10 @@ def load_member(member_dir: str | Path) -> tuple[nn.Module, MemberCard]:
     models_cfg = {card.kind: card.model_config_}
     if card.kind == "router":
         model = build_router(card.model_config_, card.in_chans)
-    elif card.kind == "cait":
-        models_cfg["pcam"] = card.pcam_model_config
-        model = build_member("cait", models_cfg, len(card.classes), card.image_size, card.in_chans, for_loading=True)
+    elif member_kind(card.kind).reads_trunk_of:  # the trunk's settings travel in the card; the weights in best.pt
+        models_cfg[member_kind(card.kind).reads_trunk_of] = card.pcam_model_config
+        model = build_member(card.kind, models_cfg, len(card.classes), card.image_size, card.in_chans,
+                             for_loading=True)
     else:
         model = build_member(card.kind, models_cfg, len(card.classes), card.image_size, card.in_chans)
     state = torch.load(member_dir / "best.pt", map_location="cpu", weights_only=True)

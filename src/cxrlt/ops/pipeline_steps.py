@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from cxrlt.dataplane import DataPlaneError, SharedVolume, publish, run_scoped, sha256_file
 from cxrlt.errors import InvalidInputError
+from cxrlt.kinds import member_kind, riders
 
 #: the pipeline parameters' "take the profile's value" markers
 FROM_PROFILE = {"cache_size": 0, "val_fraction": 0.0, "split_seed": -1, "min_map": -1.0, "min_mauroc": -1.0,
@@ -64,15 +65,14 @@ def run_paths(shared_root: str | Path, run_id: str) -> tuple[Path, Path]:
 
 
 def job_networks(view: str, member: str, models: dict) -> list[str]:
-    """The networks one pipeline job trains, in order: ``pcam`` also trains its view's ``cait`` on the frozen trunk
-    when the profile has one; ``pcam-only`` trains pcam alone; ``router`` the router."""
+    """The networks one pipeline job trains, in order: a kind, then the kinds that read its frozen trunk
+    (:func:`cxrlt.kinds.riders`: ``pcam`` also trains its view's ``cait``) where the profile defines them;
+    ``<kind>-only`` trains the kind alone; ``router`` the router."""
     if member == "router":
         return ["router"]
-    if member == "pcam":
-        return [f"{view}/pcam", *([f"{view}/cait"] if models.get("cait") is not None else [])]
-    if member == "pcam-only":
-        return [f"{view}/pcam"]
-    return [f"{view}/{member}"]
+    if member.endswith("-only"):
+        return [f"{view}/{member.removesuffix('-only')}"]
+    return [f"{view}/{member}", *(f"{view}/{r}" for r in riders(member) if models.get(r) is not None)]
 
 
 def _launch(args: list[str], launcher: str, key: str, run_dir: str, nproc: int, num_nodes: int,
@@ -128,11 +128,15 @@ def train_networks(view: str, member: str, shared_root: str, run_id: str, data_d
     if epochs:
         common += ["--epochs", str(epochs)]
     cards = {}
-    for name in job_networks(view, member, models):
+    networks = job_networks(view, member, models)
+    print(f"train-member: training {', '.join(networks)} ({launcher}"
+          f"{f', {num_nodes} nodes' if launcher == 'trainjob' else ''})", flush=True)  # names the step in the log
+    for name in networks:
         out = job_dir / name
         args = ["train", "--member", name, "--out", where(out, "output"), *common]
-        if name.endswith("/cait"):
-            args += ["--pcam-checkpoint", where(job_dir / name.replace("cait", "pcam") / "best.pt", "checkpoint")]
+        trunk_of = member_kind(name.rsplit("/", 1)[-1]).reads_trunk_of if name != "router" else None
+        if trunk_of:
+            args += ["--pcam-checkpoint", where(job_dir / view / trunk_of / "best.pt", "checkpoint")]
         _launch(args, launcher, f"{key}-{name.rsplit('/', 1)[-1]}", plan_run_dir, nproc, num_nodes, gpus_per_node,
                 threads)
         cards[name] = _verified_card(out, "member.json")

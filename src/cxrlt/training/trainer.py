@@ -28,10 +28,11 @@ from cxrlt.data.split import training_frames
 from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, VIEWS
 from cxrlt.dataplane import sha256_file
 from cxrlt.errors import InvalidInputError
+from cxrlt.kinds import member_kind, member_kinds
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.losses import build_loss
 from cxrlt.metrics import evaluate, selection_score
-from cxrlt.models.factory import MEMBER_KINDS, ROUTER_CLASSES, build_member, build_router
+from cxrlt.models.factory import ROUTER_CLASSES, build_member, build_router
 from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
 from cxrlt.training.data import ImageStore, ManifestDataset
@@ -49,9 +50,9 @@ def parse_member(member: str) -> tuple[str | None, str]:
     if member == "router":
         return None, "router"
     view, _, kind = member.partition("/")
-    if view not in MEMBER_VIEWS or kind not in MEMBER_KINDS:
+    if view not in MEMBER_VIEWS or kind not in member_kinds():
         raise InvalidInputError(f"member must be 'router' or '<view>/<kind>' with view in {MEMBER_VIEWS} and kind in "
-                                f"{MEMBER_KINDS}; got {member!r}")
+                                f"{member_kinds()}; got {member!r}")
     return view, kind
 
 
@@ -225,6 +226,7 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
     merge = cfg["inference"]["tta_merge"]
     logits = predict_logits(model, val_loader, device, info, len(val_df), tta, merge)
     classes = list(ROUTER_CLASSES) if router else list(KNOWN_CLASSES)
+    trunk_of = None if router else member_kind(kind).reads_trunk_of  # its trunk's settings travel in the card
     summary = {
         "member": req.member, "kind": kind, "view": view, "classes": classes,
         "image_size": contract.size, "in_chans": contract.channels, "preprocess": contract.to_dict(), "tta": tta,
@@ -234,7 +236,7 @@ def _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, vi
         "val_metric": "accuracy" if router else train_settings(cfg, req.member)["select_on"], "history": history,
         "config_hash": config_hash(cfg), "profile": cfg.get("profile"),
         "model_config": cfg["models"]["router" if router else kind],
-        "pcam_model_config": cfg["models"].get("pcam") if kind == "cait" else None,
+        "pcam_model_config": cfg["models"].get(trunk_of) if trunk_of else None,
         "pcam_checkpoint": str(req.pcam_checkpoint) if req.pcam_checkpoint else None,
         "world_size": info.world_size, "data_dir": str(Path(req.data_dir).resolve()),
         # what a launching step verifies before it records the member (a TrainJob writes on a shared volume)
