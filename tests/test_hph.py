@@ -136,7 +136,7 @@ def test_hph_ensemble_spec_and_training_free_clip(hph, synth_data):
     from cxrlt.zeroshot.predict import ZeroShotPredictor
 
     root, spec, card, writer = hph
-    assert "router" not in spec and set(spec["views"]) == {"mixed"}
+    assert spec["router"] is None and set(spec["views"]) == {"mixed"}
     assert spec["views"]["mixed"]["weights"] == pytest.approx({"mlp": 0.4, "csra": 0.6})
     assert spec["combine"] == "probability" and spec["tta_merge"] == "probability"
     assert card["training_free"] and card["history"] == [] and card["pretrained"]["source"].startswith("file ")

@@ -216,7 +216,7 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
 def spec_scorer(spec: dict) -> scoring.BundleScorer:
     """The scorer of an ensemble directory's ``ensemble.json``: the same one the served bundle builds."""
     return scoring.BundleScorer({
-        "known_classes": spec["classes"], "router_classes": list(ROUTER_CLASSES) if "router" in spec else [],
+        "known_classes": spec["classes"], "router_classes": list(ROUTER_CLASSES) if spec["router"] else [],
         "views": spec["views"], "combine": spec["combine"], "calibration": spec["calibration"],
         "normal_gate_alpha": spec["normal_gate_alpha"]})
 

@@ -84,7 +84,7 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
     """Write the served bundle (see the module docstring) and return ``bundle.json``'s content."""
     ens, out = Path(ensemble_dir), Path(out_dir)
     spec = load_spec(ens)
-    has_router = "router" in spec
+    has_router = bool(spec["router"])
     if not has_router and "mixed" not in spec["views"]:
         raise InvalidInputError(f"{ens} has neither a router nor a mixed ensemble: nothing could serve every image")
     if out.exists():

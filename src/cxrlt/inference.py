@@ -27,7 +27,7 @@ class EnsemblePredictor:
         self.dir = Path(ensemble_dir)
         self.spec = load_spec(self.dir)
         self.scorer = spec_scorer(self.spec)
-        mixed = mixed or "router" not in self.spec  # no router (HPH): every image goes to the mixed members
+        mixed = mixed or not self.spec["router"]  # no router (HPH): every image goes to the mixed members
         self.mixed, self.calibrated = mixed, calibrated
         self.device = torch.device(device)
         self.preprocess = PreprocessConfig.from_dict(self.spec["preprocess"])
