@@ -5,11 +5,14 @@ from cxrlt.cli import app
 
 
 @pytest.mark.parametrize("args", [[], ["data"], ["data", "synth"], ["data", "validate"], ["data", "preprocess"],
-                                  ["data", "split"], ["eval"]])
+                                  ["data", "split"], ["eval"], ["demo"], ["registry", "status"],
+                                  ["registry", "history"], ["serve", "build"]])
 def test_help_explains_each_command(args):
     result = CliRunner().invoke(app, [*args, "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.output and len(result.output) > 200
+    if "Commands" not in result.output:  # a command (not a group): its options show defaults or are required
+        assert "[default:" in result.output or "required" in result.output
 
 
 def test_synth_cli_refuses_silly_sizes(tmp_path):
@@ -64,3 +67,10 @@ def test_cli_prints_a_cxrlt_error_without_a_traceback(tmp_path):
     assert result.exit_code == 1
     assert "error: " in result.output and "is not an ensemble directory" in result.output
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_choices_are_enums_that_refuse_other_values():
+    help_text = CliRunner().invoke(app, ["serve", "build", "--help"], terminal_width=200).output
+    assert "python" in help_text and "native" in help_text and "fp16" in help_text
+    bad = CliRunner().invoke(app, ["serve", "build", "--bundle", "b", "--out", "o", "--onnx-runtime", "tensorrt"])
+    assert bad.exit_code == 2 and "tensorrt" in bad.output
