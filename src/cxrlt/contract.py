@@ -148,7 +148,26 @@ class Calibration(BaseModel):
     pooled_classes: list[str] = []
 
 
-class EnsembleSpec(Contract):
+class _Ensembled(Contract):
+    """What an ensemble spec and the bundle exported from it share: the input contract, TTA and the scoring."""
+
+    image_size: int
+    preprocess: dict[str, Any]
+    tta: str = "none"
+    tta_merge: str = "logit"
+    combine: str = "logit"
+    calibration: Calibration | None = None
+    normal_gate_alpha: float | None = None
+    bands: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _combine(self) -> _Ensembled:
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
+        return self
+
+
+class EnsembleSpec(_Ensembled):
     """The fitted ensemble (``ensemble.json`` at the top of an ensemble directory)."""
 
     FILE: ClassVar[str] = "ensemble.json"
@@ -158,23 +177,10 @@ class EnsembleSpec(Contract):
     classes: list[str]
     views: dict[str, EnsembleView]
     router: str | None = None
-    image_size: int
-    preprocess: dict[str, Any]
-    tta: str = "none"
-    tta_merge: str = "logit"
-    combine: str = "logit"
-    normal_gate_alpha: float | None = None
-    calibration: Calibration | None = None
     val_mECE: dict[str, float] | None = None
-    bands: dict[str, str] = {}
     grid_step: float | None = None
     profile: str | None = None
 
-    @model_validator(mode="after")
-    def _combine(self) -> EnsembleSpec:
-        if self.combine not in COMBINES:
-            raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
-        return self
 
 
 class SharedTrunk(BaseModel):
@@ -207,7 +213,7 @@ class ZeroShotScoring(BaseModel):
     preprocess: dict[str, Any]
 
 
-class Bundle(Contract):
+class Bundle(_Ensembled):
     """The served bundle (``bundle.json`` beside ``onnx/`` and ``zeroshot/``)."""
 
     FILE: ClassVar[str] = "bundle.json"
@@ -218,14 +224,6 @@ class Bundle(Contract):
     known_classes: list[str]
     router_classes: list[str] = []
     views: dict[str, BundleView]
-    image_size: int
-    preprocess: dict[str, Any]
-    tta: str = "none"
-    tta_merge: str = "logit"
-    combine: str = "logit"
-    calibration: Calibration | None = None
-    normal_gate_alpha: float | None = None
-    bands: dict[str, str] = {}
     zeroshot: ZeroShotScoring | None = None
     lineage: dict[str, Any] = {}
 
