@@ -7,6 +7,7 @@ message must contain (case-insensitive).
 
 from __future__ import annotations
 
+import math
 import struct
 import tempfile
 import zlib
@@ -17,6 +18,7 @@ import numpy as np
 
 from cxrlt.data.dicom import array_to_dicom
 from cxrlt.data.images import MAX_SIDE
+from cxrlt.platform import MAX_IMAGE_BYTES
 
 
 def png_bytes(shape: tuple[int, int] = (40, 40), dtype=np.uint16, seed: int = 0) -> bytes:
@@ -57,7 +59,20 @@ def _obj(payload: bytes) -> np.ndarray:
     return np.array([[payload]], dtype=np.object_)
 
 
-def refusal_cases() -> dict[str, tuple[list[tuple[str, np.ndarray, str]], str]]:
+def over_cap_png(max_image_bytes: int) -> bytes:
+    """A valid PNG followed by padding: one byte over the server's per-item limit, refused before it is decoded."""
+    good = png_bytes()
+    return good + b"\0" * (max_image_bytes + 1 - len(good))
+
+
+def over_cap_pixels(max_image_bytes: int) -> np.ndarray:
+    """The smallest square of raw float32 values over the per-item limit (one item)."""
+    side = math.isqrt(max_image_bytes // 4) + 1
+    return np.zeros((1, side, side), np.float32)
+
+
+def refusal_cases(max_image_bytes: int = MAX_IMAGE_BYTES) -> dict[str, tuple[list[tuple[str, np.ndarray, str]], str]]:
+    """The catalogue for a server built with ``max_image_bytes`` (its serving option)."""
     good = png_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         no_pixels = array_to_dicom(np.zeros((16, 16), np.uint16), Path(tmp) / "np.dcm", with_pixels=False).read_bytes()
@@ -80,6 +95,8 @@ def refusal_cases() -> dict[str, tuple[list[tuple[str, np.ndarray, str]], str]]:
         "decompression bomb": ([("IMAGE", _obj(png_bomb()), "BYTES")], "over the limit"),
         "nan pixels": ([("PIXELS", np.full((1, 40, 40), np.nan, np.float32), "FP32")], "NaN"),
         "inf pixels": ([("PIXELS", np.full((1, 40, 40), np.inf, np.float32), "FP32")], "NaN or Inf"),
+        "image over the byte limit": ([("IMAGE", _obj(over_cap_png(max_image_bytes)), "BYTES")], "max_image_bytes"),
+        "pixels over the byte limit": ([("PIXELS", over_cap_pixels(max_image_bytes), "FP32")], "max_image_bytes"),
         "pixels deeper than BITS": ([("PIXELS", np.full((1, 40, 40), 300, np.float32), "FP32"),
                                      ("BITS", np.array([[8]], np.int32), "INT32")], "integers in 0..255"),
     }

@@ -26,6 +26,8 @@ from pydantic import BaseModel, Field, model_validator
 import cxrlt.scoring
 from cxrlt.export import bundle_contracts, load_bundle
 from cxrlt.labels import UNSEEN_CLASSES
+from cxrlt.outdir import claim_output_dir
+from cxrlt.platform import MAX_IMAGE_BYTES
 from cxrlt.scoring import scoring_fields
 
 MODELS_DIR = Path(__file__).parent / "models"
@@ -85,6 +87,9 @@ class ServingOptions(BaseModel):
     queue_timeout_ms: int = Field(30_000, ge=1, description="a request waiting longer in the entry's queue is refused")
     bls_timeout_ms: float = Field(60_000, gt=0, description="each call the cxr entry makes to a model must answer "
                                   "within this time, or the requests of that batch fail with a timeout error")
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1 << 16, description="largest item the cxr entry accepts: "
+                                 "encoded IMAGE bytes, or 4 bytes per PIXELS value; larger items are refused before "
+                                 "they are copied to any other model")
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingOptions:
@@ -221,9 +226,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
     opts = options or ServingOptions()
     bundle_dir, repo = Path(bundle_dir), Path(out_dir)
     bundle = load_bundle(bundle_dir)
-    repo.mkdir(parents=True, exist_ok=True)
-    for old in repo.iterdir():
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    claim_output_dir(repo, "cxrlt serve build")
     known, zs = bundle["known_classes"], bundle["zeroshot"]
     task1, zs_contract = bundle_contracts(bundle)
     zs_contract = zs_contract or task1
@@ -239,7 +242,8 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
     import cxrlt.data.images as images_module
 
     _python_model(repo, compute_config(
-        "preprocess", image_inputs,
+        # INDEX: each item's position in the client's request, for messages (the entry drops items it refused)
+        "preprocess", [*image_inputs, tensor("INDEX", "TYPE_INT32", [1], optional=True)],
         [tensor("TASK1_INPUT", "TYPE_FP32", shape), tensor("ZS_INPUT", "TYPE_FP32", zs_shape),
          tensor("ERROR", "TYPE_STRING", [1])], opts,
         params={"task1_preprocess": task1.to_dict(), "zeroshot_preprocess": zs_contract.to_dict()}),
@@ -276,6 +280,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
         instances=max(2, opts.instances),
         max_queue=opts.max_queue, batch_delay_us=opts.batch_delay_us,
         params={"scoring": json.dumps(scoring_fields(bundle)), "bands": bundle["bands"],
-                "model_version": version, "bls_timeout_s": str(opts.bls_timeout_ms / 1000)}), "cxr.py", SCORING_FILE)
+                "model_version": version, "bls_timeout_s": str(opts.bls_timeout_ms / 1000),
+                "max_image_bytes": str(opts.max_image_bytes)}), "cxr.py", SCORING_FILE)
     models = sorted(p.name for p in repo.iterdir() if p.is_dir())
     return {"repository": str(repo), "models": models, "model_version": version, **opts.model_dump()}

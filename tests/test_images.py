@@ -32,6 +32,19 @@ def test_reads_8_and_16_bit_png(tmp_path):
     assert out16.dtype == np.uint16 and np.array_equal(out16, a16)
 
 
+def test_float32_extremes_scale_without_overflow():
+    """Hand-computed: 5000 values of -3e38, 100 zeros, 4900 of +3e38; the 0.5th and 99.5th percentiles are the two
+    extremes, so they map to 0 and 1 and zero to exactly 0.5 (in float32, 3e38 - -3e38 would be Inf and give NaN)."""
+    from cxrlt.data.images import to_unit_range
+
+    img = np.full((100, 100), 3e38, np.float32)
+    img[:, :50] = -3e38
+    img[:, 50] = 0
+    out = to_unit_range(img)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert (out[:, :50] == 0).all() and (out[:, 50] == 0.5).all() and (out[:, 51:] == 1).all()
+
+
 def test_16_bit_percentile_clip_ignores_burned_in_marker():
     img = _gradient16(100, 100)
     img[:3, :3] = 65535  # 0.09 % of pixels at full scale

@@ -22,6 +22,8 @@ from tests.pki import make_pki
 pytestmark = pytest.mark.slow
 GOLDEN = np.load(Path(__file__).parent / "golden" / "radiographs_32.npy")
 PARITY_ATOL = 1e-4
+#: the test server's per-item limit (the production default is 64 MiB), so the refusal cases stay small
+TEST_MAX_IMAGE_BYTES = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +152,10 @@ def server(bundle, tmp_path_factory):
     from serving.repository import build_repository
     from serving.server import start, stop
 
+    from serving.repository import ServingOptions
+
     root = tmp_path_factory.mktemp("triton")
-    build_repository(bundle, root / "repo")
+    build_repository(bundle, root / "repo", ServingOptions(max_image_bytes=TEST_MAX_IMAGE_BYTES))
     handle = start(root / "repo", name=f"pytest-{root.name}", http_port=0, grpc_port=0, metrics_port=0,
                    state_dir=root / "state")
     yield handle
@@ -230,9 +234,9 @@ def _raw_request(server, inputs):
 def test_bad_inputs_get_invalid_argument_and_server_stays_ready(server, tmp_path):
     from tritonclient.utils import InferenceServerException
 
-    from serving.refusals import oversize_png, png_bytes, refusal_cases
+    from serving.refusals import over_cap_png, oversize_png, png_bytes, refusal_cases
 
-    cases = refusal_cases()
+    cases = refusal_cases(TEST_MAX_IMAGE_BYTES)
     cases["oversize strip"] = ([("IMAGE", np.array([[oversize_png()]], dtype=np.object_), "BYTES")], "per side")
     for case, (inputs, fragment) in cases.items():
         with pytest.raises(InferenceServerException) as info:
@@ -240,12 +244,18 @@ def test_bad_inputs_get_invalid_argument_and_server_stays_ready(server, tmp_path
         assert "INVALID_ARG" in str(info.value.status()), (case, info.value)
         assert fragment.lower() in str(info.value).lower(), (case, str(info.value))
     # a batch mixing good and bad items: the good ones still answer, the bad one carries its error
-    mixed = np.array([[png_bytes()], [b"garbage bytes"], [png_bytes((50, 30))]], dtype=np.object_)
+    # (an item over the byte limit is left out before preprocessing; the others keep their positions)
+    mixed = np.array([[png_bytes()], [b"garbage bytes"], [over_cap_png(TEST_MAX_IMAGE_BYTES)], [png_bytes((50, 30))]],
+                     dtype=np.object_)
     response = _raw_request(server, [("IMAGE", mixed, "BYTES")])
     errors = [e[0].decode() for e in response.as_numpy("ERROR")]
-    assert errors[0] == "" and "not a PNG or DICOM" in errors[1] and errors[2] == ""
+    assert errors[0] == "" and errors[3] == ""
+    assert errors[1].startswith("item 1:") and "not a PNG or DICOM" in errors[1]
+    assert errors[2].startswith("item 2:") and "max_image_bytes" in errors[2]
     probs = response.as_numpy("KNOWN_PROBS")
-    assert np.isfinite(probs[[0, 2]]).all() and np.isnan(probs[1]).all()
+    assert np.isfinite(probs[[0, 3]]).all() and np.isnan(probs[[1, 2]]).all()
+    alone = _raw_request(server, [("IMAGE", np.array([[png_bytes((50, 30))]], dtype=np.object_), "BYTES")])
+    np.testing.assert_allclose(probs[3], alone.as_numpy("KNOWN_PROBS")[0], rtol=0, atol=1e-6)
     import urllib.request
 
     with urllib.request.urlopen(f"{server.http_url}/v2/health/ready") as r:
@@ -485,6 +495,34 @@ def test_pixels_with_their_bit_depth_score_like_the_png(server, dtype):
     for name in UNSEEN_CLASSES:
         assert pixels.unseen[name] == pytest.approx(png.unseen[name], abs=1e-6), name
     assert "integers in 0..65535" in wrong.error and "integers in 0..255" in too_deep.error
+
+
+def test_float32_extremes_are_scored_per_item_beside_a_refused_one(server):
+    """Values of +-3e38 overflow float32 arithmetic (3e38 - -3e38 is Inf): preprocessing in float64 scores them like
+    the same pattern in [0, 1]; a NaN request sent at the same time is refused on its own, the others answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.client import CXRClient
+
+    pattern = (np.add.outer(np.arange(48), np.arange(40)) % 7 < 3).astype(np.float32)  # 0/1 stripes
+    requests = {"extremes": np.where(pattern > 0, 3e38, -3e38).astype(np.float32), "unit": pattern,
+                "nan": np.where(pattern > 0, np.nan, 0).astype(np.float32)}
+
+    def one(image):
+        client = CXRClient(server.grpc_url)
+        try:
+            return client.infer_pixels([image])[0]
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(len(requests)) as pool:  # at once, so the entry may batch them together
+        results = dict(zip(requests, pool.map(one, requests.values()), strict=True))
+    assert results["extremes"].error == "" and results["unit"].error == ""
+    assert "NaN" in results["nan"].error
+    for name in KNOWN_CLASSES:
+        assert results["extremes"].known[name] == pytest.approx(results["unit"].known[name], abs=1e-6), name
+    for name in UNSEEN_CLASSES:
+        assert results["extremes"].unseen[name] == pytest.approx(results["unit"].unseen[name], abs=1e-6), name
 
 
 def test_internal_models_refuse_non_finite_inputs(server):

@@ -25,6 +25,21 @@ from cxrlt_scoring import BundleScorer
 IMAGE_INPUTS = ("IMAGE", "PIXELS", "BITS")
 
 
+def over_cap(inputs: dict, max_bytes: int) -> dict[int, str]:
+    """Items larger than ``max_bytes`` (encoded bytes, or 4 bytes per raw pixel), by position, with the reason; they
+    are refused here, before any copy into another model."""
+    if "IMAGE" in inputs:
+        sizes = [len(row.reshape(-1)[0]) for row in inputs["IMAGE"]]
+        kind = "encoded image"
+    elif "PIXELS" in inputs and inputs["PIXELS"].ndim == 3:
+        sizes = [inputs["PIXELS"][0].nbytes] * len(inputs["PIXELS"])
+        kind = f"raw {inputs['PIXELS'].shape[1]}x{inputs['PIXELS'].shape[2]} float32 image"
+    else:
+        return {}
+    return {i: f"item {i}: {kind} of {n} bytes is larger than this server's limit of {max_bytes} bytes "
+               "(max_image_bytes)" for i, n in enumerate(sizes) if n > max_bytes}
+
+
 class TritonPythonModel:
     def initialize(self, args):
         p = parameters(args)
@@ -33,6 +48,7 @@ class TritonPythonModel:
         self.router_classes = self.scorer.router_classes
         self.version = p["model_version"]
         self.timeout_s = float(p.get("bls_timeout_s", "60"))
+        self.max_image_bytes = int(p["max_image_bytes"])
         bands = json.loads(p.get("bands") or "{}")
         # one row of names per answered item: encoded once here, repeated per response
         self.name_rows = {"KNOWN_CLASSES": np.array([c.encode() for c in self.known], dtype=np.object_),
@@ -46,7 +62,27 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 inputs[name] = tensor.as_numpy()
-        return await call("preprocess", inputs, ["TASK1_INPUT", "ZS_INPUT", "ERROR"], self.timeout_s)
+        refused = over_cap(inputs, self.max_image_bytes)
+        if not refused:
+            return await call("preprocess", inputs, ["TASK1_INPUT", "ZS_INPUT", "ERROR"], self.timeout_s)
+        n = len(inputs["IMAGE"] if "IMAGE" in inputs else inputs["PIXELS"])
+        keep = [i for i in range(n) if i not in refused]
+        if not keep:
+            raise CalleeError("cxr", "; ".join(refused.values()))
+        sent = {name: value[keep] for name, value in inputs.items()}  # only the items within the cap travel on
+        sent["INDEX"] = np.array(keep, np.int32)[:, None]
+        try:
+            out = await call("preprocess", sent, ["TASK1_INPUT", "ZS_INPUT", "ERROR"], self.timeout_s)
+        except CalleeError as exc:
+            if exc.timed_out:
+                raise
+            raise CalleeError("cxr", "; ".join([*refused.values(), exc.message])) from None
+        full = {"ERROR": np.array([[refused.get(i, "").encode()] for i in range(n)], dtype=np.object_)}
+        for name in ("TASK1_INPUT", "ZS_INPUT"):
+            full[name] = np.zeros((n, *out[name].shape[1:]), np.float32)
+            full[name][keep] = out[name]
+        full["ERROR"][keep] = out["ERROR"]
+        return full
 
     async def _view_probs(self, view: str, x: np.ndarray) -> np.ndarray:
         target = self.scorer.target(view)

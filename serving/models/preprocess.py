@@ -4,7 +4,9 @@ Uses cxrlt's own image module (copied beside this file as cxrlt_images.py) and t
 contracts (size, channels, mean/std, percentiles, pixel limit: the ``task1_preprocess`` / ``zeroshot_preprocess``
 parameters), so serving and training cannot drift. ``PIXELS`` may carry ``BITS`` (8 or 16): then the values are
 scaled like a PNG of that depth and the same image gets the same probabilities either way.
-Per item: a bad item gets an ERROR string; a request whose items are all bad gets INVALID_ARGUMENT.
+Per item: a bad item gets an ERROR string; a request whose items are all bad gets INVALID_ARGUMENT. The optional
+``INDEX`` gives each item's position in the client's request (the entry leaves out items it refused itself), so that
+every message names the item the client sent.
 """
 
 import json
@@ -23,6 +25,15 @@ class TritonPythonModel:
         self.max_pixels = min(self.task1.max_pixels, self.zs.max_pixels)
 
     def _items(self, request):
+        """(kind, item, bits, position in the client's request) per item."""
+        items = self._arrays(request)
+        index = pb_utils.get_input_tensor_by_name(request, "INDEX")
+        positions = index.as_numpy().reshape(-1).tolist() if index is not None else list(range(len(items)))
+        if len(positions) != len(items):
+            raise ImageReadError(f"INDEX has {len(positions)} values for {len(items)} images")
+        return [(*item, int(i)) for item, i in zip(items, positions, strict=True)]
+
+    def _arrays(self, request):
         encoded = pb_utils.get_input_tensor_by_name(request, "IMAGE")
         pixels = pb_utils.get_input_tensor_by_name(request, "PIXELS")
         bits = pb_utils.get_input_tensor_by_name(request, "BITS")
@@ -64,14 +75,14 @@ class TritonPythonModel:
             t1 = np.zeros((len(items), self.task1.channels, self.task1.size, self.task1.size), np.float32)
             zs = np.zeros((len(items), self.zs.channels, self.zs.size, self.zs.size), np.float32)
             errors = []
-            for i, (kind, item, bits) in enumerate(items):
+            for i, (kind, item, bits, position) in enumerate(items):
                 try:
-                    t1[i], zs[i] = self._one(kind, item, bits, i)
+                    t1[i], zs[i] = self._one(kind, item, bits, position)
                     errors.append("")
                 except ImageReadError as exc:
                     errors.append(str(exc))
                 except Exception as exc:  # any other failure on one item (codec, tag, OpenCV) is that item's error
-                    errors.append(f"item {i}: cannot read image ({type(exc).__name__}: {exc})")
+                    errors.append(f"item {position}: cannot read image ({type(exc).__name__}: {exc})")
             if all(errors):
                 responses.append(invalid("; ".join(errors)))
                 continue

@@ -21,7 +21,6 @@ onnxruntime backend and the python-backend runner.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from cxrlt.kinds import member_kind
 from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
 from cxrlt.models.factory import load_member
 from cxrlt.models.members import shares_trunk
+from cxrlt.outdir import claim_output_dir
 from cxrlt.tta import FeatureHeadTTA, TrunkTTA, TTAModel
 
 BUNDLE_JSON = Bundle.FILE
@@ -87,9 +87,8 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
     has_router = bool(spec["router"])
     if not has_router and "mixed" not in spec["views"]:
         raise InvalidInputError(f"{ens} has neither a router nor a mixed ensemble: nothing could serve every image")
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "onnx").mkdir(parents=True)
+    claim_output_dir(out, "cxrlt export")
+    (out / "onnx").mkdir()
     contract = PreprocessConfig.from_dict(spec["preprocess"])
     size, channels = contract.size, contract.channels
     if has_router:

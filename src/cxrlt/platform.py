@@ -24,6 +24,9 @@ HOSPITAL_NAMESPACE_LABEL = {"cxrlt.io/hospital-integration": "true"}
 
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 MLFLOW_PORT = 5000
+#: the largest item the served entry takes (encoded bytes, or 4 bytes per raw pixel): 64 MiB. An uncompressed 16-bit
+#: 4300 x 3500 detector image is about 30 MB, the same as raw float32 values about 60 MB.
+MAX_IMAGE_BYTES = 64 << 20
 MLFLOW_SERVICE = "mlflow"
 TRITON_SERVICE = "triton"
 MLFLOW_TRACKING_URI = f"http://{MLFLOW_SERVICE}.{NAMESPACE}.svc.cluster.local:{MLFLOW_PORT}"

@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 
 from cxrlt.cli._app import DataDir, LabelSource, _fail, app
+from cxrlt.config import DataConfig
+
+_SPLIT_DEFAULTS = DataConfig()  # the profile's split, so `data split` and a pipeline run agree
 
 data_app = typer.Typer(help="Generate, validate, preprocess and split CXR-LT data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -98,8 +101,9 @@ def data_split(
     metadata: Annotated[Path | None, typer.Option(help="PadChest-style CSV with a Projection column "
                                                        "(default: DATA/padchest_metadata.csv if present).")] = None,
     removal: Annotated[Path | None, typer.Option(help="CSV of ImageIDs to drop.")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Fraction of patients for validation.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Split seed.")] = 42,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of patients for validation.")] \
+    = _SPLIT_DEFAULTS.val_fraction,
+    seed: Annotated[int, typer.Option(help="Split seed.")] = _SPLIT_DEFAULTS.split_seed,
     label_source: Annotated[LabelSource, typer.Option(help="physician: keep only images whose PadChest MethodLabel "
                                                            "is Physician (seed 000's physician-verified subset).")]
     = LabelSource.all,

@@ -9,13 +9,16 @@ from typing import Annotated
 import typer
 
 from cxrlt.cli._app import Device, OnnxRuntime, Precision, _fail, app
-from cxrlt.platform import REGISTERED_MODEL
+from cxrlt.platform import MAX_IMAGE_BYTES, REGISTERED_MODEL
+
+_OUT_HELP = ("{what} directory to write: new, empty, or one that cxrlt wrote before (then replaced); any other "
+             "folder is refused and left as it is.")
 
 
 @app.command("export")
 def export_cmd(
     ensemble: Annotated[Path, typer.Option(help="Ensemble directory (cxrlt ensemble build).")],
-    out: Annotated[Path, typer.Option(help="Served-bundle directory to write (replaced).")],
+    out: Annotated[Path, typer.Option(help=_OUT_HELP.format(what="Served-bundle"))],
     zeroshot: Annotated[Path | None, typer.Option(help="Zero-shot model directory.")] = None,
 ) -> None:
     """Export every served network to ONNX (dynamic batch axis) with the metadata serving needs."""
@@ -33,7 +36,7 @@ app.add_typer(serve_app, name="serve")
 @serve_app.command("build")
 def serve_build(
     bundle: Annotated[str, typer.Option(help="Served-bundle directory, or models:/<name>@<alias> from MLflow.")],
-    out: Annotated[Path, typer.Option(help="Model repository directory to write (replaced).")],
+    out: Annotated[Path, typer.Option(help=_OUT_HELP.format(what="Model repository"))],
     onnx_runtime: Annotated[OnnxRuntime, typer.Option(help="python (ONNX Runtime in the python backend; embedded "
                                                            "default) or native (onnxruntime_onnx; NGC image).")]
     = OnnxRuntime.python,
@@ -49,6 +52,9 @@ def serve_build(
     queue_timeout_ms: Annotated[int, typer.Option(help="A request waiting longer than this in a queue is "
                                                        "refused.")] = 30_000,
     bls_timeout_ms: Annotated[int, typer.Option(help="Timeout of each model call the cxr entry makes.")] = 60_000,
+    max_image_bytes: Annotated[int, typer.Option(help="Largest item the entry accepts (encoded IMAGE bytes, or 4 bytes "
+                                                      "per PIXELS value); larger ones are refused per item before "
+                                                      "they reach another model.")] = MAX_IMAGE_BYTES,
     summary_file: Annotated[Path | None, typer.Option("--summary", help="Also write the build summary (models, "
                                                                         "version) as JSON here.")] = None,
 ) -> None:
@@ -68,7 +74,7 @@ def serve_build(
             onnx_runtime=onnx_runtime.value, device=device.value, tensorrt=tensorrt, precision=precision.value,
             ort_threads=ort_threads,
             max_batch=max_batch, max_queue=max_queue, queue_timeout_ms=queue_timeout_ms, bls_timeout_ms=bls_timeout_ms,
-            **({"instances": instances} if instances else {}))
+            max_image_bytes=max_image_bytes, **({"instances": instances} if instances else {}))
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()))
     with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:

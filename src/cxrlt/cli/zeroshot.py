@@ -81,7 +81,11 @@ def zeroshot_calibrate(
 
     predictor = ZeroShotPredictor(model)
     classes = [c for c in KNOWN_CLASSES if c in predictor.card["train_classes"]]
-    data_split = predictor.card.get("data_split", {"val_fraction": 0.1, "split_seed": 42})
+    from cxrlt.config import DataConfig
+
+    defaults = DataConfig()
+    data_split = predictor.card.get("data_split", {"val_fraction": defaults.val_fraction,
+                                                   "split_seed": defaults.split_seed})
     labels, images = labelled_eval_set(data, split, predictor.preprocess, data_split["val_fraction"],
                                        data_split["split_seed"], splits)
     cal = predictor.fit_calibration(images, labels[classes].to_numpy(), classes)

@@ -310,14 +310,33 @@ def to_unit_range(img: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PE
         return img.astype(np.float32) / 65535.0
     flat = img.reshape(-1)
     stride = max(1, flat.size // 200_000)  # percentiles of a strided sample: exact enough, 10x faster
-    lo, hi = np.percentile(flat[::stride], percentiles)
+    lo, hi = np.percentile(flat[::stride].astype(np.float64), percentiles)  # float64: no overflow between extremes
     if hi <= lo:
         hi = float(img.max())
         lo = float(img.min())
         if hi <= lo:
             return np.zeros(img.shape, np.float32)  # a genuinely constant image stays constant
-    out = (img.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out)
+    if img.dtype.kind in "ui" and img.dtype.itemsize <= 2:  # small integers: float32 is exact and cannot overflow
+        out = (img.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+        return np.clip(out, 0.0, 1.0, out=out)
+    return _scale_wide(img, float(lo), float(hi))
+
+
+#: rows per float64 block in :func:`_scale_wide` are chosen so that one block holds about this many pixels
+_WIDE_BLOCK_PIXELS = 1 << 20
+
+
+def _scale_wide(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(img - lo) / (hi - lo) clipped to [0, 1] for float or wide integer images, in float64 so that any finite input
+    (float32 values of +-3e38 included) stays finite, a block of rows at a time so memory stays near the float32
+    output."""
+    out = np.empty(img.shape, np.float32)
+    span = hi - lo  # float64: the difference of two finite float32 values cannot overflow
+    rows = max(1, _WIDE_BLOCK_PIXELS // max(1, img.shape[-1]))
+    for start in range(0, img.shape[0], rows):
+        block = (img[start:start + rows].astype(np.float64) - lo) / span
+        out[start:start + rows] = np.clip(block, 0.0, 1.0)
+    return out
 
 
 def pad_to_square(img: np.ndarray) -> np.ndarray:
@@ -344,8 +363,12 @@ def fit_square(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess_array(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Raw 2-D array -> float32 [0, 1] square image of ``cfg.size`` (the training/serving input)."""
-    return fit_square(to_unit_range(img, cfg.percentiles, cfg.scaling), cfg.size)
+    """Raw 2-D array -> float32 [0, 1] square image of ``cfg.size`` (the training/serving input); an item that does
+    not come out finite is refused rather than scored."""
+    out = fit_square(to_unit_range(img, cfg.percentiles, cfg.scaling), cfg.size)
+    if not np.isfinite(out).all():
+        raise ImageReadError("preprocessing produced NaN or Inf values (pixel values out of range?)")
+    return out
 
 
 def load_preprocessed(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:

@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cxrlt.data.images import ImageReadError, PreprocessConfig, load_preprocessed, to_uint16, write_png16
+from cxrlt.data.tables import IMAGES_DIR, check_image_ids, unsafe_image_ids
 from cxrlt.errors import InvalidInputError
 
 CACHE_CONFIG = "cache_config.json"
@@ -36,10 +37,20 @@ class CacheReport:
         return not self.failures
 
 
+#: how cache files are named; stored in the cache's config so that a cache of another layout is refused, not misread
+#: (layout 2: ``<ImageID>.png`` for every source, so ``a.png`` and ``a.dcm`` never share a file)
+CACHE_LAYOUT = 2
+
+
 def cached_name(image_id: str) -> str:
-    """Cache file name for an ImageID (always ``.png``, since the cache is 16-bit PNG whatever the source)."""
-    stem = image_id[: -len(Path(image_id).suffix)] if Path(image_id).suffix else image_id
-    return stem + ".png"
+    """Cache file name for an ImageID: the whole ID plus ``.png`` (the cache is 16-bit PNG whatever the source), so
+    that two sources never map to one file."""
+    return image_id + ".png"
+
+
+def cache_config(cfg: PreprocessConfig) -> dict:
+    """What ``cache_config.json`` holds: the preprocessing contract and the file layout."""
+    return {**cfg.to_dict(), "layout": CACHE_LAYOUT}
 
 
 def _one(args: tuple[str, str, str, dict]) -> tuple[str, str | None]:
@@ -58,16 +69,22 @@ def build_cache(image_ids: Iterable[str], image_dir: str | Path, out_dir: str | 
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / CACHE_CONFIG
+    wanted = cache_config(cfg)
     if cfg_path.exists():
         existing = json.loads(cfg_path.read_text())
-        if existing != cfg.to_dict():
-            raise InvalidInputError(f"{out_dir} holds a cache made with {existing}, not {cfg.to_dict()}; "
-                                    "use another --out")
+        if existing != wanted:
+            raise InvalidInputError(f"{out_dir} holds a cache made with {existing}, not {wanted}; use another --out")
     else:
-        cfg_path.write_text(json.dumps(cfg.to_dict()))
+        cfg_path.write_text(json.dumps(wanted))
     report = CacheReport()
     todo = []
-    for image_id in dict.fromkeys(image_ids):
+    unique = pd.Series(list(dict.fromkeys(image_ids)), dtype=object)
+    for unsafe in unsafe_image_ids(unique):  # never used as a path, reported like any unreadable image
+        report.failures[str(unsafe)] = "ImageID is not a plain file name (path separator, '.', '..' or control " \
+                                       "character)"
+    for image_id in unique:
+        if image_id in report.failures:
+            continue
         dst = out_dir / cached_name(image_id)
         if dst.exists():
             report.skipped += 1
@@ -100,8 +117,7 @@ def _record(report: CacheReport, image_id: str, err: str | None) -> None:
 def load_eval_images(data_dir: Path, labels_csv: str, preprocess: PreprocessConfig
                      ) -> tuple[pd.DataFrame, np.ndarray]:
     """The labelled images of ``labels_csv`` as [0, 1] squares under a model's preprocessing contract."""
-    from cxrlt.data.tables import IMAGES_DIR
-
     labels = pd.read_csv(Path(data_dir) / labels_csv, dtype={"ImageID": str})
+    check_image_ids(labels["ImageID"], Path(data_dir) / labels_csv)
     return labels, np.stack([load_preprocessed(Path(data_dir) / IMAGES_DIR / i, preprocess)
                              for i in labels["ImageID"]])

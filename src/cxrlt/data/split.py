@@ -17,6 +17,7 @@ from cxrlt.data.tables import (
     PADCHEST_METADATA_CSV,
     TRAINING_CSV,
     VIEWS,
+    check_image_ids,
     drop_removed,
     read_label_methods,
     read_projections,
@@ -109,7 +110,11 @@ def split_dataset(train_csv: str | Path, out_dir: str | Path, metadata_csv: str 
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"ImageID": str, "PatientID": str, "view": str}, keep_default_na=False)
+    """A manifest as written by :func:`split_dataset`; its ImageIDs are checked again, since it sits on a volume that
+    other steps can write."""
+    df = pd.read_csv(path, dtype={"ImageID": str, "PatientID": str, "view": str}, keep_default_na=False)
+    check_image_ids(df["ImageID"], path)
+    return df
 
 
 def training_frames(data_dir: str | Path, splits_dir: str | Path | None, val_fraction: float, seed: int,

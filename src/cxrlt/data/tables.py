@@ -27,19 +27,41 @@ VIEWS: tuple[str, ...] = ("frontal", "lateral")
 
 _ID_DTYPES = {"ImageID": str, "PatientID": str, "StudyDate_DICOM": str}
 
+#: An ImageID names one file inside the images directory (and its cache file): no path separator, not "." or "..",
+#: no control character. Anything else could read or write outside the data and cache directories.
+SAFE_IMAGE_ID = r"^(?!\.{1,2}$)[^/\\\x00-\x1f\x7f]+$"
+
 
 class TableError(CxrltError, ValueError):
     """A CSV does not have the expected structure; the message names the file and the problem."""
 
 
-def _read_csv(path: str | Path) -> pd.DataFrame:
+def unsafe_image_ids(ids: pd.Series) -> pd.Series:
+    """The ImageIDs (with their row index) that are not plain file names; empty cells are left to other checks."""
+    present = ids.dropna().astype(str)
+    return present[~present.str.match(SAFE_IMAGE_ID)]
+
+
+def check_image_ids(ids: pd.Series, source: str | Path) -> None:
+    """Refuse ImageIDs that are not plain file names, naming the CSV line (header = line 1) and the value."""
+    bad = unsafe_image_ids(ids)
+    if len(bad):
+        shown = ", ".join(f"line {int(i) + 2}: {v!r}" for i, v in bad.head(5).items())
+        raise TableError(f"{source}: {len(bad)} ImageID(s) are not plain file names (no path separators, '.' or "
+                         f"'..', or control characters): {shown}")
+
+
+def _read_csv(path: str | Path, check_ids: bool = True) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise TableError(f"{path}: file not found")
     try:
-        return pd.read_csv(path, dtype=_ID_DTYPES, keep_default_na=False, na_values=[""])
+        df = pd.read_csv(path, dtype=_ID_DTYPES, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise TableError(f"{path}: file is empty") from None
+    if check_ids and "ImageID" in df.columns:
+        check_image_ids(df["ImageID"], path)
+    return df
 
 
 def read_training_csv(path: str | Path, strict: bool = True) -> pd.DataFrame:
@@ -48,7 +70,7 @@ def read_training_csv(path: str | Path, strict: bool = True) -> pd.DataFrame:
     With ``strict`` the label columns must be exactly :data:`KNOWN_CLASSES` and binary; use ``strict=False`` to load
     a damaged file for validation, which reports every problem instead of stopping at the first.
     """
-    df = _read_csv(path)
+    df = _read_csv(path, check_ids=strict)
     if not strict:
         return df
     missing_meta = [c for c in TRAINING_META_COLUMNS if c not in df.columns]

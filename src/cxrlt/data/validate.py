@@ -17,7 +17,15 @@ from pathlib import Path
 import pandas as pd
 
 from cxrlt.data.images import PNG_IEND, PNG_SIGNATURE, ImageReadError, is_dicom, read_image
-from cxrlt.data.tables import DEV_LABELS_CSV, IMAGES_DIR, TEST_LABELS_CSV, TRAINING_CSV, read_training_csv
+from cxrlt.data.tables import (
+    DEV_LABELS_CSV,
+    IMAGES_DIR,
+    SAFE_IMAGE_ID,
+    TEST_LABELS_CSV,
+    TRAINING_CSV,
+    read_training_csv,
+    unsafe_image_ids,
+)
 from cxrlt.errors import InvalidInputError
 from cxrlt.labels import KNOWN_CLASSES, TRAINING_META_COLUMNS, unseen_columns_in
 
@@ -70,7 +78,8 @@ def _suite(columns: list[str], min_positives: int):
     ]
     if "ImageID" in columns:
         expectations += [gxe.ExpectColumnValuesToNotBeNull(column="ImageID"),
-                         gxe.ExpectColumnValuesToBeUnique(column="ImageID")]
+                         gxe.ExpectColumnValuesToBeUnique(column="ImageID"),
+                         gxe.ExpectColumnValuesToMatchRegex(column="ImageID", regex=SAFE_IMAGE_ID)]
     if "PatientID" in columns:
         expectations.append(gxe.ExpectColumnValuesToNotBeNull(column="PatientID"))
     for name in KNOWN_CLASSES:
@@ -88,6 +97,7 @@ _CHECK_NAMES = {
     "expect_table_row_count_to_be_between": "row_count",
     "expect_column_values_to_not_be_null": "not_null",
     "expect_column_values_to_be_unique": "unique_image_id",
+    "expect_column_values_to_match_regex": "safe_image_id",
     "expect_column_values_to_be_in_set": "binary_labels",
     "expect_column_sum_to_be_between": "min_positives",
 }
@@ -203,8 +213,10 @@ def check_images(image_ids: Iterable[str], image_dir: str | Path, mode: str = "h
     check = check_image_header if mode == "header" else check_image_decode
     image_dir = Path(image_dir)
     problems: dict[str, list[str]] = {}
-    for image_id in dict.fromkeys(image_ids):
-        problem = check(image_dir / image_id, min_size)
+    unique = pd.Series(list(dict.fromkeys(image_ids)), dtype=object)
+    unsafe = set(unsafe_image_ids(unique))
+    for image_id in unique:
+        problem = "unsafe_image_id" if image_id in unsafe else check(image_dir / image_id, min_size)
         if problem:
             problems.setdefault(problem, []).append(image_id)
     return [Failure(kind, f"{len(ids)} image file(s): {kind.replace('_', ' ')}", None, ids[:MAX_LISTED_IDS], len(ids))

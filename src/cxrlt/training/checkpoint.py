@@ -23,11 +23,13 @@ def atomic_save(obj, path: Path) -> None:
 def restore_checkpoint(path: Path, **stateful) -> tuple[int, float, int, list]:
     """Load ``last.pt`` into each stateful object (model, ema, optimizer, scheduler, sampler ...).
 
-    Returns (next epoch, best score, best epoch, history); a fresh start when there is no checkpoint.
+    Returns (next epoch, best score, best epoch, history); a fresh start when there is no checkpoint. The file sits on
+    a volume other steps can write, so it is read with ``weights_only=True``: tensors, numbers, strings and containers
+    only, never code.
     """
     if not path.exists():
         return 0, -1.0, -1, []
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     for key, obj in stateful.items():
         obj.load_state_dict(state[key])
     log.info("resumed from %s (epoch %d done)", path, state["epoch"] + 1)

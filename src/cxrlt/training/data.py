@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
-from cxrlt.data.preprocess import CACHE_CONFIG, cached_name
+from cxrlt.data.preprocess import CACHE_CONFIG, CACHE_LAYOUT, cached_name
 from cxrlt.errors import CxrltError
 from cxrlt.training.augment import AugmentConfig, augment
 from cxrlt.training.sampler import sample_rng
@@ -47,7 +47,11 @@ class ImageStore:
         if not (cache_dir / CACHE_CONFIG).exists():
             raise CacheMismatchError(f"{cache_dir} is not a preprocess cache (no {CACHE_CONFIG}); make one with "
                                      "cxrlt data preprocess")
-        cached = PreprocessConfig.from_dict(json.loads((cache_dir / CACHE_CONFIG).read_text()))
+        stored = json.loads((cache_dir / CACHE_CONFIG).read_text())
+        if stored.get("layout") != CACHE_LAYOUT:
+            raise CacheMismatchError(f"cache {cache_dir} has file layout {stored.get('layout', 1)}, this cxrlt reads "
+                                     f"layout {CACHE_LAYOUT}; preprocess again into a new directory")
+        cached = PreprocessConfig.from_dict(stored)
         if cache_size is not None and cached.size != cache_size:
             raise CacheMismatchError(f"cache {cache_dir} holds {cached.size} px images; the profile's data.cache_size "
                                      f"is {cache_size} px (preprocess again at {cache_size}, or use its cache)")

@@ -104,10 +104,10 @@ def fit(task: Task, *, name: str, model: nn.Module, net: nn.Module, loader: Iter
             for key, value in named.items():
                 parts[key] = parts.get(key, 0.0) + value * n
             bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        score = task.validate(ema.module, epoch)
+        score = float(task.validate(ema.module, epoch))  # plain floats: checkpoints load with weights_only=True
         count = sum(D.gather_objects(seen, info))
-        record = {"epoch": epoch, "train_loss": sum(D.gather_objects(total, info)) / count,
-                  **{k: sum(D.gather_objects(v, info)) / count for k, v in parts.items()},
+        record = {"epoch": epoch, "train_loss": float(sum(D.gather_objects(total, info)) / count),
+                  **{k: float(sum(D.gather_objects(v, info)) / count) for k, v in parts.items()},
                   task.metric: score, "seconds": time.time() - t0}
         state.history.append(record)
         improved = score > state.best
