@@ -40,6 +40,37 @@ def dicom_like(**tags) -> bytes:
         return path.read_bytes()
 
 
+def codestream_larger_than_tags(side: int = 2048) -> bytes:
+    """A DX DICOM whose tags say 64 x 64 but whose JPEG 2000 frame is ``side`` x ``side`` (a few KB on the wire)."""
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+
+    big = np.zeros((side, side), np.uint16)
+    big[::32] = 1000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = array_to_dicom(big, Path(tmp) / "big.dcm")
+        ds = pydicom.dcmread(path)
+        ds.compress(JPEG2000Lossless)
+        ds.Rows, ds.Columns = 64, 64
+        ds.save_as(path)
+        return path.read_bytes()
+
+
+def bare_compressed_dicom() -> bytes:
+    """A JPEG 2000 DX dataset written without the Part-10 header: its transfer syntax cannot be known."""
+    import pydicom
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import JPEG2000Lossless
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = pydicom.dcmread(array_to_dicom(np.full((32, 32), 1000, np.uint16), Path(tmp) / "x.dcm"))
+    ds.compress(JPEG2000Lossless)
+    out = pydicom.filebase.DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, ds)
+    return out.getvalue()
+
+
 def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
     """A tiny PNG whose header declares ``width`` x ``height`` pixels (400 M by default)."""
     def chunk(kind, data):
@@ -92,6 +123,10 @@ def refusal_cases(max_image_bytes: int = MAX_IMAGE_BYTES) -> dict[str, tuple[lis
         "JPEG": ([("IMAGE", _obj(cv2.imencode(".jpg", np.zeros((40, 40), np.uint8))[1].tobytes()), "BYTES")],
                  "not a PNG or DICOM"),
         "dicom without pixels": ([("IMAGE", _obj(no_pixels), "BYTES")], "no pixel data"),
+        "codestream larger than its tags": ([("IMAGE", _obj(codestream_larger_than_tags()), "BYTES")],
+                                            "refused before decoding"),
+        "compressed DICOM without file meta": ([("IMAGE", _obj(bare_compressed_dicom()), "BYTES")],
+                                               "without file meta"),
         "decompression bomb": ([("IMAGE", _obj(png_bomb()), "BYTES")], "over the limit"),
         "nan pixels": ([("PIXELS", np.full((1, 40, 40), np.nan, np.float32), "FP32")], "NaN"),
         "inf pixels": ([("PIXELS", np.full((1, 40, 40), np.inf, np.float32), "FP32")], "NaN or Inf"),

@@ -162,3 +162,102 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated():
     broken = data[:-2000] + zlib.compress(b"x")[:10]
     with pytest.raises(ImageReadError):
         decode_image(broken, "broken.dcm", max_pixels=1_000_000)
+
+
+def _frame_swapped(small: np.ndarray, big: np.ndarray, uid, bits: int = 12, **kw) -> bytes:
+    """A DICOM whose tags describe ``small`` but whose compressed frame holds ``big``."""
+    ds = _dataset(big, bits)
+    ds.compress(uid, **kw)
+    ds.Rows, ds.Columns = small.shape
+    return _bytes(ds)
+
+
+_MEASURE_DECODE = """
+import resource, sys
+from cxrlt.data.images import ImageReadError, decode_image
+data = open(sys.argv[1], 'rb').read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decode_image(data, 'big.dcm')
+    print('decoded')
+except ImageReadError as exc:
+    print('refused:', exc)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("uid", [JPEG2000Lossless, JPEGLSLossless], ids=lambda v: v.name)
+def test_a_frame_larger_than_its_tags_is_refused_before_decoding_in_bounded_memory(uid, tmp_path):
+    """Tags say 160 x 144; the codestream holds 4096 x 4096 (decoding it would take about 100 MB). The header is
+    compared with the tags first: refused, and the process's peak memory grows by less than 16 MB."""
+    import subprocess
+    import sys
+
+    big = np.zeros((4096, 4096), np.uint16)
+    big[::64] = 1000
+    data = _frame_swapped(_radiograph(), big, uid)
+    assert len(data) < 2_000_000
+    (tmp_path / "big.dcm").write_bytes(data)
+    done = subprocess.run([sys.executable, "-c", _MEASURE_DECODE, str(tmp_path / "big.dcm")], capture_output=True,
+                          text=True, check=True)
+    verdict, grown = done.stdout.strip().splitlines()
+    assert verdict.startswith("refused:") and "codestream is 4096x4096" in verdict and "tags say 144x160" in verdict
+    assert int(grown) < 16 << 20, f"peak memory grew by {int(grown) / 2**20:.1f} MiB"
+
+
+def test_the_codestream_headers_are_read_without_decoding():
+    """Hand-checked headers: JPEG (SOF), JPEG-LS (SOF55) and JPEG 2000 (SIZ) of files made here."""
+    from pydicom.encaps import generate_fragmented_frames
+
+    from cxrlt.data.images import codestream_header
+
+    for uid, codec in ((JPEG2000Lossless, "JPEG 2000"), (JPEGLSLossless, "JPEG-LS")):
+        ds = pydicom.dcmread(io.BytesIO(_compressed(uid)[1]))
+        first = next(generate_fragmented_frames(ds.PixelData, number_of_frames=1))[0]
+        assert codestream_header(first) == (codec, 144, 160, 12, 1)  # _radiograph: 160 rows x 144 columns
+    jpeg = cv2.imencode(".jpg", np.zeros((30, 50), np.uint8))[1].tobytes()
+    assert codestream_header(jpeg) == ("JPEG", 50, 30, 8, 1)
+    assert codestream_header(b"\x00" * 64) is None
+
+
+def test_12_bit_jpeg_extended_that_libjpeg_refuses_is_decoded_by_gdcm():
+    """pydicom's JPEG-lossy.dcm (process 2/4, 12 bits, a scan header libjpeg refuses): decoded through GDCM, and its
+    pixels equal GDCM's own reading of the original file (pydicom's plugins all refuse it)."""
+    gdcm = pytest.importorskip("gdcm")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPEG-lossy.dcm")
+    source = pydicom.dcmread(path)
+    with pytest.raises(RuntimeError, match="Unable to decode"):
+        _ = source.pixel_array
+    reader = gdcm.ImageReader()
+    reader.SetFileName(path)
+    assert reader.Read()
+    expected = np.frombuffer(reader.GetImage().GetBuffer().encode("utf-8", "surrogateescape"), np.uint16)
+    source.Modality = "CR"
+    got = decode_image(_bytes(source), "JPEG-lossy.dcm")
+    assert got.shape == (1024, 256) and got.max() > 0
+    np.testing.assert_array_equal(got.reshape(-1), expected.reshape(-1).astype(np.float32))
+
+
+def test_a_dicom_without_the_part10_header_is_read_when_its_pixels_are_native():
+    """A bare dataset (no preamble, no file meta) decodes like the Part-10 file; a compressed one is refused saying
+    what is missing."""
+    from pydicom.filewriter import write_dataset
+
+    arr = _radiograph()
+    original = _bytes(_dataset(arr))
+    for implicit in (True, False):
+        ds = _dataset(arr)
+        bare = pydicom.filebase.DicomBytesIO()
+        bare.is_little_endian, bare.is_implicit_VR = True, implicit
+        write_dataset(bare, ds)
+        data = bare.getvalue()
+        assert data[128:132] != b"DICM" and data[:2] == b"\x08\x00"
+        np.testing.assert_array_equal(_preprocessed(data), _preprocessed(original))
+    ds = pydicom.dcmread(io.BytesIO(_compressed(JPEG2000Lossless)[1]))
+    bare = pydicom.filebase.DicomBytesIO()
+    bare.is_little_endian, bare.is_implicit_VR = True, False
+    write_dataset(bare, ds)
+    with pytest.raises(ImageReadError, match="without file meta.*compressed"):
+        decode_image(bare.getvalue(), "bare.dcm")

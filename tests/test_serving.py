@@ -149,10 +149,8 @@ def test_a_wrong_config_field_fails_at_build_time():
 
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    from serving.repository import build_repository
+    from serving.repository import ServingOptions, build_repository
     from serving.server import start, stop
-
-    from serving.repository import ServingOptions
 
     root = tmp_path_factory.mktemp("triton")
     build_repository(bundle, root / "repo", ServingOptions(max_image_bytes=TEST_MAX_IMAGE_BYTES))
@@ -523,6 +521,30 @@ def test_float32_extremes_are_scored_per_item_beside_a_refused_one(server):
         assert results["extremes"].known[name] == pytest.approx(results["unit"].known[name], abs=1e-6), name
     for name in UNSEEN_CLASSES:
         assert results["extremes"].unseen[name] == pytest.approx(results["unit"].unseen[name], abs=1e-6), name
+
+
+def test_a_12_bit_jpeg_extended_file_that_libjpeg_refuses_is_served(server):
+    """pydicom's JPEG-lossy.dcm (12-bit process 2/4) under a CR header: decoded through GDCM in the serving
+    environment, scored, and equal to the same pixels sent as raw values."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    from cxrlt.data.images import decode_image
+    from serving.client import CXRClient
+
+    ds = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+    ds.Modality = "CR"
+    out = io.BytesIO()
+    ds.save_as(out)
+    client = CXRClient(server.grpc_url)
+    try:
+        served = client.infer_bytes([out.getvalue()])[0]
+        raw = client.infer_pixels([decode_image(out.getvalue(), "JPEG-lossy.dcm")])[0]
+    finally:
+        client.close()
+    assert served.error == "" and raw.error == ""
+    for name in KNOWN_CLASSES:
+        assert served.known[name] == pytest.approx(raw.known[name], abs=1e-6), name
 
 
 def test_internal_models_refuse_non_finite_inputs(server):

@@ -52,7 +52,7 @@ class RegistryError(CxrltError, RuntimeError):
 PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_bundle.py")
 #: what the logged model needs to run, pinned to the versions it was logged with (never cxrlt itself)
 PYFUNC_REQUIREMENTS = ("numpy", "pandas", "onnxruntime", "opencv-python-headless", "pydicom", "pylibjpeg",
-                       "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle")
+                       "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "python-gdcm")
 
 
 def pyfunc_requirements() -> list[str]:

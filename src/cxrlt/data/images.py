@@ -103,7 +103,23 @@ class PreprocessConfig:
 
 
 def is_dicom(data: bytes) -> bool:
-    return len(data) >= DICOM_MAGIC_OFFSET + 4 and data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
+    """A DICOM Part-10 file (preamble + "DICM"), or a bare little-endian dataset without one, as some PACS exports
+    and older modalities write: it starts with an element of group 0008 (implicit or explicit VR)."""
+    if len(data) >= DICOM_MAGIC_OFFSET + 4 and data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        return True
+    return _is_bare_dataset(data)
+
+
+_EXPLICIT_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
+                          b"UR US UT UV".split())
+
+
+def _is_bare_dataset(data: bytes) -> bool:
+    if len(data) < 16 or data[:2] != b"\x08\x00":
+        return False
+    if data[4:6] in _EXPLICIT_VRS:
+        return True
+    return int.from_bytes(data[4:8], "little") < min(len(data), 1 << 16)  # implicit VR: a short first value
 
 
 def is_png(data: bytes) -> bool:
@@ -242,11 +258,12 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int,
 
     _check_deflate_bound(data, source, max_pixels)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many types for damaged files
         raise ImageReadError(f"{source}: cannot parse DICOM ({exc})") from None
     if "PixelData" not in ds:
         raise ImageReadError(f"{source}: DICOM has no pixel data")
+    _set_bare_transfer_syntax(ds, source)
     try:
         check_dicom_acceptance(ds, source, modalities)
     except ImageReadError:
@@ -255,17 +272,134 @@ def _decode_dicom(data: bytes, source: str, max_pixels: int,
         raise ImageReadError(f"{source}: unreadable acceptance tags ({exc})") from None
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     _check_size(cols, rows, source, max_pixels)
+    _check_codestream(ds, source)
     try:
-        arr = ds.pixel_array
+        # one frame only: pydicom would otherwise also decode frames beyond NumberOfFrames that the data holds
+        arr = pydicom.pixels.pixel_array(ds, index=0, allow_excess_frames=False)
     except Exception as exc:
-        raise ImageReadError(f"{source}: cannot decode DICOM pixel data ({exc})") from None
-    if arr.ndim != 2:
-        raise ImageReadError(f"{source}: expected a single-frame grayscale DICOM, got shape {arr.shape}")
+        arr = _decode_with_gdcm(data, ds, source, exc)
+    if arr.ndim != 2 or arr.shape != (rows, cols):
+        raise ImageReadError(f"{source}: expected a single {cols}x{rows} grayscale frame, got shape {arr.shape}")
     arr = apply_modality_lut(arr, ds)
     arr = apply_voi_lut(arr, ds, prefer_lut=True).astype(np.float32)
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
         arr = arr.max() + arr.min() - arr
     return arr
+
+
+def _set_bare_transfer_syntax(ds, source: str) -> None:
+    """A dataset without file meta has no transfer syntax: pydicom read it as implicit or explicit VR little endian,
+    which is only right for native pixel data; compressed (encapsulated) pixel data cannot be read without it."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    if ds["PixelData"].is_undefined_length:
+        raise ImageReadError(f"{source}: DICOM without file meta information (no Part-10 header) holds compressed "
+                             "pixel data; its transfer syntax cannot be known: send it as a Part-10 file")
+    ds.file_meta = meta if meta is not None else FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+
+
+#: JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15) and JPEG-LS's SOF55: each is followed by the frame header
+_JPEG_SOF = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7})
+#: JPEG markers without a length field
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
+def codestream_header(frame: bytes) -> tuple[str, int, int, int, int] | None:
+    """(codec, columns, rows, bit depth, components) from the header of a JPEG / JPEG-LS frame (SOFn) or a JPEG 2000
+    codestream (SIZ), without decoding it; None when the frame is none of these (RLE, or unreadable)."""
+    if frame[:2] == b"\xff\xd8":
+        pos = 2
+        while pos + 4 <= len(frame):
+            if frame[pos] != 0xFF:
+                return None
+            marker = frame[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in _JPEG_STANDALONE:
+                pos += 2
+                continue
+            if marker in _JPEG_SOF and pos + 10 <= len(frame):
+                codec = "JPEG-LS" if marker == 0xF7 else "JPEG"
+                width, height = (int.from_bytes(frame[at:at + 2], "big") for at in (pos + 7, pos + 5))
+                return codec, width, height, frame[pos + 4], frame[pos + 9]
+            pos += 2 + int.from_bytes(frame[pos + 2:pos + 4], "big")
+        return None
+    start = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # SOC + SIZ (a JP2 wrapper puts boxes before them)
+    if start < 0 or start + 43 > len(frame):
+        return None
+    siz = frame[start + 4:]
+
+    def u32(at: int) -> int:
+        return int.from_bytes(siz[at:at + 4], "big")
+
+    return ("JPEG 2000", u32(4) - u32(12), u32(8) - u32(16), (siz[38] & 0x7F) + 1, int.from_bytes(siz[36:38], "big"))
+
+
+def _check_codestream(ds, source: str) -> None:
+    """Compressed pixel data is decoded to the size its codestream says, not the size the tags say: compare the two
+    before decoding, so that a small file cannot decode to a huge image."""
+    from pydicom.encaps import generate_fragmented_frames
+
+    if not ds["PixelData"].is_undefined_length:
+        return
+    try:
+        first = next(generate_fragmented_frames(ds.PixelData, number_of_frames=1), (b"",))[0]
+    except Exception as exc:
+        raise ImageReadError(f"{source}: damaged encapsulated pixel data ({exc})") from None
+    header = codestream_header(first)
+    if header is None:
+        return  # RLE and other syntaxes decode to the tags' size
+    codec, width, height, depth, components = header
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    allocated = int(ds.get("BitsAllocated", 16) or 16)
+    if (width, height) != (cols, rows) or components != 1 or depth > allocated:
+        raise ImageReadError(
+            f"{source}: the {codec} codestream is {width}x{height} with {components} component(s) of {depth} bits, "
+            f"but the DICOM tags say {cols}x{rows}, one sample of at most {allocated} bits; refused before decoding")
+
+
+#: GDCM's scalar types -> numpy
+_GDCM_DTYPES = {"UINT8": np.uint8, "INT8": np.int8, "UINT16": np.uint16, "INT16": np.int16, "UINT32": np.uint32,
+                "INT32": np.int32}
+
+
+def _decode_with_gdcm(data: bytes, ds, source: str, first_error: Exception) -> np.ndarray:
+    """GDCM's own reader for the codestreams pydicom's plugins cannot decode (12-bit JPEG Extended that libjpeg
+    refuses, for example); the size was checked against the codestream before."""
+    try:
+        import gdcm
+    except ImportError:
+        raise ImageReadError(f"{source}: cannot decode DICOM pixel data ({first_error})") from None
+    import tempfile
+
+    gdcm.Trace.ErrorOff()  # GDCM prints its codec attempts to stderr; failures are reported below
+    gdcm.Trace.WarningOff()
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as tmp:  # GDCM reads files, not buffers
+        tmp.write(data)
+        tmp.flush()
+        reader = gdcm.ImageReader()
+        reader.SetFileName(tmp.name)
+        if not reader.Read():
+            raise ImageReadError(f"{source}: cannot decode DICOM pixel data ({first_error}; GDCM cannot read it "
+                                 "either)") from None
+        image = reader.GetImage()
+        dims = list(image.GetDimensions())
+        fmt = image.GetPixelFormat()
+        dtype = _GDCM_DTYPES.get(fmt.GetScalarTypeAsString())
+        if dtype is None or fmt.GetSamplesPerPixel() != 1 or dims[2:] not in ([], [1]):
+            raise ImageReadError(f"{source}: cannot decode DICOM pixel data ({first_error}); GDCM reads "
+                                 f"{fmt.GetScalarTypeAsString()} x{fmt.GetSamplesPerPixel()} with dimensions {dims}")
+        buffer = image.GetBuffer().encode("utf-8", "surrogateescape")  # GDCM's SWIG returns bytes as str
+    cols, rows = dims[:2]
+    if len(buffer) != rows * cols * np.dtype(dtype).itemsize:
+        raise ImageReadError(f"{source}: GDCM decoded {len(buffer)} bytes for a {cols}x{rows} image")
+    return np.frombuffer(buffer, dtype=dtype).reshape(rows, cols)
 
 
 PIXEL_BITS = (8, 16)
