@@ -4,7 +4,15 @@ evaluation set (paired bootstrap CI on mAP)."""
 from kfp import dsl, kubernetes
 
 from components.promote.component import promote
-from cxrlt.platform import MLFLOW_CLIENT_KEYS, PROMOTION_MARGIN, REGISTERED_MODEL, SECRETS
+from cxrlt.evidence import VERIFY_KEY_ENV
+from cxrlt.platform import (
+    EVIDENCE_VERIFY_CONFIGMAP,
+    EVIDENCE_VERIFY_KEY_FILE,
+    MLFLOW_CLIENT_KEYS,
+    PROMOTION_MARGIN,
+    REGISTERED_MODEL,
+    SECRETS,
+)
 
 
 @dsl.pipeline(name="cxrlt-promotion", description="Move the champion alias to a non-inferior challenger.")
@@ -16,3 +24,6 @@ def promotion_pipeline(tracking_uri: str, labels_csv: str, model_name: str = REG
     # moving aliases needs an MLflow account with edit rights on the registered model (basic auth in every overlay)
     kubernetes.use_secret_as_env(task, secret_name=SECRETS["mlflow_client"],
                                  secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})
+    # the challenger's gate evidence must carry the registration step's signature
+    kubernetes.use_config_map_as_env(task, config_map_name=EVIDENCE_VERIFY_CONFIGMAP,
+                                     config_map_key_to_env={EVIDENCE_VERIFY_KEY_FILE: VERIFY_KEY_ENV})

@@ -23,7 +23,16 @@ from components.split_projection.component import split_projection
 from components.train_member.component import train_member
 from components.train_zeroshot.component import train_zeroshot
 from components.validate_data.component import validate_data
-from cxrlt.platform import CACHE_PVC, MLFLOW_CLIENT_KEYS, REGISTERED_MODEL, S3_SECRET_KEYS, SECRETS, SHARED_ROOT
+from cxrlt.evidence import SIGNING_KEY_ENV
+from cxrlt.platform import (
+    CACHE_PVC,
+    EVIDENCE_SIGNING_KEY_FILE,
+    MLFLOW_CLIENT_KEYS,
+    REGISTERED_MODEL,
+    S3_SECRET_KEYS,
+    SECRETS,
+    SHARED_ROOT,
+)
 
 
 def _cluster_settings(task, gpu: bool = False, s3: bool = True):
@@ -95,3 +104,6 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
         registered.set_caching_options(False)
         kubernetes.use_secret_as_env(registered, secret_name=SECRETS["mlflow_client"],
                                      secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})
+        # only this step holds the key that signs the gate's evidence (serve build and promotion verify it)
+        kubernetes.use_secret_as_env(registered, secret_name=SECRETS["evidence_signing"],
+                                     secret_key_to_env={EVIDENCE_SIGNING_KEY_FILE: SIGNING_KEY_ENV})

@@ -25,6 +25,14 @@ def synth_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def evidence_keys(tmp_path_factory) -> tuple[Path, Path]:
+    """An Ed25519 pair for the gate evidence: (signing key file, verifying key file)."""
+    from cxrlt.evidence import generate_keys
+
+    return generate_keys(tmp_path_factory.mktemp("evidence-keys"))
+
+
+@pytest.fixture(scope="session")
 def faulty_data(tmp_path_factory) -> Path:
     """The same kind of dataset with every known defect planted (see ``planted_defects.json``)."""
     out = tmp_path_factory.mktemp("faulty")

@@ -143,8 +143,8 @@ def engine():
     return engine
 
 
-def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bundle, synth_data, tmp_path,
-                                                               monkeypatch):
+def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bundle, synth_data, evidence_keys,
+                                                               tmp_path, monkeypatch):
     import boto3
 
     from cxrlt.export import export_bundle
@@ -159,6 +159,8 @@ def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bun
         check=True).stdout) if d]
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     config_maps = {d["metadata"]["name"]: dict(d["data"]) for d in docs if d["kind"] == "ConfigMap"}
+    # the operator's ConfigMap with the public key (cxrlt registry keygen; docs/deploy.md)
+    config_maps[P.EVIDENCE_VERIFY_CONFIGMAP] = {P.EVIDENCE_VERIFY_KEY_FILE: evidence_keys[1].read_text()}
     pki = make_pki(tmp_path / "pki")
     password, s3_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     s3 = {"AWS_ACCESS_KEY_ID": "cxrltadmin", "AWS_SECRET_ACCESS_KEY": s3_key,
@@ -214,8 +216,8 @@ def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bun
         labels = tmp_path / "labels.csv"
         labels.write_text("ImageID\n")
         registered = register_bundle(tmp_path / "bundle", {"mAP": 0.5}, {"passed": True, "checks": []},
-                                     {"git_commit": "test"}, tracking_uri=uri)
-        assert promote(labels, tracking_uri=uri)["promoted"]
+                                     {"git_commit": "test"}, tracking_uri=uri, signing_key=evidence_keys[0])
+        assert promote(labels, tracking_uri=uri, public_key=evidence_keys[1])["promoted"]
         assert list(store.list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])), "artifacts are in S3"
         # the rollout: @champion resolved once into the ConfigMap the init container reads
         version = pinned_version("@champion", tracking_uri=uri)

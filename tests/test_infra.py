@@ -247,6 +247,40 @@ def test_triton_init_container_gets_no_object_storage_keys(rendered):
     assert not [e for e in init.get("env", []) if e["name"].startswith("AWS_") or "S3" in e["name"]]
 
 
+def test_only_registration_signs_and_serving_and_promotion_verify(rendered, tmp_path):
+    """The evidence signing key reaches the register step alone; the Triton init container and the promotion step get
+    the public key from the ConfigMap (required: a missing ConfigMap stops the pod rather than skipping the check)."""
+    from kfp import compiler
+
+    from cxrlt.evidence import SIGNING_KEY_ENV, VERIFY_KEY_ENV
+    from pipelines.promotion_pipeline import promotion_pipeline
+    from pipelines.training_pipeline import training_pipeline
+
+    _, docs = rendered
+    init = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["initContainers"][0]
+    verify = next(e for e in init["env"] if e["name"] == VERIFY_KEY_ENV)["valueFrom"]["configMapKeyRef"]
+    assert verify == {"name": P.EVIDENCE_VERIFY_CONFIGMAP, "key": P.EVIDENCE_VERIFY_KEY_FILE}
+    for doc in docs:  # the private key is in no manifest of the overlay
+        assert P.SECRETS["evidence_signing"] not in yaml.safe_dump(doc), doc["metadata"]["name"]
+    signing, verifying = {}, {}
+    for pipeline in (training_pipeline, promotion_pipeline):
+        package = tmp_path / f"{pipeline.name}.yaml"
+        compiler.Compiler().compile(pipeline, str(package))
+        platform = list(yaml.safe_load_all(package.read_text()))[-1]["platforms"]["kubernetes"]["deploymentSpec"]
+        for executor, spec in platform["executors"].items():
+            for m in spec.get("secretAsEnv", []):
+                name = m.get("secretName") or m.get("secretNameParameter", {}).get("runtimeValue", {}).get("constant")
+                if name == P.SECRETS["evidence_signing"]:
+                    signing[executor] = [k["envVar"] for k in m["keyToEnv"]]
+            for m in spec.get("configMapAsEnv", []):
+                name = m.get("configMapName") or m.get("configMapNameParameter", {}).get("runtimeValue", {}).get(
+                    "constant")
+                if name == P.EVIDENCE_VERIFY_CONFIGMAP:
+                    verifying[executor] = [k["envVar"] for k in m["keyToEnv"]]
+    assert signing == {"exec-register": [SIGNING_KEY_ENV]}
+    assert verifying == {"exec-promote": [VERIFY_KEY_ENV]}
+
+
 def test_registry_clients_get_mlflow_credentials_from_the_secret(rendered, tmp_path):
     """MLflow runs basic auth everywhere; its auth store config is a read-only Secret mount, and every client (the
     Triton init container, every pipeline step, TrainJobs) gets MLFLOW_TRACKING_USERNAME/PASSWORD from a Secret."""

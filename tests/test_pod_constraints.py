@@ -138,8 +138,8 @@ def _volumes(pod: dict, root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def champion(tiny_bundle, tmp_path_factory):
-    """This test's MLflow server with a registered, promoted ``cxrlt-bundle`` version."""
+def champion(tiny_bundle, evidence_keys, tmp_path_factory):
+    """This test's MLflow server with a registered (signed), promoted ``cxrlt-bundle`` version."""
     import mlflow
 
     from cxrlt.export import export_bundle
@@ -155,15 +155,16 @@ def champion(tiny_bundle, tmp_path_factory):
         labels = root / "labels.csv"
         labels.write_text("ImageID\n")
         version = register_bundle(bundle, {"mAP": 0.5}, {"passed": True, "checks": []}, {"git_commit": "test"},
-                                  tracking_uri=state["tracking_uri"])
-        assert promote(labels, tracking_uri=state["tracking_uri"])["promoted"]
+                                  tracking_uri=state["tracking_uri"], signing_key=evidence_keys[0])
+        assert promote(labels, tracking_uri=state["tracking_uri"], public_key=evidence_keys[1])["promoted"]
         yield state["tracking_uri"], version
     finally:
         mlflow.set_tracking_uri(before)  # None unsets it: later in-process training must not log to a dead server
         assert mlflow_server.stop(state_dir=root / "state")
 
 
-def _run_init(pod: dict, tracking_uri: str, root: Path, version: str, onnx_runtime: str | None = None):
+def _run_init(pod: dict, tracking_uri: str, root: Path, version: str, verify_key: Path,
+              onnx_runtime: str | None = None):
     """The init container with the rollout ConfigMap pinning ``version`` (what `cxrlt serve rollout` writes)."""
     init = pod["initContainers"][0]
     args = list(init["args"])
@@ -173,17 +174,19 @@ def _run_init(pod: dict, tracking_uri: str, root: Path, version: str, onnx_runti
             del args[args.index("--device") : args.index("--device") + 2]
     volumes = _volumes(pod, root)
     env = _pod_env(init, tracking_uri, [Path(sys.executable).parent],
-                   {P.ROLLOUT_CONFIGMAP: {P.ROLLOUT_KEY: version}})
+                   {P.ROLLOUT_CONFIGMAP: {P.ROLLOUT_KEY: version},
+                    P.EVIDENCE_VERIFY_CONFIGMAP: {P.EVIDENCE_VERIFY_KEY_FILE: verify_key.read_text()}})
     sandbox = _sandbox_args(pod, init, volumes, {}, env, net=True)
     result = subprocess.run([*sandbox, *_expand([*init["command"], *args], env)], capture_output=True, text=True,
                             timeout=600)
     return result, volumes
 
 
-def test_init_container_builds_the_verified_champion_repository_under_pod_constraints(champion, tmp_path):
+def test_init_container_builds_the_verified_champion_repository_under_pod_constraints(champion, evidence_keys,
+                                                                                      tmp_path):
     tracking_uri, version = champion
     pod = _triton_pod("prod")
-    result, volumes = _run_init(pod, tracking_uri, tmp_path, version)
+    result, volumes = _run_init(pod, tracking_uri, tmp_path, version, evidence_keys[1])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     repo = volumes["models"]
     assert (repo / "cxr" / "config.pbtxt").exists() and list(repo.glob("*/1/model.onnx"))
@@ -194,12 +197,29 @@ def test_init_container_builds_the_verified_champion_repository_under_pod_constr
     assert not leftovers, "the downloaded bundle is removed from /tmp afterwards"
 
 
-def test_server_container_becomes_ready_under_pod_constraints(champion, tmp_path):
+def test_init_container_refuses_a_version_the_registration_step_did_not_sign(champion, evidence_keys, tiny_bundle,
+                                                                              tmp_path):
+    """A version registered without the signing key (what a compromised training pod could do) is pinned: the init
+    container fails with the reason, and the repository stays empty."""
+    from cxrlt.export import export_bundle
+    from cxrlt.registry import register_bundle
+
+    tracking_uri, _ = champion
+    bundle = tmp_path / "bundle"
+    export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", bundle)
+    forged = register_bundle(bundle, {"mAP": 0.99}, {"passed": True, "checks": []}, {"git_commit": "forged"},
+                             tracking_uri=tracking_uri)
+    result, volumes = _run_init(_triton_pod("prod"), tracking_uri, tmp_path / "pod", forged, evidence_keys[1])
+    assert result.returncode == 1 and "carries no evidence signature" in result.stderr, result.stderr[-3000:]
+    assert not list(volumes["models"].iterdir())
+
+
+def test_server_container_becomes_ready_under_pod_constraints(champion, evidence_keys, tmp_path):
     from serving.server import _backend_dir, _tritonserver_dir, ensure_serving_env
 
     tracking_uri, version = champion
     pod = _triton_pod("prod")
-    result, volumes = _run_init(pod, tracking_uri, tmp_path / "pod", version, onnx_runtime="python")
+    result, volumes = _run_init(pod, tracking_uri, tmp_path / "pod", version, evidence_keys[1], onnx_runtime="python")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     env_dir = ensure_serving_env()
     IMAGE_PATHS.add(env_dir.resolve())

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS
 
 from cxrlt import registry as R
 from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS
@@ -22,6 +22,18 @@ class FakeRegistry:
 
     def __init__(self, aliases: dict[str, str], reads: dict[str, list] | None = None):
         self.aliases, self.reads, self.deleted = dict(aliases), reads or {}, []
+        self.models: dict[str, dict] = {}  # the promotion lease is a registered model
+
+    def create_registered_model(self, name, tags=None, description=None):
+        if name in self.models:
+            raise MlflowException(f"Registered Model (name={name}) already exists.", RESOURCE_ALREADY_EXISTS)
+        self.models[name] = dict(tags or {})
+
+    def get_registered_model(self, name):
+        return SimpleNamespace(name=name, tags=self.models[name])
+
+    def delete_registered_model(self, name):
+        del self.models[name]
 
     def get_model_version_by_alias(self, name, alias):
         if self.reads.get(alias):
@@ -62,6 +74,7 @@ def test_transient_error_reading_the_champion_aborts_promotion(monkeypatch, move
     with pytest.raises(R.RegistryError, match="could not read .*champion.*INTERNAL_ERROR"):
         R.promote(tmp_path / "labels.csv")
     assert fake.aliases == {CHALLENGER_ALIAS: "2", CHAMPION_ALIAS: "1"} and moves == []
+    assert fake.models == {}, "the lease is released when the promotion fails"
 
 
 def test_no_champion_only_when_mlflow_says_not_found(monkeypatch, moves, tmp_path):
@@ -69,7 +82,11 @@ def test_no_champion_only_when_mlflow_says_not_found(monkeypatch, moves, tmp_pat
     _use(monkeypatch, fake)
     decision = R.promote(tmp_path / "labels.csv")
     assert decision["promoted"] and decision["reason"] == "no champion yet"
-    assert fake.aliases == {CHAMPION_ALIAS: "1"} and [m["alias"] for m in moves] == [CHAMPION_ALIAS, CHALLENGER_ALIAS]
+    assert fake.aliases == {CHAMPION_ALIAS: "1"}
+    assert [(m["alias"], m["phase"]) for m in moves] == [(CHAMPION_ALIAS, "intent"), (CHAMPION_ALIAS, "done"),
+                                                         (CHALLENGER_ALIAS, "intent"), (CHALLENGER_ALIAS, "done")]
+    assert moves[0]["move_id"] == moves[1]["move_id"] != moves[2]["move_id"]
+    assert fake.models == {}, "the lease is released"
 
 
 def test_champion_moved_meanwhile_is_not_overwritten(monkeypatch, moves, tmp_path):
@@ -92,3 +109,18 @@ def test_a_newer_challenger_keeps_its_alias(monkeypatch, moves, tmp_path):
     decision = R.promote(tmp_path / "labels.csv")
     assert decision["promoted"] and fake.aliases == {CHAMPION_ALIAS: "1", CHALLENGER_ALIAS: "4"}
     assert fake.deleted == []
+
+
+def test_a_promotion_in_progress_refuses_another_and_an_expired_lease_is_broken(monkeypatch, moves, tmp_path):
+    import time
+
+    fake = FakeRegistry({CHALLENGER_ALIAS: "1"})
+    _use(monkeypatch, fake)
+    lease = R.REGISTERED_MODEL + R.LEASE_SUFFIX
+    fake.models[lease] = {"holder": "promoter@node-a:7", "expires_at": str(time.time() + 60)}
+    with pytest.raises(R.RegistryError, match="another promotion .* in progress .*promoter@node-a:7"):
+        R.promote(tmp_path / "labels.csv")
+    assert CHAMPION_ALIAS not in fake.aliases and moves == [] and lease in fake.models  # not ours to release
+    fake.models[lease]["expires_at"] = str(time.time() - 1)  # its holder died
+    assert R.promote(tmp_path / "labels.csv")["promoted"] and fake.aliases[CHAMPION_ALIAS] == "1"
+    assert fake.models == {}

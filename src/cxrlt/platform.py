@@ -44,7 +44,14 @@ SECRETS = {
     "triton_admin": "cxrlt-triton-admin",
     # keys: tls.crt, tls.key, ca.crt: Triton's gRPC certificate and the CA of hospital clients (mutual TLS)
     "triton_tls": "cxrlt-triton-tls",
+    # key: evidence-signing.pem, the Ed25519 key that signs each registered version's gate evidence; mounted in the
+    # registration step only (cxrlt registry keygen makes the pair)
+    "evidence_signing": "cxrlt-evidence-signing",
 }
+#: the public half, key evidence-verify.pem: serve build (the Triton init container) and promotion refuse a version
+#: whose evidence it does not verify
+EVIDENCE_VERIFY_CONFIGMAP = "cxrlt-evidence-verify"
+EVIDENCE_SIGNING_KEY_FILE, EVIDENCE_VERIFY_KEY_FILE = "evidence-signing.pem", "evidence-verify.pem"
 MLFLOW_CLIENT_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
 

@@ -12,18 +12,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import os
+import socket
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
+from cxrlt import evidence
 from cxrlt.errors import CxrltError
 from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, PROMOTION_MARGIN, REGISTERED_MODEL
 
 EVAL_ARTIFACT = "evaluation"
 MANIFEST_ARTIFACT = "bundle_manifest.json"
+#: a promotion holds this registered model (``<name>.promotion-lease``) while it decides and moves the aliases: MLflow
+#: creates a name once, so of two promoters that start together exactly one goes on
+LEASE_SUFFIX = ".promotion-lease"
+#: a lease older than this (a promoter that died) may be broken by the next promotion
+LEASE_TTL_S = 900.0
+
+log = logging.getLogger(__name__)
 
 
 def bundle_manifest(bundle_dir: str | Path) -> dict[str, str]:
@@ -130,7 +143,8 @@ _UNSET = object()
 
 
 def _audit(client, name: str, entry: dict) -> None:
-    """Append one alias move to the audit trail: one MLflow run per move (append-only, never truncated)."""
+    """Append one record to the audit trail: one MLflow run per record (append-only, never truncated). A move is
+    recorded twice: its intent before the alias changes, its outcome (done or failed) after."""
     experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(AUDIT_EXPERIMENT)
     tags = {"registered_model": name, "moved_at_ns": str(time.time_ns()),
@@ -154,9 +168,14 @@ def audit_trail(name: str = REGISTERED_MODEL, tracking_uri: str | None = None, c
         token = page.token
         if not token:
             break
-    keys = ("alias", "from", "to", "reason", "time")
+    keys = ("alias", "from", "to", "reason", "time", "phase", "move_id", "actor")
     moves = sorted((r.data.tags for r in runs), key=lambda t: int(t["moved_at_ns"]))
     return [{k: (t.get(k) or None) for k in keys} for t in moves]
+
+
+def _actor() -> str:
+    """Who moves an alias: the MLflow account (its role) and the host, for the audit trail."""
+    return f"{os.environ.get('MLFLOW_TRACKING_USERNAME', 'anonymous')}@{socket.gethostname()}"
 
 
 def _alias_version(client, name: str, alias: str) -> str | None:
@@ -182,18 +201,82 @@ def _set_alias(client, name: str, alias: str, version: str, reason: str, expecte
     if expected is not _UNSET and previous != expected:
         raise RegistryError(f"{name}@{alias} moved from {expected} to {previous} while this decision was being made "
                             f"(about version {expected}); nothing was changed, decide again")
+    move = {"alias": alias, "from": previous, "to": str(version), "reason": reason, "move_id": uuid.uuid4().hex,
+            "actor": _actor()}
+    _audit(client, name, {**move, "phase": "intent"})
     client.set_registered_model_alias(name, alias, version)
     now = _alias_version(client, name, alias)
     if now != str(version):
+        _audit(client, name, {**move, "phase": "failed", "reason": f"{reason}; found {now} after the move"})
         raise RegistryError(f"{name}@{alias} points at {now} right after being set to {version}: another writer "
                             "moved it; check the audit trail")
-    _audit(client, name, {"alias": alias, "from": previous, "to": str(version), "reason": reason})
+    _audit(client, name, {**move, "phase": "done"})
+
+
+def _unset_alias(client, name: str, alias: str, version: str, reason: str) -> None:
+    """Remove ``alias`` (pointing at ``version``), with intent and outcome in the audit trail."""
+    move = {"alias": alias, "from": version, "to": None, "reason": reason, "move_id": uuid.uuid4().hex,
+            "actor": _actor()}
+    _audit(client, name, {**move, "phase": "intent"})
+    client.delete_registered_model_alias(name, alias)
+    _audit(client, name, {**move, "phase": "done"})
+
+
+@contextlib.contextmanager
+def promotion_lease(client, name: str, ttl_s: float = LEASE_TTL_S) -> Iterator[str]:
+    """Hold ``<name>.promotion-lease`` for the duration of a promotion or rollback, or refuse at once.
+
+    The lease is a registered model: MLflow's store creates a name once (a unique key), so two promoters that start
+    together cannot both hold it. A lease past its expiry (its holder died) is broken once and taken; the lease is
+    always released, also when the promotion fails."""
+    from mlflow.exceptions import MlflowException
+
+    lease, holder = name + LEASE_SUFFIX, f"{_actor()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    for attempt in (1, 2):
+        try:
+            client.create_registered_model(lease, tags={"holder": holder, "expires_at": str(time.time() + ttl_s)},
+                                           description=f"held while a promotion of {name} decides and moves aliases")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise RegistryError(f"could not take the promotion lease {lease} ({exc.error_code}: {exc.message}); "
+                                    "nothing was changed, try again") from None
+            try:
+                held = client.get_registered_model(lease)
+            except MlflowException:  # released in the meantime
+                held = None
+            tags = held.tags if held is not None else {}
+            if attempt == 2 or held is None or time.time() < float(tags.get("expires_at", "inf")):
+                raise RegistryError(f"another promotion of {name} is in progress (lease {lease} held by "
+                                    f"{tags.get('holder', 'unknown')}); nothing was changed, try again when it has "
+                                    "finished") from None
+            log.warning("breaking the expired promotion lease of %s held by %s", name, tags.get("holder"))
+            client.delete_registered_model(lease)
+    try:
+        yield holder
+    finally:
+        client.delete_registered_model(lease)
+
+
+def verify_evidence(client, name: str, version: str, public_key: str | Path | None = None) -> bool:
+    """Check the version's signed gate evidence with the public key (argument, or $CXRLT_EVIDENCE_VERIFY_KEY).
+    Raises :class:`~cxrlt.evidence.EvidenceError` when it does not hold; returns False, with a warning, when no key is
+    configured (local development), True when verified."""
+    key = public_key or evidence.verify_key()
+    if key is None:
+        log.warning("%s version %s: gate evidence not verified (no %s); set it wherever a forged tag must not pass",
+                    name, version, evidence.VERIFY_KEY_ENV)
+        return False
+    evidence.verify(name, str(version), client.get_model_version(name, version).tags, key)
+    return True
 
 
 def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, lineage: dict,
                     evaluation_csv: str | Path | None = None, name: str = REGISTERED_MODEL,
-                    tracking_uri: str | None = None, experiment: str = "cxrlt-registry") -> str:
-    """Log the bundle as a pyfunc model, register a version with lineage tags, point ``challenger`` at it."""
+                    tracking_uri: str | None = None, experiment: str = "cxrlt-registry",
+                    signing_key: str | Path | None = None) -> str:
+    """Log the bundle as a pyfunc model, register a version with lineage tags, sign its evidence (with
+    ``signing_key`` or $CXRLT_EVIDENCE_SIGNING_KEY) and point ``challenger`` at it."""
     import mlflow
 
     if not gate_evidence.get("passed"):
@@ -217,6 +300,12 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
                  "bundle_manifest": f"runs:/{run.info.run_id}/{MANIFEST_ARTIFACT}",
                  "bundle_manifest_sha256": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
                  "evaluation_artifact": f"runs:/{run.info.run_id}/{EVAL_ARTIFACT}" if evaluation_csv else ""})
+    key = signing_key or evidence.signing_key()
+    if key is not None:
+        tags.update(evidence.sign(name, str(version), tags, key))
+    else:
+        log.warning("%s version %s is registered unsigned (no %s): verifiers with a public key will refuse it",
+                    name, version, evidence.SIGNING_KEY_ENV)
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     _set_alias(client, name, CHALLENGER_ALIAS, version, "registered after a passing gate")
@@ -249,22 +338,30 @@ def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: p
 
 
 def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
-            margin: float = PROMOTION_MARGIN, n_bootstrap: int = 200) -> dict:
-    """Move ``champion`` to the challenger if it passed its gate and is non-inferior on the same evaluation set:
-    the lower end of the 95 % CI of (challenger - champion) mAP must be >= -margin."""
+            margin: float = PROMOTION_MARGIN, n_bootstrap: int = 200, public_key: str | Path | None = None) -> dict:
+    """Move ``champion`` to the challenger if its signed evidence says it passed its gate and it is non-inferior on
+    the same evaluation set: the lower end of the 95 % CI of (challenger - champion) mAP must be >= -margin. The
+    whole decision runs under the promotion lease, so concurrent promoters cannot both move the champion."""
+    client = _client(tracking_uri)
+    with promotion_lease(client, name):
+        return _promote(client, labels_csv, name, margin, n_bootstrap, public_key)
+
+
+def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, public_key) -> dict:
     from cxrlt.data.tables import read_label_csv
     from cxrlt.labels import KNOWN_CLASSES
 
-    client = _client(tracking_uri)
     challenger_version = _alias_version(client, name, CHALLENGER_ALIAS)
     if challenger_version is None:
         raise RegistryError(f"{name} has no {CHALLENGER_ALIAS} version to promote")
+    verified = verify_evidence(client, name, challenger_version, public_key)
     challenger = client.get_model_version(name, challenger_version)
     if not json.loads(challenger.tags.get("gate_evidence", "{}")).get("passed"):
         raise RegistryError(f"version {challenger.version} did not pass its gate")
     champion_version = _alias_version(client, name, CHAMPION_ALIAS)  # None only when MLflow says "not found"
     champion = client.get_model_version(name, champion_version) if champion_version else None
-    decision = {"challenger": challenger.version, "champion": champion.version if champion else None}
+    decision = {"challenger": challenger.version, "champion": champion.version if champion else None,
+                "evidence_verified": verified}
     if champion is None:
         decision.update(promoted=True, reason="no champion yet")
     elif champion.version == challenger.version:
@@ -280,9 +377,7 @@ def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: 
     if decision["promoted"]:
         _set_alias(client, name, CHAMPION_ALIAS, challenger.version, decision["reason"], expected=champion_version)
         if _alias_version(client, name, CHALLENGER_ALIAS) == str(challenger.version):  # a newer one keeps it
-            client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
-            _audit(client, name, {"alias": CHALLENGER_ALIAS, "from": challenger.version, "to": None,
-                                  "reason": "promoted"})
+            _unset_alias(client, name, CHALLENGER_ALIAS, challenger.version, "promoted")
     return decision
 
 
@@ -307,21 +402,26 @@ def status(name: str = REGISTERED_MODEL, tracking_uri: str | None = None) -> dic
 def rollback(name: str = REGISTERED_MODEL, tracking_uri: str | None = None) -> dict:
     """Point ``champion`` back at the version it held before its last move (from the complete audit trail)."""
     client = _client(tracking_uri)
-    moves = [e for e in audit_trail(name, client=client)
-             if e["alias"] == CHAMPION_ALIAS and e["from"] and e.get("reason") != "rollback"]
-    if not moves:
-        raise RegistryError(f"{name} has no previous champion to roll back to")
-    target = moves[-1]["from"]
-    current = _alias_version(client, name, CHAMPION_ALIAS)
-    _set_alias(client, name, CHAMPION_ALIAS, target, "rollback", expected=current)
+    with promotion_lease(client, name):
+        moves = [e for e in audit_trail(name, client=client)
+                 if e["alias"] == CHAMPION_ALIAS and e["from"] and e.get("reason") != "rollback"
+                 and e.get("phase") in (None, "done")]  # completed moves only (records before phases had none)
+        if not moves:
+            raise RegistryError(f"{name} has no previous champion to roll back to")
+        target = moves[-1]["from"]
+        current = _alias_version(client, name, CHAMPION_ALIAS)
+        _set_alias(client, name, CHAMPION_ALIAS, target, "rollback", expected=current)
     return {"champion": target, "previous": current}
 
 
-def download_verified_bundle(name: str, version: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
-    """Download version ``version`` of ``name`` and verify every file against its registration manifest."""
+def download_verified_bundle(name: str, version: str, dst: str | Path, tracking_uri: str | None = None,
+                             public_key: str | Path | None = None) -> Path:
+    """Download version ``version`` of ``name`` and verify its signed evidence (when a public key is configured),
+    then every file against the manifest whose digest the evidence covers."""
     import mlflow
 
     client = _client(tracking_uri)
+    verify_evidence(client, name, version, public_key)
     mv = client.get_model_version(name, version)
     manifest_uri = mv.tags.get("bundle_manifest")
     if not manifest_uri:

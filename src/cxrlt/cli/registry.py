@@ -16,8 +16,8 @@ import typer
 from cxrlt.cli._app import app
 from cxrlt.platform import PROMOTION_MARGIN, REGISTERED_MODEL
 
-registry_app = typer.Typer(help="Registry: status, history, promote the challenger, roll the champion back.",
-                           no_args_is_help=True)
+registry_app = typer.Typer(help="Registry: status, history, promote the challenger, roll the champion back, signing "
+                                "keys for the gate's evidence.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 
 TrackingUri = Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI.")]
@@ -41,7 +41,8 @@ def registry_status(tracking_uri: TrackingUri = None, name: ModelName = REGISTER
 
 @registry_app.command("history")
 def registry_history(tracking_uri: TrackingUri = None, name: ModelName = REGISTERED_MODEL) -> None:
-    """Every alias move, oldest first (the audit trail: alias, from, to, reason, time)."""
+    """Every alias move, oldest first (the audit trail: alias, from, to, reason, time, actor; each move twice, its
+    intent before the alias changes and its outcome, done or failed, after)."""
     from cxrlt.registry import audit_trail
 
     _emit(lambda: audit_trail(name, tracking_uri))
@@ -54,7 +55,9 @@ def registry_promote(
     name: ModelName = REGISTERED_MODEL,
     margin: Annotated[float, typer.Option(help="Non-inferiority margin on mAP.")] = PROMOTION_MARGIN,
 ) -> None:
-    """champion <- challenger if it passed its gate and its mAP CI (paired bootstrap) is within the margin."""
+    """champion <- challenger if its signed evidence says it passed its gate and its mAP CI (paired bootstrap) is within
+    the margin. The evidence is verified with $CXRLT_EVIDENCE_VERIFY_KEY (PEM text or a file); one promotion at a
+    time holds the registry's promotion lease, another one started meanwhile is refused."""
     from cxrlt.registry import promote
 
     _emit(lambda: promote(labels, name, tracking_uri, margin))
@@ -66,3 +69,20 @@ def registry_rollback(tracking_uri: TrackingUri = None, name: ModelName = REGIST
     from cxrlt.registry import rollback
 
     _emit(lambda: rollback(name, tracking_uri))
+
+
+@registry_app.command("keygen")
+def registry_keygen(
+    out: Annotated[Path, typer.Option(help="Directory for evidence-signing.pem (owner-readable only) and "
+                                           "evidence-verify.pem.")],
+) -> None:
+    """Make the Ed25519 pair that signs each registered version's gate evidence.
+
+    The private key goes to the registration step only (the cxrlt-evidence-signing Secret, or
+    $CXRLT_EVIDENCE_SIGNING_KEY); the public key to everyone who verifies (the cxrlt-evidence-verify ConfigMap, or
+    $CXRLT_EVIDENCE_VERIFY_KEY): serve build and promotion then refuse a version the registration step did not sign."""
+    from cxrlt.evidence import generate_keys, key_id, load_key
+
+    private, public = generate_keys(out)
+    typer.echo(json.dumps({"signing_key": str(private), "verify_key": str(public),
+                           "key_id": key_id(load_key(public, private=False))}, indent=2))

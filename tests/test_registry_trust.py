@@ -1,0 +1,179 @@
+"""The registry trusts the registration step's signature, not whoever can write tags; promotion is one at a time.
+
+Against a real MLflow server: a signed version is served; an unsigned one, one whose "passed" evidence was edited, and
+one signed with another key are refused by `cxrlt serve build`; four promoters started together move the champion
+exactly once; every move is recorded as intent, then outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cxrlt import evidence
+from cxrlt.platform import CHAMPION_ALIAS, REGISTERED_MODEL
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> tuple[Path, Path]:
+    return evidence.generate_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    import mlflow
+
+    from cxrlt.ops import mlflow_server
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    root = tmp_path_factory.mktemp("trust-mlflow")
+    state = mlflow_server.start(root / "data", port=0, state_dir=root / "state")
+    try:
+        yield state["tracking_uri"]
+    finally:
+        mlflow.set_tracking_uri(before)
+        assert mlflow_server.stop(state_dir=root / "state")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bundle, tmp_path_factory) -> Path:
+    from cxrlt.export import export_bundle
+
+    out = tmp_path_factory.mktemp("trust-bundle") / "bundle"
+    export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", out)
+    return out
+
+
+def test_keys_statement_and_signature(keys, tmp_path):
+    private, public = keys
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    with pytest.raises(Exception, match="exists"):
+        evidence.generate_keys(private.parent)
+    tags = {"gate_evidence": '{"passed": true}', "metrics": '{"mAP": 0.5}', "bundle_manifest_sha256": "ab" * 32,
+            "run_id": "r1", "lineage.git_commit": "x"}
+    # the signed bytes, by hand: sorted keys, no spaces, the tags exactly as stored
+    assert evidence.statement("m", "3", tags) == (
+        b'{"bundle_manifest_sha256":"' + b"ab" * 32 + b'","gate_evidence":"{\\"passed\\": true}",'
+        b'"metrics":"{\\"mAP\\": 0.5}","registered_model":"m","run_id":"r1","version":"3"}')
+    signed = {**tags, **evidence.sign("m", "3", tags, private)}
+    evidence.verify("m", "3", signed, public)
+    evidence.verify("m", "3", signed, public.read_text())  # PEM text works like the file (ConfigMap as env)
+    evidence.verify("m", "3", {**signed, "lineage.git_commit": "y"}, public)  # lineage is not part of the claim
+    for changed in ({"gate_evidence": '{"passed": false}'}, {"run_id": "r2"}):
+        with pytest.raises(evidence.EvidenceError, match="differ from what the registration step signed"):
+            evidence.verify("m", "3", {**signed, **changed}, public)
+    with pytest.raises(evidence.EvidenceError, match="differ"):
+        evidence.verify("m", "4", signed, public)  # a signature does not move to another version
+
+
+def _serve_build(version: str, out: Path, verify_key: Path | None, uri: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop(evidence.VERIFY_KEY_ENV, None)
+    if verify_key is not None:
+        env[evidence.VERIFY_KEY_ENV] = str(verify_key)
+    return subprocess.run([sys.executable, "-m", "cxrlt.cli", "serve", "build", "--bundle",
+                           f"models:/{REGISTERED_MODEL}/{version}", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_serve_build_refuses_what_the_registration_step_did_not_sign(keys, mlflow_uri, served, tmp_path):
+    import mlflow
+
+    from cxrlt.registry import register_bundle
+
+    private, public = keys
+    passed = {"passed": True, "checks": []}
+    signed = register_bundle(served, {"mAP": 0.5}, passed, {"git_commit": "t"}, tracking_uri=mlflow_uri,
+                             signing_key=private)
+    # a training pod with edit rights registers its own version tagged as passed: it has no signing key
+    forged = register_bundle(served, {"mAP": 0.5}, passed, {"git_commit": "t"}, tracking_uri=mlflow_uri)
+    # ... or edits the tags of a signed version after the fact
+    edited = register_bundle(served, {"mAP": 0.5}, passed, {"git_commit": "t"}, tracking_uri=mlflow_uri,
+                             signing_key=private)
+    mlflow.MlflowClient(mlflow_uri).set_model_version_tag(REGISTERED_MODEL, edited, "metrics",
+                                                          json.dumps({"mAP": 0.9}))
+    # ... or signs with a key of its own
+    own_private, _ = evidence.generate_keys(tmp_path / "attacker")
+    other = register_bundle(served, {"mAP": 0.5}, passed, {"git_commit": "t"}, tracking_uri=mlflow_uri,
+                            signing_key=own_private)
+
+    ok = _serve_build(signed, tmp_path / "repo-signed", public, mlflow_uri)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (tmp_path / "repo-signed" / "cxr" / "config.pbtxt").exists()
+    for version, reason in ((forged, "carries no evidence signature"), (other, "was signed with key"),
+                            (edited, "differ from what the registration step signed")):
+        refused = _serve_build(version, tmp_path / f"repo-{version}", public, mlflow_uri)
+        assert refused.returncode == 1 and reason in refused.stderr, (version, refused.stderr[-2000:])
+        assert "Traceback" not in refused.stderr and not (tmp_path / f"repo-{version}" / "cxr").exists()
+    # without a verifying key (local development) the build goes on and says that nothing was verified
+    unchecked = _serve_build(forged, tmp_path / "repo-unchecked", None, mlflow_uri)
+    assert unchecked.returncode == 0 and "gate evidence not verified" in unchecked.stderr
+
+
+_PROMOTE = """
+import json, sys, time
+from cxrlt.registry import RegistryError, promote
+start = float(sys.argv[1])
+time.sleep(max(0.0, start - time.time()))
+try:
+    print(json.dumps(promote(sys.argv[2], tracking_uri=sys.argv[3], public_key=sys.argv[4])))
+except RegistryError as exc:
+    print(json.dumps({"refused": str(exc)}))
+"""
+
+
+def test_concurrent_promotions_move_the_champion_exactly_once(keys, mlflow_uri, served, tmp_path):
+    import mlflow
+
+    from cxrlt.registry import LEASE_SUFFIX, audit_trail, register_bundle
+
+    private, public = keys
+    client = mlflow.MlflowClient(mlflow_uri)
+    with pytest.raises(Exception):  # noqa: B017 (no champion yet in this module's registry)
+        client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+    challenger = register_bundle(served, {"mAP": 0.5}, {"passed": True, "checks": []}, {"git_commit": "t"},
+                                 tracking_uri=mlflow_uri, signing_key=private)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ImageID\n")
+    start = time.time() + 20  # every process has imported MLflow by then
+    procs = [subprocess.Popen([sys.executable, "-c", _PROMOTE, str(start), str(labels), mlflow_uri, str(public)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    winners = [r for r in results if r.get("promoted")]
+    assert len(winners) == 1 and winners[0]["challenger"] == challenger and winners[0]["evidence_verified"], results
+    for other in results:
+        if other is not winners[0]:  # refused at the lease, or came after and found nothing to do
+            assert "another promotion" in other.get("refused", "") or (
+                other.get("promoted") is False and other.get("reason") == "challenger is already champion"), other
+    assert client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version == challenger
+    champion_moves = [m for m in audit_trail(REGISTERED_MODEL, mlflow_uri) if m["alias"] == CHAMPION_ALIAS]
+    assert [m["phase"] for m in champion_moves] == ["intent", "done"]  # recorded before and after, once
+    assert champion_moves[0]["move_id"] == champion_moves[1]["move_id"] and champion_moves[1]["to"] == challenger
+    with pytest.raises(Exception):  # noqa: B017 (the lease is released)
+        client.get_registered_model(REGISTERED_MODEL + LEASE_SUFFIX)
+
+
+def test_registry_keygen_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrlt.cli import app
+
+    result = CliRunner().invoke(app, ["registry", "keygen", "--out", str(tmp_path / "k")])
+    assert result.exit_code == 0, result.output
+    made = json.loads(result.output)
+    assert Path(made["signing_key"]).name == evidence.SIGNING_KEY_FILE and len(made["key_id"]) == 16
+    again = CliRunner().invoke(app, ["registry", "keygen", "--out", str(tmp_path / "k")])
+    assert again.exit_code == 1 and "exists" in again.output
