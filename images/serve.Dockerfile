@@ -13,4 +13,6 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/cxrlt-py
 USER 1000
 EXPOSE 8000 8001 8002
 ENTRYPOINT ["tritonserver"]
-CMD ["--model-repository=/models", "--model-control-mode=explicit", "--load-model=*", "--strict-readiness=true"]
+# Production by default, like the CPU image: a fixed repository that no client can load or unload models in; the
+# Deployment adds the restricted admin APIs and TLS (infra/base/triton/deployment.yaml).
+CMD ["--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true"]

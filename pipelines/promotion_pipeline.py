@@ -21,8 +21,8 @@ def promotion_pipeline(tracking_uri: str, labels_csv: str, model_name: str = REG
     """On a cluster a promotion also pins the Triton Deployment to the new champion's version (``rollout``)."""
     task = promote(tracking_uri=tracking_uri, labels_csv=labels_csv, model_name=model_name, margin=margin,
                    rollout=rollout).set_caching_options(False)
-    # moving aliases needs an MLflow account with edit rights on the registered model (basic auth in every overlay)
-    kubernetes.use_secret_as_env(task, secret_name=SECRETS["mlflow_client"],
+    # the promotion role: the only account meant to move the champion (basic auth in every overlay)
+    kubernetes.use_secret_as_env(task, secret_name=SECRETS["mlflow_promotion"],
                                  secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})
     # the challenger's gate evidence must carry the registration step's signature
     kubernetes.use_config_map_as_env(task, config_map_name=EVIDENCE_VERIFY_CONFIGMAP,

@@ -35,6 +35,13 @@ from cxrlt.platform import (
 )
 
 
+def _mlflow_account(task, role: str):
+    """The MLflow account of ``role`` (basic-auth credentials from its Secret; what it may do: docs/deploy.md)."""
+    kubernetes.use_secret_as_env(task, secret_name=SECRETS[f"mlflow_{role}"],
+                                 secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})
+    return task
+
+
 def _cluster_settings(task, gpu: bool = False, s3: bool = True):
     """Kubernetes-only settings (ignored by kfp.local): GPUs, shared memory, secrets as env, the shared volume."""
     if gpu:
@@ -44,9 +51,8 @@ def _cluster_settings(task, gpu: bool = False, s3: bool = True):
     if s3:
         kubernetes.use_secret_as_env(task, secret_name=SECRETS["s3_pipeline"],
                                      secret_key_to_env={k: k for k in S3_SECRET_KEYS})
-    # every step may talk to the registry (training logs, registration): MLflow basic-auth credentials
-    kubernetes.use_secret_as_env(task, secret_name=SECRETS["mlflow_client"],
-                                 secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})
+    # every step may log runs to MLflow (the training account: its own experiments and runs, nothing in the registry)
+    _mlflow_account(task, "training")
     kubernetes.mount_pvc(task, pvc_name=CACHE_PVC, mount_path=SHARED_ROOT)
     return task
 
@@ -102,8 +108,7 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                               evidence=decision.outputs["evidence"], tracking_uri=tracking_uri,
                               data_hash=validated.outputs["Output"], config=profile, model_name=REGISTERED_MODEL)
         registered.set_caching_options(False)
-        kubernetes.use_secret_as_env(registered, secret_name=SECRETS["mlflow_client"],
-                                     secret_key_to_env={k: k for k in MLFLOW_CLIENT_KEYS})
+        _mlflow_account(registered, "registration")  # new versions and the challenger alias
         # only this step holds the key that signs the gate's evidence (serve build and promotion verify it)
         kubernetes.use_secret_as_env(registered, secret_name=SECRETS["evidence_signing"],
                                      secret_key_to_env={EVIDENCE_SIGNING_KEY_FILE: SIGNING_KEY_ENV})

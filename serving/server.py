@@ -114,7 +114,9 @@ def _backend_dir(env: Path, state: Path) -> Path:
 
 #: What a production server restricts to callers that send the admin header (Triton's restricted protocol/API
 #: options): loading/unloading models, reading model configs, registering shared memory.
-RESTRICTED = "model-repository,model-config,shared-memory"
+#: the admin API categories: model control and configs, shared memory, and statistics, trace and logging (a client that
+#: could switch on tensor tracing or verbose logging would write patient pixels into the logs)
+RESTRICTED = "model-repository,model-config,shared-memory,statistics,trace,logging"
 ADMIN_HEADER = "cxrlt-admin-key"
 #: the header gRPC callers send (Triton prefixes restricted-protocol keys); HTTP callers send ADMIN_HEADER itself
 ADMIN_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"

@@ -163,6 +163,7 @@ def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bun
     config_maps[P.EVIDENCE_VERIFY_CONFIGMAP] = {P.EVIDENCE_VERIFY_KEY_FILE: evidence_keys[1].read_text()}
     pki = make_pki(tmp_path / "pki")
     password, s3_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    role_passwords = {role: secrets.token_urlsafe(24) for role in P.MLFLOW_ROLES}
     s3 = {"AWS_ACCESS_KEY_ID": "cxrltadmin", "AWS_SECRET_ACCESS_KEY": s3_key,
           "MLFLOW_S3_ENDPOINT_URL": f"http://object-storage.{P.NAMESPACE}.svc.cluster.local:8333"}
     secret_data = {
@@ -173,7 +174,9 @@ def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bun
             "basic_auth.ini": "[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:////tmp/basic_auth.db\n"
                               f"admin_username = admin\nadmin_password = {password}\n"
                               "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"},
-        P.SECRETS["mlflow_client"]: {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password},
+        P.SECRETS["mlflow_admin"]: {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password},
+        **{P.SECRETS[f"mlflow_{role}"]: {"MLFLOW_TRACKING_USERNAME": P.MLFLOW_ROLE_USERS[role],
+                                         "MLFLOW_TRACKING_PASSWORD": role_passwords[role]} for role in P.MLFLOW_ROLES},
         P.SECRETS["triton_admin"]: {"TRITON_ADMIN_KEY": secrets.token_hex(16)},
         P.SECRETS["triton_tls"]: {"tls.crt": (pki / "server.pem").read_text(),
                                   "tls.key": (pki / "server.key").read_text(), "ca.crt": (pki / "ca.pem").read_text()},
@@ -208,15 +211,24 @@ def test_dev_overlay_serves_the_pinned_champion_over_mutual_tls(engine, tiny_bun
                 if attempt == 59:
                     raise
                 time.sleep(1)
-        # the pipeline's registration and promotion, as a client of the cluster's MLflow (basic auth)
+        # the role bootstrap Job's command as the admin, then the pipeline's registration and promotion, each with
+        # its own account, as clients of the cluster's MLflow (basic auth); the init container uses the serving one
         uri = f"http://127.0.0.1:{P.MLFLOW_PORT}"
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        from cxrlt.ops.registry_roles import bootstrap_roles
+
+        def login(secret: str) -> None:
+            for key, value in secret_data[P.SECRETS[secret]].items():
+                monkeypatch.setenv(key, value)
+
+        login("mlflow_admin")
+        bootstrap_roles(uri, role_passwords)
+        login("mlflow_registration")
         export_bundle(tiny_bundle / "ensemble", tiny_bundle / "zeroshot", tmp_path / "bundle")
         labels = tmp_path / "labels.csv"
         labels.write_text("ImageID\n")
         registered = register_bundle(tmp_path / "bundle", {"mAP": 0.5}, {"passed": True, "checks": []},
                                      {"git_commit": "test"}, tracking_uri=uri, signing_key=evidence_keys[0])
+        login("mlflow_promotion")
         assert promote(labels, tracking_uri=uri, public_key=evidence_keys[1])["promoted"]
         assert list(store.list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])), "artifacts are in S3"
         # the rollout: @champion resolved once into the ConfigMap the init container reads

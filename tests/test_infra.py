@@ -80,7 +80,7 @@ def test_trainjob_body_validates_against_the_trainer_crd_and_is_hardened():
     assert {"name": "HOME", "value": "/tmp"} in env
     assert not [e for e in env if "value" in e and ("KEY" in e["name"] or "PASSWORD" in e["name"])]
     assert {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e} == {
-        P.SECRETS["mlflow_client"], P.SECRETS["s3_pipeline"]}
+        P.SECRETS["mlflow_training"], P.SECRETS["s3_pipeline"]}
     bad = {**job, "spec": {**job["spec"], "trainer": {**job["spec"]["trainer"], "numNodes": "two"}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
@@ -202,12 +202,16 @@ def test_image_tags_come_from_kustomize_and_the_triton_release_is_fixed():
 
 def test_triton_serves_a_fixed_repository_with_admin_apis_restricted(rendered):
     """Production Triton: model control mode none (no load/unload by anyone), and the model-repository,
-    model-config and shared-memory APIs only with the admin header, whose value comes from a Secret."""
+    model-config, shared-memory, statistics, trace and logging APIs only with the admin header, whose value comes
+    from a Secret; the same list as `cxrlt serve up --production`."""
+    from serving.server import RESTRICTED
+
     _, docs = rendered
     server = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
     args = server["args"]
     assert "--model-control-mode=none" in args and not any(a.startswith("--load-model") for a in args)
-    admin = {"model-repository", "model-config", "shared-memory"}
+    admin = {"model-repository", "model-config", "shared-memory", "statistics", "trace", "logging"}
+    assert set(RESTRICTED.split(",")) == admin
     http = admin | {"inference"}
     for flag, apis_expected in (("--grpc-restricted-protocol=", admin), ("--http-restricted-api=", http)):
         value = next(a for a in args if a.startswith(flag))[len(flag):]
@@ -301,10 +305,14 @@ def test_registry_clients_get_mlflow_credentials_from_the_secret(rendered, tmp_p
     assert auth["readOnly"] and any(e["name"] == "MLFLOW_AUTH_CONFIG_PATH" and e["value"].startswith(auth["mountPath"])
                                     for e in mlflow["containers"][0]["env"])
     init = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["initContainers"][0]
-    assert {k: from_secret(init["env"]).get(k) for k in P.MLFLOW_CLIENT_KEYS} == \
-        dict.fromkeys(P.MLFLOW_CLIENT_KEYS, P.SECRETS["mlflow_client"])
-    assert {k: from_secret(trainjob_body("j", ["train"])["spec"]["trainer"]["env"]).get(k)
-            for k in P.MLFLOW_CLIENT_KEYS} == dict.fromkeys(P.MLFLOW_CLIENT_KEYS, P.SECRETS["mlflow_client"])
+
+    def account(env):  # the role Secret both credentials come from
+        (secret,) = {from_secret(env).get(k) for k in P.MLFLOW_CLIENT_KEYS}
+        return secret
+
+    assert account(init["env"]) == P.SECRETS["mlflow_serving"]
+    assert account(trainjob_body("j", ["train"])["spec"]["trainer"]["env"]) == P.SECRETS["mlflow_training"]
+    roles = {}
     for pipeline in (training_pipeline, promotion_pipeline):
         package = tmp_path / f"{pipeline.name}.yaml"
         compiler.Compiler().compile(pipeline, str(package))
@@ -312,7 +320,18 @@ def test_registry_clients_get_mlflow_credentials_from_the_secret(rendered, tmp_p
         for executor, spec in platform["executors"].items():
             names = {m["secretName"] if "secretName" in m else m.get("secretNameParameter", {}).get("runtimeValue",
                      {}).get("constant") for m in spec.get("secretAsEnv", [])}
-            assert P.SECRETS["mlflow_client"] in names, executor
+            (roles[executor],) = names & {P.SECRETS[f"mlflow_{r}"] for r in P.MLFLOW_ROLES}  # exactly one account
+    assert roles.pop("exec-register") == P.SECRETS["mlflow_registration"]
+    assert roles.pop("exec-promote") == P.SECRETS["mlflow_promotion"]
+    assert set(roles.values()) == {P.SECRETS["mlflow_training"]}, roles
+    # the admin account reaches the role bootstrap Job only; it reads every role's password from that role's Secret
+    users = {d["metadata"]["name"] for d in docs if d["kind"] in ("Deployment", "Job")
+             if P.SECRETS["mlflow_admin"] in yaml.safe_dump(d)}
+    assert users == {"mlflow-roles"}
+    job = _by_kind(docs, "Job", "mlflow-roles")["spec"]["template"]["spec"]["containers"][0]
+    assert job["command"] == ["cxrlt", "registry", "roles"] and account(job["env"]) == P.SECRETS["mlflow_admin"]
+    assert {P.MLFLOW_ROLE_PASSWORD_ENV[r]: P.SECRETS[f"mlflow_{r}"] for r in P.MLFLOW_ROLES} == {
+        k: v for k, v in from_secret(job["env"]).items() if k.startswith("CXRLT_MLFLOW_PASSWORD_")}
 
 
 def test_trainjob_pods_may_reach_mlflow(rendered):

@@ -85,7 +85,9 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     assert rollback(tracking_uri=mlflow_uri) == {"champion": "1", "previous": v2}
     assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: "1"}
     audit = audit_trail(tracking_uri=mlflow_uri)
-    assert [e["alias"] for e in audit][-2:] == [CHALLENGER_ALIAS, CHAMPION_ALIAS] and audit[-1]["reason"] == "rollback"
+    done = [e for e in audit if e["phase"] == "done"]  # each move: its intent, then its outcome
+    assert [e["phase"] for e in audit] == ["intent", "done"] * len(done)
+    assert [e["alias"] for e in done][-2:] == [CHALLENGER_ALIAS, CHAMPION_ALIAS] and done[-1]["reason"] == "rollback"
     assert audit[0] == {**audit[0], "alias": CHALLENGER_ALIAS, "from": None, "to": "1"}  # complete: the first move too
     # the CLI reads the same state; stdout holds exactly one JSON document (MLflow's notices go to stderr)
     from typer.testing import CliRunner

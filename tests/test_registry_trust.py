@@ -177,3 +177,92 @@ def test_registry_keygen_cli(tmp_path):
     assert Path(made["signing_key"]).name == evidence.SIGNING_KEY_FILE and len(made["key_id"]) == 16
     again = CliRunner().invoke(app, ["registry", "keygen", "--out", str(tmp_path / "k")])
     assert again.exit_code == 1 and "exists" in again.output
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    """A real MLflow server running MLflow's basic-auth app (default permission READ), and its admin password."""
+    import secrets
+
+    import mlflow
+
+    from cxrlt.ops import mlflow_server
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    root = tmp_path_factory.mktemp("auth-mlflow")
+    admin = secrets.token_urlsafe(16)
+    (root / "basic_auth.ini").write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root / 'auth.db'}\n"
+        f"admin_username = admin\nadmin_password = {admin}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    state = mlflow_server.start(root / "data", port=0, state_dir=root / "state", auth_config=root / "basic_auth.ini")
+    try:
+        yield state["tracking_uri"], admin
+    finally:
+        mlflow.set_tracking_uri(before)
+        assert mlflow_server.stop(state_dir=root / "state")
+
+
+def test_each_role_can_do_its_step_and_nothing_more(auth_server, keys, served, tmp_path, monkeypatch):
+    """`cxrlt registry roles` as the admin, then each account against the real permission checks: training logs runs
+    but cannot register, tag or move aliases; registration registers (signed) and sets the challenger; promotion
+    moves the champion; serving downloads the verified bundle but moves nothing."""
+    import secrets
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from typer.testing import CliRunner
+
+    from cxrlt.cli import app
+    from cxrlt.platform import CHALLENGER_ALIAS, MLFLOW_ROLE_PASSWORD_ENV, MLFLOW_ROLE_USERS, MLFLOW_ROLES
+    from cxrlt.registry import download_verified_bundle, promote, register_bundle
+
+    uri, admin = auth_server
+    private, public = keys
+    passwords = {role: secrets.token_urlsafe(16) for role in MLFLOW_ROLES}
+
+    def login(role: str | None) -> None:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", MLFLOW_ROLE_USERS[role] if role else "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", passwords[role] if role else admin)
+
+    login(None)
+    for role, env in MLFLOW_ROLE_PASSWORD_ENV.items():
+        monkeypatch.setenv(env, passwords[role])
+    for _ in range(2):  # idempotent: a rerun resets the same accounts and grants
+        made = CliRunner().invoke(app, ["registry", "roles", "--tracking-uri", uri])
+        assert made.exit_code == 0, made.output
+    grants = json.loads(made.stdout)
+    assert grants["registration"]["grants"][f"registered_model:{REGISTERED_MODEL}"] == "EDIT"
+    assert grants["promotion"]["grants"][f"registered_model:{REGISTERED_MODEL}"] == "MANAGE"
+    assert grants["training"]["grants"] == grants["serving"]["grants"] == {}
+
+    login("registration")
+    version = register_bundle(served, {"mAP": 0.5}, {"passed": True, "checks": []}, {"git_commit": "t"},
+                              tracking_uri=uri, signing_key=private)
+
+    def denied(role: str, action) -> None:
+        login(role)
+        with pytest.raises(MlflowException) as info:
+            action(MlflowClient(uri))
+        assert info.value.error_code == "PERMISSION_DENIED", (role, info.value)
+
+    login("training")
+    training = MlflowClient(uri)
+    run = training.create_run(training.create_experiment("member-training"))
+    training.log_metric(run.info.run_id, "val_map", 0.4)
+    denied("training", lambda c: c.set_model_version_tag(REGISTERED_MODEL, version, "gate_evidence", "{}"))
+    denied("training", lambda c: c.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version))
+    denied("training", lambda c: c.create_model_version(REGISTERED_MODEL, f"runs:/{run.info.run_id}/m",
+                                                        run.info.run_id))
+    denied("serving", lambda c: c.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version))
+    denied("serving", lambda c: c.delete_registered_model_alias(REGISTERED_MODEL, CHALLENGER_ALIAS))
+    denied("registration", lambda c: c.delete_registered_model(REGISTERED_MODEL))
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ImageID\n")
+    login("promotion")
+    decision = promote(labels, tracking_uri=uri, public_key=public)
+    assert decision["promoted"] and decision["evidence_verified"]
+    login("serving")
+    bundle = download_verified_bundle(REGISTERED_MODEL, version, tmp_path / "download", uri, public_key=public)
+    assert (bundle / "bundle.json").exists()

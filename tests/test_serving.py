@@ -450,7 +450,14 @@ def test_production_server_refuses_model_control_and_restricts_admin_apis(locked
             client.unload_model("cxr")
         with pytest.raises(InferenceServerException, match="(?i)restricted|permission|denied|header"):
             client.get_model_config("router")
+        # statistics, tracing and logging settings are admin APIs too (a trace could write patient pixels to logs)
+        for call in (lambda **kw: client.get_inference_statistics("cxr", **kw),
+                     lambda **kw: client.update_trace_settings(settings={"trace_level": ["TENSORS"]}, **kw),
+                     lambda **kw: client.update_log_settings(settings={"log_verbose_level": 1}, **kw)):
+            with pytest.raises(InferenceServerException, match="(?i)restricted|permission|denied|header"):
+                call()
         admin = {ADMIN_GRPC_HEADER: handle.admin_key}
+        assert client.get_inference_statistics("cxr", headers=admin)
         assert client.get_model_config("router", headers=admin)  # the admin key opens the restricted API ...
         with pytest.raises(InferenceServerException, match="(?i)not allowed|mode|explicit|poll"):
             client.unload_model("cxr", headers=admin)  # ... but model control mode none refuses unloading anyway

@@ -15,7 +15,7 @@ from cxrlt.ops.launch import trainjob_body
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "tests" / "fixtures" / "kubeflow-trainer" / "torch_distributed_runtime.yaml"
-SECRETS = {P.SECRETS["mlflow_client"]: {k: "box" for k in P.MLFLOW_CLIENT_KEYS},
+SECRETS = {P.SECRETS["mlflow_training"]: {k: "box" for k in P.MLFLOW_CLIENT_KEYS},
            P.SECRETS["s3_pipeline"]: {k: "box" for k in P.S3_SECRET_KEYS}}
 
 
@@ -37,7 +37,7 @@ def test_trainjob_renders_one_pod_per_node_from_the_runtime_and_its_patches():
         env = _env(node)
         assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "3" and env["PET_NODE_RANK"] == str(rank)
         assert env["PET_MASTER_ADDR"] == "job-1-node-0-0.job-1" and env["HOME"] == "/tmp"
-        assert env["MLFLOW_TRACKING_USERNAME"] == {"secretKeyRef": {"name": P.SECRETS["mlflow_client"],
+        assert env["MLFLOW_TRACKING_USERNAME"] == {"secretKeyRef": {"name": P.SECRETS["mlflow_training"],
                                                                      "key": "MLFLOW_TRACKING_USERNAME"}}
         # the runtime patch: hardened, and the shared volume is the only persistent mount
         assert node["securityContext"]["readOnlyRootFilesystem"] is True
@@ -68,7 +68,7 @@ def test_pod_containers_get_only_their_declared_volumes_and_resolved_secrets(tmp
     assert env["MLFLOW_TRACKING_PASSWORD"] == "box" and env["PET_NODE_RANK"] == "0"
     assert args[args.index("--entrypoint") + 1] == '["torchrun"]'
     assert args[-4:] == [P.IMAGES["train"], "-m", "cxrlt.cli", "train"]
-    with pytest.raises(PodSpecError, match="CreateContainerConfigError: .*cxrlt-mlflow-client"):
+    with pytest.raises(PodSpecError, match="CreateContainerConfigError: .*cxrlt-mlflow-training"):
         container_args(pod, {}, tmp_path / "env", {}, engine)
 
 

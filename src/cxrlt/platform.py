@@ -38,8 +38,14 @@ SECRETS = {
     "s3_mlflow": "cxrlt-s3-mlflow",  # the MLflow server: read/write its artifact bucket (clients go through it)
     "s3_pipeline": "cxrlt-s3-pipeline",  # pipeline steps and TrainJobs: read data + weights mirror, write run outputs
     "mlflow_auth": "cxrlt-mlflow-auth",  # keys: MLFLOW_FLASK_SERVER_SECRET_KEY, basic_auth.ini (server side)
-    # keys: MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD: the account every registry client uses
-    "mlflow_client": "cxrlt-mlflow-client",
+    # keys MLFLOW_TRACKING_USERNAME (MLFLOW_ROLE_USERS[role]), MLFLOW_TRACKING_PASSWORD: one MLflow account per role,
+    # each with only what it needs (`cxrlt registry roles` grants it; docs/deploy.md has the table)
+    "mlflow_training": "cxrlt-mlflow-training",  # pipeline steps, TrainJobs: their own experiments and runs
+    "mlflow_registration": "cxrlt-mlflow-registration",  # the register step: new versions, the challenger alias
+    "mlflow_promotion": "cxrlt-mlflow-promotion",  # the promote step: the champion alias
+    "mlflow_serving": "cxrlt-mlflow-serving",  # the Triton init container: read-only
+    # the MLflow admin (the basic_auth.ini admin): used only by the role bootstrap Job
+    "mlflow_admin": "cxrlt-mlflow-admin",
     # key: TRITON_ADMIN_KEY, the header value that opens Triton's restricted admin APIs (operators only)
     "triton_admin": "cxrlt-triton-admin",
     # keys: tls.crt, tls.key, ca.crt: Triton's gRPC certificate and the CA of hospital clients (mutual TLS)
@@ -53,6 +59,10 @@ SECRETS = {
 EVIDENCE_VERIFY_CONFIGMAP = "cxrlt-evidence-verify"
 EVIDENCE_SIGNING_KEY_FILE, EVIDENCE_VERIFY_KEY_FILE = "evidence-signing.pem", "evidence-verify.pem"
 MLFLOW_CLIENT_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+MLFLOW_ROLES = ("training", "registration", "promotion", "serving")
+MLFLOW_ROLE_USERS = {role: f"cxrlt-{role}" for role in MLFLOW_ROLES}
+#: where the role bootstrap reads each role's password (from that role's Secret)
+MLFLOW_ROLE_PASSWORD_ENV = {role: f"CXRLT_MLFLOW_PASSWORD_{role.upper()}" for role in MLFLOW_ROLES}
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")
 
 REGISTERED_MODEL = "cxrlt-bundle"

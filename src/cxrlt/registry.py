@@ -139,6 +139,8 @@ def _client(tracking_uri: str | None):
 
 
 AUDIT_EXPERIMENT = "cxrlt-registry-audit"
+#: the experiment of the registration runs (the logged pyfunc models the versions point at)
+REGISTRY_EXPERIMENT = "cxrlt-registry"
 _UNSET = object()
 
 
@@ -273,7 +275,7 @@ def verify_evidence(client, name: str, version: str, public_key: str | Path | No
 
 def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, lineage: dict,
                     evaluation_csv: str | Path | None = None, name: str = REGISTERED_MODEL,
-                    tracking_uri: str | None = None, experiment: str = "cxrlt-registry",
+                    tracking_uri: str | None = None, experiment: str = REGISTRY_EXPERIMENT,
                     signing_key: str | Path | None = None) -> str:
     """Log the bundle as a pyfunc model, register a version with lineage tags, sign its evidence (with
     ``signing_key`` or $CXRLT_EVIDENCE_SIGNING_KEY) and point ``challenger`` at it."""

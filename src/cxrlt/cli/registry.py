@@ -86,3 +86,19 @@ def registry_keygen(
     private, public = generate_keys(out)
     typer.echo(json.dumps({"signing_key": str(private), "verify_key": str(public),
                            "key_id": key_id(load_key(public, private=False))}, indent=2))
+
+
+@registry_app.command("roles")
+def registry_roles(tracking_uri: TrackingUri = None, name: ModelName = REGISTERED_MODEL) -> None:
+    """Create the MLflow account of each role (training, registration, promotion, serving) with only the permissions
+    its step needs; run as the MLflow admin (MLFLOW_TRACKING_USERNAME/PASSWORD). Each role's password comes from
+    $CXRLT_MLFLOW_PASSWORD_<ROLE> (the role's Secret). Rerunning resets passwords and permissions to this table."""
+    import os
+
+    from cxrlt.ops.registry_roles import bootstrap_roles
+    from cxrlt.platform import MLFLOW_ROLE_PASSWORD_ENV
+
+    if not tracking_uri:
+        raise typer.BadParameter("set --tracking-uri or MLFLOW_TRACKING_URI")
+    passwords = {role: os.environ.get(env, "") for role, env in MLFLOW_ROLE_PASSWORD_ENV.items()}
+    _emit(lambda: bootstrap_roles(tracking_uri, passwords, name))

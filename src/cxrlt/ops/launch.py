@@ -84,13 +84,14 @@ def trainjob_body(name: str, cli_args: list[str], gpus_per_node: int = 1, num_no
     filesystem with emptyDirs for /tmp and /dev/shm, seccomp RuntimeDefault, no capabilities, a service account
     without permissions or token). The pods mount only the shared volume at ``SHARED_ROOT``: every path in
     ``cli_args`` must be a pod path there (:class:`cxrlt.dataplane.SharedVolume`). Credentials come from Secrets,
-    never inline: the registry account and the pipeline's object-storage keys (weights mirror, data)."""
+    never inline: the training role's MLflow account (runs only) and the pipeline's object-storage keys (weights
+    mirror, data)."""
     if num_nodes < 1 or nproc_per_node < 1:
         raise InvalidInputError(f"a TrainJob needs num_nodes >= 1 and nproc_per_node >= 1, got {num_nodes}, "
                                 f"{nproc_per_node}")
     group, version, _ = TRAINER_API
     from_secret = [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRETS[secret], "key": k}}}
-                   for secret, keys in (("mlflow_client", MLFLOW_CLIENT_KEYS), ("s3_pipeline", S3_SECRET_KEYS))
+                   for secret, keys in (("mlflow_training", MLFLOW_CLIENT_KEYS), ("s3_pipeline", S3_SECRET_KEYS))
                    for k in keys]
     pod = {
         "serviceAccountName": SERVICE_ACCOUNTS["trainer"],

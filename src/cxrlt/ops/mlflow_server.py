@@ -17,8 +17,9 @@ STATE_DIR = Path(os.environ.get("CXRLT_STATE_DIR", Path.home() / ".cache" / "cxr
 
 def start(data_dir: str | Path, port: int = 5000, host: str = "127.0.0.1", artifacts: str | None = None,
           allowed_hosts: str | None = None, name: str = "mlflow", state_dir: Path = STATE_DIR,
-          timeout: float = 120) -> dict:
-    """Start the server; returns its state (``tracking_uri``, ``pid``...). ``port=0`` picks a free port."""
+          timeout: float = 120, auth_config: str | Path | None = None) -> dict:
+    """Start the server; returns its state (``tracking_uri``, ``pid``...). ``port=0`` picks a free port.
+    ``auth_config``: a basic_auth.ini; the server then runs MLflow's basic-auth app (accounts and permissions)."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     state_path = Path(state_dir) / name / "server.json"
@@ -33,6 +34,12 @@ def start(data_dir: str | Path, port: int = 5000, host: str = "127.0.0.1", artif
         cmd += ["--allowed-hosts", allowed_hosts]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
            "DO_NOT_TRACK": "true"}
+    if auth_config:
+        import secrets
+
+        cmd += ["--app-name", "basic-auth"]
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(Path(auth_config).resolve()),
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=env.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(16))
     log = Path(state_dir) / name / "mlflow.log"
     proc = spawn(cmd, log, env, cwd=data_dir)
     state = {"pid": proc.pid, "start_time": start_time(proc.pid), "host": host, "port": port, "tracking_uri": f"http://{host}:{port}",
