@@ -232,10 +232,22 @@ def test_triton_grpc_uses_mutual_tls_from_the_certificate_secret(rendered):
     assert mount["readOnly"] is True
     flags = dict(a.split("=", 1) for a in server["args"] if a.startswith("--grpc-") and "=" in a)
     assert flags["--grpc-use-ssl"] == flags["--grpc-use-ssl-mutual"] == "true"
-    files = {"--grpc-server-cert": "tls.crt", "--grpc-server-key": "tls.key", "--grpc-root-cert": "ca.crt"}
+    files = {"--grpc-server-cert": "tls.crt", "--grpc-server-key": "tls.key"}
     for flag, key in files.items():
         assert flags[flag] == f"{mount['mountPath']}/{key}"
+    if overlay == "dev":  # one CA for the server and the clients, from the hand-made Secret
+        assert flags["--grpc-root-cert"] == f"{mount['mountPath']}/ca.crt"
     if overlay == "prod":  # cert-manager issues (and renews) the Secret the pod mounts
+        # clients are trusted only from the integrations CA, of which the pod gets the certificate and not the key
+        client_ca = next(v for v in pod["volumes"] if v["name"] == "client-ca")["secret"]
+        assert client_ca["secretName"] == "cxrlt-integrations-ca" and client_ca["items"] == [
+            {"key": "ca.crt", "path": "ca.crt"}]
+        ca_mount = next(m for m in server["volumeMounts"] if m["name"] == "client-ca")
+        assert ca_mount["readOnly"] and flags["--grpc-root-cert"] == f"{ca_mount['mountPath']}/ca.crt"
+        ca = _by_kind(docs, "Certificate", "cxrlt-integrations-ca")["spec"]
+        assert ca["isCA"] and ca["secretName"] == "cxrlt-integrations-ca"
+        assert _by_kind(docs, "Issuer", "cxrlt-integrations")["spec"]["ca"]["secretName"] == ca["secretName"]
+        assert _by_kind(docs, "Certificate", "triton-grpc")["spec"]["issuerRef"]["name"] == "cxrlt-hospital-ca"
         cert = _by_kind(docs, "Certificate", "triton-grpc")
         assert cert["spec"]["secretName"] == P.SECRETS["triton_tls"]
         service = _by_kind(docs, "Service", "triton")
