@@ -77,6 +77,10 @@ def run_training_local(pipeline_root: str | Path, runner: str = "subprocess", ku
         if kubeconfig:  # the step containers see only the pipeline root
             shutil.copyfile(kubeconfig, root / "kubeconfig")
             env = {"KUBECONFIG": str(root / "kubeconfig")}
+        from cxrlt.evidence import SIGNING_KEY_ENV, key_text, signing_key
+
+        if signing_key():  # the register step signs in its container as on a cluster (the key as PEM text in env)
+            env[SIGNING_KEY_ENV] = key_text(signing_key())
         give_to_container_user(root)
         with docker_api():
             local.init(runner=local.DockerRunner(network_mode="host", environment=env), pipeline_root=str(root),

@@ -135,6 +135,14 @@ def run_demo(args: DemoOptions) -> None:
         started_mlflow = True
         env["MLFLOW_TRACKING_URI"] = ml["tracking_uri"]
         print(f"MLflow UI: {ml['tracking_uri']}", flush=True)
+        from cxrlt import evidence
+
+        keys = work / "keys"  # the registration step signs the gate's evidence; promotion and serve build verify it
+        if not (keys / evidence.SIGNING_KEY_FILE).exists():
+            evidence.generate_keys(keys)
+        env[evidence.SIGNING_KEY_ENV] = str(keys / evidence.SIGNING_KEY_FILE)
+        env[evidence.VERIFY_KEY_ENV] = str(keys / evidence.VERIFY_KEY_FILE)
+        print(f"evidence signing keys: {keys} (cxrlt registry keygen)", flush=True)
         if not args.no_challenger:
             _step(3, total, "a deliberately weakened challenger (1 epoch on 10 % of the training images) starts in "
                             "the background; the same gate must refuse it (its verdict comes in step 9)")
@@ -148,9 +156,10 @@ def run_demo(args: DemoOptions) -> None:
         if not _print_gate(latest_run(work / "pipeline"), "challenger"):
             raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
                              f"evaluation report under {latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
-        _step(5, total, "promote challenger -> champion (non-inferiority on the dev set)")
+        _step(5, total, "promote challenger -> champion (its signed gate evidence verified; non-inferiority on the "
+                        "dev set)")
         _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), env=env)
-        _step(6, total, f"Triton model repository from {CHAMPION_URI}")
+        _step(6, total, f"Triton model repository from {CHAMPION_URI} (signature and every file verified)")
         _cxrlt("serve", "build", "--bundle", CHAMPION_URI, "--out", str(work / "model_repository"),
                env=env)
         if args.containers:

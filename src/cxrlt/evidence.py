@@ -93,6 +93,12 @@ def key_id(public_key) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+def key_text(source: str | Path) -> str:
+    """The PEM text of a key given as text or as a file (to hand it to a process that cannot see the file)."""
+    text = str(source)
+    return text if text.lstrip().startswith(PEM_BEGIN) else Path(text).read_text()
+
+
 def signing_key() -> str | None:
     """$CXRLT_EVIDENCE_SIGNING_KEY: PEM text or a file path; None when unset."""
     return os.environ.get(SIGNING_KEY_ENV) or None
