@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cxrlt import __version__  # noqa: E402
-from cxrlt.ops.containers import ContainerError, container_env, engine_command  # noqa: E402
+from cxrlt.ops.containers import ContainerError, container_env, engine_command, stale_images  # noqa: E402
 from cxrlt.platform import IMAGES  # noqa: E402
 
 #: image -> (Dockerfile, target, platform keys it is tagged as): train and tools are one environment, built once
@@ -69,19 +69,11 @@ def revision() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def built_at(engine: list[str], image: str) -> str | None:
-    """The git revision an image was built from (its label), or None when it is not there."""
-    done = subprocess.run([*engine, "image", "inspect", "--format",
-                           '{{index .Config.Labels "org.opencontainers.image.revision"}}', image],
-                          capture_output=True, text=True, env=container_env())
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def build(names: list[str], base_image: str, engine: list[str], skip_current: bool = False) -> None:
     env = container_env()
     if skip_current:
         head = revision()
-        current = [n for n in names if all(built_at(engine, IMAGES[k]) == head for k in BUILDS[n][2])]
+        current = [n for n in names if not stale_images(engine, [IMAGES[k] for k in BUILDS[n][2]], head)]
         for name in current:
             print(f"{name}: already built from {head[:12]} (skipped)")
         names = [n for n in names if n not in current]

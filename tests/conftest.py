@@ -151,3 +151,20 @@ def served_images_and_check(synth_data: Path, ensemble: Path, infer, count: int 
         np.testing.assert_allclose([r.known[c] for c in KNOWN_CLASSES], ref.loc[i, list(KNOWN_CLASSES)].to_numpy(float),
                                    atol=1e-4)
     return results
+
+
+def require_current_images(engine: list[str], *keys: str) -> None:
+    """Skip, saying why, unless every image named by ``keys`` (src/cxrlt/platform.py) was built from this checkout's
+    commit: after a failed build an older image would test older code."""
+    import subprocess
+
+    from cxrlt.ops.containers import stale_images
+    from cxrlt.platform import IMAGES
+
+    head = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = stale_images(engine, [IMAGES[k] for k in keys], head)
+    if stale:
+        found = ", ".join(f"{image} ({'not built' if rev is None else 'built from ' + (rev[:12] or 'no revision')})"
+                          for image, rev in stale.items())
+        pytest.skip(f"images not built from this commit {head[:12]}: {found}; run make images")

@@ -122,15 +122,14 @@ def _wait(url: str, what: str, pods: list[str], timeout: float = 300) -> None:
 
 @pytest.fixture
 def engine():
-    from cxrlt.ops.containers import ContainerError, engine_command, image_exists
+    from cxrlt.ops.containers import ContainerError, engine_command
+    from tests.conftest import require_current_images
 
     try:
         engine = engine_command("podman")
     except ContainerError as exc:
         pytest.skip(f"podman kube play needs podman: {exc}")
-    missing = [P.IMAGES[k] for k in ("tools", "serve_cpu") if not image_exists(engine, P.IMAGES[k])]
-    if missing:
-        pytest.skip(f"images not built ({', '.join(missing)}): run make images")
+    require_current_images(engine, "tools", "serve_cpu")
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not found: install Debian's kubectl package to render the overlays")
     busy = []

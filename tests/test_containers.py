@@ -32,12 +32,10 @@ def engine() -> list[str]:
 
 
 def _need(engine, *keys: str) -> None:
-    """Skip (saying so) when an image the test runs is not built."""
-    from cxrlt.ops.containers import image_exists
+    """Skip (saying so) when an image the test runs is not built from this commit."""
+    from tests.conftest import require_current_images
 
-    missing = [IMAGES[k] for k in keys if not image_exists(engine, IMAGES[k])]
-    if missing:
-        pytest.skip(f"images not built ({', '.join(missing)}): run make images")
+    require_current_images(engine, *keys)
 
 
 def _run(engine, *args, timeout=300, check=True) -> subprocess.CompletedProcess:

@@ -119,8 +119,14 @@ def _expand(args: list[str], env: dict[str, str]) -> list[str]:
     return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in args]
 
 
+#: the Secrets a Triton pod may mount, and the files each holds (made here from one test PKI): the server's TLS
+#: Secret, and in prod the integrations CA, of which only ca.crt is projected (the volume's ``items``)
+_POD_SECRETS = {P.SECRETS["triton_tls"]: {"tls.crt": "server.pem", "tls.key": "server.key", "ca.crt": "ca.pem"},
+                "cxrlt-integrations-ca": {"ca.crt": "ca.pem", "tls.key": "ca.key"}}
+
+
 def _volumes(pod: dict, root: Path) -> dict[str, Path]:
-    """Each emptyDir a fresh directory; the TLS Secret a directory with its three keys (certificates made here)."""
+    """Each emptyDir a fresh directory; each Secret a directory with the keys the volume projects."""
     from tests.pki import make_pki
 
     out = {}
@@ -128,12 +134,14 @@ def _volumes(pod: dict, root: Path) -> dict[str, Path]:
         out[volume["name"]] = root / volume["name"]
         out[volume["name"]].mkdir(parents=True)
         if "secret" in volume:
-            assert volume["secret"]["secretName"] == P.SECRETS["triton_tls"], volume
-            pki = make_pki(root / "pki-source")
-            for key, source in (("tls.crt", "server.pem"), ("tls.key", "server.key"), ("ca.crt", "ca.pem")):
-                shutil.copyfile(pki / source, out[volume["name"]] / key)
+            keys = _POD_SECRETS.get(volume["secret"]["secretName"])
+            assert keys is not None, f"{volume['name']}: the Triton pod mounts an unexpected Secret"
+            wanted = [item["key"] for item in volume["secret"].get("items", [])] or list(keys)
+            pki = make_pki(root / "pki-source") if not (root / "pki-source").exists() else root / "pki-source"
+            for key in wanted:
+                shutil.copyfile(pki / keys[key], out[volume["name"]] / key)
         else:
-            assert "emptyDir" in volume, f"{volume['name']}: only emptyDirs and the TLS Secret in the Triton pod"
+            assert "emptyDir" in volume, f"{volume['name']}: only emptyDirs and Secrets in the Triton pod"
     return out
 
 
@@ -192,7 +200,8 @@ def test_init_container_builds_the_verified_champion_repository_under_pod_constr
     assert (repo / "cxr" / "config.pbtxt").exists() and list(repo.glob("*/1/model.onnx"))
     assert f"{P.REGISTERED_MODEL}/{version}" in (repo / "cxr" / "config.pbtxt").read_text()
     written = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
-    assert written - {"tls", "pki-source"} <= {"models", "tmp"}, "the init container wrote only into its volumes"
+    made_here = {"tls", "client-ca", "pki-source"}  # the Secrets' files, written by the test
+    assert written - made_here <= {"models", "tmp"}, "the init container wrote only into its volumes"
     leftovers = [p for p in volumes["tmp"].rglob("*") if p.suffix == ".onnx" or p.name in ("MLmodel", "bundle.json")]
     assert not leftovers, "the downloaded bundle is removed from /tmp afterwards"
 
@@ -251,7 +260,7 @@ def test_server_container_becomes_ready_under_pod_constraints(champion, evidence
                          timeout=400)
     assert run.returncode == 0 and "READY" in run.stdout, run.stdout[-3000:] + run.stderr[-4000:]
     written = {p.relative_to(tmp_path / "pod").parts[0] for p in (tmp_path / "pod").rglob("*") if p.is_file()}
-    assert written <= {"models", "tmp", "dshm", "tls", "pki-source"}
+    assert written <= {"models", "tmp", "dshm", "tls", "client-ca", "pki-source"}
 
 
 def test_training_command_runs_under_the_trainjob_pod_constraints(synth_data, tmp_path):

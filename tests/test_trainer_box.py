@@ -131,7 +131,7 @@ def test_training_pipeline_with_two_node_trainjobs_in_containers(synth_data, tmp
     import mlflow
 
     from cxrlt.ops import mlflow_server
-    from cxrlt.ops.containers import ContainerError, container_env, engine_command, image_exists
+    from cxrlt.ops.containers import ContainerError, container_env, engine_command
     from cxrlt.ops.trainer_box import TrainerBox
     from pipelines.local_run import run_training_local
     from tests.conftest import TINY_CONFIG
@@ -140,9 +140,9 @@ def test_training_pipeline_with_two_node_trainjobs_in_containers(synth_data, tmp
         engine = engine_command()
     except ContainerError as exc:
         pytest.skip(str(exc))
-    missing = [P.IMAGES[k] for k in ("train", "tools") if not image_exists(engine, P.IMAGES[k])]
-    if missing:
-        pytest.skip(f"images not built ({', '.join(missing)}): run make images")
+    from tests.conftest import require_current_images
+
+    require_current_images(engine, "train", "tools")
     root = tmp_path / "pipeline"
     (root / "shared").mkdir(parents=True)
     claim = f"cxrlt-cache-{tmp_path.name}"[:60]

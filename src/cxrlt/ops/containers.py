@@ -50,6 +50,24 @@ def image_exists(engine: list[str], image: str) -> bool:
                           env=container_env()).returncode == 0
 
 
+#: the OCI label images/build.py sets to the git revision an image was built from
+REVISION_LABEL = "org.opencontainers.image.revision"
+
+
+def image_revision(engine: list[str], image: str) -> str | None:
+    """The git revision ``image`` was built from (its label), or None when the image is not there."""
+    done = subprocess.run([*engine, "image", "inspect", "--format", f'{{{{index .Config.Labels "{REVISION_LABEL}"}}}}',
+                           image], capture_output=True, text=True, env=container_env())
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def stale_images(engine: list[str], images: list[str], revision: str) -> dict[str, str | None]:
+    """The images not built from ``revision`` (a git commit): image -> the revision it was built from (None: not
+    built). Runs against an image of another commit would test other code than the checkout's."""
+    built = {image: image_revision(engine, image) for image in images}
+    return {image: rev for image, rev in built.items() if rev != revision}
+
+
 @contextlib.contextmanager
 def docker_api():
     """Set ``DOCKER_HOST`` for the Docker API clients (kfp.local's DockerRunner) while the block runs: Docker's own
