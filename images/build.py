@@ -24,7 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cxrlt import __version__  # noqa: E402
-from cxrlt.ops.containers import ContainerError, container_env, engine_command, stale_images  # noqa: E402
+from cxrlt.ops.containers import (  # noqa: E402
+    REVISION_LABEL,
+    ContainerError,
+    container_env,
+    engine_command,
+    stale_images,
+)
 from cxrlt.platform import IMAGES  # noqa: E402
 
 #: image -> (Dockerfile, target, platform keys it is tagged as): train and tools are one environment, built once
@@ -77,8 +83,10 @@ def build(names: list[str], base_image: str, engine: list[str], skip_current: bo
         for name in current:
             print(f"{name}: already built from {head[:12]} (skipped)")
         names = [n for n in names if n not in current]
+    # the revision label also as --label: a layer cache may keep the LABEL step of an earlier build (podman reused it
+    # when nothing but the REVISION argument had changed), and tests trust this label to say what an image holds
     common = ["--build-arg", f"BASE_IMAGE={base_image}", "--build-arg", f"VERSION={__version__}",
-              "--build-arg", f"REVISION={revision()}", *pip_build_args()]
+              "--build-arg", f"REVISION={revision()}", "--label", f"{REVISION_LABEL}={revision()}", *pip_build_args()]
     if Path(engine[0]).name == "podman":
         common += ["--network", "host", "--layers"]
     for name in names:
