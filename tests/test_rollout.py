@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from cxrlt import platform as P
 from cxrlt.cli import app
+from cxrlt.ops.trainer_box import JsonReplyHandler
 
 pytestmark = pytest.mark.slow
 CONFIGMAP = f"/api/v1/namespaces/{P.NAMESPACE}/configmaps/{P.ROLLOUT_CONFIGMAP}"
@@ -27,17 +28,9 @@ def _merge(base: dict, patch: dict) -> dict:
     return out
 
 
-class StubKube(BaseHTTPRequestHandler):
+class StubKube(JsonReplyHandler):
     objects: dict = {}
     patches: list = []
-
-    def _reply(self, code: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):  # noqa: N802 - http.server API
         if self.path in self.objects:

@@ -47,19 +47,10 @@ class LabelSource(StrEnum):
     physician = "physician"
 
 
-class OnnxRuntime(StrEnum):
-    python = "python"
-    native = "native"
-
-
-class Device(StrEnum):
-    cpu = "cpu"
-    gpu = "gpu"
-
-
-class Precision(StrEnum):
-    fp32 = "fp32"
-    fp16 = "fp16"
+#: serving choices; each value is its member's name (StrEnum's functional form)
+OnnxRuntime = StrEnum("OnnxRuntime", ["python", "native"])
+Device = StrEnum("Device", ["cpu", "gpu"])
+Precision = StrEnum("Precision", ["fp32", "fp16"])
 
 
 DataDir = Annotated[Path, typer.Option("--data", help="CXR-LT data directory (CSV files + images/).")]

@@ -226,19 +226,23 @@ class PodmanTrainer:
             self._finish(key, "Failed", type(exc).__name__, str(exc))
 
 
+class JsonReplyHandler(BaseHTTPRequestHandler):
+    """An HTTP handler that answers JSON, as the Kubernetes API server does (here and in the tests' API stubs)."""
+
+    def _reply(self, code: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 def _handler(trainer: PodmanTrainer):
     group, version, plural = TRAINER_API
     prefix = f"/apis/{group}/{version}/namespaces/"
 
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, code: int, payload: dict) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(JsonReplyHandler):
         def _status(self, code: int, reason: str, message: str) -> None:
             self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
                                "message": message, "code": code})
