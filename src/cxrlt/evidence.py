@@ -68,11 +68,9 @@ def load_key(source: str | Path, private: bool):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-    text = str(source)
-    inline = text.lstrip().startswith(PEM_BEGIN)
-    path = "the key given" if inline else text
+    path = "the key given" if str(source).lstrip().startswith(PEM_BEGIN) else str(source)
     try:
-        data = text.encode() if inline else Path(text).read_bytes()
+        data = key_text(source).encode()
     except OSError as exc:
         raise InvalidInputError(f"{path}: cannot read the key ({exc.strerror})") from None
     try:

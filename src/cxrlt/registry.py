@@ -260,16 +260,17 @@ def promotion_lease(client, name: str, ttl_s: float = LEASE_TTL_S) -> Iterator[s
         client.delete_registered_model(lease)
 
 
-def verify_evidence(client, name: str, version: str, public_key: str | Path | None = None) -> bool:
-    """Check the version's signed gate evidence with the public key (argument, or $CXRLT_EVIDENCE_VERIFY_KEY).
+def verify_evidence(name: str, model_version, public_key: str | Path | None = None) -> bool:
+    """Check a fetched model version's signed gate evidence with the public key (argument, or
+    $CXRLT_EVIDENCE_VERIFY_KEY).
     Raises :class:`~cxrlt.evidence.EvidenceError` when it does not hold; returns False, with a warning, when no key is
     configured (local development), True when verified."""
     key = public_key or evidence.verify_key()
     if key is None:
         log.warning("%s version %s: gate evidence not verified (no %s); set it wherever a forged tag must not pass",
-                    name, version, evidence.VERIFY_KEY_ENV)
+                    name, model_version.version, evidence.VERIFY_KEY_ENV)
         return False
-    evidence.verify(name, str(version), client.get_model_version(name, version).tags, key)
+    evidence.verify(name, str(model_version.version), model_version.tags, key)
     return True
 
 
@@ -356,8 +357,8 @@ def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, pub
     challenger_version = _alias_version(client, name, CHALLENGER_ALIAS)
     if challenger_version is None:
         raise RegistryError(f"{name} has no {CHALLENGER_ALIAS} version to promote")
-    verified = verify_evidence(client, name, challenger_version, public_key)
     challenger = client.get_model_version(name, challenger_version)
+    verified = verify_evidence(name, challenger, public_key)
     if not json.loads(challenger.tags.get("gate_evidence", "{}")).get("passed"):
         raise RegistryError(f"version {challenger.version} did not pass its gate")
     champion_version = _alias_version(client, name, CHAMPION_ALIAS)  # None only when MLflow says "not found"
@@ -423,8 +424,8 @@ def download_verified_bundle(name: str, version: str, dst: str | Path, tracking_
     import mlflow
 
     client = _client(tracking_uri)
-    verify_evidence(client, name, version, public_key)
     mv = client.get_model_version(name, version)
+    verify_evidence(name, mv, public_key)
     manifest_uri = mv.tags.get("bundle_manifest")
     if not manifest_uri:
         raise RegistryError(f"{name} version {version} has no bundle manifest (registered before manifests existed "
