@@ -1,5 +1,5 @@
-"""The retraining pipeline: validate -> preprocess -> split -> (members, router, zero-shot in parallel) -> fit
-ensemble -> evaluate -> gate -> export -> register (challenger).
+"""The retraining pipeline: check weights -> validate -> preprocess -> split -> (members, router, zero-shot in
+parallel) -> fit ensemble -> evaluate -> gate -> export -> register (challenger).
 
 One *flat* ParallelFor over the (view, member) jobs that ``plan_jobs`` reads from the profile: kfp.local mixes up
 nested loop items, and the same shape compiles for a cluster. Side-effect steps have caching off.
@@ -12,6 +12,7 @@ limits, /dev/shm, MLflow/S3 secrets as env, the PVC) apply on a cluster; the loc
 
 from kfp import dsl, kubernetes
 
+from components.check_weights.component import check_weights
 from components.evaluate.component import evaluate
 from components.export_onnx.component import export_onnx
 from components.fit_ensemble.component import fit_ensemble
@@ -63,7 +64,7 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                       min_map: float = -1.0, min_mauroc: float = -1.0, max_ece: float = -1.0,
                       min_unseen_lift: float = -1.0, launcher: str = "local", nproc: int = 1, num_nodes: int = 1,
                       epochs: int = 0, zeroshot_epochs: int = 0, cache_size: int = 0, eval_split: str = "dev",
-                      label_source: str = "all", removal_csv: str = "", val_fraction: float = 0.0,
+                      removal_csv: str = "", val_fraction: float = 0.0,
                       split_seed: int = -1, member_threads: int = 0, shared_root: str = SHARED_ROOT):
     """Settings the profile defines (cache size, members, split, gate) are read from it at run time by plan_run;
     a parameter left at its marker (0, -1.0, -1 or []) takes the profile's value, any other value overrides it."""
@@ -74,11 +75,14 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
         min_unseen_lift=min_unseen_lift), s3=False)
     profile, run_dir = plan.outputs["profile"], plan.outputs["run_dir"]
     planned_jobs = plan_jobs(config=profile, jobs=jobs)
-    validated = _cluster_settings(validate_data(data_dir=data_dir, min_positives=0)).set_caching_options(False)
+    # first: a profile whose weights are missing fails here, in seconds, before the data steps
+    weights = _cluster_settings(check_weights(config=profile)).set_caching_options(False)
+    validated = _cluster_settings(validate_data(data_dir=data_dir, min_positives=0)).after(weights)
+    validated.set_caching_options(False)
     cache = _cluster_settings(preprocess(data_dir=data_dir, data_hash=validated.outputs["Output"],
                                          shared_root=shared_root, size=plan.outputs["cache_size"]))
     split = _cluster_settings(split_projection(
-        data_dir=data_dir, run_dir=run_dir, label_source=label_source, removal_csv=removal_csv,
+        data_dir=data_dir, run_dir=run_dir, removal_csv=removal_csv,
         val_fraction=plan.outputs["val_fraction"], seed=plan.outputs["split_seed"])).after(validated)
     splits = split.outputs["splits"]
     # Only pipeline parameters, constants and artifacts enter the loop: kfp.local replaces every task-output

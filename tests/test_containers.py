@@ -123,7 +123,7 @@ def test_pipeline_steps_run_in_their_images_like_subprocesses(engine, synth_data
         checked = validate_data(data_dir=data_dir, min_positives=0).set_caching_options(False)
         cache = preprocess(data_dir=data_dir, data_hash=checked.outputs["Output"], shared_root=shared_root,
                            size=plan.outputs["cache_size"]).set_caching_options(False)
-        split = split_projection(data_dir=data_dir, run_dir=plan.outputs["run_dir"], label_source="all",
+        split = split_projection(data_dir=data_dir, run_dir=plan.outputs["run_dir"],
                                  removal_csv="", val_fraction=plan.outputs["val_fraction"],
                                  seed=plan.outputs["split_seed"]).after(checked).set_caching_options(False)
         train_member(view="", member="router", run_id="r1", data_dir=data_dir, cache=cache.outputs["cache"],

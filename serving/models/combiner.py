@@ -1,4 +1,4 @@
-"""One view's ensemble head: its members' logits -> the bundle's combine rule -> calibration -> normal gating.
+"""One view's ensemble head: its members' logits -> the bundle's combine rule -> normal gating -> calibration.
 
 The arithmetic is ``cxrlt.scoring`` (copied beside this file as ``cxrlt_scoring.py``), the same module the
 in-process predictor and the MLflow pyfunc run; the ``scoring`` parameter is the bundle's scoring fields and ``view``

@@ -29,7 +29,7 @@ from pydantic import (
 
 from cxrlt.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MODALITIES, DEFAULT_PERCENTILES, PreprocessConfig
 from cxrlt.errors import CxrltError, InvalidInputError, NotFoundError
-from cxrlt.kinds import job_kinds, member_kind, member_kinds
+from cxrlt.kinds import CheckpointKeys, job_kinds, member_kind, member_kinds
 
 #: Named input normalisations (per-channel mean, std on [0, 1] pixels). ``cxrlt`` is this project's 1-channel
 #: default; ``imagenet`` is timm's ImageNet statistics (seed 000 and HPH); ``clip`` is OpenAI CLIP's;
@@ -95,6 +95,7 @@ class RouterConfig(_Strict):
     arch: str
     kwargs: dict[str, Any] = {}
     pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
+    checkpoint_keys: CheckpointKeys | None = None
 
 
 class ModelsConfig(_Strict):
@@ -154,7 +155,13 @@ class _Optimisation(_Strict):
     warmup_lr_ratio: Fraction = 0.01
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    #: timm's EMA warm-up: the decay is min(ema_decay, (1 + t) / (10 + t)) at step t, so a short run's EMA is not
+    #: stuck near the initial weights; false = ema_decay from the first step
+    ema_warmup: bool = True
 
+
+#: which labels train a task: every image, or only PadChest's physician-verified ones (MethodLabel == Physician)
+LabelSource = Literal["all", "physician"]
 
 _VIEWS = ("frontal", "lateral", "mixed")
 
@@ -171,6 +178,8 @@ OverrideKey = Annotated[str, AfterValidator(_override_key)]
 
 
 class TrainConfig(_Optimisation):
+    #: the Task 1 networks' training labels (the split writes manifests for both sources)
+    label_source: LabelSource = "all"
     loss: Literal["bce", "asl", "asl_weighted", "db"] = "asl"
     loss_kwargs: dict[str, Any] = {}
     sampler: Literal["repeat_factor", "none"] = "repeat_factor"
@@ -249,7 +258,9 @@ class ZeroShotConfig(_Optimisation):
     open_clip's own model config."""
 
     model: str = "tiny"
-    pretrained: str | None = Field(default=None, description="open_clip tag, weight file/URI or mirror name")
+    pretrained: str | None = Field(default=None, description="open_clip tag, hf-hub:ORG/NAME, weight file/URI or "
+                                                             "mirror name")
+    checkpoint_keys: CheckpointKeys | None = None
     #: false: training-free (HPH): the pretrained CLIP scores the prompts as it is, nothing is fine-tuned
     train: bool = True
     image_size: PositiveInt = 64
@@ -258,8 +269,19 @@ class ZeroShotConfig(_Optimisation):
     text: TinyCLIPText = TinyCLIPText()
     input: InputConfig = InputConfig()
     bank: Literal["clinical", "synthetic"] = "synthetic"
+    #: the zero-shot fine-tune's training labels (seed 000 sec. 5.2: physician-verified)
+    label_source: LabelSource = "all"
     alpha: Annotated[float, Field(ge=0)] = 1.5
     asl: ASLSettings = ASLSettings()
+    #: the ASL branch's class logits are exp(s) * cos + b with s and b learned; their starting values (exp(s), b)
+    asl_scale_init: PositiveFloat = 10.0
+    asl_bias_init: float = -2.0
+    #: contrastive targets: ``soft`` = images whose label sets are identical are matches (label-synthesised reports
+    #: repeat); ``hard`` = CLIP's one-hot InfoNCE (each image matches its own report only)
+    contrastive_targets: Literal["soft", "hard"] = "soft"
+    #: ``platt``: one slope and bias fitted on the known classes' validation scores and applied to the unseen ones;
+    #: ``none``: sigmoid(sigmoid_scale * mean cosine) served as it is (HPH)
+    calibration: Literal["platt", "none"] = "platt"
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 64
     cosine_t_max: PositiveInt | None = Field(default=None, description="cosine period in epochs; null = epochs")

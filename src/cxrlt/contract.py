@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -138,10 +138,12 @@ class EnsembleView(BaseModel):
 
 
 class Calibration(BaseModel):
-    """Per-class p' = sigmoid(a_c * logit(p_c) + b_c), keyed by class name (``method`` none: identity)."""
+    """Per-class p' = sigmoid(a_c * logit(p_c) + b_c), keyed by class name (``method`` none: identity), applied
+    after normal gating (``stage``; a file without it was fitted before gating and is applied there)."""
 
     model_config = ConfigDict(extra="forbid")
     method: str = "none"
+    stage: Literal["before_gating", "after_gating"] = "before_gating"
     a: dict[str, float] = {}
     b: dict[str, float] = {}
     pooled: list[float] | None = None

@@ -4,8 +4,8 @@ An ensemble directory holds ``ensemble.json`` plus one sub-directory per trained
 ``frontal/pcam/`` ...). ``ensemble.json`` records the views, each view's members and fitted weights, the class order
 (always addressed by name), the preprocessing contract, TTA settings, how members are combined (logits or
 probabilities, fitted or fixed weights), one per-class calibration of the served output (fitted on the validation
-images after ensembling and routing) and the optional normal-gating exponent. Order at inference: route -> combine the
-view's members -> calibrate -> normal gating.
+images after ensembling, routing and gating) and the optional normal-gating exponent. Order at inference: route ->
+combine the view's members -> normal gating -> calibrate.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def fit_calibration(probs: np.ndarray, y: np.ndarray, classes: list[str], method
     if method not in CALIBRATIONS:
         raise InvalidInputError(f"unknown calibration {method!r}: choose one of {CALIBRATIONS}")
     if method == "none":
-        return {"method": method, "a": dict.fromkeys(classes, 1.0), "b": dict.fromkeys(classes, 0.0)}
+        return {"method": method, "a": dict.fromkeys(classes, 1.0), "b": dict.fromkeys(classes, 0.0),
+                "stage": scoring.AFTER_GATING}
     z_all, t_all = logit(probs), np.asarray(y, np.float64)
     pooled = _fit_scaling(z_all.ravel(), t_all.ravel(), method) or (1.0, 0.0)
     a, b, fallback = {}, {}, []
@@ -69,7 +70,8 @@ def fit_calibration(probs: np.ndarray, y: np.ndarray, classes: list[str], method
         if own is None:
             fallback.append(c)
         a[c], b[c] = own or pooled
-    return {"method": method, "a": a, "b": b, "pooled": list(pooled), "pooled_classes": fallback}
+    return {"method": method, "a": a, "b": b, "pooled": list(pooled), "pooled_classes": fallback,
+            "stage": scoring.AFTER_GATING}
 
 
 def _fit_scaling(z: np.ndarray, t: np.ndarray, method: str) -> tuple[float, float] | None:
@@ -121,7 +123,7 @@ def fit_weights(member_logits: dict[str, np.ndarray], y: np.ndarray, step: float
 
 def normal_gate(probs: pd.DataFrame, alpha: float | None) -> pd.DataFrame:
     """:func:`cxrlt.scoring.normal_gate` on a frame of known-class columns (off when alpha is None or 0)."""
-    if not alpha:
+    if not alpha or probs.empty:
         return probs
     known = [c for c in KNOWN_CLASSES if c in probs]
     out = probs.copy()
@@ -196,7 +198,8 @@ def build_ensemble(runs_dir: str | Path, out_dir: str | Path, train_csv: str | P
             shutil.copytree(runs / view / k, out / view / k, dirs_exist_ok=True)
     if not spec["views"]:
         raise InvalidInputError(f"{runs}: no trained members found (expected <view>/<kind>/member.json)")
-    served = served_validation(view_probs, "router" in spec)
+    # fitted on the gated output, as served (combine -> gate -> calibrate; cxrlt.scoring)
+    served = normal_gate(served_validation(view_probs, "router" in spec), spec["normal_gate_alpha"])
     if len(served):
         y = labels.loc[served.index, list(KNOWN_CLASSES)].to_numpy()
         spec["calibration"] = fit_calibration(served.to_numpy(), y, list(KNOWN_CLASSES),

@@ -25,6 +25,15 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class CheckpointKeys(_Settings):
+    """How a pretrained checkpoint's keys become the network's (strict loading checks the result): a fine-tune that
+    keeps the trunk under ``backbone.`` declares ``strip_prefix: backbone.`` (keys outside it, its own heads, are
+    dropped); ``rename`` replaces leading ``old`` with ``new`` after that."""
+
+    strip_prefix: str = ""
+    rename: dict[str, str] = {}
+
+
 class PooledCNNSettings(_Settings):
     """A timm CNN trunk with one of cxrlt's heads over its feature map (PCAM pooling, MLP, CSRA)."""
 
@@ -33,6 +42,7 @@ class PooledCNNSettings(_Settings):
     backbone_kwargs: dict[str, Any] = {}
     drop: Annotated[float, Field(ge=0, le=1)] = 0.0
     pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
+    checkpoint_keys: CheckpointKeys | None = None
 
 
 class TimmSettings(_Settings):
@@ -41,6 +51,7 @@ class TimmSettings(_Settings):
     arch: str
     kwargs: dict[str, Any] = {}
     pretrained: str | None = Field(description="timm tag, weight file/URI or mirror name; null = random init")
+    checkpoint_keys: CheckpointKeys | None = None
 
 
 class CaiTSettings(TimmSettings):

@@ -1,4 +1,4 @@
-"""The served output, computed in one place: combine -> calibrate -> normal gating per view, routing, and the zero-shot
+"""The served output, computed in one place: combine -> normal gating -> calibrate per view, routing, and the zero-shot
 head.
 
 numpy only, and no other cxrlt import: the in-process predictor, the MLflow pyfunc and Triton's python-backend models
@@ -10,7 +10,9 @@ Everything is keyed by class name at the edges: :class:`BundleScorer` reads a se
 bundle's class order once.
 
 Order for one image: ``route`` (router softmax, argmax; a view without its own ensemble falls back to ``mixed``) ->
-the view's members' logits -> ``combine`` -> ``calibrate`` (one per-class map for every view) -> ``normal_gate``.
+the view's members' logits -> ``combine`` -> ``normal_gate`` -> ``calibrate`` (one per-class map for every view,
+fitted on the gated output, so what is served is what was calibrated; HPH gates its probabilities as they are).
+A calibration written before this order existed (no ``stage``) ran before the gate and is applied there.
 Zero-shot: ``sigmoid(a * embedding @ E.T + b)``.
 """
 
@@ -21,6 +23,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 COMBINES = ("logit", "probability")
+#: where a calibration applies: after normal gating (what this cxrlt fits) or before it (files written earlier)
+AFTER_GATING, BEFORE_GATING = "after_gating", "before_gating"
 MIXED = "mixed"
 NORMAL = "Normal"
 #: probabilities are clipped to [EPS, 1 - EPS] before a logit is taken
@@ -121,6 +125,7 @@ class BundleScorer:
         if self.combine_mode not in COMBINES:
             raise ValueError(f"bundle: unknown combine mode {self.combine_mode!r}: choose one of {COMBINES}")
         self.calibration = calibration_vectors(bundle.get("calibration"), self.known)
+        self.calibration_stage = (bundle.get("calibration") or {}).get("stage") or BEFORE_GATING
         self.alpha = float(bundle.get("normal_gate_alpha") or 0.0)
         self.normal_index = self.known.index(NORMAL)
         zs = bundle.get("zeroshot")
@@ -154,9 +159,12 @@ class BundleScorer:
                    gated: bool = True) -> np.ndarray:
         """One view ensemble's served probabilities from its members' logits (keyed by member kind)."""
         probs = combine(member_logits, self.views[view]["weights"], self.combine_mode)
-        if calibrated:
-            probs = calibrate(probs, self.calibration)
-        return normal_gate(probs, self.normal_index, self.alpha) if gated else probs
+        calibration = self.calibration if calibrated else None
+        if self.calibration_stage == BEFORE_GATING:
+            probs = calibrate(probs, calibration)
+        if gated:
+            probs = normal_gate(probs, self.normal_index, self.alpha)
+        return calibrate(probs, calibration) if self.calibration_stage == AFTER_GATING else probs
 
     def zeroshot(self, embeddings: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
         if self.zeroshot_ab is None:

@@ -7,7 +7,14 @@ A network's ``pretrained`` value is one of:
   configured CLIP architecture (``openai``), or a name stored in the weights mirror (``chexzero``). Tags are looked
   up in the mirror first (``weights_mirror`` in the profile or ``CXRLT_WEIGHTS_MIRROR``), sha256-verified, then in
   the libraries' own hub caches (timm and open_clip resolve through ``huggingface_hub``);
+* a Hugging Face hub repository, ``hf-hub:ORG/NAME`` (open_clip's and timm's own spelling: WhyXrayCLIP is
+  ``hf-hub:yyupenn/whyxrayclip``), read from the local Hugging Face cache first, then the hub;
 * a local file, an ``s3://`` URI, or an MLflow artifact URI (``models:/...``, ``runs:/...``).
+
+A checkpoint whose keys are not the network's own (a fine-tune that keeps its trunk under ``backbone.``) is loaded
+through the network's declared ``checkpoint_keys`` (``strip_prefix`` and ``rename``), and every load is strict: a
+key the network expects and the checkpoint lacks, or a key the network has no place for, fails with both lists
+(only a classifier that is deliberately re-initialised for a new class count may be missing).
 
 The file is always read here into a state dict (``.safetensors``, torch checkpoints wrapped in ``state_dict`` /
 ``model`` / ``module.``, TorchScript archives) and handed to the library's own loader: timm's ``load_pretrained``
@@ -28,6 +35,7 @@ import re
 import shutil
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +52,10 @@ CACHE_ENV = "CXRLT_WEIGHTS_CACHE"
 MIRROR_CARD = "weights.json"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+HF_HUB = "hf-hub:"
+#: weight files a Hugging Face repository of each family keeps, preferred first
+HF_FILES = {"timm": ["model.safetensors", "pytorch_model.bin"],
+            "open_clip": ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]}
 #: Keys OpenAI's CLIP checkpoints carry beside the weights (TorchScript attributes), dropped before loading.
 OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
@@ -99,15 +111,19 @@ def cache_dir() -> Path:
 
 def _how_to_mirror(spec: str, family: str, arch: str | None) -> str:
     clip = f" --clip-arch {arch}" if family == "open_clip" else ""
+    name = _mirror_names(spec, family, arch)[0] if spec.startswith(HF_HUB) else spec
     return (f"To use it on a cluster without hub access, run where the hub (or the file) is reachable:\n"
             f"    cxrlt weights mirror {spec}{clip} --to s3://BUCKET/weights\n"
-            f"(or `cxrlt weights mirror /path/to/file --name {spec} --to s3://BUCKET/weights` for a file you have), "
+            f"(or `cxrlt weights mirror /path/to/file --name {name} --to s3://BUCKET/weights` for a file you have), "
             f"then set weights_mirror in the profile or {MIRROR_ENV}=s3://BUCKET/weights.")
 
 
 # ------------------------------------------------------------------------------------------------------ resolution
 def _mirror_names(tag: str, family: str, arch: str | None) -> list[str]:
-    """Mirror names a tag is stored under, the canonical one first: open_clip tags are per architecture."""
+    """Mirror names a tag is stored under, the canonical one first: open_clip tags are per architecture, and a hub
+    repository ``hf-hub:ORG/NAME`` is stored as ``ORG--NAME`` (the Hugging Face cache's own spelling)."""
+    if tag.startswith(HF_HUB):
+        return [tag.removeprefix(HF_HUB).replace("/", "--")]
     return [tag] if family == "timm" or arch is None else [f"{arch}.{tag}", tag]
 
 
@@ -141,17 +157,49 @@ def resolve(spec: str, family: str = "timm", arch: str | None = None, mirror: st
         looked.append(f"the weights mirror {uri} (no {' or '.join(n + '/' + MIRROR_CARD for n in names)})")
     elif use_mirror:
         looked.append(f"no weights mirror (weights_mirror in the profile and {MIRROR_ENV} are unset)")
-    hub = _timm_hub_file(spec, looked) if family == "timm" else _open_clip_file(arch, spec, looked)
+    if spec.startswith(HF_HUB):
+        hub = _hf_hub_repo_file(spec, family, looked)
+    else:
+        hub = _timm_hub_file(spec, looked) if family == "timm" else _open_clip_file(arch, spec, looked)
     if hub is not None:
         return ResolvedWeights(spec, hub[0], hub[1], sha256_file(hub[0]))
     raise WeightsNotFoundError(f"pretrained weights {spec!r} ({family}{' ' + arch if arch else ''}) not found.\n"
                                "Looked in:\n  - " + "\n  - ".join(looked) + "\n" + _how_to_mirror(spec, family, arch))
 
 
-def _hf_download(repo_id: str, filenames: list[str], looked: list[str]) -> Path | None:
+def locate(spec: str | None, family: str = "timm", arch: str | None = None, mirror: str | None = None) -> str:
+    """Where ``spec`` would resolve on this machine, without downloading anything: ``found: <source>`` or
+    ``not here: <where it looked>`` (what ``cxrlt models summary`` shows; ``cxrlt weights check`` loads them)."""
+    kind = spec_kind(spec)
+    if kind == "random":
+        return "random init"
+    if kind == "file":
+        path = Path(spec).expanduser()
+        return f"found: file {path}" if path.is_file() else f"not here: no file {path}"
+    if kind in ("s3", "mlflow"):
+        return f"remote: {spec} (cxrlt weights check downloads and loads it)"
+    looked: list[str] = []
+    uri = mirror_uri(mirror)
+    if uri:
+        try:
+            for name in _mirror_names(spec, family, arch):
+                if _mirror_card(uri, name) is not None:
+                    return f"found: mirror {uri}/{name}"
+            looked.append(f"mirror {uri}")
+        except Exception as exc:  # unreachable object storage is a finding, not a crash of the summary
+            looked.append(f"mirror {uri} unreachable ({type(exc).__name__})")
+    if spec.startswith(HF_HUB):
+        hub = _hf_hub_repo_file(spec, family, looked, download=False)
+    else:
+        hub = (_timm_hub_file(spec, looked, download=False) if family == "timm"
+               else _open_clip_file(arch, spec, looked, download=False))
+    return f"found: {hub[1]} (cached)" if hub else "not here: " + "; ".join(looked)
+
+
+def _hf_download(repo_id: str, filenames: list[str], looked: list[str], download: bool = True) -> Path | None:
     from huggingface_hub import hf_hub_download
 
-    for local_only in (True, False):  # the cache first: no network round trip when it is there
+    for local_only in (True, False) if download else (True,):  # the cache first: no network round trip
         for filename in filenames:
             try:
                 return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
@@ -161,13 +209,23 @@ def _hf_download(repo_id: str, filenames: list[str], looked: list[str]) -> Path 
             from huggingface_hub import constants
 
             looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE} (no {repo_id}: {'/'.join(filenames)})")
-            if constants.HF_HUB_OFFLINE:
+            if constants.HF_HUB_OFFLINE or not download:
                 return None
     looked.append(f"the Hugging Face hub {repo_id} ({reason})")
     return None
 
 
-def _timm_hub_file(tag: str, looked: list[str]) -> tuple[Path, str] | None:
+def _hf_hub_repo_file(spec: str, family: str, looked: list[str], download: bool = True
+                      ) -> tuple[Path, str] | None:
+    """The weight file of a hub repository named as ``hf-hub:ORG/NAME`` (the file names each library writes)."""
+    repo_id = spec.removeprefix(HF_HUB).strip("/")
+    if repo_id.count("/") != 1:
+        raise InvalidInputError(f"{spec!r}: write a hub repository as hf-hub:ORG/NAME")
+    path = _hf_download(repo_id, HF_FILES[family], looked, download)
+    return (path, f"Hugging Face hub {repo_id}") if path else None
+
+
+def _timm_hub_file(tag: str, looked: list[str], download: bool = True) -> tuple[Path, str] | None:
     import timm
     from timm.models import get_pretrained_cfg
 
@@ -186,12 +244,13 @@ def _timm_hub_file(tag: str, looked: list[str]) -> tuple[Path, str] | None:
     if not cfg.hf_hub_id:
         looked.append(f"timm's pretrained config for {tag} (no Hugging Face hub id; download the file yourself)")
         return None
-    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
-    path = _hf_download(cfg.hf_hub_id, files, looked)
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else HF_FILES["timm"]
+    path = _hf_download(cfg.hf_hub_id, files, looked, download)
     return (path, f"timm hub {cfg.hf_hub_id}") if path else None
 
 
-def _open_clip_file(arch: str | None, tag: str, looked: list[str]) -> tuple[Path, str] | None:
+def _open_clip_file(arch: str | None, tag: str, looked: list[str], download: bool = True
+                    ) -> tuple[Path, str] | None:
     import open_clip
 
     if arch is None:
@@ -204,9 +263,8 @@ def _open_clip_file(arch: str | None, tag: str, looked: list[str]) -> tuple[Path
         return None
     if cfg.get("hf_hub"):
         hub = cfg["hf_hub"].rstrip("/")
-        files = [cfg["hf_weights"]] if cfg.get("hf_weights") else ["open_clip_model.safetensors",
-                                                                     "open_clip_pytorch_model.bin"]
-        path = _hf_download(hub, files, looked)
+        files = [cfg["hf_weights"]] if cfg.get("hf_weights") else HF_FILES["open_clip"]
+        path = _hf_download(hub, files, looked, download)
         return (path, f"open_clip hub {hub}") if path else None
     looked.append(f"open_clip's pretrained config for {arch}/{tag} (URL only: {cfg.get('url')}; download it yourself)")
     return None
@@ -296,8 +354,8 @@ def list_mirror(uri: str) -> list[dict]:
     return sorted(cards, key=lambda c: c["name"])
 
 
-def fetch_from_mirror(uri: str, name: str) -> ResolvedWeights | None:
-    """Download ``name`` from the mirror into the local cache and verify its sha256; None when not mirrored."""
+def _mirror_card(uri: str, name: str) -> dict | None:
+    """The mirror card of ``name``, or None when it is not mirrored."""
     from botocore.exceptions import ClientError
 
     from cxrlt import storage
@@ -305,11 +363,22 @@ def fetch_from_mirror(uri: str, name: str) -> ResolvedWeights | None:
     bucket, prefix = storage.parse_s3(uri)
     base = "/".join(filter(None, [prefix, name]))
     try:
-        card = json.loads(storage.client().get_object(Bucket=bucket, Key=f"{base}/{MIRROR_CARD}")["Body"].read())
+        return json.loads(storage.client().get_object(Bucket=bucket, Key=f"{base}/{MIRROR_CARD}")["Body"].read())
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
             return None
         raise
+
+
+def fetch_from_mirror(uri: str, name: str) -> ResolvedWeights | None:
+    """Download ``name`` from the mirror into the local cache and verify its sha256; None when not mirrored."""
+    from cxrlt import storage
+
+    card = _mirror_card(uri, name)
+    if card is None:
+        return None
+    bucket, prefix = storage.parse_s3(uri)
+    base = "/".join(filter(None, [prefix, name]))
     target = cache_dir() / card["sha256"] / card["file"]
     if not (target.exists() and sha256_file(target) == card["sha256"]):
         _download_s3(bucket, f"{base}/{card['file']}", target, f"s3://{bucket}/{base}/{card['file']}")
@@ -356,42 +425,96 @@ def read_state_dict(path: str | Path, prefixes: tuple[str, ...] = ()) -> dict[st
     return state
 
 
-def create_timm_model(arch: str, pretrained: str | None, *, mirror: str | None = None,
-                      prefixes: tuple[str, ...] = (), **kwargs) -> tuple[nn.Module, ResolvedWeights | None]:
-    """``timm.create_model`` with the weights of ``pretrained`` loaded by timm's own loader.
+def map_keys(state: dict[str, torch.Tensor], keys: Mapping | None, source: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's keys as the network names them, by its declared ``checkpoint_keys``: ``strip_prefix`` keeps
+    only the keys under that prefix (a fine-tune's ``backbone.``; its own head is dropped) and removes it, then each
+    ``rename`` entry replaces a leading ``old`` with ``new``."""
+    if not keys:
+        return state
+    prefix = keys.get("strip_prefix") or ""
+    if prefix:
+        if not any(k.startswith(prefix) for k in state):
+            raise WeightsMismatchError(f"{source}: checkpoint_keys.strip_prefix is {prefix!r}, but no key starts with "
+                                       f"it (keys look like {sorted(state)[:4]})")
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    for old, new in (keys.get("rename") or {}).items():
+        state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
+    return state
 
-    timm adapts the stem to ``in_chans`` (1-channel: the RGB kernels summed) and resets a classifier whose class
-    count differs. A tag must name the configured architecture (``arch.tag``), so the tag's own pretrained config
-    (first conv, classifier, class count) applies.
+
+def _mismatch(source: str, arch: str, missing: list[str], unexpected: list[str], hint: str = "") -> str:
+    return (f"{source}: not a checkpoint of {arch}: {len(missing)} missing keys {missing[:6]}, {len(unexpected)} "
+            f"unexpected keys {unexpected[:6]}{hint}")
+
+
+_KEY_HINT = ("; if the checkpoint keeps the network under a prefix (a fine-tune's 'backbone.'), declare it as "
+             "checkpoint_keys: {strip_prefix: 'backbone.'} beside pretrained")
+
+
+def create_timm_model(arch: str, pretrained: str | None, *, mirror: str | None = None,
+                      prefixes: tuple[str, ...] = (), checkpoint_keys: Mapping | None = None,
+                      **kwargs) -> tuple[nn.Module, ResolvedWeights | None]:
+    """``timm.create_model`` with the weights of ``pretrained`` loaded by timm's own loader, strictly.
+
+    timm's ``load_pretrained`` applies the architecture's checkpoint filter (original layouts), adapts the stem to
+    ``in_chans`` (1-channel: the RGB kernels summed) and drops a classifier whose class count differs; it then loads
+    non-strictly whenever it dropped one, which for a trunk (no classifier) would accept a checkpoint none of whose
+    keys fit. So the keys it reports are checked here: only the re-initialised classifier may be missing. A tag must
+    name the configured architecture (``arch.tag``), so the tag's own pretrained config applies.
     """
+    import sys
+
     import timm
+    from timm.models import load_pretrained
 
     if pretrained is None:
         return timm.create_model(arch, pretrained=False, **kwargs), None
     name = arch
-    if spec_kind(pretrained) == "tag":
+    if spec_kind(pretrained) == "tag" and not pretrained.startswith(HF_HUB):
         tag_arch = pretrained.partition(".")[0]
         if timm.is_model(tag_arch) and tag_arch != arch:
             raise WeightsMismatchError(f"pretrained tag {pretrained!r} is for {tag_arch}, but the network is {arch}")
         if timm.is_model(tag_arch) and "." in pretrained:
             name = pretrained
     resolved = resolve(pretrained, "timm", mirror=mirror)
-    state = read_state_dict(resolved.path, prefixes)
-    try:
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
-    except RuntimeError as exc:
+    state = read_state_dict(resolved.path, () if checkpoint_keys else prefixes)
+    state = map_keys(state, checkpoint_keys, resolved.source)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    report: dict[str, list[str]] = {}
+    hook = model.register_load_state_dict_post_hook(
+        lambda _m, keys: report.update(missing=list(keys.missing_keys), unexpected=list(keys.unexpected_keys)))
+    cfg = {**model.pretrained_cfg, "state_dict": state, "source": ""}
+    num_classes = getattr(model, "num_classes", kwargs.get("num_classes", 1000))
+    builder_log = logging.getLogger("timm.models._builder")
+    level, builder_log.level = builder_log.level, logging.ERROR  # its key lists are reported below, once
+    try:  # the architecture's own checkpoint filter, as timm's builder passes it
+        load_pretrained(model, pretrained_cfg=cfg, num_classes=num_classes, in_chans=kwargs.get("in_chans", 3),
+                        filter_fn=getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None),
+                        strict=False)
+    except (RuntimeError, KeyError) as exc:
         raise WeightsMismatchError(f"{resolved.source}: weights do not fit {arch}: {str(exc)[:500]}") from None
+    finally:
+        hook.remove()
+        builder_log.setLevel(level)
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    reset = num_classes != model.pretrained_cfg.get("num_classes")
+    missing = [k for k in report.get("missing", []) if not (reset and k.startswith(tuple(c + "." for c in
+                                                                                          classifiers)))]
+    if missing or report.get("unexpected"):
+        raise WeightsMismatchError(_mismatch(resolved.source, arch, missing, report.get("unexpected", []), _KEY_HINT))
     log.info("%s: weights from %s (sha256 %s)", arch, resolved.source, resolved.sha256[:12])
     return model, resolved
 
 
-def load_clip_weights(model: nn.Module, pretrained: str, arch: str | None, mirror: str | None = None
-                      ) -> ResolvedWeights:
+def load_clip_weights(model: nn.Module, pretrained: str, arch: str | None, mirror: str | None = None,
+                      checkpoint_keys: Mapping | None = None) -> ResolvedWeights:
     """Load a CLIP checkpoint (OpenAI/CheXzero layout, open_clip layout, or a cxrlt zero-shot checkpoint) strictly."""
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed
 
     resolved = resolve(pretrained, "open_clip", arch, mirror=mirror)
-    state = read_state_dict(resolved.path, prefixes=("clip.",))
+    state = read_state_dict(resolved.path, prefixes=() if checkpoint_keys else ("clip.",))
+    state = map_keys(state, checkpoint_keys, resolved.source)
     for key in OPENAI_META_KEYS:
         state.pop(key, None)
     if "positional_embedding" in state and not hasattr(model, "positional_embedding"):  # open_clip CustomTextCLIP
@@ -403,8 +526,6 @@ def load_clip_weights(model: nn.Module, pretrained: str, arch: str | None, mirro
         raise WeightsMismatchError(f"{resolved.source}: not a checkpoint of {arch or 'this CLIP'}: "
                                    f"{str(exc)[:400]}") from None
     if missing or unexpected:
-        raise WeightsMismatchError(f"{resolved.source}: not a checkpoint of {arch or 'this CLIP'}: "
-                                   f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys "
-                                   f"{unexpected[:4]}")
+        raise WeightsMismatchError(_mismatch(resolved.source, arch or "this CLIP", missing, unexpected, _KEY_HINT))
     log.info("CLIP %s: weights from %s (sha256 %s)", arch, resolved.source, resolved.sha256[:12])
     return resolved

@@ -40,13 +40,6 @@ class Split(StrEnum):
     test = "test"
 
 
-class LabelSource(StrEnum):
-    """Training labels: every image, or only PadChest's physician-verified ones (MethodLabel == Physician)."""
-
-    all = "all"
-    physician = "physician"
-
-
 #: serving choices; each value is its member's name (StrEnum's functional form)
 OnnxRuntime = StrEnum("OnnxRuntime", ["python", "native"])
 Device = StrEnum("Device", ["cpu", "gpu"])

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import DataDir, LabelSource, _fail, app
+from cxrlt.cli._app import DataDir, _fail, app
 from cxrlt.config import DataConfig
 
 _SPLIT_DEFAULTS = DataConfig()  # the profile's split, so `data split` and a pipeline run agree
@@ -104,19 +104,19 @@ def data_split(
     val_fraction: Annotated[float, typer.Option(help="Fraction of patients for validation.")] \
     = _SPLIT_DEFAULTS.val_fraction,
     seed: Annotated[int, typer.Option(help="Split seed.")] = _SPLIT_DEFAULTS.split_seed,
-    label_source: Annotated[LabelSource, typer.Option(help="physician: keep only images whose PadChest MethodLabel "
-                                                           "is Physician (seed 000's physician-verified subset).")]
-    = LabelSource.all,
 ) -> None:
-    """Patient-disjoint train/val split, then the projection split into frontal/lateral manifests.
+    """Patient-disjoint train/val split, then the projection split into frontal/lateral manifests, for every label
+    and (under OUT/physician/, when the metadata has PadChest's MethodLabel) for the physician-verified labels of the
+    same patients.
 
-    Train with `cxrlt train --splits OUT` (and `cxrlt zeroshot train --splits OUT`) so that the removal list and the
-    label-source filter applied here are exactly what the networks see."""
+    Train with `cxrlt train --splits OUT` (and `cxrlt zeroshot train --splits OUT`): the removal list applied here is
+    exactly what the networks see, and each task reads the label source its profile names (train.label_source,
+    zeroshot.label_source)."""
     from cxrlt.data.split import split_dataset
     from cxrlt.data.tables import PADCHEST_METADATA_CSV, TRAINING_CSV
 
     if metadata is None and (data / PADCHEST_METADATA_CSV).exists():
         metadata = data / PADCHEST_METADATA_CSV
-    summary = split_dataset(data / TRAINING_CSV, out, metadata, removal, val_fraction, seed, label_source.value)
-    keys = ("images", "patients", "excluded_images", "removed_images", "label_source", "label_source_excluded_images")
+    summary = split_dataset(data / TRAINING_CSV, out, metadata, removal, val_fraction, seed)
+    keys = ("images", "patients", "excluded_images", "removed_images", "label_sources", "label_methods")
     typer.echo(json.dumps({k: summary[k] for k in keys if k in summary}))

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import LabelSource, _fail, app
+from cxrlt.cli._app import _fail, app
 
 pipeline_app = typer.Typer(help="Kubeflow pipelines: compile, upload, run here or on a cluster, schedule.",
                            no_args_is_help=True)
@@ -89,8 +89,6 @@ def pipeline_run(
         help="Gate: maximum calibrated mECE [default: profile's gate.max_ece].")] = None,
     min_unseen_lift: Annotated[float | None, typer.Option(
         help="Gate: minimum unseen mAP over chance; 0 = off [default: profile's gate.min_unseen_lift].")] = None,
-    label_source: Annotated[LabelSource, typer.Option(help="physician: PadChest MethodLabel == Physician only.")]
-    = LabelSource.all,
     removal: Annotated[Path | None, typer.Option(help="CSV of ImageIDs to drop before splitting.")] = None,
     member_threads: Annotated[int, typer.Option(
         help="Threads per member training (two run side by side); 0 = every core each.")] = 0,
@@ -117,7 +115,7 @@ def pipeline_run(
                               "min_unseen_lift": min_unseen_lift}.items() if v is not None}
     result = run_training_local(root, runner=runner.value, data_dir=str(data.resolve()), config=str(config.resolve()),
                                 tracking_uri=tracking_uri, epochs=epochs, zeroshot_epochs=zeroshot_epochs,
-                                label_source=label_source.value, removal_csv=str(removal.resolve()) if removal else "",
+                                removal_csv=str(removal.resolve()) if removal else "",
                                 member_threads=member_threads, **gate)
     typer.echo(f"pipeline finished; outputs under {result['run_dir']}")
 

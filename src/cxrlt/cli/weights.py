@@ -58,6 +58,32 @@ def weights_list(
         typer.echo(f"{c['name']:48} {c['file']:28} {c['size'] / 1e6:9.1f} MB  {c['sha256'][:16]}  {c['source']}")
 
 
+@weights_app.command("check")
+def weights_check(
+    config: Annotated[Path, typer.Option(help="Profile YAML whose networks' weights to check.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Resolve every network's configured weights (mirror, Hugging Face cache, hub, file, s3:// or MLflow URI) and
+    load each strictly into its network, reading no data. Exit code 1 when any is missing or does not fit; each
+    failure says where it looked and the command that fixes it. The training pipeline runs this first."""
+    from cxrlt.model_summary import check_weights
+
+    rows = check_weights(config)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            typer.echo(f"{r['network']:9} {r['status']:7} {r['pretrained'] or '-':44} "
+                       f"{r['detail'] if r['status'] != 'failed' else ''}"
+                       f"{'  sha256 ' + r['sha256'][:16] if r.get('sha256') else ''}")
+        for r in rows:
+            if r["status"] == "failed":
+                typer.echo(f"\n{r['network']}: {r['detail']}", err=True)
+    failed = [r["network"] for r in rows if r["status"] == "failed"]
+    if failed:
+        _fail(f"weights missing or not fitting for {', '.join(failed)} (details above)")
+
+
 models_app = typer.Typer(help="Inspect the networks a profile defines.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -67,8 +93,9 @@ def models_summary(
     config: Annotated[Path, typer.Option(help="Profile YAML (configs/tiny.yaml, configs/paper.yaml, ...).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
-    """Every network of the profile: architecture, parameter count, input size, channels, normalisation and where
-    its weights come from (tag, file, mirror or random). Validates the profile; resolves no weights."""
+    """Every network of the profile: architecture, parameter count, input size, channels, normalisation, where its
+    weights come from (tag, hub repository, file, mirror or random) and whether they are on this machine. Validates
+    the profile and downloads nothing (cxrlt weights check loads them)."""
     from cxrlt.model_summary import format_table, summarize_profile
 
     rows = summarize_profile(config)

@@ -67,13 +67,13 @@ def _pretrained(cfg: dict, weights: bool) -> str | None:
 def build_router(cfg: dict, in_chans: int = 1, weights: bool = False, mirror: str | None = None) -> nn.Module:
     """EfficientNet-B0 (paper) or any timm classifier with 2 outputs: frontal, lateral."""
     return TimmClassifier(cfg["arch"], len(ROUTER_CLASSES), in_chans, _pretrained(cfg, weights), mirror,
-                          **cfg.get("kwargs", {}))
+                          cfg.get("checkpoint_keys"), **cfg.get("kwargs", {}))
 
 
 def build_pooled_cnn(cfg: dict, num_classes: int, in_chans: int = 1, weights: bool = False,
                      mirror: str | None = None) -> PooledCNN:
     return PooledCNN(cfg["backbone"], num_classes, cfg.get("head", "pcam"), in_chans, cfg.get("backbone_kwargs"),
-                     cfg.get("drop", 0.0), _pretrained(cfg, weights), mirror)
+                     cfg.get("drop", 0.0), _pretrained(cfg, weights), mirror, cfg.get("checkpoint_keys"))
 
 
 @builds("pcam")
@@ -86,7 +86,8 @@ def _pooled_cnn(req: BuildRequest) -> nn.Module:
 @builds("swin")
 def _swin(req: BuildRequest) -> nn.Module:
     return TimmClassifier(req.settings["arch"], req.num_classes, req.in_chans, req.pretrained, req.mirror,
-                          img_size=req.image_size, **req.settings.get("kwargs", {}))
+                          req.settings.get("checkpoint_keys"), img_size=req.image_size,
+                          **req.settings.get("kwargs", {}))
 
 
 @builds("cait")
@@ -102,7 +103,7 @@ def _cait(req: BuildRequest) -> nn.Module:
     with torch.no_grad():  # eval: a batch of one through BatchNorm in training mode is an error
         hw = cnn.eval().features(torch.zeros(1, req.in_chans, req.image_size, req.image_size)).shape[-1]
     return CaiTOverCNN(cnn, req.num_classes, hw, req.settings.get("arch", "cait_xxs24_224"),
-                       req.settings.get("kwargs"), req.pretrained, req.mirror)
+                       req.settings.get("kwargs"), req.pretrained, req.mirror, req.settings.get("checkpoint_keys"))
 
 
 def build_member(kind: str, models_cfg: dict, num_classes: int, image_size: int, in_chans: int = 1,

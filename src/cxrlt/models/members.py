@@ -24,9 +24,10 @@ class PooledCNN(nn.Module):
 
     def __init__(self, backbone: str, num_classes: int, head: str = "pcam", in_chans: int = 1,
                  backbone_kwargs: dict | None = None, drop: float = 0.0, pretrained: str | None = None,
-                 mirror: str | None = None):
+                 mirror: str | None = None, checkpoint_keys: dict | None = None):
         super().__init__()
         self.trunk, self.weights = create_timm_model(backbone, pretrained, mirror=mirror, prefixes=TRUNK_PREFIXES,
+                                                     checkpoint_keys=checkpoint_keys,
                                                      num_classes=0, global_pool="", in_chans=in_chans,
                                                      **(backbone_kwargs or {}))
         # The trunk's own classifier head (ConvNeXt: a norm before its fc) is never run: the member's head reads
@@ -70,9 +71,10 @@ class TimmClassifier(nn.Module):
     """Any timm classifier by name (Swin-V2 member, EfficientNet-B0 router)."""
 
     def __init__(self, arch: str, num_classes: int, in_chans: int = 1, pretrained: str | None = None,
-                 mirror: str | None = None, **kwargs):
+                 mirror: str | None = None, checkpoint_keys: dict | None = None, **kwargs):
         super().__init__()
         self.net, self.weights = create_timm_model(arch, pretrained, mirror=mirror, prefixes=CLASSIFIER_PREFIXES,
+                                                   checkpoint_keys=checkpoint_keys,
                                                    num_classes=num_classes, in_chans=in_chans, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,13 +89,15 @@ class CaiTOverCNN(nn.Module):
     """
 
     def __init__(self, cnn: PooledCNN, num_classes: int, feature_hw: int, cait_arch: str = "cait_xxs24_224",
-                 cait_kwargs: dict | None = None, pretrained: str | None = None, mirror: str | None = None):
+                 cait_kwargs: dict | None = None, pretrained: str | None = None, mirror: str | None = None,
+                 checkpoint_keys: dict | None = None):
         super().__init__()
         self.cnn = cnn
         for p in self.cnn.parameters():
             p.requires_grad_(False)
         self.cnn.eval()
         self.cait, self.weights = create_timm_model(cait_arch, pretrained, mirror=mirror, prefixes=CAIT_PREFIXES,
+                                                    checkpoint_keys=checkpoint_keys,
                                                     img_size=feature_hw, patch_size=1, in_chans=cnn.trunk.num_features,
                                                     num_classes=num_classes, **(cait_kwargs or {}))
 

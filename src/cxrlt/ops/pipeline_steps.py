@@ -167,10 +167,11 @@ def train_zeroshot_run(shared_root: str, run_id: str, data_dir: str, cache: Path
     if epochs:
         args += ["--epochs", str(epochs)]
     _launch(args, launcher, "zeroshot", plan_run_dir, nproc, num_nodes, gpus_per_node, 0)
-    _verified_card(out, "zeroshot.json")
-    # Platt calibration on the known classes of the training split's validation part (monotonic: AP unchanged)
-    launch_local(["zeroshot", "calibrate", "--model", str(out), "--data", data_dir, "--split", "val", "--splits",
-                  str(splits)])
+    card = _verified_card(out, "zeroshot.json")
+    if card["settings"].get("calibration", "platt") == "platt":
+        # Platt calibration on the known classes of the training split's validation part (monotonic: AP unchanged)
+        launch_local(["zeroshot", "calibrate", "--model", str(out), "--data", data_dir, "--split", "val",
+                      "--splits", str(splits)])
     card = json.loads((out / "zeroshot.json").read_text())
     meta = {"best_val_known_mAP": card["best_val_known_mAP"], "checkpoint_sha256": card.get("checkpoint_sha256")}
     publish(artifact_dir, out, "zeroshot-run", hashed=("zeroshot.json",), **meta)

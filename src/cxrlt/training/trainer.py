@@ -67,11 +67,12 @@ class TrainRequest:
     cache_dir: Path | None = None
     epochs: int | None = None
     progress: bool = True
-    splits: Path | None = None  # manifests from `cxrlt data split` (removal list, label source); else split here
+    splits: Path | None = None  # manifests from `cxrlt data split` (removal list, both label sources); else split here
 
 
 def _frames(data_dir: Path, cfg: dict, view: str | None, splits: Path | None = None):
-    train, val = training_frames(data_dir, splits, cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
+    train, val = training_frames(data_dir, splits, cfg["data"]["val_fraction"], cfg["data"]["split_seed"],
+                                 cfg["train"]["label_source"])
     if view in VIEWS:
         if (train["view"] == "").all():
             raise InvalidInputError(f"{data_dir}: no projection metadata ({PADCHEST_METADATA_CSV}); "
@@ -162,7 +163,7 @@ def train_member(req: TrainRequest) -> dict:
         criterion = build_loss(ts["loss"], counts, **ts.get("loss_kwargs", {}))
     weights = model.weights  # where the pretrained weights came from (None: random init), for the member card
     model.to(device)
-    ema = ModelEmaV3(model, decay=float(ts["ema_decay"]), use_warmup=True)  # warm-up: short runs are not stale
+    ema = ModelEmaV3(model, decay=float(ts["ema_decay"]), use_warmup=bool(ts["ema_warmup"]))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(ts["lr"]), weight_decay=float(ts["weight_decay"]))
     steps = len(loader)

@@ -42,7 +42,8 @@ def build_clip(cfg: dict, weights: bool = False, mirror: str | None = None) -> t
         raise InvalidInputError(f"unknown zero-shot model {kind!r}: 'tiny' or an open_clip model name")
     resolved = None
     if weights and cfg.get("pretrained"):
-        resolved = load_clip_weights(model, cfg["pretrained"], None if kind == "tiny" else kind, mirror)
+        resolved = load_clip_weights(model, cfg["pretrained"], None if kind == "tiny" else kind, mirror,
+                                     cfg.get("checkpoint_keys"))
     return model, resolved
 
 
@@ -52,13 +53,15 @@ def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
 
 
 class DualBranchCLIP(nn.Module):
-    """CLIP plus the ASL branch's learned scale and bias on image-to-class-prompt cosines."""
+    """CLIP plus the ASL branch's learned scale and bias on image-to-class-prompt cosines: class logits are
+    exp(asl_scale) * cos + asl_bias, starting at the profile's ``asl_scale_init`` and ``asl_bias_init``."""
 
-    def __init__(self, clip: nn.Module, context_length: int):
+    def __init__(self, clip: nn.Module, context_length: int, asl_scale_init: float = 10.0,
+                 asl_bias_init: float = -2.0):
         super().__init__()
         self.clip, self.context_length = clip, context_length
-        self.asl_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.asl_bias = nn.Parameter(torch.tensor(-2.0))
+        self.asl_scale = nn.Parameter(torch.tensor(math.log(asl_scale_init)))
+        self.asl_bias = nn.Parameter(torch.tensor(float(asl_bias_init)))
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised radiographs (C = 1 or 3) -> L2-normalised embeddings."""

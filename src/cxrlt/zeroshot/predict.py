@@ -109,9 +109,14 @@ class ZeroShotPredictor:
 
     def fit_calibration(self, images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
                         scoring: str | None = None) -> dict:
-        """Platt scaling (one slope and bias) fitted on known classes' scores; saved in the card for unseen ones."""
+        """Platt scaling (one slope and bias) fitted on known classes' scores; saved in the card for unseen ones.
+        Refused for a model whose profile sets ``zeroshot.calibration: none`` (served as sigmoid(scale x cosine))."""
         from sklearn.linear_model import LogisticRegression
 
+        if self.settings.get("calibration", "platt") == "none":
+            raise InvalidInputError(f"{self.dir}: the profile sets zeroshot.calibration: none, so the scores are "
+                                    f"served as sigmoid({self.settings['sigmoid_scale']} x mean cosine); set it to "
+                                    "platt and retrain to calibrate")
         scoring = scoring or self.settings["scoring"]
         s = self.raw_scores(images, classes, scoring)
         lr = LogisticRegression(C=100.0).fit(s.reshape(-1, 1), np.asarray(labels).reshape(-1))

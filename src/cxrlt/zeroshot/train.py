@@ -55,13 +55,16 @@ class ZeroShotRequest:
     epochs: int | None = None
     alpha: float | None = None
     progress: bool = True
-    splits: Path | None = None  # manifests from `cxrlt data split` (removal list, label source); else split here
+    splits: Path | None = None  # manifests from `cxrlt data split` (removal list, both label sources); else split here
 
 
 def _groups(labels: np.ndarray) -> torch.Tensor:
-    """An integer id per distinct label set (identical sets are contrastive matches)."""
-    _, ids = np.unique(labels.astype(np.uint8), axis=0, return_inverse=True)
-    return torch.from_numpy(ids.reshape(-1).astype(np.int64))
+    """An integer id per distinct label set (identical sets are contrastive matches): the set's bits, so the id of a
+    set is the same on every rank when the loss gathers the global batch."""
+    bits = labels.astype(bool)
+    if bits.shape[1] > 62:
+        raise InvalidInputError(f"{bits.shape[1]} classes do not fit a 63-bit label-set id")
+    return torch.from_numpy((bits.astype(np.int64) << np.arange(bits.shape[1], dtype=np.int64)).sum(axis=1))
 
 
 def class_text_embeddings(model: DualBranchCLIP, bank, classes, mode: str, context_length: int,
@@ -88,7 +91,8 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     guard = LeakGuard(held_out, bank)
     train_classes = [c for c in KNOWN_CLASSES if c not in held_out]
     guard.check_classes(train_classes)
-    train_df, val_df = training_frames(req.data_dir, req.splits, cfg["data"]["val_fraction"], cfg["data"]["split_seed"])
+    train_df, val_df = training_frames(req.data_dir, req.splits, cfg["data"]["val_fraction"], cfg["data"]["split_seed"],
+                                       zs["label_source"])
     if held_out:  # the paper also drops images positive for a held-out class
         train_df = train_df[train_df[held_out].sum(axis=1) == 0].reset_index(drop=True)
     y_train = train_df[train_classes].to_numpy(np.float32)
@@ -112,7 +116,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
 
     ctx = int(zs["context_length"])
     clip, weights = build_clip(zs, weights=True, mirror=cfg.get("weights_mirror"))
-    model = DualBranchCLIP(clip, ctx).to(device)
+    model = DualBranchCLIP(clip, ctx, float(zs["asl_scale_init"]), float(zs["asl_bias_init"])).to(device)
     if not zs["train"]:  # HPH: training-free, the pretrained CLIP scores the prompts as it is
         score = known_class_map(model, val_loader, bank, train_classes, zs, device)
         card = _card(cfg, zs, weights, held_out, train_classes, -1, score, [], info) | {"training_free": True}
@@ -124,7 +128,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
         D.teardown(info)
         return card
     net = DistributedDataParallel(model) if info.enabled else model
-    ema = ModelEmaV3(model, decay=float(zs["ema_decay"]), use_warmup=True)
+    ema = ModelEmaV3(model, decay=float(zs["ema_decay"]), use_warmup=bool(zs["ema_warmup"]))
     criterion = DualBranchLoss(float(zs["alpha"]), **zs["asl"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(zs["lr"]), weight_decay=float(zs["weight_decay"]))
     steps = len(loader)
@@ -181,8 +185,12 @@ class ZeroShotTask:
         img, txt, cls = net(x, tokenize(texts, self.ctx).to(self.device),
                             tokenize(class_prompts, self.ctx).to(self.device))
         m = self.model
+        if self.zs["contrastive_targets"] == "soft":
+            groups = _groups(y.cpu().numpy())
+        else:  # one-hot: every image its own group, unique across ranks
+            groups = torch.arange(len(y)) + self.info.rank * len(y)
         loss, parts = self.criterion(img, txt, cls, m.clip.logit_scale, m.asl_scale, m.asl_bias, y,
-                                     _groups(y.cpu().numpy()).to(self.device), self.info.rank, self.info.world_size)
+                                     groups.to(self.device), self.info.rank, self.info.world_size)
         return loss, len(y), parts
 
     def validate(self, model: nn.Module, epoch: int) -> float:
