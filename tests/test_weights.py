@@ -101,6 +101,116 @@ def test_missing_weights_fail_with_the_documented_message(tmp_path):
         TimmClassifier(ARCH, 2, 1, pretrained=f"{ARCH}.no_such_tag")
 
 
+def test_backbone_prefixed_fine_tune_loads_through_the_declared_key_map(tmp_path):
+    """A fine-tune that keeps its trunk under ``backbone.`` (and its own heads beside it, as HPH's public Task 1
+    checkpoint does): refused without a key map, naming the missing and unexpected keys; loaded exactly with
+    ``checkpoint_keys: {strip_prefix: backbone.}``. A trunk has no classifier, so this is the load timm itself would
+    accept non-strictly with every key missing."""
+    state = _source_state(4)
+    ckpt = {f"backbone.{k}": v for k, v in state.items()}
+    ckpt |= {"bn.weight": torch.ones(4), "head.classifier.weight": torch.zeros(30, 4)}
+    save_file(ckpt, str(tmp_path / "their_task1.safetensors"))
+    with pytest.raises(W.WeightsMismatchError) as err:
+        PooledCNN(ARCH, 30, "csra", 3, pretrained=str(tmp_path / "their_task1.safetensors"))
+    text = str(err.value)
+    assert "missing keys" in text and "unexpected keys ['backbone." in text and "strip_prefix" in text
+    net = PooledCNN(ARCH, 30, "csra", 3, pretrained=str(tmp_path / "their_task1.safetensors"),
+                    checkpoint_keys={"strip_prefix": "backbone."})
+    _assert_loaded(net.trunk, state, skip=("classifier",))
+    with pytest.raises(W.WeightsMismatchError, match="no key starts with it"):
+        PooledCNN(ARCH, 30, "csra", 3, pretrained=str(tmp_path / "their_task1.safetensors"),
+                  checkpoint_keys={"strip_prefix": "encoder."})
+    # the declared map is a profile key, validated like the rest
+    from cxrlt.config import ConfigError, load_config
+
+    raw = yaml.safe_load((ROOT / "configs/hph.yaml").read_text())
+    raw["models"]["mlp"]["checkpoint_keys"] = {"strip_prefix": "backbone.", "renames": {}}
+    with pytest.raises(ConfigError, match="models.mlp.checkpoint_keys.renames: unknown key"):
+        load_config(raw)
+
+
+def test_a_checkpoint_that_fits_no_key_is_refused_not_loaded_partially(tmp_path):
+    state = _source_state(5)
+    state["conv_stem.weight"] = torch.zeros(3, 3, 3, 3)  # wrong shape
+    save_file(state, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(W.WeightsMismatchError, match="do not fit"):
+        TimmClassifier(ARCH, 2, 3, pretrained=str(tmp_path / "bad.safetensors"))
+    del state["conv_stem.weight"]
+    save_file(state, str(tmp_path / "short.safetensors"))
+    with pytest.raises(W.WeightsMismatchError, match=r"1 missing keys \['conv_stem.weight'\]"):
+        TimmClassifier(ARCH, 2, 3, pretrained=str(tmp_path / "short.safetensors"))
+
+
+def _seed_hf_repo(tmp_path, repo: str, files: dict[str, dict]) -> Path:
+    folder = tmp_path / "hf-hub" / f"models--{repo.replace('/', '--')}"
+    commit = "b" * 40
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    for name, state in files.items():
+        save_file(state, str(folder / "snapshots" / commit / name))
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return folder / "snapshots" / commit
+
+
+def test_hf_hub_repositories_resolve_from_the_cache_for_timm_and_open_clip(tmp_path):
+    """``hf-hub:ORG/NAME`` (and ``/FILE``) for both families, read offline from the Hugging Face cache."""
+    from cxrlt.zeroshot.model import build_clip
+
+    state = _source_state(6)
+    snap = _seed_hf_repo(tmp_path, "someone/cxr-mobilenet", {"model.safetensors": state})
+    net = TimmClassifier(ARCH, 2, 3, pretrained="hf-hub:someone/cxr-mobilenet")
+    _assert_loaded(net.net, state, skip=("classifier",))
+    assert net.weights.source == "Hugging Face hub someone/cxr-mobilenet"
+    assert net.weights.sha256 == W.sha256_file(snap / "model.safetensors")
+    _seed_hf_repo(tmp_path, "team/task1", {"odd_name.safetensors": {f"backbone.{k}": v for k, v in state.items()}})
+    trunk = PooledCNN(ARCH, 30, "mlp", 3, pretrained="hf-hub:team/task1/odd_name.safetensors",
+                      checkpoint_keys={"strip_prefix": "backbone."})
+    _assert_loaded(trunk.trunk, state, skip=("classifier",))
+    torch.manual_seed(0)
+    tiny = {"model": "tiny", "image_size": 32, "embed_dim": 16, "vision": {"layers": [1, 1, 1, 1], "width": 16},
+            "text": {"context_length": 16, "width": 32, "heads": 2, "layers": 1}}
+    writer, _ = build_clip(tiny)
+    _seed_hf_repo(tmp_path, "lab/cxr-clip", {"open_clip_model.safetensors": writer.state_dict()})
+    loaded, resolved = build_clip({**tiny, "pretrained": "hf-hub:lab/cxr-clip"}, weights=True)
+    assert resolved.source == "Hugging Face hub lab/cxr-clip"
+    for key, value in writer.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert W.locate("hf-hub:lab/cxr-clip", "open_clip") == "found: Hugging Face hub lab/cxr-clip (cached)"
+    assert W.locate("hf-hub:lab/absent", "open_clip").startswith("not here: the Hugging Face cache")
+    with pytest.raises(W.WeightsNotFoundError) as err:
+        W.resolve("hf-hub:lab/absent", "open_clip", "ViT-L-14")
+    assert "cxrlt weights mirror hf-hub:lab/absent --clip-arch ViT-L-14" in str(err.value)
+    assert "--name lab--absent" in str(err.value)
+
+
+def test_weights_check_and_summary_say_what_resolves_here(tmp_path):
+    """`cxrlt weights check` loads every configured weight strictly and fails listing each missing one with its fix;
+    `cxrlt models summary` says, without downloading, whether each is on this machine."""
+    state = _source_state(7)
+    save_file(state, str(tmp_path / "router.safetensors"))
+    raw = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    raw["models"]["router"] = {"arch": ARCH, "pretrained": str(tmp_path / "router.safetensors")}
+    raw["models"]["pcam"]["pretrained"] = "resnet18.a1_in1k"  # a timm tag that is not in this (empty) cache
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(raw))
+    runner = CliRunner()
+    result = runner.invoke(app, ["weights", "check", "--config", str(tmp_path / "profile.yaml"), "--json"])
+    assert result.exit_code == 1
+    rows = {r["network"]: r for r in json.loads(result.stdout)}
+    assert rows["router"]["status"] == "ok" and rows["router"]["sha256"] == W.sha256_file(
+        tmp_path / "router.safetensors")
+    assert rows["pcam"]["status"] == "failed" and "cxrlt weights mirror resnet18.a1_in1k" in rows["pcam"]["detail"]
+    assert rows["swin"]["status"] == "random" and rows["zeroshot"]["status"] == "random"
+    assert "weights missing or not fitting for pcam" in result.stderr
+    summary = json.loads(runner.invoke(app, ["models", "summary", "--config", str(tmp_path / "profile.yaml"),
+                                             "--json"]).output)
+    here = {r["network"]: r["here"] for r in summary}
+    assert here["router"].startswith("found: file") and here["pcam"].startswith("not here: the Hugging Face cache")
+    assert here["swin"] == "random init"
+    raw["models"]["pcam"]["pretrained"] = None
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(raw))
+    assert runner.invoke(app, ["weights", "check", "--config", str(tmp_path / "profile.yaml")]).exit_code == 0
+
+
 @pytest.mark.slow
 def test_s3_mirror_round_trip_with_sha256(s3, tmp_path, monkeypatch):
     state = _source_state(2)
@@ -182,6 +292,35 @@ def test_chexzero_checkpoint_layout_round_trip(tmp_path):
     torch.save({"visual.proj": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(W.WeightsMismatchError, match="not a checkpoint of ViT-B-32-quickgelu"):
         build_clip({"model": "ViT-B-32-quickgelu", "pretrained": str(tmp_path / "other.pt")}, weights=True)
+
+
+@pytest.mark.slow
+def test_chexzero_weights_pin_quickgelu(tmp_path):
+    """CheXzero is OpenAI CLIP, whose MLPs use QuickGELU x * sigmoid(1.702 x). A block's MLP computed by hand from the
+    checkpoint's own tensors matches the configured ViT-B-32-quickgelu, and the same check fails for ViT-B-32 (GELU):
+    a profile naming the wrong activation cannot pass."""
+    import open_clip
+
+    from cxrlt.zeroshot.model import build_clip
+
+    torch.manual_seed(1)
+    state = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).state_dict()
+    torch.save(state, tmp_path / "chexzero.pt")
+    x = torch.randn(4, 768)
+    mlp = "visual.transformer.resblocks.0.mlp"
+    fc_w, fc_b = state[f"{mlp}.c_fc.weight"], state[f"{mlp}.c_fc.bias"]
+    pr_w, pr_b = state[f"{mlp}.c_proj.weight"], state[f"{mlp}.c_proj.bias"]
+    h = x @ fc_w.T + fc_b
+    expected = (h * torch.sigmoid(1.702 * h)) @ pr_w.T + pr_b
+
+    def block_mlp(arch: str) -> torch.Tensor:
+        model, _ = build_clip({"model": arch, "pretrained": str(tmp_path / "chexzero.pt")}, weights=True)
+        with torch.no_grad():
+            return model.visual.transformer.resblocks[0].mlp(x)
+
+    torch.testing.assert_close(block_mlp("ViT-B-32-quickgelu"), expected, rtol=1e-5, atol=1e-5)
+    gelu = block_mlp("ViT-B-32")  # same shapes, so the weights load: only the activation differs
+    assert (gelu - expected).abs().max().item() > 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------- config

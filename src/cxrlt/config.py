@@ -155,8 +155,8 @@ class _Optimisation(_Strict):
     warmup_lr_ratio: Fraction = 0.01
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
-    #: timm's EMA warm-up: the decay is min(ema_decay, (1 + t) / (10 + t)) at step t, so a short run's EMA is not
-    #: stuck near the initial weights; false = ema_decay from the first step
+    #: timm's EMA warm-up: the decay after t updates is min(ema_decay, 1 - (1 + t)^(-2/3)), so a short run's EMA is
+    #: not stuck near the initial weights; false = ema_decay from the first step
     ema_warmup: bool = True
 
 

@@ -8,7 +8,8 @@ A network's ``pretrained`` value is one of:
   up in the mirror first (``weights_mirror`` in the profile or ``CXRLT_WEIGHTS_MIRROR``), sha256-verified, then in
   the libraries' own hub caches (timm and open_clip resolve through ``huggingface_hub``);
 * a Hugging Face hub repository, ``hf-hub:ORG/NAME`` (open_clip's and timm's own spelling: WhyXrayCLIP is
-  ``hf-hub:yyupenn/whyxrayclip``), read from the local Hugging Face cache first, then the hub;
+  ``hf-hub:yyupenn/whyxrayclip``) or ``hf-hub:ORG/NAME/FILE``, read from the local Hugging Face cache first, then
+  the hub;
 * a local file, an ``s3://`` URI, or an MLflow artifact URI (``models:/...``, ``runs:/...``).
 
 A checkpoint whose keys are not the network's own (a fine-tune that keeps its trunk under ``backbone.``) is loaded
@@ -217,11 +218,13 @@ def _hf_download(repo_id: str, filenames: list[str], looked: list[str], download
 
 def _hf_hub_repo_file(spec: str, family: str, looked: list[str], download: bool = True
                       ) -> tuple[Path, str] | None:
-    """The weight file of a hub repository named as ``hf-hub:ORG/NAME`` (the file names each library writes)."""
-    repo_id = spec.removeprefix(HF_HUB).strip("/")
-    if repo_id.count("/") != 1:
-        raise InvalidInputError(f"{spec!r}: write a hub repository as hf-hub:ORG/NAME")
-    path = _hf_download(repo_id, HF_FILES[family], looked, download)
+    """The weight file of a hub repository named as ``hf-hub:ORG/NAME`` (the file names each library writes) or
+    ``hf-hub:ORG/NAME/FILE`` (a repository that names its file otherwise)."""
+    parts = spec.removeprefix(HF_HUB).strip("/").split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise InvalidInputError(f"{spec!r}: write a hub repository as hf-hub:ORG/NAME or hf-hub:ORG/NAME/FILE")
+    repo_id = "/".join(parts[:2])
+    path = _hf_download(repo_id, parts[2:] or HF_FILES[family], looked, download)
     return (path, f"Hugging Face hub {repo_id}") if path else None
 
 

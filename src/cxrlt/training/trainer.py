@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import torch
 from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -36,7 +35,7 @@ from cxrlt.models.factory import ROUTER_CLASSES, build_member, build_router
 from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
 from cxrlt.training.data import ImageStore, ManifestDataset
-from cxrlt.training.loop import fit, per_rank_batch
+from cxrlt.training.loop import fit, make_ema, per_rank_batch
 from cxrlt.training.sampler import EpochShardedSampler, repeat_factors
 from cxrlt.tta import TTAModel
 
@@ -163,7 +162,7 @@ def train_member(req: TrainRequest) -> dict:
         criterion = build_loss(ts["loss"], counts, **ts.get("loss_kwargs", {}))
     weights = model.weights  # where the pretrained weights came from (None: random init), for the member card
     model.to(device)
-    ema = ModelEmaV3(model, decay=float(ts["ema_decay"]), use_warmup=bool(ts["ema_warmup"]))
+    ema = make_ema(model, ts)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(ts["lr"]), weight_decay=float(ts["weight_decay"]))
     steps = len(loader)

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -35,7 +34,7 @@ from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
 from cxrlt.training.checkpoint import atomic_save
 from cxrlt.training.data import ImageStore, ManifestDataset
-from cxrlt.training.loop import fit, per_rank_batch
+from cxrlt.training.loop import fit, make_ema, per_rank_batch
 from cxrlt.training.sampler import EpochShardedSampler, sample_rng
 from cxrlt.zeroshot.bank import load_bank, prompts_for
 from cxrlt.zeroshot.loss import DualBranchLoss
@@ -128,7 +127,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
         D.teardown(info)
         return card
     net = DistributedDataParallel(model) if info.enabled else model
-    ema = ModelEmaV3(model, decay=float(zs["ema_decay"]), use_warmup=bool(zs["ema_warmup"]))
+    ema = make_ema(model, zs)
     criterion = DualBranchLoss(float(zs["alpha"]), **zs["asl"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(zs["lr"]), weight_decay=float(zs["weight_decay"]))
     steps = len(loader)
