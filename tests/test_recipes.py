@@ -14,8 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from cxrlt.cli import app
-from cxrlt.data.split import split_frames
-from cxrlt.data.tables import PADCHEST_METADATA_CSV, TEST_LABELS_CSV, TRAINING_CSV, TableError
+from cxrlt.data.tables import PADCHEST_METADATA_CSV, TEST_LABELS_CSV, TRAINING_CSV
+from cxrlt.errors import InvalidInputError
 from cxrlt.metrics import macro_ap, macro_auroc, selection_score
 from cxrlt.zeroshot.loss import DualBranchLoss
 from tests.conftest import TINY_CONFIG
@@ -64,23 +64,49 @@ def test_selection_score_is_map_plus_mauc_minus_bce():
         selection_score(y, logits, "loss")
 
 
-def test_label_source_physician_keeps_physician_labels_and_counts(synth_data):
+def test_split_writes_both_label_sources_over_the_same_patients(synth_data, tmp_path):
+    """One patient-disjoint split; the physician-verified manifests are the physician-labelled rows of the same train
+    and validation patients; split_summary.json counts both; each task reads the source its profile names."""
+    from cxrlt.data.split import SPLIT_SUMMARY, split_dataset, training_frames
+
     meta = pd.read_csv(synth_data / PADCHEST_METADATA_CSV, dtype=str)
     share = (meta["MethodLabel"] == "Physician").mean()
     assert 0.15 < share < 0.35  # PadChest: 24.3 % physician-labelled
-    train, val, summary = split_frames(synth_data / TRAINING_CSV, synth_data / PADCHEST_METADATA_CSV,
-                                       label_source="physician", val_fraction=0.2, seed=0)
+    summary = split_dataset(synth_data / TRAINING_CSV, tmp_path, synth_data / PADCHEST_METADATA_CSV, None, 0.2, 0)
     methods = dict(zip(meta["ImageID"], meta["MethodLabel"], strict=True))
-    assert {methods[i] for i in pd.concat([train, val])["ImageID"]} == {"Physician"}
-    assert summary["label_source"] == "physician" and summary["label_source_excluded_images"] > 0
-    assert summary["label_methods"]["Physician"] == summary["input_images"] - summary["label_source_excluded_images"]
+    every = {p: pd.read_csv(tmp_path / f"{p}.csv", dtype=str) for p in ("train", "val")}
+    physician = {p: pd.read_csv(tmp_path / "physician" / f"{p}.csv", dtype=str) for p in ("train", "val")}
+    for part in ("train", "val"):
+        assert {methods[i] for i in physician[part]["ImageID"]} == {"Physician"}
+        expected = {i for i in every[part]["ImageID"] if methods[i] == "Physician"}
+        assert set(physician[part]["ImageID"]) == expected  # the same patients' physician rows, no re-split
+        assert summary["label_sources"]["physician"][part] == len(expected)
+        assert summary["label_sources"]["all"][part] == len(every[part])
+    assert not set(physician["train"]["PatientID"]) & set(every["val"]["PatientID"])
+    on_disk = json.loads((tmp_path / SPLIT_SUMMARY).read_text())
+    assert on_disk["label_sources"] == summary["label_sources"] and "physician/train_frontal" in on_disk["files"]
+    assert summary["label_methods"]["Physician"] == sum(v == "Physician" for v in every["train"]["ImageID"].map(
+        methods)) + sum(v == "Physician" for v in every["val"]["ImageID"].map(methods))
+    train, val = training_frames(synth_data, tmp_path, 0.2, 0, "physician")
+    assert list(train["ImageID"]) == list(physician["train"]["ImageID"]) and len(val) == len(physician["val"])
+    train, _ = training_frames(synth_data, tmp_path, 0.2, 0, "all")
+    assert len(train) == len(every["train"])  # Task 1 keeps every label
+    # without manifests the trainers split in memory the same way
+    mem_train, _ = training_frames(synth_data, None, 0.2, 0, "physician")
+    assert list(mem_train["ImageID"]) == list(physician["train"]["ImageID"])
 
 
-def test_label_source_needs_method_label(synth_data, tmp_path):
+def test_physician_labels_need_the_method_label_column(synth_data, tmp_path):
+    from cxrlt.data.split import split_dataset, training_frames
+
     meta = pd.read_csv(synth_data / PADCHEST_METADATA_CSV, dtype=str).drop(columns=["MethodLabel"])
     meta.to_csv(tmp_path / "meta.csv", index=False)
-    with pytest.raises(TableError, match="no MethodLabel column"):
-        split_frames(synth_data / TRAINING_CSV, tmp_path / "meta.csv", label_source="physician")
+    summary = split_dataset(synth_data / TRAINING_CSV, tmp_path / "splits", tmp_path / "meta.csv", None, 0.2, 0)
+    assert list(summary["label_sources"]) == ["all"] and not (tmp_path / "splits" / "physician").exists()
+    with pytest.raises(InvalidInputError, match="no physician/ manifests.*label_source to all"):
+        training_frames(synth_data, tmp_path / "splits", 0.2, 0, "physician")
+    with pytest.raises(InvalidInputError, match="label source must be one of"):
+        training_frames(synth_data, tmp_path / "splits", 0.2, 0, "radiologist")
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cxrlt.cli import app
 from cxrlt.labels import ALL_CLASSES, KNOWN_CLASSES, PROXY_GROUPS, UNSEEN_CLASSES
 from cxrlt.zeroshot.bank import free_text_finding, load_bank, mentions, prompts_for
-from cxrlt.zeroshot.loss import DualBranchLoss, soft_clip_loss
+from cxrlt.zeroshot.loss import soft_clip_loss
 from cxrlt.zeroshot.model import DualBranchCLIP, build_clip, tokenize
 from cxrlt.zeroshot.text import LeakError, LeakGuard, synth_report
 
@@ -96,16 +96,6 @@ def test_soft_clip_loss_pulls_images_towards_reports_of_the_same_label_set(group
     assert float(grad[0] @ txt[1]) == pytest.approx(s * (p01 - target) / n, rel=1e-5)
 
 
-def test_dual_branch_alpha_zero_is_plain_clip():
-    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
-    txt, cls = torch.randn(4, 8), torch.randn(3, 8)
-    args = (img, txt, cls, torch.tensor(2.0), torch.tensor(2.0), torch.tensor(-2.0), torch.ones(4, 3),
-            torch.arange(4))
-    plain, parts = DualBranchLoss(alpha=0.0)(*args)
-    dual, parts2 = DualBranchLoss(alpha=1.5)(*args)
-    assert parts["asl"] == 0.0 and dual.item() == pytest.approx(plain.item() + 1.5 * parts2["asl"], rel=1e-5)
-
-
 def test_clip_configurations():
     tiny = DualBranchCLIP(build_clip(TINY_ZS)[0], 32)
     img = tiny.encode_image(torch.randn(2, 1, 32, 32))
@@ -165,6 +155,36 @@ def test_calibration_and_export_pieces(zs_model, synth_data, tmp_path):
     served = 1 / (1 + np.exp(-(scoring["a"] * img @ emb.T + scoring["b"])))
     direct = predictor.predict(images, list(UNSEEN_CLASSES), "sigmoid")
     np.testing.assert_allclose(served, direct, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_calibration_none_serves_hph_scaled_sigmoid_exactly(zs_model, tmp_path):
+    """zeroshot.calibration: none (HPH sec. 3.2): p_c = sigmoid(5 x the mean over prompts of cos(v, t_ck)), served
+    as it is; calibrating such a model is refused."""
+    import shutil
+
+    from cxrlt.errors import InvalidInputError
+    from cxrlt.zeroshot.predict import ZeroShotPredictor
+
+    model = tmp_path / "model"
+    shutil.copytree(zs_model / "model", model)
+    card = json.loads((model / "zeroshot.json").read_text())
+    card.pop("calibration", None)
+    card["settings"].update(calibration="none", sigmoid_scale=5.0)
+    (model / "zeroshot.json").write_text(json.dumps(card))
+    predictor = ZeroShotPredictor(model)
+    with pytest.raises(InvalidInputError, match="zeroshot.calibration: none"):
+        predictor.fit_calibration(np.zeros((2, 32, 32), np.float32), np.zeros((2, 1)), ["Normal"])
+    scoring = predictor.export_pieces(tmp_path / "pieces", list(UNSEEN_CLASSES))
+    assert scoring["a"] == 5.0 and scoring["b"] == 0.0
+    images = np.random.default_rng(1).random((3, 32, 32)).astype(np.float32)
+    v = predictor.image_embeddings(images).numpy()
+    per_prompt = predictor.text_embeddings(list(UNSEEN_CLASSES))["prompts"]
+    hph = 1 / (1 + np.exp(-5.0 * np.stack([(v @ t.numpy().T).mean(1) for t in per_prompt], axis=1)))
+    emb = np.load(tmp_path / "pieces" / "text_embeddings.npy")
+    served = 1 / (1 + np.exp(-(scoring["a"] * v @ emb.T + scoring["b"])))
+    np.testing.assert_allclose(served, hph, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predictor.predict(images, list(UNSEEN_CLASSES)), hph, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
