@@ -90,6 +90,25 @@ def test_split_projection_component(synth_data, tmp_path):
                                                       val_fraction=0.1, seed=42))
     assert resolve(tmp_path / "splits") == run_dir / "splits"
     assert (run_dir / "splits" / "train_frontal.csv").exists() and art.metadata["train"] == summary["images"]["train"]
+    assert (run_dir / "splits" / "physician" / "train.csv").exists()  # both label sources, one split
+    assert summary["label_sources"]["physician"]["train"] < summary["label_sources"]["all"]["train"]
+
+
+def test_check_weights_component_fails_listing_every_missing_weight(tmp_path):
+    from components.check_weights.component import check_weights
+
+    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    rows = json.loads(check_weights.python_func(config=str(ROOT / "configs" / "tiny.yaml"),
+                                                report=_artifact(tmp_path / "ok")))
+    assert {r["status"] for r in rows} == {"random"}
+    raw["models"]["pcam"]["pretrained"] = str(tmp_path / "absent.pth")
+    raw["zeroshot"]["pretrained"] = str(tmp_path / "absent_clip.pt")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(RuntimeError) as err:
+        check_weights.python_func(config=str(tmp_path / "p.yaml"), report=_artifact(tmp_path / "bad"))
+    assert "pcam: weight file" in str(err.value) and "zeroshot: weight file" in str(err.value)
+    report = json.loads(Path(_artifact(tmp_path / "bad").path).read_text())
+    assert [r["status"] for r in report if r["network"] in ("pcam", "zeroshot")] == ["failed", "failed"]
 
 
 class FakeCustomObjects:
@@ -283,6 +302,10 @@ def test_compiled_pipeline_takes_cache_size_members_split_and_gate_from_the_prof
     tasks = ir["root"]["dag"]["tasks"]
     size = tasks["preprocess"]["inputs"]["parameters"]["size"]
     assert size["taskOutputParameter"] == {"producerTask": "plan-run", "outputParameterKey": "cache_size"}
+    # the weights are checked first, against the run's copy of the profile, before any data step
+    assert tasks["check-weights"]["inputs"]["parameters"]["config"]["taskOutputParameter"] == {
+        "producerTask": "plan-run", "outputParameterKey": "profile"}
+    assert "check-weights" in tasks["validate-data"]["dependentTasks"]
     for key, source in (("val_fraction", "val_fraction"), ("seed", "split_seed")):
         assert tasks["split-projection"]["inputs"]["parameters"][key]["taskOutputParameter"]["outputParameterKey"] \
             == source

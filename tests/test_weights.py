@@ -222,8 +222,11 @@ def test_s3_mirror_round_trip_with_sha256(s3, tmp_path, monkeypatch):
     file = tmp_path / "chexzero.pt"
     torch.save({"x": torch.arange(4.0)}, file)
     assert runner.invoke(app, ["weights", "mirror", str(file), "--name", "chexzero", "--to", mirror]).exit_code == 0
+    _seed_hf_repo(tmp_path, "someone/cxr-mobilenet", {"model.safetensors": state})
+    result = runner.invoke(app, ["weights", "mirror", "hf-hub:someone/cxr-mobilenet", "--to", mirror])
+    assert result.exit_code == 0, result.output
     listed = json.loads(runner.invoke(app, ["weights", "list", "--from", mirror, "--json"]).output)
-    assert [c["name"] for c in listed] == ["chexzero", TAG]
+    assert [c["name"] for c in listed] == ["chexzero", TAG, "someone--cxr-mobilenet"]
     assert listed[1]["sha256"] == W.sha256_file(next((tmp_path / "hf-hub").rglob("model.safetensors")))
 
     # the hub is gone (as on an air-gapped cluster): the tag resolves through the mirror only
@@ -234,6 +237,9 @@ def test_s3_mirror_round_trip_with_sha256(s3, tmp_path, monkeypatch):
     net = TimmClassifier(ARCH, 2, 3, pretrained=TAG)
     _assert_loaded(net.net, state, skip=("classifier",))
     assert net.weights.source.startswith(f"mirror {mirror}/{TAG}")
+    hub = TimmClassifier(ARCH, 2, 3, pretrained="hf-hub:someone/cxr-mobilenet")  # a hub repository, mirrored
+    _assert_loaded(hub.net, state, skip=("classifier",))
+    assert hub.weights.source.startswith(f"mirror {mirror}/someone--cxr-mobilenet")
 
     # a changed object in the mirror is refused by its sha256
     s3.put_object(Bucket="cxrlt-data", Key=f"weights/{TAG}/model.safetensors", Body=b"tampered")
