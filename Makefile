@@ -23,11 +23,13 @@ demo: $(STAMP) $(if $(CONTAINERS),images-current)
 	$(VENV)/bin/cxrlt demo --workdir $(DEMO_DIR) $(if $(CONTAINERS),--containers)
 
 # Debian packages the tests use, installed when missing (the tests that need them skip, saying why, without them):
-# kubectl renders the infra/ overlays; bubblewrap runs the pods' commands under their constraints.
+# kubectl renders the infra/ overlays; bubblewrap runs the pods' commands under their constraints; nginx is the
+# production server's front door.
+NGINX := $(firstword $(shell command -v nginx 2>/dev/null) $(wildcard /usr/sbin/nginx))
 system-tools:
-	@command -v kubectl >/dev/null 2>&1 && command -v bwrap >/dev/null 2>&1 || \
-	  (apt-get update -qq && apt-get install -y -qq kubectl bubblewrap) \
-	  || echo "kubectl/bubblewrap could not be installed: the infra and pod-constraint tests will be skipped"
+	@command -v kubectl >/dev/null 2>&1 && command -v bwrap >/dev/null 2>&1 && test -n "$(NGINX)" || \
+	  (apt-get update -qq && apt-get install -y -qq kubectl bubblewrap nginx) \
+	  || echo "kubectl/bubblewrap/nginx could not be installed: the infra, pod-constraint and production-server tests will be skipped"
 
 test: $(STAMP) system-tools images-if-possible
 	$(PY) -m ruff check src components pipelines serving infra bench tests images

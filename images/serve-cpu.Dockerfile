@@ -1,6 +1,7 @@
 # CPU serving image: the tritonserver of the nvidia-pytriton wheel (the binary `cxrlt serve up` runs) with the
 # python-backend environment of serving/serve-env.txt + the `dicom` extra, pinned by requirements/serve-lock.txt.
 # Serves a repository built with `cxrlt serve build` (the default python-backend ONNX runner), mounted at /models.
+# nginx is the pod's front door (`cxrlt serve front-door` writes its configuration; infra/base/triton/).
 # The GPU production image is images/serve.Dockerfile (NGC Triton with the native onnxruntime backend).
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -29,6 +30,9 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyprojec
  && chmod 755 $TS/bin/tritonserver $TS/python_backend_stubs/3.11/triton_python_backend_stub $TS/backends/python/libtriton_python.so
 
 FROM python AS serve-cpu
+# the pod's front door (nginx): it holds the admin key and passes only the clinical APIs to Triton on loopback
+RUN apt-get update && apt-get install -y --no-install-recommends nginx \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /etc/nginx/sites-enabled/*
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 COPY --from=builder /opt/serve-env /opt/serve-env

@@ -10,9 +10,13 @@ COPY pyproject.toml /tmp/cxrlt-pyproject.toml
 RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/cxrlt-pyproject.toml', 'rb'))['project']['optional-dependencies']['dicom']))" > /tmp/dicom.txt \
  && pip install --no-cache-dir "numpy<2" "opencv-python-headless>=4.8,<4.12" "onnxruntime>=1.17" -r /tmp/dicom.txt \
  && rm /tmp/dicom.txt /tmp/cxrlt-pyproject.toml
+# the pod's front door (nginx): it holds the admin key and passes only the clinical APIs to Triton on loopback
+RUN apt-get update && apt-get install -y --no-install-recommends nginx \
+ && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/*
 USER 1000
 EXPOSE 8000 8001 8002
 ENTRYPOINT ["tritonserver"]
-# Production by default, like the CPU image: a fixed repository that no client can load or unload models in; the
-# Deployment adds the restricted admin APIs and TLS (infra/base/triton/deployment.yaml).
+# Production by default, like the CPU image: a fixed repository that no client can load or unload models in. In the
+# Deployment Triton listens on loopback only, behind nginx, which holds the admin key and terminates TLS
+# (infra/base/triton/deployment.yaml).
 CMD ["--model-repository=/models", "--model-control-mode=none", "--strict-readiness=true"]

@@ -14,11 +14,22 @@ import secrets
 import subprocess
 import sys
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cxrlt.errors import CxrltError
 from cxrlt.ops.procs import free_port, same_process, spawn, start_time, stop_group, wait_ready
+from serving.front_door import (
+    ADMIN_GRPC_HEADER,
+    ADMIN_HEADER,
+    Ports,
+    TLSFiles,
+    nginx_command,
+    nginx_config,
+    write_config,
+)
+
+__all__ = ["ADMIN_GRPC_HEADER", "ADMIN_HEADER", "ServerHandle", "ServerTLS", "start", "stop"]
 
 
 def dicom_requirements() -> tuple[str, ...]:
@@ -57,9 +68,11 @@ class ServerHandle:
     repository: str
     log_file: str
     start_time: int | None = None  # with pid, identifies the process: a reused PID is never signalled
-    production: bool = False  # model control mode none, admin APIs restricted
+    production: bool = False  # model control mode none, behind the front door (serving/front_door.py)
     tls: bool = False
-    admin_key: str | None = None  # the restricted APIs' header value (production only)
+    admin_key: str | None = None  # the front door's admin header value (production only)
+    front_pid: int | None = None  # the front door (nginx) of a production server; pid/ports above are its ports
+    front_start_time: int | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -112,23 +125,9 @@ def _backend_dir(env: Path, state: Path) -> Path:
     return backend.parent
 
 
-#: What a production server restricts to callers that send the admin header (Triton's restricted protocol/API
-#: options): loading/unloading models, reading model configs, registering shared memory.
-#: the admin API categories: model control and configs, shared memory, and statistics, trace and logging (a client that
-#: could switch on tensor tracing or verbose logging would write patient pixels into the logs)
-RESTRICTED = "model-repository,model-config,shared-memory,statistics,trace,logging"
-ADMIN_HEADER = "cxrlt-admin-key"
-#: the header gRPC callers send (Triton prefixes restricted-protocol keys); HTTP callers send ADMIN_HEADER itself
-ADMIN_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
-
-
 @dataclass(frozen=True)
-class ServerTLS:
-    """gRPC TLS for the server: its certificate and key; with ``ca``, clients must present a certificate it signed."""
-
-    cert: str | Path
-    key: str | Path
-    ca: str | Path | None = None
+class ServerTLS(TLSFiles):
+    """gRPC TLS for the server (Triton's own in development, the front door's in production)."""
 
     def args(self) -> list[str]:
         for path in (self.cert, self.key, self.ca):
@@ -153,10 +152,12 @@ def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1"
           state_dir: Path = STATE_DIR, production: bool = False, tls: ServerTLS | None = None) -> ServerHandle:
     """Start tritonserver on ``repository`` and wait until ready; ports 0 pick free loopback ports.
 
-    ``production`` serves a fixed repository: model control mode ``none`` (no client can load or unload a model)
-    and the model-repository, model-config and shared-memory APIs restricted, on gRPC and HTTP, to requests that
-    carry the admin header with a key generated here (kept in the server's state file, readable by its owner only).
-    Otherwise explicit mode, for local development. ``tls`` encrypts gRPC (optionally mutual)."""
+    ``production`` serves a fixed repository (model control mode ``none``: no client can load or unload a model)
+    from a tritonserver on 127.0.0.1 behind the front door (serving/front_door.py), which listens on ``host`` and
+    the given ports, ends TLS, and answers the admin APIs only to requests with the admin header. The key is
+    generated here and kept in the server's state file and the front door's configuration, both readable by their
+    owner only, never on a command line. Otherwise explicit mode, for local development; ``tls`` encrypts gRPC
+    (optionally mutual)."""
     env = ensure_serving_env(env)
     state = Path(state_dir) / name
     state.mkdir(parents=True, exist_ok=True)
@@ -165,31 +166,50 @@ def start(repository: str | Path, name: str = "default", host: str = "127.0.0.1"
         if same_process(old.pid, old.start_time):
             raise ServeError(f"server {name!r} already runs (pid {old.pid}, gRPC {old.grpc_url}); cxrlt serve down")
     ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
+    tls_args = tls.args() if tls else []  # refuses missing files before anything starts
+    if production:  # Triton on loopback only; the front door takes the public ports
+        triton = Ports("127.0.0.1", free_port(), free_port(), free_port())
+        mode = ["--model-control-mode=none"]
+    else:
+        triton = Ports(host, *ports)
+        mode = ["--model-control-mode=explicit", "--load-model=*", *tls_args]
     log_file = state / "tritonserver.log"
-    admin_key = secrets.token_hex(16) if production else None
-    mode = (["--model-control-mode=none", f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={admin_key}",
-             # Triton's HTTP has no TLS: with TLS on gRPC, inference over plaintext HTTP needs the admin key too
-             f"--http-restricted-api={RESTRICTED}{',inference' if tls else ''}:{ADMIN_HEADER}={admin_key}"]
-            if production
-            else ["--model-control-mode=explicit", "--load-model=*"])
     cmd = [str(_tritonserver_dir(env) / "bin" / "tritonserver"), f"--model-repository={Path(repository).resolve()}",
-           f"--backend-directory={_backend_dir(env, state)}", *mode, *(tls.args() if tls else []),
-           f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
-           f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
+           f"--backend-directory={_backend_dir(env, state)}", *mode,
+           f"--http-address={triton.host}", f"--grpc-address={triton.host}", f"--metrics-address={triton.host}",
+           f"--http-port={triton.http}", f"--grpc-port={triton.grpc}", f"--metrics-port={triton.metrics}",
            "--exit-timeout-secs=20", "--log-verbose=0", *PYTHON_BACKEND_SHM]
     run_env = {**os.environ, "PATH": f"{env / 'bin'}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = spawn(cmd, log_file, run_env)
     handle = ServerHandle(name, proc.pid, host, *ports, str(Path(repository).resolve()), str(log_file),
-                          start_time(proc.pid), production, tls is not None, admin_key)
+                          start_time(proc.pid), production, tls is not None)
     state_file = state / "server.json"
     state_file.touch(mode=0o600)
     state_file.chmod(0o600)  # the admin key
     state_file.write_text(json.dumps(asdict(handle), indent=2))
     try:
-        wait_ready(proc, f"{handle.http_url}/v2/health/ready", timeout, log_file, "tritonserver")
-    except RuntimeError as exc:
-        (state / "server.json").unlink(missing_ok=True)
+        wait_ready(proc, f"http://{triton.host}:{triton.http}/v2/health/ready", timeout, log_file, "tritonserver")
+        if production:
+            handle = _start_front_door(handle, state, triton, tls)
+            state_file.write_text(json.dumps(asdict(handle), indent=2))
+    except (RuntimeError, ServeError) as exc:
+        stop(name, state_dir=state_dir)
         raise ServeError(str(exc)) from None
+    return handle
+
+
+def _start_front_door(handle: ServerHandle, state: Path, triton: Ports, tls: ServerTLS | None) -> ServerHandle:
+    """Write the front door's configuration with a new admin key and start nginx on the handle's public ports."""
+    front = state / "front-door"
+    (front / "tmp").mkdir(parents=True, exist_ok=True)
+    admin_key = secrets.token_urlsafe(32)
+    public = Ports(handle.host, handle.http_port, handle.grpc_port, handle.metrics_port)
+    config = nginx_config(public, triton, admin_key, front / "tmp", tls)
+    conf = write_config(front / "nginx.conf", config)
+    log_file = state / "front-door.log"
+    proc = spawn(nginx_command(conf), log_file)
+    handle = replace(handle, admin_key=admin_key, front_pid=proc.pid, front_start_time=start_time(proc.pid))
+    wait_ready(proc, f"{handle.http_url}/v2/health/ready", 30, log_file, "the front door (nginx)")
     return handle
 
 
@@ -214,5 +234,7 @@ def stop(name: str = "default", timeout: float = 30, state_dir: Path = STATE_DIR
             except OSError:
                 pass  # already unreachable: go straight to SIGTERM
         stop_group(handle.pid, timeout, started=handle.start_time)
+    if handle.front_pid and same_process(handle.front_pid, handle.front_start_time):
+        stop_group(handle.front_pid, timeout, started=handle.front_start_time)
     (Path(state_dir) / name / "server.json").unlink(missing_ok=True)
     return True

@@ -175,3 +175,36 @@ def test_pipeline_steps_run_in_their_images_like_subprocesses(engine, synth_data
                 not rel.startswith("train-member"):
             assert path.read_text().replace(str(tmp_path / "subprocess"), "ROOT") == \
                 other.read_text().replace(str(tmp_path / "docker"), "ROOT"), rel
+
+
+def test_serve_images_front_door_accepts_the_configuration_the_cli_writes(engine, tmp_path):
+    """The Deployment's front-door container runs ``nginx -e stderr -c /front/nginx.conf`` from the serve image as
+    uid 1000 with a read-only root filesystem: the image's nginx must accept what ``cxrlt serve front-door`` writes
+    (gRPC proxying, HTTP/2, TLS with client certificates)."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from cxrlt.cli import app
+    from tests.pki import make_pki
+
+    _need(engine, "serve_cpu")
+    pki = make_pki(tmp_path / "pki")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name, source in {"tls.crt": "server.pem", "tls.key": "server.key", "ca.crt": "ca.pem"}.items():
+        shutil.copy(pki / source, tls / name)
+        os.chmod(tls / name, 0o644)
+    front = tmp_path / "front"
+    front.mkdir()
+    written = CliRunner().invoke(app, ["serve", "front-door", "--out", str(front / "nginx.conf"),
+                                       "--tls-cert", "/tls/tls.crt", "--tls-key", "/tls/tls.key",
+                                       "--tls-ca", "/tls/ca.crt"],
+                                env={"TRITON_ADMIN_KEY": "k" * 32})
+    assert written.exit_code == 0, written.output
+    os.chmod(front / "nginx.conf", 0o644)  # the pod's fsGroup makes it readable there; here the container's uid
+    checked = _run(engine, "run", "--rm", "--read-only", "--tmpfs", "/tmp", "-v", f"{front}:/front:ro",
+                   "-v", f"{tls}:/tls:ro", "--entrypoint", "nginx", IMAGES["serve_cpu"], "-t", "-e", "stderr",
+                   "-c", "/front/nginx.conf", check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "syntax is ok" in checked.stderr and "test is successful" in checked.stderr

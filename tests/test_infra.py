@@ -132,15 +132,17 @@ def test_object_storage_keys_are_per_workload(rendered, tmp_path):
 def test_names_ports_images_and_secrets_agree_with_platform(rendered):
     overlay, docs = rendered
     triton = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
-    container = triton["containers"][0]
-    # dev runs pytriton's CPU tritonserver (cxrlt-serve-cpu), prod the NGC image
-    assert container["image"] == P.IMAGES["serve_cpu" if overlay == "dev" else "serve"]
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == P.TRITON_PORTS
-    assert triton["initContainers"][0]["image"] == P.IMAGES["tools"]
+    container, front = _containers(triton)
+    # dev runs pytriton's CPU tritonserver (cxrlt-serve-cpu), prod the NGC image; the front door runs in the same
+    assert container["image"] == front["image"] == P.IMAGES["serve_cpu" if overlay == "dev" else "serve"]
+    assert {p["name"]: p["containerPort"] for p in front["ports"]} == P.TRITON_PORTS
+    assert "ports" not in container, "Triton listens on loopback only"
+    assert {c["image"] for c in triton["initContainers"]} == {P.IMAGES["tools"]}
     assert f"models:/{P.REGISTERED_MODEL}/$(CXRLT_MODEL_VERSION)" in triton["initContainers"][0]["args"]
     assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in triton["volumes"])
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["readinessProbe"]["httpGet"]["path"] == container["startupProbe"]["httpGet"]["path"]
+    assert "/v2/health/live" in " ".join(container["livenessProbe"]["exec"]["command"])
+    assert container["readinessProbe"]["httpGet"] == container["startupProbe"]["httpGet"] == {
+        "path": "/v2/health/ready", "port": P.TRITON_PORTS["http"]}  # through the front door, as clients see it
     assert triton["securityContext"]["runAsNonRoot"] is True
     service = _by_kind(docs, "Service", P.TRITON_SERVICE)
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == P.TRITON_PORTS
@@ -200,50 +202,69 @@ def test_image_tags_come_from_kustomize_and_the_triton_release_is_fixed():
     assert (year, month) >= (25, 7), "Triton before 25.07 lacks the 2025 python-backend/HTTP-server fixes"
 
 
-def test_triton_serves_a_fixed_repository_with_admin_apis_restricted(rendered):
-    """Production Triton: model control mode none (no load/unload by anyone), and the model-repository,
-    model-config, shared-memory, statistics, trace and logging APIs only with the admin header, whose value comes
-    from a Secret; the same list as `cxrlt serve up --production`."""
-    from serving.server import RESTRICTED
+def _containers(pod: dict) -> tuple[dict, dict]:
+    """The Triton and the front-door containers of the Triton pod."""
+    by_name = {c["name"]: c for c in pod["containers"]}
+    assert set(by_name) == {"triton", "front-door"} and pod["containers"][0]["name"] == "triton"
+    return by_name["triton"], by_name["front-door"]
 
+
+def _flags(args: list[str]) -> dict[str, str]:
+    return {a: b for a, b in zip(args, args[1:], strict=False) if a.startswith("--") and not b.startswith("--")}
+
+
+def test_triton_listens_on_loopback_behind_the_front_door_that_holds_the_admin_key(rendered):
+    """tritonserver reads restricted-API keys only from argv (the node's process table shows them): production
+    Triton serves a fixed repository on 127.0.0.1 with no key, and the front door (nginx) is the pod's listener; its
+    configuration, with the key from the Secret's environment variable, is written by an init container into a
+    memory-backed volume. No container's command line carries the key."""
     _, docs = rendered
-    server = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+    pod = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    server, front = _containers(pod)
     args = server["args"]
     assert "--model-control-mode=none" in args and not any(a.startswith("--load-model") for a in args)
-    admin = {"model-repository", "model-config", "shared-memory", "statistics", "trace", "logging"}
-    assert set(RESTRICTED.split(",")) == admin
-    http = admin | {"inference"}
-    for flag, apis_expected in (("--grpc-restricted-protocol=", admin), ("--http-restricted-api=", http)):
-        value = next(a for a in args if a.startswith(flag))[len(flag):]
-        apis, _, header = value.partition(":")
-        assert set(apis.split(",")) == apis_expected  # HTTP has no TLS: no inference over it without the key
-        assert header == "cxrlt-admin-key=$(TRITON_ADMIN_KEY)"
-    env = {e["name"]: e for e in server["env"]}
+    assert not any("restricted" in a or "ssl" in a for a in args)
+    flags = dict(a.split("=", 1) for a in args if "=" in a)
+    assert flags["--http-address"] == flags["--grpc-address"] == flags["--metrics-address"] == "127.0.0.1"
+    config = next(c for c in pod["initContainers"] if c["name"] == "front-door-config")
+    assert config["command"] == ["cxrlt", "serve", "front-door"]
+    door = _flags(config["args"])
+    for kind, port in P.TRITON_PORTS.items():
+        assert int(door[f"--{kind}-port"]) == port  # the public ports, named in the Service
+        assert int(door[f"--triton-{kind}-port"]) == int(flags[f"--{kind}-port"]) != port
+    env = {e["name"]: e for e in config["env"]}
     assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == P.SECRETS["triton_admin"]
+    assert front["command"] == ["nginx", "-e", "stderr", "-c", door["--out"]]
+    volume = next(m["name"] for m in config["volumeMounts"] if door["--out"].startswith(m["mountPath"] + "/"))
+    assert next(v for v in pod["volumes"] if v["name"] == volume)["emptyDir"]["medium"] == "Memory"
+    assert any(m["name"] == volume and m["readOnly"] for m in front["volumeMounts"])
+    for container in [*pod["containers"], *pod["initContainers"]]:
+        assert "TRITON_ADMIN_KEY" not in " ".join([*container.get("command", []), *container.get("args", [])])
+        if container is not config:
+            assert "TRITON_ADMIN_KEY" not in {e["name"] for e in container.get("env", [])}, container["name"]
 
 
 def test_triton_grpc_uses_mutual_tls_from_the_certificate_secret(rendered):
     overlay, docs = rendered
     pod = _by_kind(docs, "Deployment", "triton")["spec"]["template"]["spec"]
-    server = pod["containers"][0]
+    server, front = _containers(pod)
     tls = next(v for v in pod["volumes"] if v["name"] == "tls")
     assert tls["secret"]["secretName"] == P.SECRETS["triton_tls"] and tls["secret"]["defaultMode"] == 0o440
-    mount = next(m for m in server["volumeMounts"] if m["name"] == "tls")
-    assert mount["readOnly"] is True
-    flags = dict(a.split("=", 1) for a in server["args"] if a.startswith("--grpc-") and "=" in a)
-    assert flags["--grpc-use-ssl"] == flags["--grpc-use-ssl-mutual"] == "true"
-    files = {"--grpc-server-cert": "tls.crt", "--grpc-server-key": "tls.key"}
+    mount = next(m for m in front["volumeMounts"] if m["name"] == "tls")
+    assert mount["readOnly"] is True and not any(m["name"] == "tls" for m in server["volumeMounts"])
+    flags = _flags(next(c for c in pod["initContainers"] if c["name"] == "front-door-config")["args"])
+    files = {"--tls-cert": "tls.crt", "--tls-key": "tls.key"}
     for flag, key in files.items():
         assert flags[flag] == f"{mount['mountPath']}/{key}"
     if overlay == "dev":  # one CA for the server and the clients, from the hand-made Secret
-        assert flags["--grpc-root-cert"] == f"{mount['mountPath']}/ca.crt"
+        assert flags["--tls-ca"] == f"{mount['mountPath']}/ca.crt"
     if overlay == "prod":  # cert-manager issues (and renews) the Secret the pod mounts
         # clients are trusted only from the integrations CA, of which the pod gets the certificate and not the key
         client_ca = next(v for v in pod["volumes"] if v["name"] == "client-ca")["secret"]
         assert client_ca["secretName"] == "cxrlt-integrations-ca" and client_ca["items"] == [
             {"key": "ca.crt", "path": "ca.crt"}]
-        ca_mount = next(m for m in server["volumeMounts"] if m["name"] == "client-ca")
-        assert ca_mount["readOnly"] and flags["--grpc-root-cert"] == f"{ca_mount['mountPath']}/ca.crt"
+        ca_mount = next(m for m in front["volumeMounts"] if m["name"] == "client-ca")
+        assert ca_mount["readOnly"] and flags["--tls-ca"] == f"{ca_mount['mountPath']}/ca.crt"
         ca = _by_kind(docs, "Certificate", "cxrlt-integrations-ca")["spec"]
         assert ca["isCA"] and ca["secretName"] == "cxrlt-integrations-ca"
         assert _by_kind(docs, "Issuer", "cxrlt-integrations")["spec"]["ca"]["secretName"] == ca["secretName"]

@@ -100,7 +100,8 @@ def _pod_env(container: dict, tracking_uri: str, extra_path: list[Path],
     """The container's env as the cluster would give it: values as written (the MLflow Service name pointed at the
     test's server), ConfigMap references from ``config_maps``, Secret references resolved to test values; PATH as in
     the images."""
-    env = {"PATH": ":".join([*map(str, extra_path), "/usr/local/bin", "/usr/bin", "/bin"])}
+    env = {"PATH": ":".join([*map(str, extra_path), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
+                              "/sbin", "/bin"])}
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"].replace(P.MLFLOW_TRACKING_URI, tracking_uri)
@@ -223,44 +224,85 @@ def test_init_container_refuses_a_version_the_registration_step_did_not_sign(cha
     assert not list(volumes["models"].iterdir())
 
 
-def test_server_container_becomes_ready_under_pod_constraints(champion, evidence_keys, tmp_path):
+def test_server_and_front_door_become_ready_under_pod_constraints(champion, evidence_keys, tmp_path):
+    """Both init containers, then tritonserver and the front door (nginx) with their exact commands in one network
+    namespace: the readiness probe passes through the front door, the admin APIs answer only to the key from the
+    Secret, Triton's own liveness probe command passes, and the key is on no command line in the pod."""
+    from serving.front_door import FrontDoorError, nginx_binary
     from serving.server import _backend_dir, _tritonserver_dir, ensure_serving_env
 
+    try:
+        nginx_binary()
+    except FrontDoorError as exc:
+        pytest.skip(str(exc))
     tracking_uri, version = champion
     pod = _triton_pod("prod")
     result, volumes = _run_init(pod, tracking_uri, tmp_path / "pod", version, evidence_keys[1], onnx_runtime="python")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = next(c for c in pod["initContainers"] if c["name"] == "front-door-config")
+    config_env = _pod_env(config, tracking_uri, [Path(sys.executable).parent])
+    written = subprocess.run([*_sandbox_args(pod, config, volumes, {}, config_env, net=False),
+                              *_expand([*config["command"], *config["args"]], config_env)],
+                             capture_output=True, text=True, timeout=120)
+    assert written.returncode == 0, written.stdout[-2000:] + written.stderr[-2000:]
+    admin_key = config_env["TRITON_ADMIN_KEY"]
     env_dir = ensure_serving_env()
     IMAGE_PATHS.add(env_dir.resolve())
     tritonserver = _tritonserver_dir(env_dir)
     backends = _backend_dir(env_dir, tmp_path / "image")  # the image's /opt/tritonserver/backends
-    server = pod["containers"][0]
+    by_name = {c["name"]: c for c in pod["containers"]}
+    server, front = by_name["triton"], by_name["front-door"]
+    # one sandbox for the pod's two containers (they share the network namespace): the volumes either mounts
+    mounts = {m["mountPath"]: m for m in [*server["volumeMounts"], *front["volumeMounts"]]}
+    both = {**server, "volumeMounts": list(mounts.values())}
     # the binary stays where its bundled libraries are ($ORIGIN-relative); Triton's default backend directory is
     # where the NGC image keeps the backends
     env = _pod_env(server, tracking_uri, [env_dir / "bin", tritonserver / "bin"])
     binds = {"/opt/tritonserver/backends": backends}
-    sandbox = _sandbox_args(pod, server, volumes, binds, env, net=False)
-    http = next(p["containerPort"] for p in server["ports"] if p["name"] == "http")
-    probe = server["readinessProbe"]["httpGet"]["path"]
-    # inside the sandbox's own network: start the container's command, poll its readiness probe, stop it
+    sandbox = _sandbox_args(pod, both, volumes, binds, env, net=False)
+    http = next(p["containerPort"] for p in front["ports"] if p["name"] == "http")
+    probe = server["readinessProbe"]["httpGet"]
+    assert probe["port"] == http
+    # inside the sandbox's own network: start both commands, poll the readiness probe, try the admin API, stop
     script = (
-        'import subprocess, sys, time, urllib.request\n'
-        f'proc = subprocess.Popen({_expand([*server["command"], *server["args"]], env)!r})\n'
+        'import glob, subprocess, sys, time, urllib.error, urllib.request\n'
+        'key = sys.stdin.readline().strip()\n'  # the operator's key, on no command line (this one included)
+        f'procs = [subprocess.Popen({_expand([*server["command"], *server["args"]], env)!r}),\n'
+        f'         subprocess.Popen({front["command"]!r})]\n'
         'deadline, ready = time.time() + 240, False\n'
-        'while time.time() < deadline and proc.poll() is None and not ready:\n'
+        'while time.time() < deadline and all(p.poll() is None for p in procs) and not ready:\n'
         '    try:\n'
-        f'        ready = urllib.request.urlopen("http://127.0.0.1:{http}{probe}", timeout=2).status == 200\n'
+        f'        ready = urllib.request.urlopen("http://127.0.0.1:{http}{probe["path"]}", timeout=2).status == 200\n'
         '    except OSError:\n'
         '        time.sleep(1)\n'
-        'print("READY" if ready else f"NOT READY (exit {proc.poll()})", flush=True)\n'
-        'proc.terminate(); proc.wait(60)\n'
+        'print("READY" if ready else f"NOT READY (exit {[p.poll() for p in procs]})", flush=True)\n'
+        f'stats = "http://127.0.0.1:{http}/v2/models/stats"\n'
+        'try:\n'
+        '    urllib.request.urlopen(stats, timeout=10)\n'
+        '    print("ADMIN OPEN")\n'
+        'except urllib.error.HTTPError as exc:\n'
+        '    print(f"ADMIN REFUSED {exc.code}")\n'
+        'keyed = urllib.request.Request(stats, headers={"cxrlt-admin-key": key})\n'
+        'print(f"ADMIN WITH KEY {urllib.request.urlopen(keyed, timeout=10).status}")\n'
+        f'live = subprocess.run({server["livenessProbe"]["exec"]["command"]!r})\n'
+        'print(f"LIVE {live.returncode}")\n'
+        'lines = [open(f, "rb").read() for f in glob.glob("/proc/[0-9]*/cmdline")]\n'
+        'print("KEY ON A COMMAND LINE" if any(key.encode() in line for line in lines) else "NO KEY")\n'
+        'for p in procs:\n'
+        '    p.terminate()\n'
+        'for p in procs:\n'
+        '    p.wait(60)\n'
         'sys.exit(0 if ready else 1)\n'
     )
-    run = subprocess.run([*sandbox, str(env_dir / "bin" / "python"), "-c", script], capture_output=True, text=True,
-                         timeout=400)
+    run = subprocess.run([*sandbox, str(env_dir / "bin" / "python"), "-c", script], input=f"{admin_key}\n",
+                         capture_output=True, text=True, timeout=400)
     assert run.returncode == 0 and "READY" in run.stdout, run.stdout[-3000:] + run.stderr[-4000:]
+    out = run.stdout.splitlines()
+    assert {"ADMIN REFUSED 403", "ADMIN WITH KEY 200", "LIVE 0", "NO KEY"} <= set(out), run.stdout + run.stderr[-3000:]
     written = {p.relative_to(tmp_path / "pod").parts[0] for p in (tmp_path / "pod").rglob("*") if p.is_file()}
-    assert written <= {"models", "tmp", "dshm", "tls", "client-ca", "pki-source"}
+    assert written <= {"models", "tmp", "dshm", "tls", "client-ca", "pki-source", "front"}
+    conf = volumes["front"] / "nginx.conf"
+    assert admin_key in conf.read_text() and conf.stat().st_mode & 0o077 == 0
 
 
 def test_training_command_runs_under_the_trainjob_pod_constraints(synth_data, tmp_path):

@@ -402,13 +402,18 @@ def test_compressed_dicom_is_served_like_the_uncompressed_file(server, images, s
     np.testing.assert_allclose(probs[1], probs[0], atol=1e-6)
 
 
-
-
 @pytest.fixture(scope="module")
 def locked_server(bundle, tmp_path_factory):
-    """A production server (model control none, admin APIs restricted) with mutual TLS on gRPC."""
+    """A production server (model control none, Triton on loopback behind the nginx front door that holds the admin
+    key) with mutual TLS on gRPC."""
+    from serving.front_door import FrontDoorError, nginx_binary
     from serving.repository import build_repository
     from serving.server import ServerTLS, start, stop
+
+    try:
+        nginx_binary()
+    except FrontDoorError as exc:
+        pytest.skip(str(exc))
 
     root = tmp_path_factory.mktemp("locked")
     pki = make_pki(root)
@@ -438,7 +443,7 @@ def test_production_server_refuses_model_control_and_restricts_admin_apis(locked
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from serving.server import ADMIN_GRPC_HEADER
+    from serving.server import ADMIN_GRPC_HEADER, ADMIN_HEADER
 
     handle, pki = locked_server
     client = grpcclient.InferenceServerClient(f"localhost:{handle.grpc_port}", ssl=True,
@@ -474,8 +479,32 @@ def test_production_server_refuses_model_control_and_restricts_admin_apis(locked
         with pytest.raises(InferenceServerException, match="(?i)restricted|permission|denied|header"):
             http.infer("cxr", [tensor])
         assert http.is_server_ready()
+        with pytest.raises(InferenceServerException, match="(?i)admin"):
+            http.get_inference_statistics("cxr")
+        assert http.get_inference_statistics("cxr", headers={ADMIN_HEADER: handle.admin_key})["model_stats"]
     finally:
         http.close()
+
+
+def test_production_admin_key_is_on_no_command_line(locked_server):
+    """tritonserver reads restricted-API keys only from argv, readable by anyone who lists processes: in production
+    it restricts nothing and listens on loopback only, and the key lives in the front door's 0600 configuration."""
+    handle, _ = locked_server
+
+    def cmdline(pid) -> list[str]:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile
+            return []
+
+    for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()):
+        assert handle.admin_key not in " ".join(cmdline(pid)), pid
+    args = " ".join(cmdline(handle.pid))
+    assert "--grpc-address=127.0.0.1" in args and "--http-address=127.0.0.1" in args and "restricted" not in args
+    assert f"--grpc-port={handle.grpc_port}" not in args, "Triton does not take the public ports"
+    # nginx retitles its master process: "nginx: master process <its command line>"
+    conf = Path(" ".join(cmdline(handle.front_pid)).split(" -c ")[1].split()[0])
+    assert handle.admin_key in conf.read_text() and conf.stat().st_mode & 0o077 == 0
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

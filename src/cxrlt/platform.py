@@ -46,7 +46,7 @@ SECRETS = {
     "mlflow_serving": "cxrlt-mlflow-serving",  # the Triton init container: read-only
     # the MLflow admin (the basic_auth.ini admin): used only by the role bootstrap Job
     "mlflow_admin": "cxrlt-mlflow-admin",
-    # key: TRITON_ADMIN_KEY, the header value that opens Triton's restricted admin APIs (operators only)
+    # key: TRITON_ADMIN_KEY, the header value the front door asks for before Triton's admin APIs (operators only)
     "triton_admin": "cxrlt-triton-admin",
     # keys: tls.crt, tls.key, ca.crt: Triton's gRPC certificate and the CA of hospital clients (mutual TLS)
     "triton_tls": "cxrlt-triton-tls",

@@ -122,9 +122,10 @@ def serve_up(
     metrics_port: Annotated[int, typer.Option(help="Metrics port (0 = a free one).")] = 8002,
     production: Annotated[bool, typer.Option(
         "--production/--development",
-        help="Production: a fixed repository (model control mode none; nobody can load or unload models) and the "
-             "model-repository, model-config and shared-memory APIs restricted to an admin header whose key is "
-             "kept in the server's state file. Development: explicit mode, for local work.")] = False,
+        help="Production: a fixed repository (model control mode none; nobody can load or unload models) on "
+             "127.0.0.1 behind an nginx front door on the given ports, which ends TLS and answers every API but "
+             "health, metadata and inference only to an admin header whose key is kept in the server's state "
+             "file (never on a command line). Development: explicit mode, for local work.")] = False,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM server certificate: gRPC over TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert.")] = None,
     tls_ca: Annotated[Path | None, typer.Option(
@@ -141,7 +142,49 @@ def serve_up(
     h = start(repository, name, host, http_port, grpc_port, metrics_port, production=production, tls=tls)
     typer.echo(f"triton ready: gRPC {h.grpc_url}{' (TLS)' if h.tls else ''}, HTTP {h.http_url}, metrics "
                f"{h.host}:{h.metrics_port} (pid {h.pid}, log {h.log_file}, "
-               f"{'production: model control none, admin APIs restricted' if h.production else 'development'})")
+               f"{'production: model control none, behind the front door' if h.production else 'development'})")
+
+
+@serve_app.command("front-door")
+def serve_front_door(
+    out: Annotated[Path, typer.Option(help="nginx.conf to write (mode 0600: it holds the admin key).")],
+    admin_key_file: Annotated[Path | None, typer.Option(
+        help="File holding the admin key; without it the key is read from $TRITON_ADMIN_KEY.")] = None,
+    listen: Annotated[str, typer.Option(help="Address the front door listens on.")] = "0.0.0.0",
+    http_port: Annotated[int, typer.Option(help="Public HTTP port (health for probes; admin).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="Public gRPC port (inference; admin).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Public metrics port (/metrics).")] = 8002,
+    triton_http_port: Annotated[int, typer.Option(help="tritonserver's HTTP port on 127.0.0.1.")] = 18000,
+    triton_grpc_port: Annotated[int, typer.Option(help="tritonserver's gRPC port on 127.0.0.1.")] = 18001,
+    triton_metrics_port: Annotated[int, typer.Option(help="tritonserver's metrics port on 127.0.0.1.")] = 18002,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM server certificate: gRPC over TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert.")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        help="PEM CA: clients must present a certificate it signed (mutual TLS).")] = None,
+    temp_dir: Annotated[Path, typer.Option(help="Where nginx keeps its pid and temporary files (writable).")] = Path(
+        "/tmp"),
+    max_request_mb: Annotated[int, typer.Option(
+        help="Largest request body in MiB, refused before it reaches Triton.")] = 256,
+) -> None:
+    """Write the production front door's nginx configuration (run it with: nginx -e stderr -c OUT).
+
+    tritonserver reads its restricted-API keys only from its command line, which anyone who can list the node's
+    processes reads. In production it listens on 127.0.0.1 and restricts nothing; this front door is the pod's one
+    listener: it ends TLS, passes health, metadata and inference, and answers every other API only to requests that
+    carry the admin key (header cxrlt-admin-key; gRPC: triton-grpc-protocol-cxrlt-admin-key). The TLS files are
+    read by nginx when it starts, from the paths given here."""
+    from serving.front_door import Ports, TLSFiles, admin_key_from, nginx_config, write_config
+
+    if bool(tls_cert) != bool(tls_key) or (tls_ca and not tls_cert):
+        _fail("--tls-cert and --tls-key go together, and --tls-ca needs them")
+    config = nginx_config(Ports(listen, http_port, grpc_port, metrics_port),
+                          Ports("127.0.0.1", triton_http_port, triton_grpc_port, triton_metrics_port),
+                          admin_key_from(admin_key_file), temp_dir,
+                          TLSFiles(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None,
+                          max_request_mb * 1024 * 1024)
+    write_config(out, config)
+    typer.echo(f"front door configuration {out}: gRPC {listen}:{grpc_port}{' (TLS)' if tls_cert else ''}, HTTP "
+               f"{listen}:{http_port}, metrics {listen}:{metrics_port} -> tritonserver on 127.0.0.1")
 
 
 @serve_app.command("down")
