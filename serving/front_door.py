@@ -83,6 +83,11 @@ def admin_key_from(key_file: Path | None = None, env: str = ADMIN_KEY_ENV) -> st
     return key
 
 
+#: nginx matches locations on the decoded, normalised path but passes the path as the client sent it: a raw path
+#: that normalises into an open route could mean something else to Triton, so such paths are refused outright
+_RAW_PATH_CHECK = "        if ($request_uri ~ \"^[^?]*(%|/\\.|//)\") {\n"
+
+
 def _header_var(header: str) -> str:
     return "$http_" + header.lower().replace("-", "_")
 
@@ -96,7 +101,7 @@ def _listen(ports: Ports, port: int, extra: str = "") -> str:
     return f"listen {host}:{port}{extra};"
 
 
-def _grpc_server(public: Ports, triton: Ports, tls: TLSFiles | None) -> str:
+def _grpc_server(public: Ports, tls: TLSFiles | None, max_request_bytes: int) -> str:
     open_methods = "|".join(GRPC_OPEN)
     ssl = ""
     if tls is not None:
@@ -111,13 +116,33 @@ def _grpc_server(public: Ports, triton: Ports, tls: TLSFiles | None) -> str:
         f"        {_listen(public, public.grpc, ' ssl http2' if tls else ' http2')}\n"
         f"{ssl}"
         f"        grpc_set_header {ADMIN_GRPC_HEADER} \"\";  # the key never reaches Triton or its logs\n"
+        "        error_page 413 = @grpc_too_large;\n"
+        "        error_page 400 = @grpc_bad_path;\n"
+        f"{_RAW_PATH_CHECK}"
+        "            return 400;\n"
+        "        }\n"
         f"        location ~ ^/{re.escape(GRPC_SERVICE)}/({open_methods})$ {{\n"
         "            grpc_pass grpc://triton_grpc;\n"
         "        }\n"
         "        location / {  # every other method (and any a later Triton adds) is an admin API\n"
+        "            error_page 413 = @grpc_too_large;\n"
         "            error_page 418 = @grpc_admin_only;\n"
         "            if ($cxrlt_grpc_admin = 0) { return 418; }\n"
         "            grpc_pass grpc://triton_grpc;\n"
+        "        }\n"
+        "        location @grpc_bad_path {\n"
+        "            default_type application/grpc;\n"
+        "            add_header grpc-status 3 always;  # INVALID_ARGUMENT\n"
+        "            add_header grpc-message \"method paths with percent-encoding or dot segments are refused\" "
+        "always;\n"
+        "            return 204;\n"
+        "        }\n"
+        "        location @grpc_too_large {\n"
+        "            default_type application/grpc;\n"
+        "            add_header grpc-status 8 always;  # RESOURCE_EXHAUSTED\n"
+        f"            add_header grpc-message \"request larger than {max_request_bytes} bytes: send fewer items per "
+        "request\" always;\n"
+        "            return 204;\n"
         "        }\n"
         "        location @grpc_admin_only {\n"
         "            default_type application/grpc;\n"
@@ -129,8 +154,9 @@ def _grpc_server(public: Ports, triton: Ports, tls: TLSFiles | None) -> str:
     )
 
 
-def _http_server(public: Ports, inference_open: bool) -> str:
-    model = r"/v2/models/[^/]+(/versions/[0-9]+)?"
+def _http_server(public: Ports, inference_open: bool, max_request_bytes: int) -> str:
+    # /v2/models/stats is Triton's statistics API, not a model named "stats"
+    model = r"/v2/models/(?!stats(/|$))[^/]+(/versions/[0-9]+)?"
     routes = [r"/v2/health/(live|ready)"]
     if inference_open:
         routes += ["/v2", model, f"{model}/(ready|infer)"]
@@ -142,11 +168,22 @@ def _http_server(public: Ports, inference_open: bool) -> str:
         f"        proxy_set_header {ADMIN_HEADER} \"\";\n"
         "        proxy_request_buffering off;\n"
         "        proxy_buffering off;\n"
+        "        error_page 413 = @http_too_large;\n"
+        f"{_RAW_PATH_CHECK}"
+        "            return 400 '{\"error\": \"paths with percent-encoding, dot segments or empty segments are "
+        "refused\"}';\n"
+        "        }\n"
         f"{open_locations}"
         "        location / {\n"
+        "            error_page 413 = @http_too_large;\n"
         "            error_page 418 = @http_admin_only;\n"
         "            if ($cxrlt_http_admin = 0) { return 418; }\n"
         "            proxy_pass http://triton_http;\n"
+        "        }\n"
+        "        location @http_too_large {\n"
+        "            default_type application/json;\n"
+        f"            return 413 '{{\"error\": \"request larger than {max_request_bytes} bytes: send fewer items per "
+        "request\"}';\n"
         "        }\n"
         "        location @http_admin_only {\n"
         "            default_type application/json;\n"
@@ -186,8 +223,8 @@ def nginx_config(public: Ports, triton: Ports, admin_key: str, temp_dir: Path, t
         f"    upstream triton_http {{\n        server {triton.host}:{triton.http};\n        keepalive 8;\n    }}\n"
         + _admin_map(ADMIN_GRPC_HEADER, "cxrlt_grpc_admin", admin_key)
         + _admin_map(ADMIN_HEADER, "cxrlt_http_admin", admin_key)
-        + _grpc_server(public, triton, tls)
-        + _http_server(public, inference_open=tls is None)
+        + _grpc_server(public, tls, int(max_request_bytes))
+        + _http_server(public, tls is None, int(max_request_bytes))
         + "    server {\n"
         f"        {_listen(public, public.metrics)}\n"
         f"        location = /metrics {{\n            proxy_pass http://{triton.host}:{triton.metrics};\n        }}\n"
