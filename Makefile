@@ -34,7 +34,7 @@ system-tools:
 test: $(STAMP) system-tools images-if-possible
 	$(PY) -m ruff check src components pipelines serving infra bench tests images
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The container tests run the images: built here where podman can be installed (about 10 minutes the first time on
 # 2 cores, cached afterwards); where it cannot, those tests skip and say why.

@@ -1,0 +1,192 @@
+"""Subgroups of the evaluation set (sex, age band, projection) and their metrics with stratified bootstrap CIs.
+
+A governance board asks how a model performs by sex, age and projection; a model better on average can be worse for
+one group. PadChest's metadata carries ``PatientSex_DICOM`` (M, F, O), ``PatientBirth`` (a year written as a float
+string, ``1930.0``) and ``StudyDate_DICOM`` (``YYYYMMDD``): the age at the study is the study's year minus the birth
+year. A value that is missing or malformed puts the image in the group ``unknown``; it is never dropped.
+
+The bootstrap is stratified: images are grouped by their rarest present finding (or ``none``) and resampled within
+each group, so every replicate keeps the positives of the rarest classes instead of sometimes losing all of them
+(which would leave the class out of that replicate's mean and widen or bias the interval).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cxrlt.errors import InvalidInputError
+from cxrlt.metrics import calibration_error, macro_ap, macro_auroc
+
+UNKNOWN = "unknown"
+#: age at the study in whole years: [low, high) -> band name
+AGE_BANDS: tuple[tuple[int, int, str], ...] = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"),
+                                               (80, 200, "80+"))
+#: ages outside this range are data errors (PadChest's range is 0 to 105)
+MAX_AGE = 120
+SEX_GROUPS = {"F": "F", "M": "M", "O": "other"}
+_YEAR = re.compile(r"\s*(\d{4})(\.0*)?\s*")
+_DATE = re.compile(r"\s*(\d{4})-?(\d{2})-?(\d{2})(\.0*)?\s*")
+
+
+def _text(value) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def birth_year(value) -> int | None:
+    """``1930.0``, ``"1930.0"``, ``1930`` -> 1930; missing, malformed or implausible -> None."""
+    text = _text(value)
+    match = _YEAR.fullmatch(text) if text is not None else None
+    year = int(match.group(1)) if match else None
+    return year if year is not None and 1880 <= year <= 2100 else None
+
+
+def study_year(value) -> int | None:
+    """``20150312`` or ``"2015-03-12"`` -> 2015; missing or malformed -> None."""
+    text = _text(value)
+    match = _DATE.fullmatch(text) if text is not None else None
+    if not match or not (1 <= int(match.group(2)) <= 12 and 1 <= int(match.group(3)) <= 31):
+        return None
+    return int(match.group(1))
+
+
+def age_band(study_date, birth) -> str:
+    """The band of the age at the study; ``unknown`` when either year is missing, malformed or the age is
+    impossible (negative or over :data:`MAX_AGE`)."""
+    study, born = study_year(study_date), birth_year(birth)
+    if study is None or born is None or not 0 <= study - born <= MAX_AGE:
+        return UNKNOWN
+    age = study - born
+    return next(name for low, high, name in AGE_BANDS if low <= age < high)
+
+
+def sex_group(value) -> str:
+    """PadChest's ``PatientSex_DICOM``: F, M, O (other); anything else ``unknown``."""
+    text = _text(value)
+    return SEX_GROUPS.get(text.strip().upper(), UNKNOWN) if text else UNKNOWN
+
+
+def demographics(table: pd.DataFrame) -> pd.DataFrame:
+    """ImageID -> ``sex`` and ``age_band`` from a PadChest-style table; a missing column makes every image
+    ``unknown`` for that attribute (the challenge CSVs carry the study date but not sex or birth year)."""
+    if "ImageID" not in table.columns:
+        raise InvalidInputError("a demographics table needs an ImageID column")
+    n = len(table)
+    sexes = table["PatientSex_DICOM"] if "PatientSex_DICOM" in table.columns else [None] * n
+    births = table["PatientBirth"] if "PatientBirth" in table.columns else [None] * n
+    dates = table["StudyDate_DICOM"] if "StudyDate_DICOM" in table.columns else [None] * n
+    return pd.DataFrame({"sex": [sex_group(s) for s in sexes],
+                         "age_band": [age_band(d, b) for d, b in zip(dates, births, strict=True)]},
+                        index=pd.Index(table["ImageID"].astype(str), name="ImageID"))
+
+
+def rarest_finding_strata(y_true: np.ndarray) -> np.ndarray:
+    """Each image's stratum: the column of its rarest present finding (fewest positives in ``y_true``; ties to the
+    lower column), or -1 for an image with none."""
+    y_true = np.asarray(y_true)
+    counts = y_true.sum(0).astype(float)
+    rank = np.where(y_true > 0, counts[None, :], np.inf)
+    strata = np.argmin(rank, axis=1)
+    strata[~(y_true > 0).any(1)] = -1
+    return strata
+
+
+def stratified_resample(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one bootstrap replicate: within every stratum, as many draws with replacement as it has images."""
+    parts = []
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        parts.append(rng.choice(members, size=len(members), replace=True))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+
+
+def macro_ece(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Mean per-class ECE (10 equal-width bins, L1) over the classes with positives, as in :mod:`cxrlt.metrics`."""
+    keep = np.flatnonzero(np.asarray(y_true).sum(0) > 0)
+    if not len(keep):
+        return float("nan")
+    return float(np.mean([calibration_error(y_prob[:, j], y_true[:, j]) for j in keep]))
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"mAP": macro_ap, "mAUROC": macro_auroc,
+                                                                  "mECE": macro_ece}
+
+
+def stratified_bootstrap(y_true: np.ndarray, y_prob: np.ndarray, metrics: Mapping[str, Callable] | None = None,
+                         n: int = 200, seed: int = 0, alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile CIs of each metric over ``n`` replicates stratified by :func:`rarest_finding_strata`."""
+    metrics = metrics or METRICS
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=np.float64)
+    strata = rarest_finding_strata(y_true)
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {name: [] for name in metrics}
+    for _ in range(n):
+        idx = stratified_resample(strata, rng)
+        for name, metric in metrics.items():
+            values[name].append(metric(y_true[idx], y_prob[idx]))
+    q = (100 * alpha / 2, 100 * (1 - alpha / 2))
+    out = {}
+    for name, vals in values.items():
+        finite = [v for v in vals if np.isfinite(v)]
+        out[name] = tuple(float(v) for v in np.percentile(finite, q)) if finite else (float("nan"), float("nan"))
+    return out
+
+
+@dataclass
+class SubgroupRow:
+    """One subgroup's metrics; ``flags`` says why a number is missing or less trustworthy (never dropped)."""
+
+    attribute: str
+    group: str
+    n_images: int
+    n_positive_labels: int
+    n_classes_scored: int
+    mAP: float
+    mAUROC: float
+    mECE: float
+    ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def subgroup_table(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str],
+                   attributes: Mapping[str, Sequence[str]], min_images: int = 30, n_bootstrap: int = 200,
+                   seed: int = 0) -> list[SubgroupRow]:
+    """Every group of every attribute (``attributes[name][i]`` is image ``i``'s group), with mAP, mAUROC and mECE
+    over the classes the group can score, and stratified bootstrap CIs for groups of at least ``min_images``."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=np.float64)
+    if y_true.shape != y_prob.shape or y_true.ndim != 2 or y_true.shape[1] != len(classes):
+        raise InvalidInputError(f"labels {y_true.shape}, probabilities {y_prob.shape} and {len(classes)} classes "
+                                "disagree")
+    rows = []
+    for attribute, groups in attributes.items():
+        groups = np.asarray([str(g) for g in groups])
+        if len(groups) != len(y_true):
+            raise InvalidInputError(f"attribute {attribute!r} has {len(groups)} values for {len(y_true)} images")
+        for group in sorted(set(groups)):
+            mask = groups == group
+            yt, yp = y_true[mask], y_prob[mask]
+            positives = yt.sum(0)
+            scored = int(((positives > 0) & (positives < len(yt))).sum())
+            flags = []
+            if mask.sum() < min_images:
+                flags.append(f"small: {int(mask.sum())} images (< {min_images}), no CI")
+            if not (positives > 0).any():
+                flags.append("no positive labels: mAP and mAUROC undefined")
+            elif scored == 0:
+                flags.append("no class has both positives and negatives: mAUROC undefined")
+            row = SubgroupRow(attribute, group, int(mask.sum()), int(positives.sum()), scored, macro_ap(yt, yp),
+                              macro_auroc(yt, yp), macro_ece(yt, yp), flags=flags)
+            if n_bootstrap and mask.sum() >= min_images:
+                row.ci95 = stratified_bootstrap(yt, yp, n=n_bootstrap, seed=seed)
+            rows.append(row)
+    return rows

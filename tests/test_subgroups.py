@@ -1,0 +1,130 @@
+"""Subgroups: demographic parsing of PadChest-style metadata, the stratified bootstrap, and per-group metrics with
+hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlt.errors import InvalidInputError
+from cxrlt.subgroups import (
+    UNKNOWN,
+    age_band,
+    birth_year,
+    demographics,
+    rarest_finding_strata,
+    sex_group,
+    stratified_bootstrap,
+    stratified_resample,
+    study_year,
+    subgroup_table,
+)
+
+TOL = 1e-9
+
+
+@pytest.mark.parametrize(("value", "year"), [("1930.0", 1930), (1930.0, 1930), (1930, 1930), (" 1930 ", 1930),
+                                             ("", None), (None, None), (float("nan"), None), ("19x0", None),
+                                             ("1930.5", None), ("30", None), ("1700", None), ("2300.0", None)])
+def test_birth_year_reads_padchest_floats_and_refuses_malformed(value, year):
+    assert birth_year(value) == year
+
+
+@pytest.mark.parametrize(("value", "year"), [(20150312, 2015), ("20150312", 2015), ("2015-03-12", 2015),
+                                             (20150312.0, 2015), ("20151312", None), ("2015", None), (None, None),
+                                             ("yesterday", None)])
+def test_study_year_reads_dicom_dates(value, year):
+    assert study_year(value) == year
+
+
+@pytest.mark.parametrize(("study", "born", "band"), [
+    ("20150101", "1976.0", "<40"),     # 39
+    ("20150101", "1975.0", "40-59"),   # 40
+    ("20150101", "1956.0", "40-59"),   # 59
+    ("20150101", "1955.0", "60-79"),   # 60
+    ("20150101", "1936.0", "60-79"),   # 79
+    ("20150101", "1935.0", "80+"),     # 80
+    ("20150101", "1910.0", "80+"),     # 105, PadChest's oldest
+    ("20150101", "2015.0", "<40"),     # 0
+    ("20150101", "2016.0", UNKNOWN),   # born after the study
+    ("20150101", "1890.0", UNKNOWN),   # 125: a data error
+    ("20150101", None, UNKNOWN),
+    (None, "1950.0", UNKNOWN),
+])
+def test_age_band_at_the_study_with_every_boundary(study, born, band):
+    assert age_band(study, born) == band
+
+
+def test_sex_groups_and_a_demographics_table_that_drops_nobody():
+    assert [sex_group(v) for v in ["F", "m", " M ", "O", "", None, "X"]] == ["F", "M", "M", "other", UNKNOWN,
+                                                                             UNKNOWN, UNKNOWN]
+    table = pd.DataFrame({"ImageID": ["a.png", "b.png", "c.png"], "PatientSex_DICOM": ["F", None, "M"],
+                          "PatientBirth": ["1930.0", "1980.0", "junk"], "StudyDate_DICOM": [20150101] * 3})
+    got = demographics(table)
+    assert list(got.index) == ["a.png", "b.png", "c.png"]
+    assert got["sex"].tolist() == ["F", UNKNOWN, "M"] and got["age_band"].tolist() == ["80+", "<40", UNKNOWN]
+    challenge = demographics(pd.DataFrame({"ImageID": ["a.png"], "StudyDate_DICOM": [20150101]}))
+    assert challenge.loc["a.png"].tolist() == [UNKNOWN, UNKNOWN]
+    with pytest.raises(InvalidInputError):
+        demographics(pd.DataFrame({"x": [1]}))
+
+
+def test_strata_are_the_rarest_present_finding():
+    y = np.array([[1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0], [1, 0, 0]])  # positives per class: 4, 2, 1
+    assert rarest_finding_strata(y).tolist() == [0, 1, 2, -1, 0]
+
+
+def test_stratified_bootstrap_keeps_the_rarest_class_in_every_replicate():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 5)) < [0.5, 0.3, 0.1, 0.05, 0.01]).astype(int)
+    y[:2, 4] = 1  # the rarest class: 2 or 3 positives
+    rarest = int(np.argmin(y.sum(0)))
+    strata = rarest_finding_strata(y)
+    draws = np.random.default_rng(1)
+    for _ in range(50):
+        idx = stratified_resample(strata, draws)
+        assert len(idx) == len(y)
+        assert y[idx, rarest].sum() == y[:, rarest].sum()  # its positives all have it as their rarest finding
+        assert np.bincount(strata[idx] + 1, minlength=7).tolist() == np.bincount(strata + 1, minlength=7).tolist()
+    # a plain bootstrap loses the rarest class in some replicates; the stratified one never does
+    plain = np.random.default_rng(2)
+    assert any(y[plain.integers(0, len(y), len(y)), rarest].sum() == 0 for _ in range(200))
+
+
+def test_stratified_bootstrap_interval_contains_the_point_estimate_and_is_degenerate_for_perfect_scores():
+    rng = np.random.default_rng(3)
+    y = (rng.random((300, 4)) < [0.4, 0.2, 0.1, 0.03]).astype(int)
+    noisy = 0.3 * y + 0.7 * rng.random(y.shape)  # overlapping scores: AP well below 1
+    ci = stratified_bootstrap(y, noisy, n=100, seed=0)
+    from cxrlt.metrics import macro_ap
+
+    point = macro_ap(y, noisy)
+    assert point < 0.95 and ci["mAP"][0] < point < ci["mAP"][1]
+    perfect = stratified_bootstrap(y, y.astype(float), n=20, seed=0)
+    assert perfect["mAP"] == pytest.approx((1.0, 1.0), abs=TOL)
+    assert perfect["mAUROC"] == pytest.approx((1.0, 1.0), abs=TOL)
+    assert perfect["mECE"] == pytest.approx((0.0, 0.0), abs=TOL)
+
+
+def test_subgroup_metrics_by_hand_and_small_groups_flagged_not_dropped():
+    # group A: perfect ranking and calibration; group B: one class, y = [1, 0], p = [0.2, 0.8]
+    y = np.array([[1], [0], [1], [0]])
+    p = np.array([[1.0], [0.0], [0.2], [0.8]])
+    rows = subgroup_table(y, p, ["x"], {"sex": ["F", "F", "M", "M"]}, min_images=3, n_bootstrap=10)
+    a, b = rows
+    assert (a.group, a.n_images, a.n_positive_labels, a.n_classes_scored) == ("F", 2, 1, 1)
+    assert (a.mAP, a.mAUROC, a.mECE) == pytest.approx((1.0, 1.0, 0.0), abs=TOL)
+    # B: AP = precision at the only positive's rank (2nd) = 1/2; AUROC = 0 (the negative outranks the positive);
+    # ECE = 0.5 * |1 - 0.2| + 0.5 * |0 - 0.8| = 0.8
+    assert (b.mAP, b.mAUROC, b.mECE) == pytest.approx((0.5, 0.0, 0.8), abs=TOL)
+    assert all("small: 2 images" in r.flags[0] for r in rows) and not a.ci95 and not b.ci95
+    # a group with no positives is reported with undefined scores and says why
+    rows = subgroup_table(y, p, ["x"], {"view": ["lat", "pa", "lat", "pa"]}, min_images=1, n_bootstrap=0)
+    pa = next(r for r in rows if r.group == "pa")
+    assert pa.n_positive_labels == 0 and math.isnan(pa.mAP) and math.isnan(pa.mAUROC)
+    assert "no positive labels" in pa.flags[0] and pa.to_dict()["mAP"] is None
+    with pytest.raises(InvalidInputError, match="3 values for 4 images"):
+        subgroup_table(y, p, ["x"], {"sex": ["F", "F", "M"]})
