@@ -266,3 +266,65 @@ def test_each_role_can_do_its_step_and_nothing_more(auth_server, keys, served, t
     login("serving")
     bundle = download_verified_bundle(REGISTERED_MODEL, version, tmp_path / "download", uri, public_key=public)
     assert (bundle / "bundle.json").exists()
+
+
+def test_promotion_refuses_a_challenger_better_overall_and_worse_in_one_subgroup(mlflow_uri, served, tmp_path):
+    """Three versions registered with their evaluation predictions and each image's groups, as the pipeline's
+    evaluate and register steps write them: a challenger much better for women and at chance for men is refused,
+    naming the subgroup; a fair one (better for women, unchanged for men) is promoted."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from cxrlt.labels import KNOWN_CLASSES
+    from cxrlt.platform import GROUPS_CSV
+    from cxrlt.registry import promote, register_bundle
+    from cxrlt.subgroups import SubgroupGate
+
+    name = "cxrlt-subgroup-gate"
+    classes = list(KNOWN_CLASSES)
+    rng = np.random.default_rng(7)
+    n = 400
+    ids = [f"img{i:04d}.png" for i in range(n)]
+    y = (rng.random((n, len(classes))) < 0.15).astype(int)
+    sex = np.where(np.arange(n) % 2 == 0, "F", "M")
+    women, men = sex == "F", sex == "M"
+    pd.DataFrame({"ImageID": ids, **{c: y[:, j] for j, c in enumerate(classes)}}).to_csv(tmp_path / "labels.csv",
+                                                                                         index=False)
+    champion = 0.15 * y + 0.85 * rng.random(y.shape)
+    regressed = champion.copy()
+    regressed[women] = 0.8 * y[women] + 0.2 * rng.random((women.sum(), len(classes)))
+    regressed[men] = rng.random((men.sum(), len(classes)))
+    fair = champion.copy()
+    fair[women] = np.clip(champion[women] + 0.05 * y[women], 0, 1)
+
+    def register(scores: np.ndarray, tag: str) -> str:
+        folder = tmp_path / tag
+        folder.mkdir()
+        pd.DataFrame({"ImageID": ids, **{c: scores[:, j] for j, c in enumerate(classes)}}).to_csv(
+            folder / "predictions.csv", index=False)
+        pd.DataFrame({"ImageID": ids, "sex": sex, "age_band": "60-79",
+                      "projection": np.where(np.arange(n) % 4 < 2, "frontal", "lateral")}).to_csv(
+            folder / GROUPS_CSV, index=False)
+        return register_bundle(served, {"mAP": 0.5}, {"passed": True, "checks": []}, {"git_commit": tag},
+                               evaluation_csv=folder / "predictions.csv", name=name, tracking_uri=mlflow_uri)
+
+    gate = SubgroupGate(margin=0.02, max_ece=1.0, min_images=100, min_positive_labels=50, n_bootstrap=100)
+    first = register(champion, "champion")
+    decision = promote(tmp_path / "labels.csv", name, mlflow_uri, n_bootstrap=100, subgroup_gate=gate)
+    assert decision["promoted"] and decision["reason"] == "no champion yet"
+    assert {(r["attribute"], r["group"]) for r in decision["subgroups"]} == {
+        ("sex", "F"), ("sex", "M"), ("age_band", "60-79"), ("projection", "frontal"), ("projection", "lateral")}
+    client = mlflow.MlflowClient(mlflow_uri)
+    register(regressed, "regressed")
+    decision = promote(tmp_path / "labels.csv", name, mlflow_uri, n_bootstrap=100, subgroup_gate=gate)
+    assert decision["ci95"][0] >= -0.02, decision["reason"]  # non-inferior overall: only the subgroup rule refuses
+    assert not decision["promoted"] and "refused in subgroups: sex=M (200 images): mAUROC" in decision["reason"]
+    assert "sex=F" not in decision["reason"]
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == first
+    fair_version = register(fair, "fair")
+    decision = promote(tmp_path / "labels.csv", name, mlflow_uri, n_bootstrap=100, subgroup_gate=gate)
+    assert decision["promoted"], decision["reason"]
+    men_row = next(r for r in decision["subgroups"] if r["group"] == "M")
+    assert men_row["diff"] == 0.0 and men_row["gated"]
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == fair_version

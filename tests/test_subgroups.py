@@ -128,3 +128,92 @@ def test_subgroup_metrics_by_hand_and_small_groups_flagged_not_dropped():
     assert "no positive labels" in pa.flags[0] and pa.to_dict()["mAP"] is None
     with pytest.raises(InvalidInputError, match="3 values for 4 images"):
         subgroup_table(y, p, ["x"], {"sex": ["F", "F", "M"]})
+
+
+def test_evaluation_writes_subgroups_by_class_name_with_unknown_for_images_the_metadata_lacks(tmp_path):
+    from cxrlt.evaluation import write_subgroups
+
+    labels = pd.DataFrame({"ImageID": ["a", "b", "c", "d"], "x": [1, 0, 1, 0], "y": [0, 1, 1, 0]})
+    # predictions keyed by class name, columns in another order than the labels'
+    pred = pd.DataFrame({"y": [0.1, 0.9, 0.8, 0.2], "x": [0.9, 0.1, 0.2, 0.8]})
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"ImageID": ["a", "b", "c"], "PatientSex_DICOM": ["F", "F", "M"],
+                  "PatientBirth": ["1930.0", "1931.0", "1990.0"], "StudyDate_DICOM": [20150101] * 3,
+                  "Projection": ["PA", "PA", "L"]}).to_csv(meta, index=False)
+    rows = write_subgroups(labels, pred, ["x", "y"], meta, {"a": "frontal", "b": "frontal", "c": "lateral"},
+                           tmp_path, n_bootstrap=0)
+    by = {(r["attribute"], r["group"]): r for r in rows}
+    assert set(by) == {("sex", "F"), ("sex", "M"), ("sex", "unknown"), ("age_band", "80+"), ("age_band", "<40"),
+                       ("age_band", "unknown"), ("projection", "frontal"), ("projection", "lateral"),
+                       ("projection", "unknown")}
+    assert [by[("sex", g)]["n_images"] for g in ("F", "M", "unknown")] == [2, 1, 1]
+    # F = images a and b: x ranks a (positive) first -> AP 1; y ranks b (positive) first -> AP 1
+    assert by[("sex", "F")]["mAP"] == pytest.approx(1.0, abs=TOL)
+    # unknown = image d: no positives, reported with undefined scores
+    assert by[("sex", "unknown")]["mAP"] is None and by[("sex", "unknown")]["flags"]
+    table = pd.read_csv(tmp_path / "subgroups.csv")
+    assert len(table) == 9 and {"mAP_ci95_low", "flags"} <= set(table.columns)
+    assert json_rows(tmp_path / "subgroups.json") == rows
+
+
+def json_rows(path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _scored(seed: int = 5, n: int = 400):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < [0.3, 0.2, 0.15]).astype(int)
+    champion = 0.15 * y + 0.85 * rng.random(y.shape)  # informative but far from perfect
+    sex = np.where(np.arange(n) % 2 == 0, "F", "M")
+    return rng, y, champion, sex
+
+
+def test_subgroup_gate_refuses_a_challenger_better_overall_and_worse_in_one_group():
+    from cxrlt.metrics import macro_auroc
+    from cxrlt.subgroups import SubgroupGate, paired_subgroup_deltas, subgroup_refusals
+
+    rng, y, champion, sex = _scored()
+    challenger = champion.copy()
+    female, male = sex == "F", sex == "M"
+    challenger[female] = 0.8 * y[female] + 0.2 * rng.random((female.sum(), 3))  # much better for women
+    challenger[male] = rng.random((male.sum(), 3))                              # at chance for men
+    assert macro_auroc(y, challenger) > macro_auroc(y, champion)  # better on average
+    gate = SubgroupGate(margin=0.02, max_ece=1.0, min_images=100, min_positive_labels=20, n_bootstrap=100)
+    rows = paired_subgroup_deltas(y, challenger, champion, {"sex": sex}, gate)
+    refusals = subgroup_refusals(rows, gate)
+    assert len(refusals) == 1 and refusals[0].startswith("sex=M (200 images): mAUROC challenger - champion -")
+    by = {r["group"]: r for r in rows}
+    assert by["F"]["ci95"][0] > 0 and by["M"]["ci95"][1] < 0
+    # the same challenger scored on only 60 men: too few to judge, reported as not gated rather than dropped
+    small = SubgroupGate(margin=0.02, max_ece=1.0, min_images=250, min_positive_labels=20, n_bootstrap=50)
+    rows = paired_subgroup_deltas(y, challenger, champion, {"sex": sex}, small)
+    assert not subgroup_refusals(rows, small) and all(r["gated"] is False and "not gated" in r["reason"] for r in rows)
+
+
+def test_subgroup_gate_accepts_a_fair_challenger_and_caps_each_groups_calibration():
+    from cxrlt.subgroups import SubgroupGate, paired_subgroup_deltas, subgroup_refusals
+
+    rng, y, champion, sex = _scored()
+    fair = champion.copy()
+    fair[sex == "F"] = np.clip(champion[sex == "F"] + 0.05 * y[sex == "F"], 0, 1)  # a little better for women
+    gate = SubgroupGate(margin=0.02, max_ece=1.0, min_images=100, min_positive_labels=20, n_bootstrap=100)
+    rows = paired_subgroup_deltas(y, fair, champion, {"sex": sex}, gate)
+    assert subgroup_refusals(rows, gate) == []
+    men = next(r for r in rows if r["group"] == "M")
+    assert men["diff"] == 0.0 and men["ci95"] == [0.0, 0.0]  # identical scores: every replicate's difference is 0
+    # calibration: 100 images of y = [1, 0] with p = [0.2, 0.8] (mECE 0.8, as computed by hand in
+    # test_subgroup_metrics_by_hand...) and 100 perfectly calibrated ones; without a champion only the cap applies
+    y2 = np.tile([[1], [0]], (100, 1))
+    p2 = np.where(np.arange(200)[:, None] < 100, np.tile([[0.2], [0.8]], (100, 1))[:200], y2.astype(float))
+    view = np.where(np.arange(200) < 100, "lateral", "frontal")
+    capped = SubgroupGate(max_ece=0.2, min_images=100, min_positive_labels=50)
+    rows = paired_subgroup_deltas(y2, p2, None, {"projection": view}, capped)
+    by = {r["group"]: r for r in rows}
+    assert by["lateral"]["challenger_mECE"] == pytest.approx(0.8, abs=TOL)
+    assert by["frontal"]["challenger_mECE"] == pytest.approx(0.0, abs=TOL)
+    assert by["lateral"]["diff"] is None and by["lateral"]["ci95"] is None
+    assert subgroup_refusals(rows, capped) == ["projection=lateral (100 images): challenger mECE 0.8000 > 0.2"]
+    with pytest.raises(InvalidInputError, match="mAUROC or mAP"):
+        SubgroupGate(metric="mECE")

@@ -331,6 +331,21 @@ class GateConfig(_Strict):
     max_ece: Annotated[float, Field(ge=0, le=1)] = 0.15
     #: zero-shot unseen mAP over its chance level (the unseen classes' mean prevalence); 0 = no zero-shot check
     min_unseen_lift: Annotated[float, Field(ge=0)] = 1.5
+    #: promotion, in every subgroup (sex, age band, projection) with at least subgroup_min_images images and
+    #: subgroup_min_positive_labels positive labels: the 95 % CI low of challenger - champion subgroup_metric
+    #: (paired, stratified bootstrap) must be >= -subgroup_margin, and the challenger's mECE <= subgroup_max_ece
+    subgroup_metric: Literal["mAUROC", "mAP"] = "mAUROC"
+    subgroup_margin: Annotated[float, Field(ge=0, le=1)] = 0.02
+    subgroup_max_ece: Annotated[float, Field(ge=0, le=1)] = 0.2
+    subgroup_min_images: Annotated[int, Field(ge=1)] = 100
+    subgroup_min_positive_labels: Annotated[int, Field(ge=1)] = 50
+
+    def subgroup_gate(self):
+        """The promotion's subgroup rule (:class:`cxrlt.subgroups.SubgroupGate`) from these settings."""
+        from cxrlt.subgroups import SubgroupGate
+
+        return SubgroupGate(self.subgroup_metric, self.subgroup_margin, self.subgroup_max_ece,
+                            self.subgroup_min_images, self.subgroup_min_positive_labels)
 
 
 class Profile(_Strict):

@@ -82,6 +82,15 @@ def _print_gate(run: Path, title: str) -> bool:
         print(f"  {c['metric']:<24} {value:>7} {c['op']} {c['threshold']:<5}  {mark}")
     print(f"  unseen mAP {summary['unseen_mAP']:.3f} vs chance {summary['unseen_prevalence']:.3f}; per class: "
           + ", ".join(f"{k} {v:.2f}" for k, v in summary.get("unseen_AP", {}).items()))
+    subgroups = run / "evaluate" / "report" / "subgroups.json"
+    if subgroups.exists():
+        print("  by subgroup (mAP, 95 % CI stratified by rarest finding; flags say why a number is missing):")
+        for row in json.loads(subgroups.read_text()):
+            ci = row["ci95"].get("mAP")
+            value = "n/a" if row["mAP"] is None else f"{row['mAP']:.3f}"
+            interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
+            print(f"    {row['attribute']:<10} {row['group']:<8} n={row['n_images']:<5} mAP {value:>5} {interval:<16} "
+                  + "; ".join(row["flags"]))
     print(f"  gate: {'PASSED' if evidence['passed'] else 'REFUSED'}", flush=True)
     return bool(evidence["passed"])
 

@@ -143,6 +143,7 @@ def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir
     views = read_projections(data / PADCHEST_METADATA_CSV).views
     truth = [views.get(i, "frontal") for i in labels["ImageID"]]
     cm = confusion_matrix(truth, pred["view"], labels=["frontal", "lateral"])
+    subgroups = write_subgroups(labels, pred, known, data / PADCHEST_METADATA_CSV, views, out)
     result = {**{k: summary[k] for k in ("mAP", "mAUROC", "mF1", "mECE")},
               "unseen_mAP": float(np.mean(aps)) if aps else float("nan"),
               "unseen_prevalence": float(np.mean(chance)) if chance else float("nan"),
@@ -150,4 +151,34 @@ def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir
               # zero-shot scores must depend on the image: a constant head would rank at chance
               "unseen_score_std": float(probs.std(axis=0).mean())}
     (out / "summary.json").write_text(json.dumps(result, indent=2))
-    return {**result, "confusion": cm.tolist(), "router_accuracy": float(np.trace(cm) / max(cm.sum(), 1))}
+    return {**result, "confusion": cm.tolist(), "router_accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+            "subgroups": subgroups}
+
+
+#: the metadata columns subgroups are read from (PadChest's names)
+DEMOGRAPHIC_COLUMNS = ("ImageID", "PatientSex_DICOM", "PatientBirth", "StudyDate_DICOM")
+
+
+def write_subgroups(labels: pd.DataFrame, pred: pd.DataFrame, classes: list[str], metadata_csv: Path,
+                    views: dict[str, str], out: Path, n_bootstrap: int = 100) -> list[dict]:
+    """Per sex, age band and projection: mAP, mAUROC and mECE of ``pred`` (by class name) with stratified bootstrap
+    CIs, written to ``subgroups.json`` and ``subgroups.csv``, and each image's groups to ``groups.csv``. Images the
+    metadata does not describe are in the group ``unknown``."""
+    from cxrlt.subgroups import GROUPS_CSV, UNKNOWN, demographics, subgroup_table
+
+    ids = labels["ImageID"].astype(str)
+    meta = pd.read_csv(metadata_csv, dtype={"ImageID": str}, usecols=lambda c: c in DEMOGRAPHIC_COLUMNS)
+    people = demographics(meta.drop_duplicates("ImageID")).reindex(ids).fillna(UNKNOWN)
+    attributes = {"sex": people["sex"].tolist(), "age_band": people["age_band"].tolist(),
+                  "projection": [views.get(i, UNKNOWN) for i in ids]}
+    # each image's groups travel with the registered predictions: promotion compares versions within them
+    pd.DataFrame({"ImageID": ids.tolist(), **attributes}).to_csv(out / GROUPS_CSV, index=False)
+    rows = [r.to_dict() for r in subgroup_table(labels[classes].to_numpy(), pred[classes].to_numpy(), classes,
+                                                attributes, n_bootstrap=n_bootstrap)]
+    (out / "subgroups.json").write_text(json.dumps(_clean(rows), indent=2))
+    flat = [{**{k: v for k, v in r.items() if k not in ("ci95", "flags")},
+             **{f"{m}_ci95_{end}": (r["ci95"].get(m) or (None, None))[i]
+                for m in ("mAP", "mAUROC", "mECE") for i, end in enumerate(("low", "high"))},
+             "flags": "; ".join(r["flags"])} for r in rows]
+    pd.DataFrame(flat).to_csv(out / "subgroups.csv", index=False)
+    return _clean(rows)

@@ -68,6 +68,9 @@ S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPO
 REGISTERED_MODEL = "cxrlt-bundle"
 #: promotion: the lower end of the 95 % CI of (challenger - champion) mAP must be >= -PROMOTION_MARGIN
 PROMOTION_MARGIN = 0.02
+#: each evaluated image's subgroups (ImageID, sex, age_band, projection), written beside the evaluation's predictions
+#: and registered with them: promotion compares versions within these groups
+GROUPS_CSV = "groups.csv"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 

@@ -21,14 +21,20 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from cxrlt import evidence
 from cxrlt.errors import CxrltError
-from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, PROMOTION_MARGIN, REGISTERED_MODEL
+from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, GROUPS_CSV, PROMOTION_MARGIN, REGISTERED_MODEL
+
+if TYPE_CHECKING:  # the subgroup metrics import torch: only promotion needs them
+    from cxrlt.subgroups import SubgroupGate
 
 EVAL_ARTIFACT = "evaluation"
+#: the subgroup metrics the evaluation writes beside its predictions (logged with them)
+SUBGROUPS_JSON = "subgroups.json"
 MANIFEST_ARTIFACT = "bundle_manifest.json"
 #: a promotion holds this registered model (``<name>.promotion-lease``) while it decides and moves the aliases: MLflow
 #: creates a name once, so of two promoters that start together exactly one goes on
@@ -295,6 +301,10 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
             mlflow.log_artifact(str(evaluation_csv), artifact_path=EVAL_ARTIFACT)
             for plot in sorted(Path(evaluation_csv).parent.glob("*.png")):  # reliability before/after, per-class AP
                 mlflow.log_artifact(str(plot), artifact_path=EVAL_ARTIFACT)
+            # each image's subgroups (promotion compares versions within them) and the subgroup metrics
+            for extra in (GROUPS_CSV, SUBGROUPS_JSON):
+                if (Path(evaluation_csv).parent / extra).is_file():
+                    mlflow.log_artifact(str(Path(evaluation_csv).parent / extra), artifact_path=EVAL_ARTIFACT)
         with _pyfunc_model(bundle_dir) as arguments:
             info = mlflow.pyfunc.log_model(name="bundle", **arguments)
     version = mlflow.register_model(info.model_uri, name).version
@@ -315,15 +325,47 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
     return str(version)
 
 
-def _evaluation(client, name: str, version: str) -> pd.DataFrame:
+def _evaluation_folder(client, name: str, version: str) -> Path:
     import mlflow
 
     mv = client.get_model_version(name, version)
     uri = mv.tags.get("evaluation_artifact")
     if not uri:
         raise RegistryError(f"version {version} has no evaluation predictions to compare")
-    folder = Path(mlflow.artifacts.download_artifacts(uri))
-    return pd.read_csv(next(folder.glob("*.csv")), dtype={"ImageID": str})
+    return Path(mlflow.artifacts.download_artifacts(uri))
+
+
+def _predictions(folder: Path, version: str) -> pd.DataFrame:
+    """The evaluation's predictions: the one CSV of the folder that is not the per-image groups."""
+    found = [p for p in sorted(folder.glob("*.csv")) if p.name != GROUPS_CSV]
+    if len(found) != 1:
+        raise RegistryError(f"version {version}'s evaluation holds {[p.name for p in found]}, not one predictions CSV")
+    return pd.read_csv(found[0], dtype={"ImageID": str})
+
+
+def _evaluation(client, name: str, version: str) -> pd.DataFrame:
+    return _predictions(_evaluation_folder(client, name, version), version)
+
+
+def compare_subgroups(challenger: pd.DataFrame, champion: pd.DataFrame | None, labels: pd.DataFrame,
+                      groups: pd.DataFrame, classes: list[str], gate: SubgroupGate) -> tuple[list[dict], list[str]]:
+    """The subgroup rule on the images all three cover (by ImageID, columns by class name): per group the paired
+    (challenger - champion) CI and the challenger's mECE; without a champion only the mECE cap applies. Returns the
+    rows and the refusals (empty when the rule holds)."""
+    from cxrlt.subgroups import ATTRIBUTES, paired_subgroup_deltas, subgroup_refusals
+
+    missing = [a for a in ATTRIBUTES if a not in groups.columns]
+    if missing:
+        raise RegistryError(f"the challenger's {GROUPS_CSV} lacks the columns {missing}")
+    ids = sorted(set(challenger["ImageID"]) & set(labels["ImageID"]) & set(groups["ImageID"].astype(str)))
+    if len(ids) < len(labels):
+        raise RegistryError(f"the challenger's {GROUPS_CSV} does not cover the evaluation set")
+    y = labels.set_index("ImageID").loc[ids, classes].to_numpy()
+    a = challenger.set_index("ImageID").loc[ids, classes].to_numpy()
+    b = champion.set_index("ImageID").loc[ids, classes].to_numpy() if champion is not None else None
+    by_image = groups.astype({"ImageID": str}).drop_duplicates("ImageID").set_index("ImageID").loc[ids]
+    rows = paired_subgroup_deltas(y, a, b, {k: by_image[k].astype(str).tolist() for k in ATTRIBUTES}, gate)
+    return rows, subgroup_refusals(rows, gate)
 
 
 def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: pd.DataFrame, classes: list[str],
@@ -341,16 +383,22 @@ def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: p
 
 
 def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
-            margin: float = PROMOTION_MARGIN, n_bootstrap: int = 200, public_key: str | Path | None = None) -> dict:
+            margin: float = PROMOTION_MARGIN, n_bootstrap: int = 200, public_key: str | Path | None = None,
+            subgroup_gate: SubgroupGate | None = None) -> dict:
     """Move ``champion`` to the challenger if its signed evidence says it passed its gate and it is non-inferior on
-    the same evaluation set: the lower end of the 95 % CI of (challenger - champion) mAP must be >= -margin. The
-    whole decision runs under the promotion lease, so concurrent promoters cannot both move the champion."""
+    the same evaluation set: the lower end of the 95 % CI of (challenger - champion) mAP must be >= -margin, and, where
+    the challenger's evaluation carries each image's subgroups, no subgroup may fail ``subgroup_gate`` (the
+    profile's ``gate.subgroup_*``; :class:`cxrlt.subgroups.SubgroupGate`'s defaults otherwise). The whole decision
+    runs under the promotion lease, so concurrent promoters cannot both move the champion."""
+    from cxrlt.subgroups import SubgroupGate
+
     client = _client(tracking_uri)
     with promotion_lease(client, name):
-        return _promote(client, labels_csv, name, margin, n_bootstrap, public_key)
+        return _promote(client, labels_csv, name, margin, n_bootstrap, public_key, subgroup_gate or SubgroupGate())
 
 
-def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, public_key) -> dict:
+def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, public_key,
+             subgroup_gate: SubgroupGate) -> dict:
     from cxrlt.data.tables import read_label_csv
     from cxrlt.labels import KNOWN_CLASSES
 
@@ -365,18 +413,34 @@ def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, pub
     champion = client.get_model_version(name, champion_version) if champion_version else None
     decision = {"challenger": challenger.version, "champion": champion.version if champion else None,
                 "evidence_verified": verified}
+    if champion is not None and champion.version == challenger.version:
+        decision.update(promoted=False, reason="challenger is already champion")
+        return decision
+    folder = _evaluation_folder(client, name, challenger.version) if challenger.tags.get("evaluation_artifact") \
+        else None
+    grouped = folder is not None and (folder / GROUPS_CSV).is_file()
+    labels = read_label_csv(labels_csv)[0] if champion is not None or grouped else None
+    theirs = _evaluation(client, name, champion.version) if champion is not None else None
     if champion is None:
         decision.update(promoted=True, reason="no champion yet")
-    elif champion.version == challenger.version:
-        decision.update(promoted=False, reason="challenger is already champion")
     else:
-        labels, _ = read_label_csv(labels_csv)
-        stats = paired_bootstrap(_evaluation(client, name, challenger.version),
-                                 _evaluation(client, name, champion.version), labels, list(KNOWN_CLASSES),
+        if folder is None:
+            raise RegistryError(f"version {challenger.version} has no evaluation predictions to compare")
+        stats = paired_bootstrap(_predictions(folder, challenger.version), theirs, labels, list(KNOWN_CLASSES),
                                  n_bootstrap)
         decision.update(stats)
         decision["promoted"] = stats["ci95"][0] >= -margin
         decision["reason"] = (f"CI low {stats['ci95'][0]:.4f} {'>=' if decision['promoted'] else '<'} -{margin}")
+    if grouped:
+        rows, refusals = compare_subgroups(_predictions(folder, challenger.version), theirs, labels,
+                                           pd.read_csv(folder / GROUPS_CSV, dtype=str), list(KNOWN_CLASSES),
+                                           subgroup_gate)
+        decision["subgroups"] = rows
+        if refusals:
+            decision["promoted"] = False
+            decision["reason"] += "; refused in subgroups: " + " | ".join(refusals)
+    else:
+        decision["subgroups"] = f"not checked: the challenger's evaluation carries no {GROUPS_CSV}"
     if decision["promoted"]:
         _set_alias(client, name, CHAMPION_ALIAS, challenger.version, decision["reason"], expected=champion_version)
         if _alias_version(client, name, CHALLENGER_ALIAS) == str(challenger.version):  # a newer one keeps it

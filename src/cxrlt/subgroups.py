@@ -22,6 +22,7 @@ import pandas as pd
 
 from cxrlt.errors import InvalidInputError
 from cxrlt.metrics import calibration_error, macro_ap, macro_auroc
+from cxrlt.platform import GROUPS_CSV  # noqa: F401  (re-exported: the file the evaluation writes)
 
 UNKNOWN = "unknown"
 #: age at the study in whole years: [low, high) -> band name
@@ -190,3 +191,84 @@ def subgroup_table(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str
                 row.ci95 = stratified_bootstrap(yt, yp, n=n_bootstrap, seed=seed)
             rows.append(row)
     return rows
+
+
+ATTRIBUTES = ("sex", "age_band", "projection")
+
+
+@dataclass(frozen=True)
+class SubgroupGate:
+    """Promotion's subgroup rule: in every subgroup with at least ``min_images`` images and ``min_positive_labels``
+    positive labels, the lower end of the 95 % CI of (challenger - champion) ``metric`` (paired, stratified
+    bootstrap) must be >= -``margin``, and the challenger's mECE there must be <= ``max_ece``."""
+
+    metric: str = "mAUROC"
+    margin: float = 0.02
+    max_ece: float = 0.2
+    min_images: int = 100
+    min_positive_labels: int = 50
+    n_bootstrap: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("mAUROC", "mAP"):
+            raise InvalidInputError(f"the subgroup gate compares mAUROC or mAP, not {self.metric!r}")
+
+
+def paired_subgroup_deltas(y_true: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None,
+                           attributes: Mapping[str, Sequence[str]], gate: SubgroupGate = SubgroupGate()) -> list[dict]:
+    """Per group: challenger - champion ``gate.metric`` with a paired bootstrap CI (both models scored on the same
+    replicate, resampled within the group by rarest finding), and the challenger's mECE; without a champion, the
+    mECE alone (``diff`` and ``ci95`` None). Groups too small to judge are listed with ``gated: False`` and the
+    reason."""
+    metric = METRICS[gate.metric]
+    y_true = np.asarray(y_true)
+    rows = []
+    for attribute, groups in attributes.items():
+        groups = np.asarray([str(g) for g in groups])
+        if len(groups) != len(y_true):
+            raise InvalidInputError(f"attribute {attribute!r} has {len(groups)} values for {len(y_true)} images")
+        for group in sorted(set(groups)):
+            mask = groups == group
+            yt, a = y_true[mask], challenger[mask]
+            b = champion[mask] if champion is not None else None
+            row = {"attribute": attribute, "group": group, "n_images": int(mask.sum()),
+                   "n_positive_labels": int(yt.sum()), "metric": gate.metric,
+                   "diff": float(metric(yt, a) - metric(yt, b)) if b is not None else None, "ci95": None,
+                   "challenger_mECE": macro_ece(yt, a)}
+            if row["n_images"] < gate.min_images or row["n_positive_labels"] < gate.min_positive_labels:
+                row.update(gated=False, reason=f"not gated: fewer than {gate.min_images} images or "
+                                               f"{gate.min_positive_labels} positive labels")
+                rows.append(row)
+                continue
+            row["gated"] = True
+            if b is None:
+                rows.append(row)
+                continue
+            strata = rarest_finding_strata(yt)
+            rng = np.random.default_rng(gate.seed)
+            diffs = []
+            for _ in range(gate.n_bootstrap):
+                idx = stratified_resample(strata, rng)
+                diffs.append(metric(yt[idx], a[idx]) - metric(yt[idx], b[idx]))
+            finite = [d for d in diffs if np.isfinite(d)]
+            low, high = (np.percentile(finite, [2.5, 97.5]) if finite else (float("nan"), float("nan")))
+            row["ci95"] = [float(low), float(high)]
+            rows.append(row)
+    return rows
+
+
+def subgroup_refusals(rows: Sequence[Mapping], gate: SubgroupGate = SubgroupGate()) -> list[str]:
+    """What refuses promotion, one line per failing subgroup with its numbers (empty: the rule holds)."""
+    refusals = []
+    for row in rows:
+        if not row.get("gated"):
+            continue
+        where = f"{row['attribute']}={row['group']} ({row['n_images']} images)"
+        low = row["ci95"][0] if row["ci95"] is not None else None  # None: no champion to compare with
+        if low is not None and (not np.isfinite(low) or low < -gate.margin):
+            refusals.append(f"{where}: {gate.metric} challenger - champion {row['diff']:+.4f}, 95 % CI low "
+                            f"{low:.4f} < -{gate.margin}")
+        if not np.isfinite(row["challenger_mECE"]) or row["challenger_mECE"] > gate.max_ece:
+            refusals.append(f"{where}: challenger mECE {row['challenger_mECE']:.4f} > {gate.max_ece}")
+    return refusals

@@ -54,13 +54,19 @@ def registry_promote(
     tracking_uri: TrackingUri = None,
     name: ModelName = REGISTERED_MODEL,
     margin: Annotated[float, typer.Option(help="Non-inferiority margin on mAP.")] = PROMOTION_MARGIN,
+    config: Annotated[Path | None, typer.Option(
+        help="Profile whose gate.subgroup_* settings judge each subgroup (their defaults without it).")] = None,
 ) -> None:
-    """champion <- challenger if its signed evidence says it passed its gate and its mAP CI (paired bootstrap) is within
-    the margin. The evidence is verified with $CXRLT_EVIDENCE_VERIFY_KEY (PEM text or a file); one promotion at a
-    time holds the registry's promotion lease, another one started meanwhile is refused."""
+    """champion <- challenger if its signed evidence says it passed its gate, its mAP CI (paired bootstrap) is within
+    the margin, and no subgroup (sex, age band, projection) with enough images is worse beyond the profile's subgroup
+    margin or above its mECE cap; the refusal names the subgroup and its numbers. The evidence is verified with
+    $CXRLT_EVIDENCE_VERIFY_KEY (PEM text or a file); one promotion at a time holds the registry's promotion lease,
+    another one started meanwhile is refused."""
+    from cxrlt.config import GateConfig, load_profile
     from cxrlt.registry import promote
 
-    _emit(lambda: promote(labels, name, tracking_uri, margin))
+    gate = load_profile(config).gate if config else GateConfig()
+    _emit(lambda: promote(labels, name, tracking_uri, margin, subgroup_gate=gate.subgroup_gate()))
 
 
 @registry_app.command("rollback")
