@@ -306,6 +306,9 @@ def test_promotion_refuses_a_challenger_better_overall_and_worse_in_one_subgroup
         pd.DataFrame({"ImageID": ids, "sex": sex, "age_band": "60-79",
                       "projection": np.where(np.arange(n) % 4 < 2, "frontal", "lateral")}).to_csv(
             folder / GROUPS_CSV, index=False)
+        (folder / "subgroups.json").write_text(json.dumps([{"attribute": "sex", "group": "M", "n_images": 200,
+                                                            "mAP": 0.123, "mAUROC": 0.5, "mECE": 0.1,
+                                                            "ci95": {"mAP": [0.1, 0.15]}, "flags": []}]))
         return register_bundle(served, {"mAP": 0.5}, {"passed": True, "checks": []}, {"git_commit": tag},
                                evaluation_csv=folder / "predictions.csv", name=name, tracking_uri=mlflow_uri)
 
@@ -328,3 +331,18 @@ def test_promotion_refuses_a_challenger_better_overall_and_worse_in_one_subgroup
     men_row = next(r for r in decision["subgroups"] if r["group"] == "M")
     assert men_row["diff"] == 0.0 and men_row["gated"]
     assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == fair_version
+    # every version carries its card: the Markdown is its description, the HTML page travels with it
+    from typer.testing import CliRunner
+
+    from cxrlt.cli import app
+
+    page = tmp_path / "card.html"
+    shown = CliRunner().invoke(app, ["registry", "card", "@champion", "--name", name, "--tracking-uri", mlflow_uri,
+                                     "--html", str(page)])
+    assert shown.exit_code == 0, shown.output
+    assert f"# {name} version {fair_version}" in shown.stdout and "- git_commit: `fair`" in shown.stdout
+    assert "| sex=M (n=200) | mAP | 0.123 | 0.100 to 0.150 |" in shown.stdout
+    assert "<h2>Intended use</h2>" in page.read_text()
+    assert client.get_model_version(name, first).description.startswith(f"# {name} version {first}")
+    missing = CliRunner().invoke(app, ["registry", "card", "99", "--name", name, "--tracking-uri", mlflow_uri])
+    assert missing.exit_code != 0

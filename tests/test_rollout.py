@@ -141,7 +141,10 @@ def test_the_deployment_reads_its_version_from_the_rollout_configmap():
             [kubectl, "kustomize", str(root / "infra" / "overlays" / overlay)], capture_output=True, text=True,
             check=True).stdout) if d]
         dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == P.TRITON_SERVICE)
-        (init,) = dep["spec"]["template"]["spec"]["initContainers"]
+        # the repository builder; the other init container writes the front door's configuration
+        builder, front = dep["spec"]["template"]["spec"]["initContainers"]
+        init = builder
+        assert front["name"] == "front-door-config" and not any("models:/" in a for a in front["args"])
         assert f"models:/{P.REGISTERED_MODEL}/$(CXRLT_MODEL_VERSION)" in init["args"]
         assert not any("@" in a for a in init["args"]), "no replica resolves an alias itself"
         ref = next(e for e in init["env"] if e["name"] == "CXRLT_MODEL_VERSION")["valueFrom"]["configMapKeyRef"]

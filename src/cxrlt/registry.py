@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # the subgroup metrics import torch: only promotion needs the
     from cxrlt.subgroups import SubgroupGate
 
 EVAL_ARTIFACT = "evaluation"
+#: where a version's model card lives in its registration run
+MODEL_CARD_ARTIFACT = "model_card"
 #: the subgroup metrics the evaluation writes beside its predictions (logged with them)
 SUBGROUPS_JSON = "subgroups.json"
 MANIFEST_ARTIFACT = "bundle_manifest.json"
@@ -312,7 +314,9 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
     tags.update({"metrics": json.dumps(metrics), "gate_evidence": json.dumps(gate_evidence), "run_id": run.info.run_id,
                  "bundle_manifest": f"runs:/{run.info.run_id}/{MANIFEST_ARTIFACT}",
                  "bundle_manifest_sha256": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
-                 "evaluation_artifact": f"runs:/{run.info.run_id}/{EVAL_ARTIFACT}" if evaluation_csv else ""})
+                 "evaluation_artifact": f"runs:/{run.info.run_id}/{EVAL_ARTIFACT}" if evaluation_csv else "",
+                 "model_card": _attach_card(client, name, str(version), run.info.run_id, metrics, gate_evidence,
+                                            lineage, evaluation_csv)})
     key = signing_key or evidence.signing_key()
     if key is not None:
         tags.update(evidence.sign(name, str(version), tags, key))
@@ -323,6 +327,49 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
         client.set_model_version_tag(name, version, k, v)
     _set_alias(client, name, CHALLENGER_ALIAS, version, "registered after a passing gate")
     return str(version)
+
+
+def _attach_card(client, name: str, version: str, run_id: str, metrics: dict, gate_evidence: dict, lineage: dict,
+                 evaluation_csv: str | Path | None) -> str:
+    """Write the version's model card (JSON, Markdown, HTML with the evaluation's plots) into its run and make the
+    Markdown the version's description; returns the card's artifact URI."""
+    from cxrlt.model_card import build_card, write_card
+
+    folder = Path(evaluation_csv).parent if evaluation_csv is not None else None
+    subgroups = json.loads((folder / SUBGROUPS_JSON).read_text()) if folder and (folder / SUBGROUPS_JSON).is_file() \
+        else None
+    plots = {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))} if folder else {}
+    card = build_card(name, version, metrics, gate_evidence, lineage, subgroups, list(plots))
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_card(card, Path(tmp), plots)
+        for path in paths.values():
+            client.log_artifact(run_id, str(path), MODEL_CARD_ARTIFACT)
+        client.update_model_version(name, version, description=paths["md"].read_text())
+    return f"runs:/{run_id}/{MODEL_CARD_ARTIFACT}"
+
+
+def model_card(version: str = f"@{CHAMPION_ALIAS}", name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
+               html_out: str | Path | None = None) -> str:
+    """A registered version's model card as Markdown (``@alias`` or a version number); with ``html_out``, its HTML
+    page is also copied there."""
+    import shutil
+
+    import mlflow
+
+    client = _client(tracking_uri)
+    number = _alias_version(client, name, version[1:]) if version.startswith("@") else version
+    if number is None:
+        raise RegistryError(f"{name} has no version {version}")
+    mv = client.get_model_version(name, number)
+    uri = mv.tags.get("model_card")
+    if not uri:
+        raise RegistryError(f"{name} version {number} has no model card (registered before cards existed): "
+                            "its description and tags hold what is known")
+    folder = Path(mlflow.artifacts.download_artifacts(uri))
+    if html_out is not None:
+        Path(html_out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "card.html", html_out)
+    return (folder / "card.md").read_text()
 
 
 def _evaluation_folder(client, name: str, version: str) -> Path:

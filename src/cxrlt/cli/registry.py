@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlt.cli._app import app
+from cxrlt.cli._app import _fail, app
 from cxrlt.platform import PROMOTION_MARGIN, REGISTERED_MODEL
 
 registry_app = typer.Typer(help="Registry: status, history, promote the challenger, roll the champion back, signing "
@@ -67,6 +67,26 @@ def registry_promote(
 
     gate = load_profile(config).gate if config else GateConfig()
     _emit(lambda: promote(labels, name, tracking_uri, margin, subgroup_gate=gate.subgroup_gate()))
+
+
+@registry_app.command("card")
+def registry_card(
+    version: Annotated[str, typer.Argument(help="Version number or @alias.")] = "@champion",
+    tracking_uri: TrackingUri = None,
+    name: ModelName = REGISTERED_MODEL,
+    html: Annotated[Path | None, typer.Option(help="Also write the card's HTML page (plots embedded) here.")] = None,
+) -> None:
+    """Print a registered version's model card: intended use, training data and lineage, overall and subgroup
+    metrics with CIs, the gate's evidence, limitations. Written by registration into the version's run
+    (model_card/card.{json,md,html}) and shown as the version's description in MLflow."""
+    from cxrlt.registry import RegistryError, model_card
+
+    try:
+        typer.echo(model_card(version, name, tracking_uri, html))
+    except RegistryError as exc:
+        _fail(str(exc))
+    if html is not None:
+        typer.echo(f"HTML: {html}", err=True)
 
 
 @registry_app.command("rollback")
