@@ -140,6 +140,16 @@ def stratified_bootstrap(y_true: np.ndarray, y_prob: np.ndarray, metrics: Mappin
     return out
 
 
+def group_masks(attributes: Mapping[str, Sequence[str]], n_images: int):
+    """(attribute, group, boolean mask over the images) for every group of every attribute, groups sorted."""
+    for attribute, values in attributes.items():
+        groups = np.asarray([str(g) for g in values])
+        if len(groups) != n_images:
+            raise InvalidInputError(f"attribute {attribute!r} has {len(groups)} values for {n_images} images")
+        for group in sorted(set(groups)):
+            yield attribute, str(group), groups == group
+
+
 @dataclass
 class SubgroupRow:
     """One subgroup's metrics; ``flags`` says why a number is missing or less trustworthy (never dropped)."""
@@ -169,27 +179,22 @@ def subgroup_table(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str
         raise InvalidInputError(f"labels {y_true.shape}, probabilities {y_prob.shape} and {len(classes)} classes "
                                 "disagree")
     rows = []
-    for attribute, groups in attributes.items():
-        groups = np.asarray([str(g) for g in groups])
-        if len(groups) != len(y_true):
-            raise InvalidInputError(f"attribute {attribute!r} has {len(groups)} values for {len(y_true)} images")
-        for group in sorted(set(groups)):
-            mask = groups == group
-            yt, yp = y_true[mask], y_prob[mask]
-            positives = yt.sum(0)
-            scored = int(((positives > 0) & (positives < len(yt))).sum())
-            flags = []
-            if mask.sum() < min_images:
-                flags.append(f"small: {int(mask.sum())} images (< {min_images}), no CI")
-            if not (positives > 0).any():
-                flags.append("no positive labels: mAP and mAUROC undefined")
-            elif scored == 0:
-                flags.append("no class has both positives and negatives: mAUROC undefined")
-            row = SubgroupRow(attribute, group, int(mask.sum()), int(positives.sum()), scored, macro_ap(yt, yp),
-                              macro_auroc(yt, yp), macro_ece(yt, yp), flags=flags)
-            if n_bootstrap and mask.sum() >= min_images:
-                row.ci95 = stratified_bootstrap(yt, yp, n=n_bootstrap, seed=seed)
-            rows.append(row)
+    for attribute, group, mask in group_masks(attributes, len(y_true)):
+        yt, yp = y_true[mask], y_prob[mask]
+        positives = yt.sum(0)
+        scored = int(((positives > 0) & (positives < len(yt))).sum())
+        flags = []
+        if mask.sum() < min_images:
+            flags.append(f"small: {int(mask.sum())} images (< {min_images}), no CI")
+        if not (positives > 0).any():
+            flags.append("no positive labels: mAP and mAUROC undefined")
+        elif scored == 0:
+            flags.append("no class has both positives and negatives: mAUROC undefined")
+        row = SubgroupRow(attribute, group, int(mask.sum()), int(positives.sum()), scored, macro_ap(yt, yp),
+                          macro_auroc(yt, yp), macro_ece(yt, yp), flags=flags)
+        if n_bootstrap and mask.sum() >= min_images:
+            row.ci95 = stratified_bootstrap(yt, yp, n=n_bootstrap, seed=seed)
+        rows.append(row)
     return rows
 
 
@@ -224,37 +229,32 @@ def paired_subgroup_deltas(y_true: np.ndarray, challenger: np.ndarray, champion:
     metric = METRICS[gate.metric]
     y_true = np.asarray(y_true)
     rows = []
-    for attribute, groups in attributes.items():
-        groups = np.asarray([str(g) for g in groups])
-        if len(groups) != len(y_true):
-            raise InvalidInputError(f"attribute {attribute!r} has {len(groups)} values for {len(y_true)} images")
-        for group in sorted(set(groups)):
-            mask = groups == group
-            yt, a = y_true[mask], challenger[mask]
-            b = champion[mask] if champion is not None else None
-            row = {"attribute": attribute, "group": group, "n_images": int(mask.sum()),
-                   "n_positive_labels": int(yt.sum()), "metric": gate.metric,
-                   "diff": float(metric(yt, a) - metric(yt, b)) if b is not None else None, "ci95": None,
-                   "challenger_mECE": macro_ece(yt, a)}
-            if row["n_images"] < gate.min_images or row["n_positive_labels"] < gate.min_positive_labels:
-                row.update(gated=False, reason=f"not gated: fewer than {gate.min_images} images or "
-                                               f"{gate.min_positive_labels} positive labels")
-                rows.append(row)
-                continue
-            row["gated"] = True
-            if b is None:
-                rows.append(row)
-                continue
-            strata = rarest_finding_strata(yt)
-            rng = np.random.default_rng(gate.seed)
-            diffs = []
-            for _ in range(gate.n_bootstrap):
-                idx = stratified_resample(strata, rng)
-                diffs.append(metric(yt[idx], a[idx]) - metric(yt[idx], b[idx]))
-            finite = [d for d in diffs if np.isfinite(d)]
-            low, high = (np.percentile(finite, [2.5, 97.5]) if finite else (float("nan"), float("nan")))
-            row["ci95"] = [float(low), float(high)]
+    for attribute, group, mask in group_masks(attributes, len(y_true)):
+        yt, a = y_true[mask], challenger[mask]
+        b = champion[mask] if champion is not None else None
+        row = {"attribute": attribute, "group": group, "n_images": int(mask.sum()),
+               "n_positive_labels": int(yt.sum()), "metric": gate.metric,
+               "diff": float(metric(yt, a) - metric(yt, b)) if b is not None else None, "ci95": None,
+               "challenger_mECE": macro_ece(yt, a)}
+        if row["n_images"] < gate.min_images or row["n_positive_labels"] < gate.min_positive_labels:
+            row.update(gated=False, reason=f"not gated: fewer than {gate.min_images} images or "
+                                           f"{gate.min_positive_labels} positive labels")
             rows.append(row)
+            continue
+        row["gated"] = True
+        if b is None:
+            rows.append(row)
+            continue
+        strata = rarest_finding_strata(yt)
+        rng = np.random.default_rng(gate.seed)
+        diffs = []
+        for _ in range(gate.n_bootstrap):
+            idx = stratified_resample(strata, rng)
+            diffs.append(metric(yt[idx], a[idx]) - metric(yt[idx], b[idx]))
+        finite = [d for d in diffs if np.isfinite(d)]
+        low, high = (np.percentile(finite, [2.5, 97.5]) if finite else (float("nan"), float("nan")))
+        row["ci95"] = [float(low), float(high)]
+        rows.append(row)
     return rows
 
 

@@ -46,7 +46,9 @@ def plan_run(config: str, shared_root: str, run_id: str, **overrides) -> RunPlan
         raise InvalidInputError(f"unknown run settings {sorted(unknown)}; known: {sorted(FROM_PROFILE)}")
     cfg = load_config(config)
     from_profile = {"cache_size": cfg["data"]["cache_size"], "val_fraction": cfg["data"]["val_fraction"],
-                    "split_seed": cfg["data"]["split_seed"], **cfg["gate"]}
+                    "split_seed": cfg["data"]["split_seed"],
+                    # the registration gate's thresholds (gate.subgroup_* are promotion's, read there)
+                    **{k: v for k, v in cfg["gate"].items() if k in FROM_PROFILE}}
     settings = {k: (v if overrides.get(k, FROM_PROFILE[k]) == FROM_PROFILE[k] else overrides[k])
                 for k, v in from_profile.items()}
     if settings["cache_size"] < cfg["data"]["image_size"]:
