@@ -173,12 +173,12 @@ def write_subgroups(labels: pd.DataFrame, pred: pd.DataFrame, classes: list[str]
                   "projection": [views.get(i, UNKNOWN) for i in ids]}
     # each image's groups travel with the registered predictions: promotion compares versions within them
     pd.DataFrame({"ImageID": ids.tolist(), **attributes}).to_csv(out / GROUPS_CSV, index=False)
-    rows = [r.to_dict() for r in subgroup_table(labels[classes].to_numpy(), pred[classes].to_numpy(), classes,
-                                                attributes, n_bootstrap=n_bootstrap)]
-    (out / "subgroups.json").write_text(json.dumps(_clean(rows), indent=2))
+    rows = _clean([r.to_dict() for r in subgroup_table(labels[classes].to_numpy(), pred[classes].to_numpy(),
+                                                       classes, attributes, n_bootstrap=n_bootstrap)])
+    (out / "subgroups.json").write_text(json.dumps(rows, indent=2))
     flat = [{**{k: v for k, v in r.items() if k not in ("ci95", "flags")},
              **{f"{m}_ci95_{end}": (r["ci95"].get(m) or (None, None))[i]
                 for m in ("mAP", "mAUROC", "mECE") for i, end in enumerate(("low", "high"))},
              "flags": "; ".join(r["flags"])} for r in rows]
     pd.DataFrame(flat).to_csv(out / "subgroups.csv", index=False)
-    return _clean(rows)
+    return rows

@@ -152,6 +152,34 @@ def selection_score(y_true: np.ndarray, logits: np.ndarray, rule: str = "mAP") -
     raise InvalidInputError(f"unknown selection rule {rule!r}: mAP or mAP+mAUC-BCE")
 
 
+def rarest_finding_strata(y_true: np.ndarray) -> np.ndarray:
+    """Each image's stratum: the column of its rarest present finding (fewest positives in ``y_true``; ties to the
+    lower column), or -1 for an image with none."""
+    y_true = np.asarray(y_true)
+    counts = y_true.sum(0).astype(float)
+    rank = np.where(y_true > 0, counts[None, :], np.inf)
+    strata = np.argmin(rank, axis=1)
+    strata[~(y_true > 0).any(1)] = -1
+    return strata
+
+
+def stratified_resample(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one bootstrap replicate: within every stratum, as many draws with replacement as it has images."""
+    parts = []
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        parts.append(rng.choice(members, size=len(members), replace=True))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+
+
+def macro_ece(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """Mean per-class ECE (10 equal-width bins, L1) over the classes with positives (``EvalResult.summary``'s mECE)."""
+    keep = np.flatnonzero(np.asarray(y_true).sum(0) > 0)
+    if not len(keep):
+        return float("nan")
+    return float(np.mean([calibration_error(y_prob[:, j], y_true[:, j]) for j in keep]))
+
+
 def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n: int = 200, seed: int = 0,
                  alpha: float = 0.05) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap (images resampled with replacement) for mAP and mAUROC."""
@@ -169,15 +197,15 @@ def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n: int = 200, seed: int
 
 
 def paired_bootstrap_diff(y_true: np.ndarray, a: np.ndarray, b: np.ndarray, metric=None, n: int = 200,
-                          seed: int = 0, alpha: float = 0.05) -> dict:
+                          seed: int = 0, alpha: float = 0.05, strata: np.ndarray | None = None) -> dict:
     """``metric(y, a) - metric(y, b)`` for two models scored on the *same* images, with a percentile bootstrap CI
     that resamples images jointly (pairing removes the between-image variance both models share). ``metric``
-    defaults to macro AP."""
+    defaults to macro AP; with ``strata`` (e.g. :func:`rarest_finding_strata`) images are resampled within them."""
     metric = metric or macro_ap
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(n):
-        i = rng.integers(0, len(y_true), len(y_true))
+        i = rng.integers(0, len(y_true), len(y_true)) if strata is None else stratified_resample(strata, rng)
         diffs.append(metric(y_true[i], a[i]) - metric(y_true[i], b[i]))
     lo, hi = np.nanpercentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return {"diff": float(metric(y_true, a) - metric(y_true, b)), "ci95": [float(lo), float(hi)]}

@@ -372,13 +372,13 @@ def model_card(version: str = f"@{CHAMPION_ALIAS}", name: str = REGISTERED_MODEL
     return (folder / "card.md").read_text()
 
 
-def _evaluation_folder(client, name: str, version: str) -> Path:
+def _evaluation_folder(model_version) -> Path:
+    """The evaluation artifact of a model version its caller already fetched (downloaded once)."""
     import mlflow
 
-    mv = client.get_model_version(name, version)
-    uri = mv.tags.get("evaluation_artifact")
+    uri = model_version.tags.get("evaluation_artifact")
     if not uri:
-        raise RegistryError(f"version {version} has no evaluation predictions to compare")
+        raise RegistryError(f"version {model_version.version} has no evaluation predictions to compare")
     return Path(mlflow.artifacts.download_artifacts(uri))
 
 
@@ -388,10 +388,6 @@ def _predictions(folder: Path, version: str) -> pd.DataFrame:
     if len(found) != 1:
         raise RegistryError(f"version {version}'s evaluation holds {[p.name for p in found]}, not one predictions CSV")
     return pd.read_csv(found[0], dtype={"ImageID": str})
-
-
-def _evaluation(client, name: str, version: str) -> pd.DataFrame:
-    return _predictions(_evaluation_folder(client, name, version), version)
 
 
 def compare_subgroups(challenger: pd.DataFrame, champion: pd.DataFrame | None, labels: pd.DataFrame,
@@ -463,25 +459,23 @@ def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, pub
     if champion is not None and champion.version == challenger.version:
         decision.update(promoted=False, reason="challenger is already champion")
         return decision
-    folder = _evaluation_folder(client, name, challenger.version) if challenger.tags.get("evaluation_artifact") \
+    # each version's evaluation is downloaded and read once, for the overall and the subgroup comparisons
+    folder = _evaluation_folder(challenger) if champion is not None or challenger.tags.get("evaluation_artifact") \
         else None
+    ours = _predictions(folder, challenger.version) if folder is not None else None
+    theirs = _predictions(_evaluation_folder(champion), champion.version) if champion is not None else None
     grouped = folder is not None and (folder / GROUPS_CSV).is_file()
     labels = read_label_csv(labels_csv)[0] if champion is not None or grouped else None
-    theirs = _evaluation(client, name, champion.version) if champion is not None else None
     if champion is None:
         decision.update(promoted=True, reason="no champion yet")
     else:
-        if folder is None:
-            raise RegistryError(f"version {challenger.version} has no evaluation predictions to compare")
-        stats = paired_bootstrap(_predictions(folder, challenger.version), theirs, labels, list(KNOWN_CLASSES),
-                                 n_bootstrap)
+        stats = paired_bootstrap(ours, theirs, labels, list(KNOWN_CLASSES), n_bootstrap)
         decision.update(stats)
         decision["promoted"] = stats["ci95"][0] >= -margin
         decision["reason"] = (f"CI low {stats['ci95'][0]:.4f} {'>=' if decision['promoted'] else '<'} -{margin}")
     if grouped:
-        rows, refusals = compare_subgroups(_predictions(folder, challenger.version), theirs, labels,
-                                           pd.read_csv(folder / GROUPS_CSV, dtype=str), list(KNOWN_CLASSES),
-                                           subgroup_gate)
+        rows, refusals = compare_subgroups(ours, theirs, labels, pd.read_csv(folder / GROUPS_CSV, dtype=str),
+                                           list(KNOWN_CLASSES), subgroup_gate)
         decision["subgroups"] = rows
         if refusals:
             decision["promoted"] = False

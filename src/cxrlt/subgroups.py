@@ -21,7 +21,14 @@ import numpy as np
 import pandas as pd
 
 from cxrlt.errors import InvalidInputError
-from cxrlt.metrics import calibration_error, macro_ap, macro_auroc
+from cxrlt.metrics import (  # noqa: F401  (the stratified bootstrap's parts, re-exported)
+    macro_ap,
+    macro_auroc,
+    macro_ece,
+    paired_bootstrap_diff,
+    rarest_finding_strata,
+    stratified_resample,
+)
 from cxrlt.platform import GROUPS_CSV  # noqa: F401  (re-exported: the file the evaluation writes)
 
 UNKNOWN = "unknown"
@@ -86,34 +93,6 @@ def demographics(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"sex": [sex_group(s) for s in sexes],
                          "age_band": [age_band(d, b) for d, b in zip(dates, births, strict=True)]},
                         index=pd.Index(table["ImageID"].astype(str), name="ImageID"))
-
-
-def rarest_finding_strata(y_true: np.ndarray) -> np.ndarray:
-    """Each image's stratum: the column of its rarest present finding (fewest positives in ``y_true``; ties to the
-    lower column), or -1 for an image with none."""
-    y_true = np.asarray(y_true)
-    counts = y_true.sum(0).astype(float)
-    rank = np.where(y_true > 0, counts[None, :], np.inf)
-    strata = np.argmin(rank, axis=1)
-    strata[~(y_true > 0).any(1)] = -1
-    return strata
-
-
-def stratified_resample(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices of one bootstrap replicate: within every stratum, as many draws with replacement as it has images."""
-    parts = []
-    for stratum in np.unique(strata):
-        members = np.flatnonzero(strata == stratum)
-        parts.append(rng.choice(members, size=len(members), replace=True))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
-
-
-def macro_ece(y_true: np.ndarray, y_prob: np.ndarray) -> float:
-    """Mean per-class ECE (10 equal-width bins, L1) over the classes with positives, as in :mod:`cxrlt.metrics`."""
-    keep = np.flatnonzero(np.asarray(y_true).sum(0) > 0)
-    if not len(keep):
-        return float("nan")
-    return float(np.mean([calibration_error(y_prob[:, j], y_true[:, j]) for j in keep]))
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"mAP": macro_ap, "mAUROC": macro_auroc,
@@ -245,15 +224,8 @@ def paired_subgroup_deltas(y_true: np.ndarray, challenger: np.ndarray, champion:
         if b is None:
             rows.append(row)
             continue
-        strata = rarest_finding_strata(yt)
-        rng = np.random.default_rng(gate.seed)
-        diffs = []
-        for _ in range(gate.n_bootstrap):
-            idx = stratified_resample(strata, rng)
-            diffs.append(metric(yt[idx], a[idx]) - metric(yt[idx], b[idx]))
-        finite = [d for d in diffs if np.isfinite(d)]
-        low, high = (np.percentile(finite, [2.5, 97.5]) if finite else (float("nan"), float("nan")))
-        row["ci95"] = [float(low), float(high)]
+        row["ci95"] = paired_bootstrap_diff(yt, a, b, metric, gate.n_bootstrap, gate.seed,
+                                            strata=rarest_finding_strata(yt))["ci95"]
         rows.append(row)
     return rows
 
