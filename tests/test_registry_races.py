@@ -102,7 +102,8 @@ def test_a_newer_challenger_keeps_its_alias(monkeypatch, moves, tmp_path):
     # challenger 1 is promoted; meanwhile version 4 was registered and took the challenger alias
     fake = FakeRegistry({CHAMPION_ALIAS: "0"}, {CHALLENGER_ALIAS: ["1", "4"]})
     fake.aliases[CHALLENGER_ALIAS] = "4"
-    monkeypatch.setattr(R, "_evaluation", lambda client, name, version: None)
+    monkeypatch.setattr(R, "_evaluation_folder", lambda model_version: tmp_path)  # holds no groups.csv
+    monkeypatch.setattr(R, "_predictions", lambda folder, version: None)
     monkeypatch.setattr(R, "paired_bootstrap", lambda *a, **k: {"diff": 0.0, "ci95": [0.0, 0.0], "n_images": 1})
     monkeypatch.setattr("cxrlt.data.tables.read_label_csv", lambda path: (None, None))
     _use(monkeypatch, fake)
