@@ -183,3 +183,37 @@ def test_lateral_views_show_findings_elsewhere_and_narrower():
     lx, ly, lw, lh = footprint("lateral")
     assert abs(fx - lx) > 0.1, "a lower-right finding projects to a different column in the lateral view"
     assert lw < 0.8 * fw and lh > 0.8 * fh
+
+
+def test_prevalence_factor_by_hand():
+    assert S.prevalence_factor("aortic elongation", 80, "M") == pytest.approx(1.2 ** 2, rel=1e-12)
+    assert S.prevalence_factor("aortic elongation", 40, "F") == pytest.approx(1.2 ** -2, rel=1e-12)
+    assert S.prevalence_factor("Osteopenia", 60, "F") == pytest.approx(1.5, rel=1e-12)
+    assert S.prevalence_factor("Osteopenia", 70, "M") == pytest.approx(1.2 * 0.67, rel=1e-12)
+    assert S.prevalence_factor("Nodule", 25, "F") == 1.0 and S.prevalence_factor("Nodule", 90, "O") == 1.0
+
+
+def test_demographics_follow_padchest_and_age_and_sex_change_prevalence_mildly():
+    from cxrlt.subgroups import demographics
+
+    specs = S._plan(S.SynthConfig(n_images=30000, seed=5))  # the plan only: no images are rendered
+    table = pd.DataFrame({"ImageID": [s.image_id for s in specs], "PatientSex_DICOM": [s.sex for s in specs],
+                          "PatientBirth": [float(s.birth_year) for s in specs],
+                          "StudyDate_DICOM": [s.study_date for s in specs]})
+    people = demographics(table)
+    assert 0.45 < (people["sex"] == "F").mean() < 0.55 and (people["age_band"] == "unknown").sum() == 0
+    share = people["age_band"].value_counts(normalize=True)
+    # PadChest by image: <40 16.5 %, 40-59 28.9 %, 60-79 41.3 %, 80+ 13.3 % (later studies age the patients a bit)
+    assert 0.12 < share["<40"] < 0.22 and 0.22 < share["40-59"] < 0.35 and 0.35 < share["60-79"] < 0.48
+    assert 0.10 < share["80+"] < 0.22
+
+    def prevalence(finding, mask):
+        return np.mean([finding in s.findings for s, m in zip(specs, mask, strict=True) if m])
+
+    old, young = people["age_band"].eq("80+").to_numpy(), people["age_band"].eq("<40").to_numpy()
+    women, men = people["sex"].eq("F").to_numpy(), people["sex"].eq("M").to_numpy()
+    # age-dependent findings are clearly more frequent in the old; an age-independent one is not
+    assert prevalence("aortic elongation", old) > 1.5 * prevalence("aortic elongation", young)
+    assert prevalence("Osteopenia", women) > 1.5 * prevalence("Osteopenia", men)
+    assert prevalence("Emphysema", men) > 1.2 * prevalence("Emphysema", women)
+    assert 0.7 < prevalence("Nodule", old) / prevalence("Nodule", young) < 1.4

@@ -8,7 +8,9 @@ method measurable:
   x extent) and has a description in the same words, so unseen findings are recognisable from text alone;
 - prevalence is long-tailed (head / medium / tail bands all present), findings co-occur, patients have several
   studies and views, images carry noise, a narrow 16-bit range and burned-in markers (like PadChest);
-- unseen findings are *rendered* in training images but never labelled there, as in the challenge.
+- unseen findings are *rendered* in training images but never labelled there, as in the challenge;
+- patients have PadChest's sex and age mix, and age and sex change the prevalence of a few findings mildly
+  (:data:`AGE_EFFECT_PER_DECADE`, :data:`SEX_EFFECT`), so subgroup results differ as they would on real data.
 
 Everything is a deterministic function of the seed: each image draws from its own generator seeded by
 ``(seed, index)``, so the result does not depend on the number of worker processes.
@@ -158,6 +160,25 @@ TRAIN_LABEL_MISS_RATE = 0.02
 #: (shared/notes/padchest_facts.md). The generator marks the same share as ``Physician``.
 PHYSICIAN_LABEL_RATE = 0.243
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
+#: Age at a patient's first study, by band (PadChest's shares by image, shared/notes/padchest_facts.md: <18 4.5 %,
+#: 18-39 12.0 %, 40-59 28.9 %, 60-79 41.3 %, 80+ 13.3 %); uniform within a band. Sex: F and M about equally
+#: (PadChest: M 80,920, F 79,919), a rare ``O``.
+AGE_BANDS_AT_FIRST_STUDY: tuple[tuple[int, int, float], ...] = (
+    (1, 18, 0.045), (18, 40, 0.12), (40, 60, 0.289), (60, 80, 0.413), (80, 101, 0.133))
+SEX_SHARES = {"F": 0.497, "M": 0.5025, "O": 0.0005}
+#: A mild, documented effect of age and sex on prevalence, so subgroup numbers differ the way they do in real
+#: chest radiographs: the base prevalence of each finding below is multiplied by ``per_decade ** ((age - 60) / 10)``
+#: (degenerative and vascular findings rise with age; a 30-year-old has about 0.6x, an 85-year-old about 1.6x the
+#: rate of a 60-year-old for ``per_decade`` 1.2) and by the sex factor (osteopenia and goitre more often in women,
+#: emphysema more often in men). Findings not listed are independent of age and sex.
+AGE_EFFECT_PER_DECADE: dict[str, float] = {
+    "aortic elongation": 1.2, "aortic atheromatosis": 1.2, "vertebral degenerative changes": 1.2,
+    "Kyphosis": 1.15, "cardiomegaly": 1.15, "calcified densities": 1.1, "Emphysema": 1.1, "Osteopenia": 1.2,
+}
+SEX_EFFECT: dict[str, dict[str, float]] = {
+    "F": {"Osteopenia": 1.5, "goiter": 1.5, "Scoliosis": 1.2, "Emphysema": 0.8},
+    "M": {"Osteopenia": 0.67, "goiter": 0.67, "Scoliosis": 0.85, "Emphysema": 1.25},
+}
 
 
 #: PadChest's projection mix (shared/notes/padchest_facts.md): per study one frontal image (PA 57.0 %, AP_horizontal
@@ -216,9 +237,15 @@ def _digits(rng: np.random.Generator, n: int) -> str:
     return "".join(map(str, rng.integers(0, 10, n)))
 
 
-def _sample_findings(rng: np.random.Generator, scale: float = 1.0) -> set[str]:
+def prevalence_factor(finding: str, age: int, sex: str) -> float:
+    """How much more often than its base rate ``finding`` occurs at ``age`` (years) in sex ``sex``."""
+    factor = AGE_EFFECT_PER_DECADE.get(finding, 1.0) ** ((age - 60) / 10)
+    return factor * SEX_EFFECT.get(sex, {}).get(finding, 1.0)
+
+
+def _sample_findings(rng: np.random.Generator, scale: float = 1.0, age: int = 60, sex: str = "O") -> set[str]:
     names = list(BASE_PREVALENCE)
-    probs = np.array([BASE_PREVALENCE[n] for n in names]) * scale
+    probs = np.array([BASE_PREVALENCE[n] * prevalence_factor(n, age, sex) for n in names]) * scale
     present = {n for n, hit in zip(names, rng.random(len(names)) < probs, strict=True) if hit}
     for a, b, p in CO_OCCURRENCE:
         if a in present and rng.random() < p:
@@ -246,6 +273,15 @@ def _study_dates(rng: np.random.Generator, n: int) -> list[str]:
     return [str(FIRST_DAY + np.timedelta64(d, "D")).replace("-", "") for d in days]
 
 
+def _demographics(rng: np.random.Generator) -> tuple[str, int]:
+    """One patient's sex and age at the first study (:data:`SEX_SHARES`, :data:`AGE_BANDS_AT_FIRST_STUDY`)."""
+    sexes, shares = list(SEX_SHARES), np.array(list(SEX_SHARES.values()))
+    sex = str(rng.choice(sexes, p=shares / shares.sum()))
+    weights = np.array([w for _, _, w in AGE_BANDS_AT_FIRST_STUDY])
+    low, high, _ = AGE_BANDS_AT_FIRST_STUDY[int(rng.choice(len(weights), p=weights / weights.sum()))]
+    return sex, int(rng.integers(low, high))
+
+
 def _plan(cfg: SynthConfig) -> list[_ImageSpec]:
     """Patients -> studies (over years) -> views, until ``n_images`` images; patients are assigned to one split."""
     rng = np.random.default_rng([cfg.seed, 0])
@@ -255,13 +291,15 @@ def _plan(cfg: SynthConfig) -> list[_ImageSpec]:
         patient_id = _digits(rng, 36)
         split = str(rng.choice(splits, p=weights))
         anatomy_seed = int(rng.integers(2**31))
-        findings = _sample_findings(rng)
         n_studies = int(min(max_studies(cfg.n_images), rng.zipf(STUDIES_ZIPF_A)))
-        sex, birth_year = str(rng.choice(["F", "M"])), int(rng.integers(1925, 2000))
-        for study, date in enumerate(_study_dates(rng, n_studies)):
+        dates = _study_dates(rng, n_studies)
+        sex, age = _demographics(rng)
+        birth_year = int(dates[0][:4]) - age
+        findings = _sample_findings(rng, 1.0, age, sex)
+        for study, date in enumerate(dates):
             if study:
                 kept = {f for f in findings if f in CHRONIC or rng.random() < 0.5}
-                findings = kept | _sample_findings(rng, 0.5)
+                findings = kept | _sample_findings(rng, 0.5, int(date[:4]) - birth_year, sex)
             stem, study_id = _digits(rng, 38), _digits(rng, 32)
             bits = 10 if rng.random() < TEN_BIT_RATE else 12
             for k, projection in enumerate(_study_views(rng)):
