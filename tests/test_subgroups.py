@@ -131,17 +131,17 @@ def test_subgroup_metrics_by_hand_and_small_groups_flagged_not_dropped():
 
 
 def test_evaluation_writes_subgroups_by_class_name_with_unknown_for_images_the_metadata_lacks(tmp_path):
-    from cxrlt.evaluation import write_subgroups
+    from cxrlt.evaluation import EvalInputError, write_subgroups
 
     labels = pd.DataFrame({"ImageID": ["a", "b", "c", "d"], "x": [1, 0, 1, 0], "y": [0, 1, 1, 0]})
-    # predictions keyed by class name, columns in another order than the labels'
-    pred = pd.DataFrame({"y": [0.1, 0.9, 0.8, 0.2], "x": [0.9, 0.1, 0.2, 0.8]})
+    # predictions keyed by ImageID and class name: rows and columns in another order than the labels'
+    pred = pd.DataFrame({"ImageID": ["d", "c", "b", "a"], "y": [0.2, 0.8, 0.9, 0.1], "x": [0.8, 0.2, 0.1, 0.9]})
     meta = tmp_path / "meta.csv"
     pd.DataFrame({"ImageID": ["a", "b", "c"], "PatientSex_DICOM": ["F", "F", "M"],
                   "PatientBirth": ["1930.0", "1931.0", "1990.0"], "StudyDate_DICOM": [20150101] * 3,
                   "Projection": ["PA", "PA", "L"]}).to_csv(meta, index=False)
     rows = write_subgroups(labels, pred, ["x", "y"], meta, {"a": "frontal", "b": "frontal", "c": "lateral"},
-                           tmp_path, n_bootstrap=0)
+                           tmp_path, n_bootstrap=0, bands={"x": "head", "y": "tail"})
     by = {(r["attribute"], r["group"]): r for r in rows}
     assert set(by) == {("sex", "F"), ("sex", "M"), ("sex", "unknown"), ("age_band", "80+"), ("age_band", "<40"),
                        ("age_band", "unknown"), ("projection", "frontal"), ("projection", "lateral"),
@@ -149,6 +149,11 @@ def test_evaluation_writes_subgroups_by_class_name_with_unknown_for_images_the_m
     assert [by[("sex", g)]["n_images"] for g in ("F", "M", "unknown")] == [2, 1, 1]
     # F = images a and b: x ranks a (positive) first -> AP 1; y ranks b (positive) first -> AP 1
     assert by[("sex", "F")]["mAP"] == pytest.approx(1.0, abs=TOL)
+    # age 80+ = images a and b (born 1930/31): x (head) and y (tail) each rank their one positive first
+    assert by[("age_band", "80+")]["band_mAP"] == pytest.approx({"head": 1.0, "tail": 1.0}, abs=TOL)
+    assert by[("sex", "unknown")]["band_mAP"] == {"head": None, "tail": None}
+    with pytest.raises(EvalInputError, match="do not cover"):
+        write_subgroups(labels, pred.iloc[1:], ["x", "y"], meta, {}, tmp_path, n_bootstrap=0)
     # unknown = image d: no positives, reported with undefined scores
     assert by[("sex", "unknown")]["mAP"] is None and by[("sex", "unknown")]["flags"]
     table = pd.read_csv(tmp_path / "subgroups.csv")

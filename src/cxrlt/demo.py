@@ -167,7 +167,16 @@ def run_demo(args: DemoOptions) -> None:
                              f"evaluation report under {latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
         _step(5, total, "promote challenger -> champion (its signed gate evidence verified; non-inferiority on the "
                         "dev set)")
-        _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), env=env)
+        _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), "--report",
+               str(work / "promotion_report.html"), env=env)
+        from cxrlt.registry import model_card
+
+        card = model_card(f"@{CHAMPION_ALIAS}", tracking_uri=env["MLFLOW_TRACKING_URI"],
+                          html_out=work / "model_card.html")
+        print(f"model card of the champion (cxrlt registry card @{CHAMPION_ALIAS}): {work / 'model_card.html'} "
+              f"({len(card.splitlines())} lines of Markdown, also the version's description in MLflow)")
+        print(f"evaluation report: {latest_run(work / 'pipeline') / 'evaluate' / 'report' / 'report.html'}; "
+              f"promotion report: {work / 'promotion_report.html'}", flush=True)
         _step(6, total, f"Triton model repository from {CHAMPION_URI} (signature and every file verified)")
         _cxrlt("serve", "build", "--bundle", CHAMPION_URI, "--out", str(work / "model_repository"),
                env=env)

@@ -119,6 +119,7 @@ def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir
     from cxrlt.data.images import load_preprocessed
     from cxrlt.data.preprocess import load_eval_images
     from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV, read_projections, write_submission
+    from cxrlt.evaluation_report import REPORT_HTML, build_report
     from cxrlt.inference import EnsemblePredictor
     from cxrlt.plots import reliability_before_after
     from cxrlt.zeroshot.predict import ZeroShotPredictor
@@ -143,7 +144,14 @@ def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir
     views = read_projections(data / PADCHEST_METADATA_CSV).views
     truth = [views.get(i, "frontal") for i in labels["ImageID"]]
     cm = confusion_matrix(truth, pred["view"], labels=["frontal", "lateral"])
-    subgroups = write_subgroups(labels, pred, known, data / PADCHEST_METADATA_CSV, views, out)
+    bands = {c: row["band"] for c, row in summary["per_class"].items() if row.get("band")}
+    scored = pd.read_csv(out / "predictions.csv", dtype={"ImageID": str})  # what promotion reads, keyed by ImageID
+    subgroups = write_subgroups(labels, scored, known, data / PADCHEST_METADATA_CSV, views, out, bands=bands)
+    unseen = {c: {"AP": float(a), "chance": ch, "n_pos": int(labels[c].sum())}
+              for (_, c), a, ch in zip(present, aps, chance, strict=True)}
+    page, _ = build_report(labels, scored, known, bands, truth, f"Evaluation on the {split} split (calibrated "
+                           "ensemble, Task 1; zero-shot, Task 2)", subgroups, unseen)
+    (out / REPORT_HTML).write_text(page)
     result = {**{k: summary[k] for k in ("mAP", "mAUROC", "mF1", "mECE")},
               "unseen_mAP": float(np.mean(aps)) if aps else float("nan"),
               "unseen_prevalence": float(np.mean(chance)) if chance else float("nan"),
@@ -160,8 +168,10 @@ DEMOGRAPHIC_COLUMNS = ("ImageID", "PatientSex_DICOM", "PatientBirth", "StudyDate
 
 
 def write_subgroups(labels: pd.DataFrame, pred: pd.DataFrame, classes: list[str], metadata_csv: Path,
-                    views: dict[str, str], out: Path, n_bootstrap: int = 100) -> list[dict]:
-    """Per sex, age band and projection: mAP, mAUROC and mECE of ``pred`` (by class name) with stratified bootstrap
+                    views: dict[str, str], out: Path, n_bootstrap: int = 100,
+                    bands: dict[str, str] | None = None) -> list[dict]:
+    """Per sex, age band and projection: mAP, mAUROC and mECE of ``pred`` (rows by ImageID, columns by class name)
+    with stratified bootstrap
     CIs, written to ``subgroups.json`` and ``subgroups.csv``, and each image's groups to ``groups.csv``. Images the
     metadata does not describe are in the group ``unknown``."""
     from cxrlt.subgroups import GROUPS_CSV, UNKNOWN, demographics, subgroup_table
@@ -173,10 +183,16 @@ def write_subgroups(labels: pd.DataFrame, pred: pd.DataFrame, classes: list[str]
                   "projection": [views.get(i, UNKNOWN) for i in ids]}
     # each image's groups travel with the registered predictions: promotion compares versions within them
     pd.DataFrame({"ImageID": ids.tolist(), **attributes}).to_csv(out / GROUPS_CSV, index=False)
-    rows = _clean([r.to_dict() for r in subgroup_table(labels[classes].to_numpy(), pred[classes].to_numpy(),
-                                                       classes, attributes, n_bootstrap=n_bootstrap)])
+    scored = pred.astype({"ImageID": str}).set_index("ImageID")
+    if not set(ids) <= set(scored.index):
+        raise EvalInputError("the predictions do not cover every labelled image")
+    rows = _clean([r.to_dict() for r in subgroup_table(labels[classes].to_numpy(),
+                                                       scored.loc[ids, classes].to_numpy(dtype=np.float64),
+                                                       classes, attributes, n_bootstrap=n_bootstrap,
+                                                       bands=bands)])
     (out / "subgroups.json").write_text(json.dumps(rows, indent=2))
-    flat = [{**{k: v for k, v in r.items() if k not in ("ci95", "flags")},
+    flat = [{**{k: v for k, v in r.items() if k not in ("ci95", "flags", "band_mAP")},
+             **{f"mAP_{band}": value for band, value in r["band_mAP"].items()},
              **{f"{m}_ci95_{end}": (r["ci95"].get(m) or (None, None))[i]
                 for m in ("mAP", "mAUROC", "mECE") for i, end in enumerate(("low", "high"))},
              "flags": "; ".join(r["flags"])} for r in rows]

@@ -8,7 +8,7 @@ and listed in ``excluded``. ECE defaults to per-class 10 equal-width bins, L1, m
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,8 +23,8 @@ THRESHOLD = 0.5
 
 def calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: int = 10) -> float:
     """Expected calibration error with equal-width bins and the L1 norm (torchmetrics' implementation)."""
-    preds = torch.as_tensor(np.ascontiguousarray(probs), dtype=torch.float64)
-    target = torch.as_tensor(np.ascontiguousarray(targets), dtype=torch.long)
+    preds = torch.as_tensor(np.array(probs, dtype=np.float64), dtype=torch.float64)  # a copy: inputs may be read-only
+    target = torch.as_tensor(np.array(targets), dtype=torch.long)
     return float(binary_calibration_error(preds, target, n_bins=n_bins, norm="l1"))
 
 
@@ -120,7 +120,7 @@ def evaluate(
     result = EvalResult(list(classes), per_class, dict(bands or {}), excluded,
                         mECE_pooled15=calibration_error(y_prob.ravel(), y_true.ravel(), n_bins=15))
     if n_bootstrap:
-        result.ci = bootstrap_ci(y_true, y_prob, n_bootstrap, seed)
+        result.ci = bootstrap_ci(y_true, y_prob, n_bootstrap, seed, strata=rarest_finding_strata(y_true))
     return result
 
 
@@ -180,20 +180,26 @@ def macro_ece(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     return float(np.mean([calibration_error(y_prob[:, j], y_true[:, j]) for j in keep]))
 
 
-def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n: int = 200, seed: int = 0,
-                 alpha: float = 0.05) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap (images resampled with replacement) for mAP and mAUROC."""
+def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n: int = 200, seed: int = 0, alpha: float = 0.05,
+                 metrics: Mapping[str, Callable[[np.ndarray, np.ndarray], float]] | None = None,
+                 strata: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CIs of ``metrics`` (default mAP and mAUROC); images are resampled with replacement, within
+    ``strata`` when given (e.g. :func:`rarest_finding_strata`, so rare classes keep their positives in every
+    replicate). Replicates where a metric is undefined are left out of its interval; none defined gives NaNs."""
+    metrics = metrics or {"mAP": macro_ap, "mAUROC": macro_auroc}
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    maps, aucs = [], []
+    values: dict[str, list[float]] = {name: [] for name in metrics}
     for _ in range(n):
-        idx = rng.integers(0, len(y_true), len(y_true))
-        yt, yp = y_true[idx], y_prob[idx]
-        maps.append(macro_ap(yt, yp))
-        both = (yt.sum(0) > 0) & (yt.sum(0) < len(yt))
-        if both.any():
-            aucs.append(float(np.mean(roc_auc_score(yt[:, both], yp[:, both], average=None))))
+        idx = rng.integers(0, len(y_true), len(y_true)) if strata is None else stratified_resample(strata, rng)
+        for name, metric in metrics.items():
+            values[name].append(metric(y_true[idx], y_prob[idx]))
     q = (100 * alpha / 2, 100 * (1 - alpha / 2))
-    return {"mAP": tuple(np.nanpercentile(maps, q)), "mAUROC": tuple(np.nanpercentile(aucs, q))}
+    out = {}
+    for name, vals in values.items():
+        finite = [v for v in vals if np.isfinite(v)]
+        out[name] = tuple(float(v) for v in np.percentile(finite, q)) if finite else (float("nan"), float("nan"))
+    return out
 
 
 def paired_bootstrap_diff(y_true: np.ndarray, a: np.ndarray, b: np.ndarray, metric=None, n: int = 200,

@@ -71,6 +71,8 @@ PROMOTION_MARGIN = 0.02
 #: each evaluated image's subgroups (ImageID, sex, age_band, projection), written beside the evaluation's predictions
 #: and registered with them: promotion compares versions within these groups
 GROUPS_CSV = "groups.csv"
+#: the evaluation report (one HTML page) beside the evaluation's predictions
+REPORT_HTML = "report.html"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 

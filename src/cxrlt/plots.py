@@ -10,7 +10,8 @@ import numpy as np
 BAND_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728", None: "#7f7f7f"}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (pipelines and servers have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def _pyplot():
 def reliability_diagram(y_true: np.ndarray, y_prob: np.ndarray, path: str | Path, n_bins: int = 10,
                         title: str = "Reliability (all classes pooled)") -> Path:
     """Accuracy vs confidence per equal-width bin, with bin counts, for the flattened predictions."""
-    plt = _pyplot()
+    plt = pyplot()
     y, p = np.asarray(y_true).ravel(), np.asarray(y_prob).ravel()
     edges = np.linspace(0, 1, n_bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1], right=True), 0, n_bins - 1)
@@ -50,7 +51,7 @@ def reliability_diagram(y_true: np.ndarray, y_prob: np.ndarray, path: str | Path
 def reliability_before_after(y_true: np.ndarray, before: np.ndarray, after: np.ndarray, path: str | Path,
                              n_bins: int = 10, title: str = "Task 1 calibration (all classes pooled)") -> Path:
     """Two reliability curves on one plot: the ensemble's probabilities before and after calibration."""
-    plt = _pyplot()
+    plt = pyplot()
     y = np.asarray(y_true).ravel()
     edges = np.linspace(0, 1, n_bins + 1)
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -76,7 +77,7 @@ def reliability_before_after(y_true: np.ndarray, before: np.ndarray, after: np.n
 def per_class_ap_chart(ap: Mapping[str, float | None], bands: Mapping[str, str], path: str | Path,
                        order: Sequence[str] | None = None, title: str = "Per-class AP by frequency band") -> Path:
     """Horizontal bars of AP per class, coloured and grouped head -> medium -> tail; unscored classes marked."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(order or ap)
     rank = {"head": 0, "medium": 1, "tail": 2}
     names.sort(key=lambda n: (rank.get(bands.get(n), 3), -(ap[n] or -1)))

@@ -27,7 +27,14 @@ import pandas as pd
 
 from cxrlt import evidence
 from cxrlt.errors import CxrltError
-from cxrlt.platform import CHALLENGER_ALIAS, CHAMPION_ALIAS, GROUPS_CSV, PROMOTION_MARGIN, REGISTERED_MODEL
+from cxrlt.platform import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    GROUPS_CSV,
+    PROMOTION_MARGIN,
+    REGISTERED_MODEL,
+    REPORT_HTML,
+)
 
 if TYPE_CHECKING:  # the subgroup metrics import torch: only promotion needs them
     from cxrlt.subgroups import SubgroupGate
@@ -303,8 +310,8 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
             mlflow.log_artifact(str(evaluation_csv), artifact_path=EVAL_ARTIFACT)
             for plot in sorted(Path(evaluation_csv).parent.glob("*.png")):  # reliability before/after, per-class AP
                 mlflow.log_artifact(str(plot), artifact_path=EVAL_ARTIFACT)
-            # each image's subgroups (promotion compares versions within them) and the subgroup metrics
-            for extra in (GROUPS_CSV, SUBGROUPS_JSON):
+            # each image's subgroups (promotion compares versions within them), the subgroup metrics and the report
+            for extra in (GROUPS_CSV, SUBGROUPS_JSON, REPORT_HTML, "metrics.json"):
                 if (Path(evaluation_csv).parent / extra).is_file():
                     mlflow.log_artifact(str(Path(evaluation_csv).parent / extra), artifact_path=EVAL_ARTIFACT)
         with _pyfunc_model(bundle_dir) as arguments:
@@ -427,21 +434,60 @@ def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: p
 
 def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
             margin: float = PROMOTION_MARGIN, n_bootstrap: int = 200, public_key: str | Path | None = None,
-            subgroup_gate: SubgroupGate | None = None) -> dict:
+            subgroup_gate: SubgroupGate | None = None, report: str | Path | None = None) -> dict:
     """Move ``champion`` to the challenger if its signed evidence says it passed its gate and it is non-inferior on
     the same evaluation set: the lower end of the 95 % CI of (challenger - champion) mAP must be >= -margin, and, where
     the challenger's evaluation carries each image's subgroups, no subgroup may fail ``subgroup_gate`` (the
     profile's ``gate.subgroup_*``; :class:`cxrlt.subgroups.SubgroupGate`'s defaults otherwise). The whole decision
-    runs under the promotion lease, so concurrent promoters cannot both move the champion."""
+    runs under the promotion lease, so concurrent promoters cannot both move the champion. With ``report``, the
+    challenger's evaluation report with each finding's challenger-minus-champion AP and its paired CI is written
+    there (HTML), whatever the decision."""
     from cxrlt.subgroups import SubgroupGate
 
     client = _client(tracking_uri)
     with promotion_lease(client, name):
-        return _promote(client, labels_csv, name, margin, n_bootstrap, public_key, subgroup_gate or SubgroupGate())
+        return _promote(client, labels_csv, name, margin, n_bootstrap, public_key, subgroup_gate or SubgroupGate(),
+                        report)
+
+
+def _write_promotion_report(path: Path, folder: Path | None, ours: pd.DataFrame | None,
+                            theirs: pd.DataFrame | None, labels_csv, decision: dict, n_bootstrap: int) -> None:
+    """The challenger's evaluation report with per-finding deltas against the champion (what promotion decided
+    on), the decision at its top; bands and views come from the challenger's evaluation."""
+    from cxrlt.data.tables import read_label_csv
+    from cxrlt.evaluation_report import build_report
+    from cxrlt.labels import KNOWN_CLASSES
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    verdict = f"{'PROMOTED' if decision['promoted'] else 'REFUSED'}: {decision['reason']}"
+    if ours is None:
+        import html
+
+        path.write_text(f"<!doctype html><html><body><h1>Promotion of version {decision['challenger']}</h1>"
+                        f"<p>{html.escape(verdict)}</p><p>The challenger's registration carries no evaluation to "
+                        "report.</p></body></html>\n")
+        return
+    labels = read_label_csv(labels_csv)[0]
+    metrics = folder / "metrics.json"
+    per_class = json.loads(metrics.read_text()).get("per_class", {}) if metrics.is_file() else {}
+    bands = {c: v["band"] for c, v in per_class.items() if v.get("band")}
+    groups = pd.read_csv(folder / GROUPS_CSV, dtype=str).set_index("ImageID") if (folder / GROUPS_CSV).is_file() \
+        else None
+    ids = labels["ImageID"].astype(str)
+    views = groups["projection"].reindex(ids).fillna("unknown").tolist() if groups is not None else ["all"] * len(ids)
+    subgroups = json.loads((folder / SUBGROUPS_JSON).read_text()) if (folder / SUBGROUPS_JSON).is_file() else None
+    title = (f"Promotion of version {decision['challenger']} against champion {decision['champion']}: {verdict}"
+             if theirs is not None else f"Promotion of version {decision['challenger']} (no champion): {verdict}")
+    page, data = build_report(labels, ours, list(KNOWN_CLASSES), bands, views, title, subgroups, champion=theirs,
+                              n_bootstrap=n_bootstrap)
+    path.write_text(page)
+    if data["deltas"] is not None:
+        decision["per_class"] = data["deltas"]
 
 
 def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, public_key,
-             subgroup_gate: SubgroupGate) -> dict:
+             subgroup_gate: SubgroupGate, report: str | Path | None = None) -> dict:
     from cxrlt.data.tables import read_label_csv
     from cxrlt.labels import KNOWN_CLASSES
 
@@ -482,6 +528,8 @@ def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, pub
             decision["reason"] += "; refused in subgroups: " + " | ".join(refusals)
     else:
         decision["subgroups"] = f"not checked: the challenger's evaluation carries no {GROUPS_CSV}"
+    if report is not None:
+        _write_promotion_report(Path(report), folder, ours, theirs, labels_csv, decision, n_bootstrap)
     if decision["promoted"]:
         _set_alias(client, name, CHAMPION_ALIAS, challenger.version, decision["reason"], expected=champion_version)
         if _alias_version(client, name, CHALLENGER_ALIAS) == str(challenger.version):  # a newer one keeps it

@@ -22,6 +22,7 @@ import pandas as pd
 
 from cxrlt.errors import InvalidInputError
 from cxrlt.metrics import (  # noqa: F401  (the stratified bootstrap's parts, re-exported)
+    bootstrap_ci,
     macro_ap,
     macro_auroc,
     macro_ece,
@@ -101,22 +102,9 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"mAP": macro_ap
 
 def stratified_bootstrap(y_true: np.ndarray, y_prob: np.ndarray, metrics: Mapping[str, Callable] | None = None,
                          n: int = 200, seed: int = 0, alpha: float = 0.05) -> dict[str, tuple[float, float]]:
-    """Percentile CIs of each metric over ``n`` replicates stratified by :func:`rarest_finding_strata`."""
-    metrics = metrics or METRICS
-    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=np.float64)
-    strata = rarest_finding_strata(y_true)
-    rng = np.random.default_rng(seed)
-    values: dict[str, list[float]] = {name: [] for name in metrics}
-    for _ in range(n):
-        idx = stratified_resample(strata, rng)
-        for name, metric in metrics.items():
-            values[name].append(metric(y_true[idx], y_prob[idx]))
-    q = (100 * alpha / 2, 100 * (1 - alpha / 2))
-    out = {}
-    for name, vals in values.items():
-        finite = [v for v in vals if np.isfinite(v)]
-        out[name] = tuple(float(v) for v in np.percentile(finite, q)) if finite else (float("nan"), float("nan"))
-    return out
+    """:func:`cxrlt.metrics.bootstrap_ci` of ``metrics`` (default mAP, mAUROC, mECE) stratified by
+    :func:`rarest_finding_strata`."""
+    return bootstrap_ci(y_true, y_prob, n, seed, alpha, metrics or METRICS, strata=rarest_finding_strata(y_true))
 
 
 def group_masks(attributes: Mapping[str, Sequence[str]], n_images: int):
@@ -142,38 +130,71 @@ class SubgroupRow:
     mAUROC: float
     mECE: float
     ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
+    band_mAP: dict[str, float | None] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
 
+def _group_metrics(classes: Sequence[str], bands: Mapping[str, str] | None) -> dict[str, Callable]:
+    """The per-group quantities as (y_true, y_prob) -> number functions, for Fairlearn's MetricFrame."""
+    def scored(yt, yp) -> int:
+        positives = yt.sum(0)
+        return int(((positives > 0) & (positives < len(yt))).sum())
+
+    metrics: dict[str, Callable] = {"n_images": lambda yt, yp: len(yt), "n_positive_labels": lambda yt, yp:
+                                    int(yt.sum()), "n_classes_scored": scored, **METRICS}
+    for band in ("head", "medium", "tail"):
+        cols = [j for j, c in enumerate(classes) if (bands or {}).get(c) == band]
+        if cols:
+            metrics[f"mAP_{band}"] = lambda yt, yp, cols=cols: macro_ap(yt[:, cols], yp[:, cols])
+    width = len(classes)
+
+    def matrices(metric: Callable) -> Callable:  # MetricFrame squeezes one-class or one-image groups to 1-D
+        return lambda yt, yp: metric(np.asarray(yt).reshape(-1, width), np.asarray(yp).reshape(-1, width))
+
+    return {name: matrices(metric) for name, metric in metrics.items()}
+
+
 def subgroup_table(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str],
                    attributes: Mapping[str, Sequence[str]], min_images: int = 30, n_bootstrap: int = 200,
-                   seed: int = 0) -> list[SubgroupRow]:
+                   seed: int = 0, bands: Mapping[str, str] | None = None) -> list[SubgroupRow]:
     """Every group of every attribute (``attributes[name][i]`` is image ``i``'s group), with mAP, mAUROC and mECE
-    over the classes the group can score, and stratified bootstrap CIs for groups of at least ``min_images``."""
+    over the classes the group can score (Fairlearn's ``MetricFrame.by_group``), mAP per frequency band (``bands``:
+    class -> head/medium/tail; None where the group has no positive of the band), and stratified bootstrap CIs for
+    groups of at least ``min_images``. Undefined numbers are NaN with a flag saying why; no group is dropped."""
+    from fairlearn.metrics import MetricFrame
+
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, dtype=np.float64)
     if y_true.shape != y_prob.shape or y_true.ndim != 2 or y_true.shape[1] != len(classes):
         raise InvalidInputError(f"labels {y_true.shape}, probabilities {y_prob.shape} and {len(classes)} classes "
                                 "disagree")
+    metrics = _group_metrics(classes, bands)
     rows = []
-    for attribute, group, mask in group_masks(attributes, len(y_true)):
-        yt, yp = y_true[mask], y_prob[mask]
-        positives = yt.sum(0)
-        scored = int(((positives > 0) & (positives < len(yt))).sum())
-        flags = []
-        if mask.sum() < min_images:
-            flags.append(f"small: {int(mask.sum())} images (< {min_images}), no CI")
-        if not (positives > 0).any():
-            flags.append("no positive labels: mAP and mAUROC undefined")
-        elif scored == 0:
-            flags.append("no class has both positives and negatives: mAUROC undefined")
-        row = SubgroupRow(attribute, group, int(mask.sum()), int(positives.sum()), scored, macro_ap(yt, yp),
-                          macro_auroc(yt, yp), macro_ece(yt, yp), flags=flags)
-        if n_bootstrap and mask.sum() >= min_images:
-            row.ci95 = stratified_bootstrap(yt, yp, n=n_bootstrap, seed=seed)
-        rows.append(row)
+    for attribute, values in attributes.items():
+        groups = np.asarray([str(g) for g in values])
+        if len(groups) != len(y_true):
+            raise InvalidInputError(f"attribute {attribute!r} has {len(groups)} values for {len(y_true)} images")
+        frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_prob,
+                            sensitive_features=pd.Series(groups, name=attribute)).by_group
+        for group, m in frame.sort_index().iterrows():
+            n_images, positives = int(m["n_images"]), int(m["n_positive_labels"])
+            flags = []
+            if n_images < min_images:
+                flags.append(f"small: {n_images} images (< {min_images}), no CI")
+            if positives == 0:
+                flags.append("no positive labels: mAP and mAUROC undefined")
+            elif int(m["n_classes_scored"]) == 0:
+                flags.append("no class has both positives and negatives: mAUROC undefined")
+            row = SubgroupRow(attribute, str(group), n_images, positives, int(m["n_classes_scored"]),
+                              float(m["mAP"]), float(m["mAUROC"]), float(m["mECE"]), flags=flags,
+                              band_mAP={k.removeprefix("mAP_"): (float(m[k]) if np.isfinite(m[k]) else None)
+                                        for k in metrics if k.startswith("mAP_")})
+            if n_bootstrap and n_images >= min_images:
+                mask = groups == str(group)
+                row.ci95 = stratified_bootstrap(y_true[mask], y_prob[mask], n=n_bootstrap, seed=seed)
+            rows.append(row)
     return rows
 
 

@@ -56,6 +56,9 @@ def registry_promote(
     margin: Annotated[float, typer.Option(help="Non-inferiority margin on mAP.")] = PROMOTION_MARGIN,
     config: Annotated[Path | None, typer.Option(
         help="Profile whose gate.subgroup_* settings judge each subgroup (their defaults without it).")] = None,
+    report: Annotated[Path | None, typer.Option(
+        help="Write the challenger's evaluation report with each finding's challenger-minus-champion AP and its "
+             "paired 95 % CI here (HTML), whatever the decision.")] = None,
 ) -> None:
     """champion <- challenger if its signed evidence says it passed its gate, its mAP CI (paired bootstrap) is within
     the margin, and no subgroup (sex, age band, projection) with enough images is worse beyond the profile's subgroup
@@ -66,7 +69,7 @@ def registry_promote(
     from cxrlt.registry import promote
 
     gate = load_profile(config).gate if config else GateConfig()
-    _emit(lambda: promote(labels, name, tracking_uri, margin, subgroup_gate=gate.subgroup_gate()))
+    _emit(lambda: promote(labels, name, tracking_uri, margin, subgroup_gate=gate.subgroup_gate(), report=report))
 
 
 @registry_app.command("card")
