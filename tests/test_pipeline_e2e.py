@@ -2,6 +2,7 @@
 gate registers nothing, promotion and rollback move champion; serve build pulls the champion bundle."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -77,10 +78,19 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     run_dir = next((tmp_path / "run1").glob("cxrlt-training-*"))
     bundle = next(run_dir.rglob("bundle.json")).parent
     report = next(run_dir.rglob("predictions.csv")).parent
+    # the evaluation report: in the evaluate step's report folder, as its KFP HTML artifact, and registered with v1
+    page = (report / "report.html").read_text()
+    assert "<h2>By view and frequency band</h2>" in page and "<h2>Subgroups" in page and "<h2>Unseen findings" in page
+    assert next(p for p in run_dir.rglob("page") if p.is_file()).read_text() == page
+    registered = Path(mlflow.artifacts.download_artifacts(v1.tags["evaluation_artifact"]))
+    assert (registered / "report.html").read_text() == page and (registered / "groups.csv").is_file()
     v2 = register_bundle(bundle, json.loads((report / "summary.json").read_text()), {"passed": True},
                          {"data_manifest_hash": "same"}, report / "predictions.csv", tracking_uri=mlflow_uri)
-    decision = promote(labels, tracking_uri=mlflow_uri)
+    decision = promote(labels, tracking_uri=mlflow_uri, report=tmp_path / "promotion.html")
     assert decision["promoted"] and abs(decision["diff"]) < 1e-12 and decision["ci95"][0] <= 0 <= decision["ci95"][1]
+    # same predictions: every finding's challenger - champion AP is 0 and the page says so beside its positives
+    assert all(r["diff"] == 0.0 for r in decision["per_class"] if r["n_pos"])
+    assert "PROMOTED: " in (tmp_path / "promotion.html").read_text()
     assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: v2}
     assert rollback(tracking_uri=mlflow_uri) == {"champion": "1", "previous": v2}
     assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: "1"}
@@ -136,7 +146,6 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     assert [p.name for p in (tmp_path / "pod").iterdir()] == ["models"]
     assert f"version {REGISTERED_MODEL}/{champion}" in r.stdout and not any((tmp_path / "pod-tmp").iterdir())
     # a served file changed in the artifact store after the gate passed is refused, by name
-    from pathlib import Path
 
     stored = Path(mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_MODEL}/{champion}",
                                                       dst_path=str(tmp_path / "x")))

@@ -321,10 +321,21 @@ def test_promotion_refuses_a_challenger_better_overall_and_worse_in_one_subgroup
         ("sex", "F"), ("sex", "M"), ("age_band", "60-79"), ("projection", "frontal"), ("projection", "lateral")}
     client = mlflow.MlflowClient(mlflow_uri)
     register(regressed, "regressed")
-    decision = promote(tmp_path / "labels.csv", name, mlflow_uri, n_bootstrap=100, subgroup_gate=gate)
+    decision = promote(tmp_path / "labels.csv", name, mlflow_uri, n_bootstrap=100, subgroup_gate=gate,
+                       report=tmp_path / "promotion.html")
     assert decision["ci95"][0] >= -0.02, decision["reason"]  # non-inferior overall: only the subgroup rule refuses
     assert not decision["promoted"] and "refused in subgroups: sex=M (200 images): mAUROC" in decision["reason"]
     assert "sex=F" not in decision["reason"]
+    # the promotion report: the decision on top, each finding's challenger - champion AP (by class name) with its CI
+    from sklearn.metrics import average_precision_score as ap
+
+    page = (tmp_path / "promotion.html").read_text()
+    assert "REFUSED: " in page and "challenger - champion" in page and page.count("data:image/png;base64,") == 3
+    deltas = {r["class"]: r for r in decision["per_class"]}
+    assert list(deltas) == classes
+    j = classes.index("cardiomegaly")
+    assert deltas["cardiomegaly"]["diff"] == pytest.approx(ap(y[:, j], regressed[:, j]) - ap(y[:, j], champion[:, j]),
+                                                           abs=1e-9)
     assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == first
     fair_version = register(fair, "fair")
     decision = promote(tmp_path / "labels.csv", name, mlflow_uri, n_bootstrap=100, subgroup_gate=gate)
