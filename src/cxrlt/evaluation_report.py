@@ -210,7 +210,10 @@ def build_report(labels: pd.DataFrame, pred: pd.DataFrame, classes: Sequence[str
         _img(band_reliability_figure(y, p, classes, bands), "reliability per band"),
     ]
     if subgroups:
-        parts += ["<h2>Subgroups (95 % CI, bootstrap stratified by rarest finding)</h2>",
+        parts += ["<h2>Subgroups (95 % CI, bootstrap stratified by rarest finding)</h2><p>Percentile intervals. "
+                  "Resampling duplicates positive images, which raises AP, so in small groups an mAP interval sits "
+                  "mostly above its point estimate; promotion's paired differences are not affected this way (both "
+                  "models see the same duplicates).</p>",
                   _table(["attribute", "group", "images", "n+", "mAP", "mAP CI", "mAUROC", "mAUROC CI", "mECE",
                           *(f"mAP {band}" for band in BANDS), "flags"],
                          [(r.get("attribute"), r.get("group"), r.get("n_images", ""), r.get("n_positive_labels", ""),
