@@ -159,3 +159,31 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
                         f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", "--out", str(tmp_path / "pod2" / "models")],
                        capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri})
     assert r.returncode != 0 and "does not match the manifest" in r.stderr and onnx_name in r.stderr
+
+
+def test_experiment_lookup_is_safe_when_processes_create_it_at_once(mlflow_uri):
+    """Eight callers create one experiment at the same moment on a fresh name: all get the same id, and the process
+    environment is left alone (mlflow.set_experiment writes MLFLOW_EXPERIMENT_ID there, which later subprocesses
+    inherit, and loses the race's loser to the Default experiment)."""
+    import os
+    import threading
+
+    from mlflow import MlflowClient
+
+    from cxrlt.tracking import experiment_id
+
+    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    barrier, ids = threading.Barrier(8), []
+
+    def create() -> None:
+        barrier.wait()
+        ids.append(experiment_id("race-for-one-experiment", MlflowClient(mlflow_uri)))
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 8 and len(set(ids)) == 1
+    assert MlflowClient(mlflow_uri).get_experiment(ids[0]).name == "race-for-one-experiment"
+    assert os.environ.get("MLFLOW_EXPERIMENT_ID") == before

@@ -261,8 +261,9 @@ def test_mlflow_artifact_uri(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     state = _source_state(3)
     save_file(state, str(tmp_path / "model.safetensors"))
-    mlflow.set_experiment("weights-test")
-    with mlflow.start_run() as run:
+    from cxrlt.tracking import experiment_id
+
+    with mlflow.start_run(experiment_id=experiment_id("weights-test")) as run:
         mlflow.log_artifact(str(tmp_path / "model.safetensors"), artifact_path="weights")
     for uri in (f"runs:/{run.info.run_id}/weights/model.safetensors", f"runs:/{run.info.run_id}/weights"):
         net = TimmClassifier(ARCH, 2, 3, pretrained=uri)

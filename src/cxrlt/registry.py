@@ -299,9 +299,10 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
 
     if not gate_evidence.get("passed"):
         raise RegistryError("the evaluation gate did not pass: nothing is registered")
+    from cxrlt.tracking import experiment_id
+
     client = _client(tracking_uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name="register-bundle") as run:
+    with mlflow.start_run(experiment_id=experiment_id(experiment, client), run_name="register-bundle") as run:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
         mlflow.log_dict(gate_evidence, "gate_evidence.json")
         manifest = bundle_manifest(bundle_dir)  # what the gate evaluated: serve build verifies every file against it

@@ -260,8 +260,10 @@ def _mlflow_start(req: TrainRequest, cfg: dict, info: D.DistInfo):
         return None
     import mlflow
 
-    mlflow.set_experiment(os.environ.get("CXRLT_MLFLOW_EXPERIMENT", "cxrlt-train"))
-    run = mlflow.start_run(run_name=req.member.replace("/", "-"))
+    from cxrlt.tracking import experiment_id
+
+    experiment = experiment_id(os.environ.get("CXRLT_MLFLOW_EXPERIMENT", "cxrlt-train"))
+    run = mlflow.start_run(experiment_id=experiment, run_name=req.member.replace("/", "-"))
     flat = {f"train.{k}": v for k, v in train_settings(cfg, req.member).items()
             if not isinstance(v, dict)}
     mlflow.log_params({"member": req.member, "profile": cfg.get("profile"), "config_hash": config_hash(cfg),

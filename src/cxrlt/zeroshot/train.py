@@ -229,8 +229,11 @@ def _mlflow_start(zs: dict, cfg: dict, held_out: list[str], info: D.DistInfo):
         return None
     import mlflow
 
-    mlflow.set_experiment(os.environ.get("CXRLT_MLFLOW_EXPERIMENT", "cxrlt-train"))
-    run = mlflow.start_run(run_name="zeroshot" + (f"-holdout-{len(held_out)}" if held_out else ""))
+    from cxrlt.tracking import experiment_id
+
+    experiment = experiment_id(os.environ.get("CXRLT_MLFLOW_EXPERIMENT", "cxrlt-train"))
+    run = mlflow.start_run(experiment_id=experiment,
+                           run_name="zeroshot" + (f"-holdout-{len(held_out)}" if held_out else ""))
     mlflow.log_params({f"zeroshot.{k}": v for k, v in zs.items() if not isinstance(v, dict)}
                       | {"config_hash": config_hash(cfg), "held_out": ",".join(held_out) or "none"})
     return run
