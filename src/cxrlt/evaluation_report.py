@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score
 
 from cxrlt.errors import InvalidInputError
 from cxrlt.metrics import macro_ap, macro_auroc, paired_bootstrap_diff, score_class
@@ -27,11 +26,6 @@ from cxrlt.platform import REPORT_HTML  # noqa: F401  (re-exported: the file the
 from cxrlt.plots import BAND_COLOURS, pyplot
 
 BANDS = ("head", "medium", "tail")
-
-
-def _ap(y: np.ndarray, p: np.ndarray) -> float:
-    """AP of one class (columns of width 1), NaN without positives (a paired bootstrap replicate may have none)."""
-    return float(average_precision_score(y[:, 0], p[:, 0])) if y.sum() else float("nan")
 
 
 def per_class_deltas(y_true: np.ndarray, challenger: np.ndarray, champion: np.ndarray, classes: Sequence[str],
@@ -47,7 +41,7 @@ def per_class_deltas(y_true: np.ndarray, challenger: np.ndarray, champion: np.nd
         y, a, b = y_true[:, [j]], challenger[:, [j]], champion[:, [j]]
         row = {"class": name, "n_pos": int(y.sum()), "diff": None, "ci95": None}
         if y.sum():
-            row.update(paired_bootstrap_diff(y, a, b, _ap, n_bootstrap, seed))
+            row.update(paired_bootstrap_diff(y, a, b, macro_ap, n_bootstrap, seed))  # one column: its AP
         rows.append(row)
     return rows
 

@@ -452,10 +452,11 @@ def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: 
 
 
 def _write_promotion_report(path: Path, folder: Path | None, ours: pd.DataFrame | None,
-                            theirs: pd.DataFrame | None, labels_csv, decision: dict, n_bootstrap: int) -> None:
+                            theirs: pd.DataFrame | None, labels: pd.DataFrame, groups: pd.DataFrame | None,
+                            decision: dict, n_bootstrap: int) -> None:
     """The challenger's evaluation report with per-finding deltas against the champion (what promotion decided
-    on), the decision at its top; bands and views come from the challenger's evaluation."""
-    from cxrlt.data.tables import read_label_csv
+    on), the decision at its top; bands and views come from the challenger's evaluation (``groups``: its
+    groups.csv, already read by promotion)."""
     from cxrlt.evaluation_report import build_report
     from cxrlt.labels import KNOWN_CLASSES
 
@@ -469,14 +470,12 @@ def _write_promotion_report(path: Path, folder: Path | None, ours: pd.DataFrame 
                         f"<p>{html.escape(verdict)}</p><p>The challenger's registration carries no evaluation to "
                         "report.</p></body></html>\n")
         return
-    labels = read_label_csv(labels_csv)[0]
     metrics = folder / "metrics.json"
     per_class = json.loads(metrics.read_text()).get("per_class", {}) if metrics.is_file() else {}
     bands = {c: v["band"] for c, v in per_class.items() if v.get("band")}
-    groups = pd.read_csv(folder / GROUPS_CSV, dtype=str).set_index("ImageID") if (folder / GROUPS_CSV).is_file() \
-        else None
     ids = labels["ImageID"].astype(str)
-    views = groups["projection"].reindex(ids).fillna("unknown").tolist() if groups is not None else ["all"] * len(ids)
+    views = groups.drop_duplicates("ImageID").set_index("ImageID")["projection"].reindex(ids).fillna("unknown") \
+        .tolist() if groups is not None else ["all"] * len(ids)
     subgroups = json.loads((folder / SUBGROUPS_JSON).read_text()) if (folder / SUBGROUPS_JSON).is_file() else None
     title = (f"Promotion of version {decision['challenger']} against champion {decision['champion']}: {verdict}"
              if theirs is not None else f"Promotion of version {decision['challenger']} (no champion): {verdict}")
@@ -511,8 +510,10 @@ def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, pub
         else None
     ours = _predictions(folder, challenger.version) if folder is not None else None
     theirs = _predictions(_evaluation_folder(champion), champion.version) if champion is not None else None
-    grouped = folder is not None and (folder / GROUPS_CSV).is_file()
-    labels = read_label_csv(labels_csv)[0] if champion is not None or grouped else None
+    groups = pd.read_csv(folder / GROUPS_CSV, dtype=str) if folder is not None and (folder / GROUPS_CSV).is_file() \
+        else None
+    needs_labels = champion is not None or groups is not None or (report is not None and ours is not None)
+    labels = read_label_csv(labels_csv)[0] if needs_labels else None
     if champion is None:
         decision.update(promoted=True, reason="no champion yet")
     else:
@@ -520,9 +521,8 @@ def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, pub
         decision.update(stats)
         decision["promoted"] = stats["ci95"][0] >= -margin
         decision["reason"] = (f"CI low {stats['ci95'][0]:.4f} {'>=' if decision['promoted'] else '<'} -{margin}")
-    if grouped:
-        rows, refusals = compare_subgroups(ours, theirs, labels, pd.read_csv(folder / GROUPS_CSV, dtype=str),
-                                           list(KNOWN_CLASSES), subgroup_gate)
+    if groups is not None:
+        rows, refusals = compare_subgroups(ours, theirs, labels, groups, list(KNOWN_CLASSES), subgroup_gate)
         decision["subgroups"] = rows
         if refusals:
             decision["promoted"] = False
@@ -530,7 +530,7 @@ def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, pub
     else:
         decision["subgroups"] = f"not checked: the challenger's evaluation carries no {GROUPS_CSV}"
     if report is not None:
-        _write_promotion_report(Path(report), folder, ours, theirs, labels_csv, decision, n_bootstrap)
+        _write_promotion_report(Path(report), folder, ours, theirs, labels, groups, decision, n_bootstrap)
     if decision["promoted"]:
         _set_alias(client, name, CHAMPION_ALIAS, challenger.version, decision["reason"], expected=champion_version)
         if _alias_version(client, name, CHALLENGER_ALIAS) == str(challenger.version):  # a newer one keeps it

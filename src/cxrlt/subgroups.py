@@ -107,12 +107,18 @@ def stratified_bootstrap(y_true: np.ndarray, y_prob: np.ndarray, metrics: Mappin
     return bootstrap_ci(y_true, y_prob, n, seed, alpha, metrics or METRICS, strata=rarest_finding_strata(y_true))
 
 
+def _group_names(attribute: str, values: Sequence[str], n_images: int) -> np.ndarray:
+    """Each image's group of ``attribute`` as text; one value per image or an error naming the attribute."""
+    groups = np.asarray([str(g) for g in values])
+    if len(groups) != n_images:
+        raise InvalidInputError(f"attribute {attribute!r} has {len(groups)} values for {n_images} images")
+    return groups
+
+
 def group_masks(attributes: Mapping[str, Sequence[str]], n_images: int):
     """(attribute, group, boolean mask over the images) for every group of every attribute, groups sorted."""
     for attribute, values in attributes.items():
-        groups = np.asarray([str(g) for g in values])
-        if len(groups) != n_images:
-            raise InvalidInputError(f"attribute {attribute!r} has {len(groups)} values for {n_images} images")
+        groups = _group_names(attribute, values, n_images)
         for group in sorted(set(groups)):
             yield attribute, str(group), groups == group
 
@@ -173,9 +179,7 @@ def subgroup_table(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str
     metrics = _group_metrics(classes, bands)
     rows = []
     for attribute, values in attributes.items():
-        groups = np.asarray([str(g) for g in values])
-        if len(groups) != len(y_true):
-            raise InvalidInputError(f"attribute {attribute!r} has {len(groups)} values for {len(y_true)} images")
+        groups = _group_names(attribute, values, len(y_true))
         frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_prob,
                             sensitive_features=pd.Series(groups, name=attribute)).by_group
         for group, m in frame.sort_index().iterrows():
