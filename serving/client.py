@@ -16,9 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlt.errors import InvalidInputError, NotFoundError
+from cxrlt.errors import InvalidInputError, NotFoundError, OperationError
 
 MODEL = "cxr"
+#: gRPC statuses that say the server could not answer now (down, restarting, overloaded, too slow), as opposed to an
+#: answer about the image: the caller may send the same image again later.
+TRANSIENT_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+
+class ServerUnavailableError(OperationError):
+    """The server could not be reached or could not answer now; the same request may succeed later."""
 OUTPUTS = ("KNOWN_PROBS", "UNSEEN_PROBS", "VIEW", "VIEW_CONFIDENCE", "MODEL_VERSION", "ERROR", "KNOWN_CLASSES",
            "UNSEEN_CLASSES", "KNOWN_BANDS")
 
@@ -133,6 +140,7 @@ class CXRClient:
 
         self._mod = grpcclient
         self.client = grpcclient.InferenceServerClient(url, **(tls.client_kwargs() if tls else {}))
+        self.url = url
         self.timeout, self.retries, self.backoff, self.batch_size = timeout, retries, backoff, batch_size
         self._served: tuple[list[str], list[str], dict[str, str]] | None = None
 
@@ -173,6 +181,21 @@ class CXRClient:
             except InferenceServerException as exc:
                 results += [failed(src, exc.message() or str(exc)) for src in names]
         return results
+
+    def infer_one(self, payload: bytes, source: str) -> Result:
+        """One encoded image, for callers that keep their own queue (the DICOM gateway): a refused image is a Result
+        with its error; a server that cannot answer now raises :class:`ServerUnavailableError` (retry later)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            response = self._infer([payload])
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            if not status or any(s in status for s in TRANSIENT_STATUSES):
+                raise ServerUnavailableError(f"{self.url}: {status or 'no status'}: {exc.message() or exc}") from None
+            return failed(source, exc.message() or str(exc))
+        self._served = _names(response)
+        return _results(response, [source])[0]
 
     def infer_pixels(self, images: Sequence[np.ndarray], bits: int | None = None,
                      sources: Sequence[str] | None = None) -> list[Result]:

@@ -8,6 +8,7 @@ first wherever podman or Docker works (`make images`; the build is cached, so on
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def _run(engine, *args, timeout=300, check=True) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.mark.parametrize("name", ["train", "tools", "serve_cpu"])
+@pytest.mark.parametrize("name", ["train", "tools", "serve_cpu", "gateway"])
 def test_images_run_as_non_root_with_provenance_labels(engine, name):
     _need(engine, name)
     info = json.loads(_run(engine, "image", "inspect", IMAGES[name]).stdout)[0]
@@ -62,6 +63,39 @@ def test_images_run_as_non_root_with_provenance_labels(engine, name):
     listing = _run(engine, "run", "--rm", "--entrypoint", "sh", IMAGES[name], "-c",
                    "command -v gcc || true; ls ~root/.cache \"$HOME\"/.cache 2>/dev/null || true; id -u").stdout
     assert listing.strip().splitlines() == ["1000"], listing
+
+
+def test_gateway_image_answers_c_echo_without_torch(engine, tmp_path):
+    """The gateway image (no torch) starts `cxrlt gateway`, listens, and answers a DICOM echo from an allowed AE;
+    it refuses a calling AE that is not on its list."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    _need(engine, "gateway")
+    assert _run(engine, "run", "--rm", "--entrypoint", "python", IMAGES["gateway"], "-c",
+                "import importlib.util as u; print(u.find_spec('torch') is None)").stdout.strip() == "True"
+    port, name = free_port(), f"cxrlt-test-gateway-{tmp_path.name}"
+    _run(engine, "run", "-d", "--rm", "--name", name, "--network", "host", "--read-only",
+         "--tmpfs", "/var/spool/cxrlt:uid=1000", IMAGES["gateway"], "--host", "127.0.0.1", "--port", str(port),
+         "--allow-calling", "MODALITY1", "--send-to", "ORTHANC@127.0.0.1:4242", "--spool", "/var/spool/cxrlt")
+    try:
+        def echo(calling: str) -> bool:
+            ae = AE(ae_title=calling)
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", port, ae_title="CXRLT")
+            if not assoc.is_established:
+                return False
+            ok = assoc.send_c_echo().Status == 0
+            assoc.release()
+            return ok
+
+        deadline = time.time() + 60
+        while not echo("MODALITY1"):
+            assert time.time() < deadline, _run(engine, "logs", name, check=False).stderr[-3000:]
+            time.sleep(0.5)
+        assert not echo("INTRUDER")
+    finally:
+        _run(engine, "stop", "-t", "10", name, check=False)
 
 
 def test_train_image_runs_the_cli(engine):

@@ -16,6 +16,8 @@ IMAGES = {
     "tools": f"{IMAGE_REGISTRY}/cxrlt-tools:{IMAGE_TAG}",  # CPU steps: validation, evaluation, registration
     # pytriton's tritonserver + the python-backend environment (what `cxrlt serve up` runs): CPU clusters, tests
     "serve_cpu": f"{IMAGE_REGISTRY}/cxrlt-serve-cpu:{IMAGE_TAG}",
+    # the DICOM gateway (`cxrlt gateway`): C-STORE in, DICOM SR out; no torch
+    "gateway": f"{IMAGE_REGISTRY}/cxrlt-gateway:{IMAGE_TAG}",
 }
 
 NAMESPACE = "cxrlt"

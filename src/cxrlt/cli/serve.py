@@ -266,3 +266,74 @@ def infer_cmd(
     if failed:
         typer.secho(f"\n{len(failed)} of {len(results)} items failed", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+@app.command("gateway")
+def gateway_cmd(
+    allow_calling: Annotated[list[str], typer.Option("--allow-calling", help="AE title allowed to send images "
+                                                                             "(repeat for several); required.")],
+    send_to: Annotated[str, typer.Option(help="Where the SRs go: AE_TITLE@HOST:PORT (C-STORE), or the base URL of "
+                                              "a DICOMweb service (STOW-RS), e.g. http://pacs:8042/dicom-web.")],
+    spool: Annotated[Path, typer.Option(help="Folder of the on-disk queue (images waiting, reports waiting, items "
+                                             "set aside); keep it on a persistent volume.")],
+    ae_title: Annotated[str, typer.Option(help="The gateway's own AE title (senders must call it).")] = "CXRLT",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="DICOM port to listen on (0: a free one, printed).")] = 11112,
+    url: Annotated[str, typer.Option(help="Triton gRPC address HOST:PORT.")] = "127.0.0.1:8001",
+    tls_ca: Annotated[Path | None, typer.Option(help="PEM CA of the server's certificate: connect over TLS.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM client certificate (mutual TLS).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert.")] = None,
+    threshold: Annotated[float, typer.Option(help="Operating threshold: a finding at or above it is reported "
+                                                  "present (the probabilities are calibrated).")] = 0.5,
+    thresholds: Annotated[Path | None, typer.Option(help="JSON or YAML mapping of finding name -> threshold, for the "
+                                                         "findings whose threshold differs.")] = None,
+    max_queue: Annotated[int, typer.Option(help="Items the spool may hold; beyond it images are refused with "
+                                                "0xA700 (the sender retries later).")] = 1000,
+    timeout: Annotated[float, typer.Option(help="Per-call timeout (Triton, destination), seconds.")] = 30.0,
+    max_backoff: Annotated[float, typer.Option(help="Longest wait between retries while Triton or the destination "
+                                                    "is down, seconds.")] = 60.0,
+    institution: Annotated[str | None, typer.Option(help="Institution Name written into the SRs.")] = None,
+) -> None:
+    """DICOM gateway: receive CR/DX images by C-STORE, score them on the served model, and store one DICOM SR
+    (TID 1500, unverified) per image at --send-to.
+
+    Runs until interrupted (SIGTERM/SIGINT). Images wait in --spool until their report is stored: a Triton or PACS
+    outage delays reports but loses none, also across a restart. Logs name images by a digest, never by patient
+    data. docs/hospital.md explains the setup and how to read the reports."""
+    import logging
+    import signal
+    import threading
+
+    import yaml
+    from pydantic import ValidationError
+
+    from serving.client import TLSOptions
+    from serving.gateway import Destination, GatewayConfig, run
+
+    if (tls_cert or tls_key) and not tls_ca:
+        _fail("--tls-cert/--tls-key need --tls-ca")
+    per_finding = {}
+    if thresholds is not None:
+        if not thresholds.is_file():
+            _fail(f"--thresholds {thresholds}: no such file")
+        per_finding = yaml.safe_load(thresholds.read_text()) or {}
+        if not isinstance(per_finding, dict):
+            _fail(f"--thresholds {thresholds}: expected a mapping of finding name -> threshold")
+    try:
+        config = GatewayConfig(
+            ae_title=ae_title, host=host, port=port, allowed_calling=tuple(allow_calling), triton_url=url,
+            tls=TLSOptions(tls_ca, tls_cert, tls_key) if tls_ca else None, destination=Destination.parse(send_to),
+            spool=spool, max_queue=max_queue, threshold=threshold, thresholds=per_finding, timeout_s=timeout,
+            max_backoff_s=max_backoff, institution_name=institution)
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'gateway'}: {e['msg']}" for e in exc.errors()))
+    # the gateway's own messages at INFO; the libraries' (pynetdicom, highdicom) only from WARNING: at INFO they
+    # print UIDs and dataset contents
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cxrlt").setLevel(logging.INFO)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stats = run(config, stop)
+    typer.echo(f"gateway stopped: {stats.received} received, {stats.refused} refused, {stats.scored} scored, "
+               f"{stats.reported} reports stored")

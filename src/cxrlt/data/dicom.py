@@ -18,11 +18,14 @@ def array_to_dicom(
     rescale_intercept: float = 0.0,
     with_pixels: bool = True,
     patient_id: str = "SYNTH",
+    study_uid: str | None = None,
 ) -> Path:
     """Save a uint16 2-D array as an uncompressed DX DICOM (Explicit VR Little Endian).
 
     ``monochrome1`` stores inverted pixels with PhotometricInterpretation MONOCHROME1 (as some CR/DX vendors do);
     reading it back must re-invert. ``with_pixels=False`` writes a file without PixelData (a real-world defect).
+    The patient, study and series identify a synthetic patient (``study_uid`` puts several images in one study),
+    so the file can be stored in a PACS and reported on like a modality's.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -39,6 +42,12 @@ def array_to_dicom(
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "DX"
     ds.PatientID = patient_id
+    ds.PatientName = f"SYNTHETIC^{patient_id}"
+    ds.PatientBirthDate, ds.PatientSex = "", ""
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
+    ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, 1
     ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
