@@ -330,3 +330,17 @@ def test_triton_and_gateway_outages_delay_reports_but_lose_none(pacs, triton, ra
     origins = {pacs.get(f"/instances/{i}/metadata/Origin").decode() for i in pacs.instances()
                if pacs.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] == srs[image.SOPInstanceUID]["uid"]}
     assert origins and "DicomProtocol" not in origins, "the restarted gateway stored it by STOW-RS"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--send-to", "pacs"], "expected AE_TITLE@HOST:PORT or a DICOMweb"),
+    (["--allow-calling", "A_CALLING_AE_TITLE_OF_17"], "1 to 16 ASCII characters"),
+    (["--allow-calling", ","], "name the calling AE titles allowed"),
+    (["--threshold", "1.5"], "threshold"),
+])
+def test_gateway_refuses_bad_settings_before_listening(tmp_path, args, message):
+    base = {"--send-to": "PACS@127.0.0.1:104", "--allow-calling": "MODALITY1", "--spool": str(tmp_path / "spool")}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    done = subprocess.run([sys.executable, "-m", "cxrlt.cli", "gateway", *(x for kv in base.items() for x in kv),
+                           "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and message in done.stderr + done.stdout and "Traceback" not in done.stderr

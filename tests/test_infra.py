@@ -45,7 +45,8 @@ def test_core_resources_validate_against_kubernetes_schemas(rendered):
     assert {d["kind"] for d in docs} >= {"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy",
                                          "ServiceMonitor", "ServiceAccount", "Role", "RoleBinding"}
     config_maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
-    assert config_maps == {P.ROLLOUT_CONFIGMAP}, "one TrainJob definition (cxrlt.ops.launch.trainjob_body), no template"
+    # one TrainJob definition (cxrlt.ops.launch.trainjob_body), no template; the gateway's site settings
+    assert config_maps == {P.ROLLOUT_CONFIGMAP, P.GATEWAY_CONFIGMAP}
 
 
 def test_trainjob_body_validates_against_the_trainer_crd_and_is_hardened():
@@ -185,7 +186,10 @@ def test_pods_are_hardened(rendered):
             assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, c["name"]
             assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
             writable = [m for m in c.get("volumeMounts", []) if not m.get("readOnly")]
-            assert all("emptyDir" in volumes[m["name"]] for m in writable), c["name"]
+            # emptyDirs only, but for the DICOM gateway's spool, which must outlive the pod (nothing lost)
+            spool = [m for m in writable if name == P.GATEWAY_SERVICE and m["mountPath"] == "/var/spool/cxrlt"]
+            assert all("emptyDir" in volumes[m["name"]] for m in writable if m not in spool), c["name"]
+            assert all("persistentVolumeClaim" in volumes[m["name"]] for m in spool)
 
 
 def test_image_tags_come_from_kustomize_and_the_triton_release_is_fixed():
@@ -373,3 +377,40 @@ def test_trainjob_pods_may_reach_mlflow(rendered):
     selectors = [f["podSelector"] for f in rule["from"] if "podSelector" in f]
     assert {"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"} in [
         e for s in selectors for e in s.get("matchExpressions", [])]
+
+
+def test_dicom_gateway_reaches_triton_over_mutual_tls_and_keeps_its_spool(rendered):
+    overlay, docs = rendered
+    dep = _by_kind(docs, "Deployment", P.GATEWAY_SERVICE)
+    pod = dep["spec"]["template"]["spec"]
+    (gateway,) = pod["containers"]
+    assert gateway["image"] == P.IMAGES["gateway"] and dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["type"] == "Recreate", "two pods must never share the spool"
+    flags = dict(a.split("=", 1) for a in gateway["args"])
+    assert flags["--url"] == f"{P.TRITON_SERVICE}.{P.NAMESPACE}.svc:{P.TRITON_PORTS['grpc']}"
+    assert int(flags["--port"]) == P.DICOM_PORT == gateway["ports"][0]["containerPort"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in gateway["volumeMounts"]}
+    ca, cert, key = (flags[f] for f in ("--tls-ca", "--tls-cert", "--tls-key"))
+    ca_secret = volumes[mounts[str(Path(ca).parent)]]["secret"]
+    assert ca_secret["secretName"] == P.SECRETS["triton_tls"] and ca_secret["items"] == [
+        {"key": "ca.crt", "path": "ca.crt"}], "the gateway gets Triton's CA certificate, never its key"
+    client = volumes[mounts[str(Path(cert).parent)]]["secret"]
+    assert client["secretName"] == P.SECRETS["gateway_tls"] and Path(key).parent == Path(cert).parent
+    assert "persistentVolumeClaim" in volumes[mounts[flags["--spool"]]]
+    claim = volumes[mounts[flags["--spool"]]]["persistentVolumeClaim"]["claimName"]
+    assert _by_kind(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteOnce"]
+    settings = _by_kind(docs, "ConfigMap", P.GATEWAY_CONFIGMAP)["data"]
+    env = {e["name"]: e["valueFrom"]["configMapKeyRef"] for e in gateway["env"]}
+    assert {ref["key"] for ref in env.values()} == set(settings) and settings["ae_title"] == P.GATEWAY_AE_TITLE
+    service = _by_kind(docs, "Service", P.GATEWAY_SERVICE)["spec"]["ports"][0]
+    assert service["port"] == P.DICOM_PORT
+    triton_rules = _by_kind(docs, "NetworkPolicy", "triton-ingress")["spec"]["ingress"]
+    assert any(r["from"][0].get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": P.GATEWAY_SERVICE}
+               and r["ports"][0]["port"] == P.TRITON_PORTS["grpc"] for r in triton_rules)
+    dicom_rule = _by_kind(docs, "NetworkPolicy", "dicom-gateway-ingress")["spec"]["ingress"][0]
+    assert dicom_rule["from"][0]["namespaceSelector"]["matchLabels"] == P.HOSPITAL_NAMESPACE_LABEL
+    if overlay == "prod":  # cert-manager issues the client certificate from the integrations CA
+        cert = _by_kind(docs, "Certificate", "dicom-gateway-client")["spec"]
+        assert cert["secretName"] == P.SECRETS["gateway_tls"] and cert["usages"] == ["client auth"]
+        assert cert["issuerRef"]["name"] == "cxrlt-integrations"

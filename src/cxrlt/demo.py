@@ -222,6 +222,8 @@ def run_demo(args: DemoOptions) -> None:
         print(f"- MLflow database and artifacts: {work / 'mlflow'} (`cxrlt mlflow up --data {work / 'mlflow'}` "
               "to browse the UI again)")
         print(f"- model repository: {work / 'model_repository'}; full log: {log}")
+        print(f"- findings as a DICOM SR in a PACS: docs/hospital.md, 'Try it locally' (Orthanc, `cxrlt gateway` and "
+              f"storescu with {work / 'model_repository'} and {work / 'example.dcm'})")
     finally:
         if weakened is not None and weakened[0].poll() is None:
             weakened[0].terminate()

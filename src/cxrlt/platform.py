@@ -25,6 +25,12 @@ PIPELINES_NAMESPACE = "kubeflow"
 HOSPITAL_NAMESPACE_LABEL = {"cxrlt.io/hospital-integration": "true"}
 
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+#: The DICOM gateway (cxrlt gateway): its Service, DIMSE port (the registered DICOM port 11112), AE title, and the
+#: ConfigMap a site edits (allowed calling AE titles, where reports go)
+GATEWAY_SERVICE = "dicom-gateway"
+DICOM_PORT = 11112
+GATEWAY_AE_TITLE = "CXRLT"
+GATEWAY_CONFIGMAP = "cxrlt-gateway"
 MLFLOW_PORT = 5000
 #: the largest item the served entry takes (encoded bytes, or 4 bytes per raw pixel): 64 MiB. An uncompressed 16-bit
 #: 4300 x 3500 detector image is about 30 MB, the same as raw float32 values about 60 MB.
@@ -52,6 +58,9 @@ SECRETS = {
     "triton_admin": "cxrlt-triton-admin",
     # keys: tls.crt, tls.key, ca.crt: Triton's gRPC certificate and the CA of hospital clients (mutual TLS)
     "triton_tls": "cxrlt-triton-tls",
+    # keys: tls.crt, tls.key (the DICOM gateway's client certificate for Triton's mutual TLS), ca.crt (the CA of
+    # Triton's server certificate)
+    "gateway_tls": "cxrlt-gateway-tls",
     # key: evidence-signing.pem, the Ed25519 key that signs each registered version's gate evidence; mounted in the
     # registration step only (cxrlt registry keygen makes the pair)
     "evidence_signing": "cxrlt-evidence-signing",

@@ -271,7 +271,8 @@ def infer_cmd(
 @app.command("gateway")
 def gateway_cmd(
     allow_calling: Annotated[list[str], typer.Option("--allow-calling", help="AE title allowed to send images "
-                                                                             "(repeat for several); required.")],
+                                                                             "(repeat, or separate by commas, for "
+                                                                             "several); required.")],
     send_to: Annotated[str, typer.Option(help="Where the SRs go: AE_TITLE@HOST:PORT (C-STORE), or the base URL of "
                                               "a DICOMweb service (STOW-RS), e.g. http://pacs:8042/dicom-web.")],
     spool: Annotated[Path, typer.Option(help="Folder of the on-disk queue (images waiting, reports waiting, items "
@@ -321,7 +322,8 @@ def gateway_cmd(
             _fail(f"--thresholds {thresholds}: expected a mapping of finding name -> threshold")
     try:
         config = GatewayConfig(
-            ae_title=ae_title, host=host, port=port, allowed_calling=tuple(allow_calling), triton_url=url,
+            ae_title=ae_title, host=host, port=port, triton_url=url,
+            allowed_calling=tuple(a.strip() for item in allow_calling for a in item.split(",") if a.strip()),
             tls=TLSOptions(tls_ca, tls_cert, tls_key) if tls_ca else None, destination=Destination.parse(send_to),
             spool=spool, max_queue=max_queue, threshold=threshold, thresholds=per_finding, timeout_s=timeout,
             max_backoff_s=max_backoff, institution_name=institution)
