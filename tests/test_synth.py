@@ -28,6 +28,21 @@ def test_same_seed_same_bytes_regardless_of_workers(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+def test_same_seed_same_bytes_in_every_process(tmp_path):
+    """Python salts string hashes per process (PYTHONHASHSEED): a draw made while iterating a set of finding names
+    once gave each process its own dataset from one seed. Two processes with different salts must agree."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from cxrlt.data import synth as S; "
+            "S.generate(sys.argv[1], S.SynthConfig(n_images=60, size=32, seed=11), progress=False)")
+    for salt in ("1", "2"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / salt)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": salt})
+    assert _digest(tmp_path / "1") == _digest(tmp_path / "2")
+
+
 def test_challenge_file_format(synth_data):
     train = pd.read_csv(synth_data / TRAINING_CSV, dtype=str)
     assert list(train.columns) == [*TRAINING_META_COLUMNS, *KNOWN_CLASSES]

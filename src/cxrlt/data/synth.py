@@ -298,7 +298,8 @@ def _plan(cfg: SynthConfig) -> list[_ImageSpec]:
         findings = _sample_findings(rng, 1.0, age, sex)
         for study, date in enumerate(dates):
             if study:
-                kept = {f for f in findings if f in CHRONIC or rng.random() < 0.5}
+                # sorted: a set iterates in an order that changes with PYTHONHASHSEED, and each draw consumes the rng
+                kept = {f for f in sorted(findings) if f in CHRONIC or rng.random() < 0.5}
                 findings = kept | _sample_findings(rng, 0.5, int(date[:4]) - birth_year, sex)
             stem, study_id = _digits(rng, 38), _digits(rng, 32)
             bits = 10 if rng.random() < TEN_BIT_RATE else 12
