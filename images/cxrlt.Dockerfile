@@ -38,24 +38,27 @@ RUN mkdir -p /src/src/cxrlt /src/serving /src/components /src/pipelines && touch
  && /opt/venv/bin/pip uninstall --yes cxrlt \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
-# cxrlt itself as a wheel: the final image installs it over the cached dependency layer, offline.
-FROM dependencies AS builder
+# cxrlt itself as a wheel (from the bare base: no image's dependencies needed to build it); the final images install
+# it over their cached dependency layers, offline.
+FROM python AS wheel
 ARG PIP_INDEX_URL=
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_FIND_LINKS=
 ARG PIP_CERT=
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python3 -m venv /opt/build
 COPY README.md pyproject.toml /src/
 COPY src /src/src
 COPY serving /src/serving
 COPY components /src/components
 COPY pipelines /src/pipelines
-RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels /src
+RUN /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels /src
 
 FROM python AS cxrlt
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 COPY --from=dependencies /opt/venv /opt/venv
-COPY --from=builder /wheels /tmp/wheels
+COPY --from=wheel /wheels /tmp/wheels
 RUN /opt/venv/bin/pip install --quiet --no-deps --no-index --disable-pip-version-check /tmp/wheels/*.whl \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + && rm -rf /tmp/wheels
 COPY configs /opt/cxrlt/configs
@@ -90,7 +93,7 @@ FROM python AS gateway
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 COPY --from=gateway-dependencies /opt/venv /opt/venv
-COPY --from=builder /wheels /tmp/wheels
+COPY --from=wheel /wheels /tmp/wheels
 RUN /opt/venv/bin/pip install --quiet --no-deps --no-index --disable-pip-version-check /tmp/wheels/*.whl \
  && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + && rm -rf /tmp/wheels \
  && mkdir -p /var/spool/cxrlt && chown 1000:1000 /var/spool/cxrlt

@@ -19,6 +19,8 @@ import sys
 import tomllib
 
 PROJECT_KEYS = ("name", "version", "requires-python", "dependencies")
+#: Extras no image installs (tests and linters): left out, so a new test tool does not reinstall the images' torch.
+IMAGE_FREE_EXTRAS = ("dev",)
 #: What ``cxrlt gateway`` imports, by distribution: these of the project's dependencies, the ``gateway`` extra, and
 #: these of the other extras (pydicom reads tags; tritonclient calls Triton).
 GATEWAY_DEPENDENCIES = ("pydantic", "numpy", "opencv-python-headless", "typer", "pyyaml")
@@ -56,7 +58,8 @@ def dependency_spec(pyproject: dict) -> str:
     project = pyproject["project"]
     lines = _table("build-system", pyproject["build-system"])
     kept = {k: project[k] for k in PROJECT_KEYS if k in project}
-    lines += _table("project", kept | {"optional-dependencies": project.get("optional-dependencies", {})})
+    extras = {k: v for k, v in project.get("optional-dependencies", {}).items() if k not in IMAGE_FREE_EXTRAS}
+    lines += _table("project", kept | {"optional-dependencies": extras})
     lines += _table("tool.setuptools", pyproject.get("tool", {}).get("setuptools", {}))
     return "\n".join(lines)
 

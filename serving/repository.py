@@ -281,6 +281,7 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
         max_queue=opts.max_queue, batch_delay_us=opts.batch_delay_us,
         params={"scoring": json.dumps(scoring_fields(bundle)), "bands": bundle["bands"],
                 "model_version": version, "bls_timeout_s": str(opts.bls_timeout_ms / 1000),
-                "max_image_bytes": str(opts.max_image_bytes)}), "cxr.py", SCORING_FILE)
+                "max_image_bytes": str(opts.max_image_bytes)}), "cxr.py",
+                 {**SCORING_FILE, "_observe.py": MODELS_DIR / "_observe.py"})
     models = sorted(p.name for p in repo.iterdir() if p.is_dir())
     return {"repository": str(repo), "models": models, "model_version": version, **opts.model_dump()}

@@ -19,13 +19,17 @@ def _spec(pyproject_text: str, tmp_path: Path) -> str:
 def test_dependency_spec_keeps_what_installing_reads_and_ignores_tool_settings(tmp_path):
     text = (ROOT / "pyproject.toml").read_text()
     full, spec = tomllib.loads(text), tomllib.loads(_spec(text, tmp_path))
-    for key in ("name", "version", "requires-python", "dependencies", "optional-dependencies"):
+    for key in ("name", "version", "requires-python", "dependencies"):
         assert spec["project"][key] == full["project"][key]
+    extras = full["project"]["optional-dependencies"]
+    assert spec["project"]["optional-dependencies"] == {k: v for k, v in extras.items() if k != "dev"}
     assert spec["build-system"] == full["build-system"]
     assert spec["tool"] == {"setuptools": full["tool"]["setuptools"]}
     # a change to the linters' settings leaves the spec, and so the image's dependency layer, byte for byte alike
     edited = text.replace("line-length = 120", "line-length = 119")
     assert edited != text and _spec(edited, tmp_path) == _spec(text, tmp_path)
+    # so does a new test tool (the dev extra, which no image installs)
+    assert _spec(text.replace('"pytest>=8",', '"pytest>=8", "pytest-xdist",'), tmp_path) == _spec(text, tmp_path)
     # a new dependency changes it
     assert _spec(text.replace('"fairlearn>=0.12"', '"fairlearn>=0.13"'), tmp_path) != _spec(text, tmp_path)
 

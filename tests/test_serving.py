@@ -197,6 +197,65 @@ def test_grpc_matches_in_process_predictors(server, tiny_bundle, images):
     np.testing.assert_allclose(list(results[4].known.values()), list(results[0].known.values()), atol=2e-3)
 
 
+def _scrape(server) -> dict[tuple[str, tuple], float]:
+    """Every cxrlt_* sample Triton serves on its metrics port: (sample name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) if family.name.startswith("cxrlt_")
+            for sample in family.samples}
+
+
+def test_entry_metrics_count_known_requests(server, images, tmp_path):
+    """After known requests, the entry's metrics grew by exactly what was sent: items by input kind, bit depth and
+    the view each was routed to; refusals by reason; every finding's score histogram by the probabilities the
+    client received (bucket counts computed here from them); and the preprocessing and scoring time."""
+    from serving.client import CXRClient
+    from serving.refusals import dicom_like, over_cap_png
+
+    pngs, dcm = images
+    before = _scrape(server)
+    client = CXRClient(server.grpc_url, batch_size=1)
+    scored = client.infer_files([pngs[0], pngs[1], dcm])
+    raw = cv2.imread(str(pngs[2]), cv2.IMREAD_UNCHANGED)
+    scored += client.infer_pixels([(raw // 257).astype(np.float32)], bits=8)
+    refused = client.infer_bytes([dicom_like(Modality="CT"), over_cap_png(TEST_MAX_IMAGE_BYTES)])
+    client.close()
+    assert [r.error for r in scored] == [""] * 4 and all(r.error for r in refused), [r.error for r in scored]
+    after = _scrape(server)
+
+    def grew(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    expected_items = {}
+    for kind, bits, result in zip(("png", "png", "dicom", "pixels"), ("16", "16", "16", "8"), scored, strict=True):
+        key = (kind, bits, result.view)
+        expected_items[key] = expected_items.get(key, 0) + 1
+    expected_items[("dicom", "16", "refused")] = 1  # the CT slice (array_to_dicom writes 16 bits stored)
+    expected_items[("png", "16", "refused")] = 1  # the PNG over the byte limit
+    counted = {(dict(k[1])["input"], dict(k[1])["bits"], dict(k[1])["view"]): v - before.get(k, 0.0)
+               for k, v in after.items() if k[0] == "cxrlt_entry_items_total" and v != before.get(k, 0.0)}
+    assert counted == expected_items
+    assert grew("cxrlt_entry_refusals_total", reason="not_a_radiograph") == 1
+    assert grew("cxrlt_entry_refusals_total", reason="too_large") == 1
+    for kind, names in (("known", KNOWN_CLASSES), ("unseen", UNSEEN_CLASSES)):
+        for name in names:
+            values = [getattr(r, kind)[name] for r in scored]
+            assert grew("cxrlt_entry_score_count", finding=name, kind=kind) == len(values)
+            assert grew("cxrlt_entry_score_sum", finding=name, kind=kind) == pytest.approx(sum(values), abs=1e-5)
+            for le in ("0.1", "0.5", "0.9"):
+                assert grew("cxrlt_entry_score_bucket", finding=name, kind=kind, le=le) == sum(
+                    v <= float(le) for v in values), (name, le)
+    assert grew("cxrlt_entry_batches_total") >= 4
+    assert grew("cxrlt_entry_preprocess_duration_us_total") > 0 and grew("cxrlt_entry_scoring_duration_us_total") > 0, [
+        (k, v) for k, v in after.items() if "duration" in k[0]]
+
+
 def test_async_client(server, images):
     import asyncio
 

@@ -8,6 +8,11 @@ with the callee's message, never the server.
 
 A bundle without a router (HPH) sends every image to the mixed ensemble and reports the view as "mixed".
 
+Metrics (Triton custom metrics on the metrics port, beside the ``nv_*`` ones; ``_observe.py`` says what is counted):
+``cxrlt_entry_items_total`` by input kind, bit depth and routed view (``refused`` for refused items),
+``cxrlt_entry_refusals_total`` by reason, ``cxrlt_entry_score`` (a histogram per finding with fixed buckets), and
+``cxrlt_entry_{preprocess,scoring}_duration_us_total`` with ``cxrlt_entry_batches_total`` (their sums per batch).
+
 Outputs per item: 30 known-finding probabilities, 6 unseen-finding probabilities, the chosen view, its confidence,
 the served model version, an error string (empty when the item was fine), and the class names (and bands) in the
 order of the probabilities: clients key every probability by name without reading the model config, which a
@@ -16,10 +21,12 @@ production server restricts to administrators.
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from _common import CalleeError, bytes_array, call, failed, invalid, parameters
+from _observe import SCORE_BUCKETS, bit_depth, input_kind, pixels_depth, refusal_reason, refusal_reasons
 from cxrlt_scoring import BundleScorer
 
 IMAGE_INPUTS = ("IMAGE", "PIXELS", "BITS")
@@ -55,6 +62,73 @@ class TritonPythonModel:
                           "UNSEEN_CLASSES": np.array([c.encode() for c in self.unseen], dtype=np.object_),
                           "KNOWN_BANDS": np.array([bands.get(c, "").encode() for c in self.known], dtype=np.object_)}
         self.has_zeroshot = bool(self.unseen)
+        self._metrics_init()
+
+    # ---- metrics ------------------------------------------------------------------------------------------------
+    def _metrics_init(self):
+        family = pb_utils.MetricFamily
+        self.m_items = family("cxrlt_entry_items_total", "Items received by the cxr entry, by input kind, bit depth "
+                              "and routed view (refused: not scored)", family.COUNTER)
+        self.m_refusals = family("cxrlt_entry_refusals_total", "Items the cxr entry refused, by reason",
+                                 family.COUNTER)
+        self.m_scores = family("cxrlt_entry_score", "Served probability of every finding of every scored item",
+                               family.HISTOGRAM)
+        self.m_batches = family("cxrlt_entry_batches_total", "Batches the cxr entry executed", family.COUNTER)
+        self.m_pre = family("cxrlt_entry_preprocess_duration_us_total", "Wall time of the entry's preprocessing, "
+                            "summed over batches (microseconds)", family.COUNTER)
+        self.m_score = family("cxrlt_entry_scoring_duration_us_total", "Wall time of routing, view ensembles and "
+                              "zero-shot, summed over batches (microseconds)", family.COUNTER)
+        self.batches, self.pre_us, self.score_us = (self.m_batches.Metric(labels={}), self.m_pre.Metric(labels={}),
+                                                    self.m_score.Metric(labels={}))
+        self.score_metrics = {(kind, name): self.m_scores.Metric(labels={"finding": name, "kind": kind},
+                                                                 buckets=list(SCORE_BUCKETS))
+                              for kind, names in (("known", self.known), ("unseen", self.unseen)) for name in names}
+        self._labelled = {}
+
+    def _counter(self, family, **labels):
+        key = (id(family), tuple(sorted(labels.items())))
+        if key not in self._labelled:
+            self._labelled[key] = family.Metric(labels=labels)
+        return self._labelled[key]
+
+    @staticmethod
+    def _describe(request) -> list[tuple[str, str]]:
+        """(input kind, bit depth) of every item of a request, from the bytes' headers or the PIXELS/BITS inputs."""
+        image = pb_utils.get_input_tensor_by_name(request, "IMAGE")
+        if image is not None:
+            out = []
+            for row in image.as_numpy():
+                payload = row.reshape(-1)[0]
+                payload = payload if isinstance(payload, bytes) else bytes(payload)
+                out.append((input_kind(payload), bit_depth(payload)))
+            return out
+        pixels = pb_utils.get_input_tensor_by_name(request, "PIXELS")
+        if pixels is None:
+            return []
+        bits = pb_utils.get_input_tensor_by_name(request, "BITS")
+        depth = bits.as_numpy().reshape(-1) if bits is not None else [None] * len(pixels.as_numpy())
+        return [("pixels", pixels_depth(d)) for d in depth]
+
+    def _count(self, described, views, errors=None, request_error=None):
+        """Count one request's items: their routed views (or ``refused``) and every refusal's reason."""
+        if request_error is not None:
+            for reason in refusal_reasons(request_error):
+                self._counter(self.m_refusals, reason=reason).increment(1)
+            views = ["refused"] * len(described)
+        for j, (kind, bits) in enumerate(described):
+            refused = errors is not None and errors[j]
+            if refused:
+                self._counter(self.m_refusals, reason=refusal_reason(errors[j])).increment(1)
+            view = "refused" if refused else views[j]
+            self._counter(self.m_items, input=kind, bits=bits, view=view).increment(1)
+
+    def _observe_scores(self, known, unseen):
+        for values, names, kind in ((known, self.known, "known"), (unseen, self.unseen, "unseen")):
+            for col, name in enumerate(names):
+                metric = self.score_metrics[(kind, name)]
+                for value in values[:, col]:
+                    if np.isfinite(value):
+                        metric.observe(float(value))
 
     async def _preprocess(self, request) -> dict:
         inputs = {}
@@ -118,14 +192,21 @@ class TritonPythonModel:
             *(pb_utils.Tensor(name, np.tile(row, (n, 1))) for name, row in self.name_rows.items())])
 
     async def execute(self, requests):
+        started = time.perf_counter()
+        described = [self._describe(r) for r in requests]
         results = await asyncio.gather(*(self._preprocess(r) for r in requests), return_exceptions=True)
+        preprocessed = time.perf_counter()
+        self.batches.increment(1)
+        self.pre_us.increment(int((preprocessed - started) * 1e6))
         responses = [None] * len(requests)
         good_items = {}  # request index -> indices of its items that decoded
         for i, result in enumerate(results):
             if isinstance(result, CalleeError):  # preprocess refused every item of this request (or timed out)
                 responses[i] = failed(str(result)) if result.timed_out else invalid(result.message)
+                self._count(described[i], [], request_error=result.message)
             elif isinstance(result, Exception):
                 responses[i] = failed(f"preprocess: {type(result).__name__}: {result}")
+                self._count(described[i], [], request_error=f"{type(result).__name__}: {result}")
             else:
                 good_items[i] = np.flatnonzero([not e[0] for e in result["ERROR"]])
         if good_items:
@@ -137,7 +218,11 @@ class TritonPythonModel:
             except Exception as exc:  # a callee failed or timed out: this batch's requests fail, the server stays
                 for i in order:
                     responses[i] = failed(f"scoring failed ({exc})")
+                    self._count(described[i], [], request_error=f"scoring failed ({exc})")
                 return responses
+            finally:
+                self.score_us.increment(int((time.perf_counter() - preprocessed) * 1e6))
+            self._observe_scores(known, unseen)
             start = 0
             for i in order:
                 pre, idx = results[i], good_items[i]
@@ -149,5 +234,7 @@ class TritonPythonModel:
                 for j, view in zip(idx, views[start:stop], strict=True):
                     v[j] = view
                 responses[i] = self._response(pre, k, u, v, c)
+                errors = [e[0].decode() if isinstance(e[0], bytes) else str(e[0]) for e in pre["ERROR"]]
+                self._count(described[i], v, errors=errors)
                 start = stop
         return responses
