@@ -25,15 +25,16 @@ demo: $(STAMP) $(if $(CONTAINERS),images-current)
 # Debian packages the tests use, installed when missing (the tests that need them skip, saying why, without them):
 # kubectl renders the infra/ overlays; bubblewrap runs the pods' commands under their constraints; nginx is the
 # production server's front door; Orthanc (with its DICOMweb plugin) is the PACS, dcmtk's storescu the modality and
-# dicom3tools' dciodvfy the SR validator of the DICOM gateway tests.
+# dicom3tools' dciodvfy the SR validator of the DICOM gateway tests; prometheus' promtool checks and unit-tests the
+# alert rules.
 NGINX := $(firstword $(shell command -v nginx 2>/dev/null) $(wildcard /usr/sbin/nginx))
 ORTHANC := $(firstword $(shell command -v Orthanc 2>/dev/null) $(wildcard /usr/sbin/Orthanc))
 system-tools:
 	@command -v kubectl >/dev/null 2>&1 && command -v bwrap >/dev/null 2>&1 && test -n "$(NGINX)" && \
 	  test -n "$(ORTHANC)" && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so && \
-	  command -v storescu >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1 || \
-	  (apt-get update -qq && apt-get install -y -qq kubectl bubblewrap nginx orthanc orthanc-dicomweb dcmtk dicom3tools) \
-	  || echo "kubectl/bubblewrap/nginx/orthanc/dcmtk/dicom3tools could not be installed: the tests that need them will be skipped"
+	  command -v storescu >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq kubectl bubblewrap nginx orthanc orthanc-dicomweb dcmtk dicom3tools prometheus) \
+	  || echo "kubectl/bubblewrap/nginx/orthanc/dcmtk/dicom3tools/prometheus could not be installed: the tests that need them will be skipped"
 
 test: $(STAMP) system-tools images-if-possible
 	$(PY) -m ruff check src components pipelines serving infra bench tests images

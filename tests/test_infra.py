@@ -46,7 +46,7 @@ def test_core_resources_validate_against_kubernetes_schemas(rendered):
                                          "ServiceMonitor", "ServiceAccount", "Role", "RoleBinding"}
     config_maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
     # one TrainJob definition (cxrlt.ops.launch.trainjob_body), no template; the gateway's site settings
-    assert config_maps == {P.ROLLOUT_CONFIGMAP, P.GATEWAY_CONFIGMAP}
+    assert config_maps == {P.ROLLOUT_CONFIGMAP, P.GATEWAY_CONFIGMAP, "cxrlt-grafana-dashboard"}
 
 
 def test_trainjob_body_validates_against_the_trainer_crd_and_is_hardened():

@@ -256,6 +256,27 @@ def test_entry_metrics_count_known_requests(server, images, tmp_path):
         (k, v) for k, v in after.items() if "duration" in k[0]]
 
 
+def test_every_metric_the_rules_and_dashboard_read_is_served(server, images):
+    """The alert rules, recording rules and dashboard (infra/base/monitoring/) read only metrics this server serves:
+    Triton's nv_* series and the entry's cxrlt_entry_* series, by their sample names."""
+    import re
+    import urllib.request
+
+    from serving.client import CXRClient
+    from tests.test_monitoring import referenced_metric_names
+
+    client = CXRClient(server.grpc_url)
+    assert client.infer_files(images[0][:1])[0].error == ""
+    client.close()
+    with urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics", timeout=10) as r:
+        # the names as exposed (a parser would add _total to Triton's counters, which Prometheus does not)
+        served = {re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0) for line in r.read().decode().splitlines()
+                  if line and not line.startswith("#")}
+    referenced = referenced_metric_names()
+    assert {"nv_inference_queue_duration_us", "cxrlt_entry_score_bucket", "cxrlt_entry_items_total"} <= referenced
+    assert referenced <= served, referenced - served
+
+
 def test_async_client(server, images):
     import asyncio
 
