@@ -38,6 +38,11 @@ BUILDS = {"cxrlt": ("cxrlt.Dockerfile", "cxrlt", ("tools", "train")),
           "serve-cpu": ("serve-cpu.Dockerfile", "serve-cpu", ("serve_cpu",)),
           "gateway": ("cxrlt.Dockerfile", "gateway", ("gateway",))}
 HOST_CA = "/run/cxrlt-host-ca.crt"
+#: Stages whose layers are the build cache (the environments): tagged, so that pruning the dangling images of a build
+#: keeps them. Untagged, the last layer of such a stage has no child (the final stage copies from it) and the prune
+#: below removed it, so every build reinstalled torch and the rest.
+CACHE_STAGES = {"cxrlt": ("dependencies",), "gateway": ("gateway-dependencies",), "serve-cpu": ("builder",)}
+CACHE_REPOSITORY = "localhost/cxrlt-build-cache"
 
 
 def _pip_config() -> dict[str, str]:
@@ -95,10 +100,13 @@ def build(names: list[str], base_image: str, engine: list[str], skip_current: bo
         tags = [arg for key in keys for arg in ("-t", IMAGES[key])]
         t0 = time.time()
         print(f"building {', '.join(IMAGES[k] for k in keys)} ({dockerfile}, base {base_image}) ...", flush=True)
+        for stage in CACHE_STAGES.get(name, ()):
+            subprocess.run([*engine, "build", "-f", str(ROOT / "images" / dockerfile), "--target", stage,
+                            "-t", f"{CACHE_REPOSITORY}:{name}-{stage}", *common, str(ROOT)], check=True, env=env)
         subprocess.run([*engine, "build", "-f", str(ROOT / "images" / dockerfile), "--target", target, *tags,
                         *common, str(ROOT)], check=True, env=env)
         print(f"  built in {time.time() - t0:.0f} s", flush=True)
-    # the builder stages (compilers, pip caches) are not part of any image: drop their dangling layers
+    # layers no tagged image or cache stage uses any more (earlier builds of changed sources): dropped
     subprocess.run([*engine, "image", "prune", "-f"], capture_output=True, env=env)
     print("\nimage sizes:")
     for name in BUILDS:
