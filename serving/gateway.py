@@ -117,6 +117,9 @@ def image_key(sop_instance_uid: str) -> str:
 
 @dataclass
 class GatewayStats:
+    """What one run of the gateway did (printed when it stops): images received, refused (with the reasons),
+    refused for a full spool, scored, reports stored, retries while Triton or the destination was down, set aside."""
+
     received: int = 0
     refused: int = 0
     queue_full: int = 0
@@ -135,8 +138,12 @@ class Gateway:
         self.config = config
         self.stats = GatewayStats()
         self.incoming, self.outbox, self.failed = (config.spool / d for d in ("incoming", "outbox", "failed"))
-        for folder in (self.incoming, self.outbox, self.failed):
-            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in (self.incoming, self.outbox, self.failed):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OperationError(f"spool {config.spool}: cannot create {exc.filename} ({exc.strerror}); the gateway "
+                                 "needs a writable spool (a persistent volume in a cluster)") from None
         for stale in [*self.incoming.glob(".*.tmp"), *self.outbox.glob(".*.tmp")]:
             stale.unlink()  # a write the last run did not finish: its C-STORE was never answered with success
         self._stop = threading.Event()
@@ -159,8 +166,11 @@ class Gateway:
         ae.add_supported_context(Verification)
         ae.require_called_aet = True
         ae.require_calling_aet = list(self.config.allowed_calling)
-        self._server = ae.start_server((self.config.host, self.config.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        try:
+            self._server = ae.start_server((self.config.host, self.config.port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        except OSError as exc:
+            raise OperationError(f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}") from None
         self.port = self._server.server_address[1]
         self._worker = threading.Thread(target=self._work, name="cxrlt-gateway-worker", daemon=True)
         self._worker.start()

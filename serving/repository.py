@@ -90,6 +90,8 @@ class ServingOptions(BaseModel):
     max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1 << 16, description="largest item the cxr entry accepts: "
                                  "encoded IMAGE bytes, or 4 bytes per PIXELS value; larger items are refused before "
                                  "they are copied to any other model")
+    entry_metrics: bool = Field(True, description="the cxr entry's Prometheus metrics (input mix, refusals by "
+                                "reason, score histograms, entry latency) beside Triton's own")
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingOptions:
@@ -281,7 +283,8 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
         max_queue=opts.max_queue, batch_delay_us=opts.batch_delay_us,
         params={"scoring": json.dumps(scoring_fields(bundle)), "bands": bundle["bands"],
                 "model_version": version, "bls_timeout_s": str(opts.bls_timeout_ms / 1000),
-                "max_image_bytes": str(opts.max_image_bytes)}), "cxr.py",
+                "max_image_bytes": str(opts.max_image_bytes),
+                "entry_metrics": "on" if opts.entry_metrics else "off"}), "cxr.py",
                  {**SCORING_FILE, "_observe.py": MODELS_DIR / "_observe.py"})
     models = sorted(p.name for p in repo.iterdir() if p.is_dir())
     return {"repository": str(repo), "models": models, "model_version": version, **opts.model_dump()}

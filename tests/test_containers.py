@@ -75,8 +75,11 @@ def test_gateway_image_answers_c_echo_without_torch(engine, tmp_path):
     assert _run(engine, "run", "--rm", "--entrypoint", "python", IMAGES["gateway"], "-c",
                 "import importlib.util as u; print(u.find_spec('torch') is None)").stdout.strip() == "True"
     port, name = free_port(), f"cxrlt-test-gateway-{tmp_path.name}"
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o777)
+    spool.chmod(0o777)  # the volume the container's user 1000 writes, as a cluster's PersistentVolume
     _run(engine, "run", "-d", "--rm", "--name", name, "--network", "host", "--read-only",
-         "--tmpfs", "/var/spool/cxrlt:uid=1000", IMAGES["gateway"], "--host", "127.0.0.1", "--port", str(port),
+         "-v", f"{spool}:/var/spool/cxrlt", IMAGES["gateway"], "--host", "127.0.0.1", "--port", str(port),
          "--allow-calling", "MODALITY1", "--send-to", "ORTHANC@127.0.0.1:4242", "--spool", "/var/spool/cxrlt")
     try:
         def echo(calling: str) -> bool:

@@ -344,3 +344,21 @@ def test_gateway_refuses_bad_settings_before_listening(tmp_path, args, message):
     done = subprocess.run([sys.executable, "-m", "cxrlt.cli", "gateway", *(x for kv in base.items() for x in kv),
                            "--port", "0"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and message in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def test_gateway_says_why_it_cannot_start(tmp_path):
+    """A spool it cannot write, a port already taken: one line each, no traceback."""
+    import socket
+
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    base = ["--send-to", "PACS@127.0.0.1:104", "--allow-calling", "MODALITY1"]
+    done = subprocess.run([sys.executable, "-m", "cxrlt.cli", "gateway", *base, "--spool", str(blocked / "spool"),
+                           "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "needs a writable spool" in done.stderr and "Traceback" not in done.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run([sys.executable, "-m", "cxrlt.cli", "gateway", *base, "--spool", str(tmp_path / "s"),
+                               "--port", str(taken.getsockname()[1])], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "cannot listen on 127.0.0.1" in done.stderr and "Traceback" not in done.stderr

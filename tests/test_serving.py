@@ -277,6 +277,18 @@ def test_every_metric_the_rules_and_dashboard_read_is_served(server, images):
     assert referenced <= served, referenced - served
 
 
+def test_entry_metrics_can_be_left_out(strict_server, images):
+    """`serve build --no-entry-metrics`: the entry answers the same and exports no cxrlt_* series (what
+    bench/entry_metrics_cost.py compares against)."""
+    from serving.client import CXRClient
+
+    server = strict_server(entry_metrics=False)
+    client = CXRClient(server.grpc_url)
+    assert client.infer_files(images[0][:1])[0].error == ""
+    client.close()
+    assert _scrape(server) == {}
+
+
 def test_async_client(server, images):
     import asyncio
 

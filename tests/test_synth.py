@@ -222,8 +222,15 @@ def test_demographics_follow_padchest_and_age_and_sex_change_prevalence_mildly()
     assert 0.12 < share["<40"] < 0.22 and 0.22 < share["40-59"] < 0.35 and 0.35 < share["60-79"] < 0.48
     assert 0.10 < share["80+"] < 0.22
 
+    # each patient's first study: follow-up studies repeat a patient's chronic findings, so counted by image a few
+    # long-followed patients weigh so much that the ratios below moved by +-0.3 between seeds
+    first, seen = np.zeros(len(specs), bool), set()
+    for i in sorted(range(len(specs)), key=lambda i: (specs[i].patient_id, specs[i].study_date, i)):
+        first[i] = specs[i].patient_id not in seen
+        seen.add(specs[i].patient_id)
+
     def prevalence(finding, mask):
-        return np.mean([finding in s.findings for s, m in zip(specs, mask, strict=True) if m])
+        return np.mean([finding in s.findings for s, m, f in zip(specs, mask, first, strict=True) if m and f])
 
     old, young = people["age_band"].eq("80+").to_numpy(), people["age_band"].eq("<40").to_numpy()
     women, men = people["sex"].eq("F").to_numpy(), people["sex"].eq("M").to_numpy()

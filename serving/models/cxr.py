@@ -62,7 +62,9 @@ class TritonPythonModel:
                           "UNSEEN_CLASSES": np.array([c.encode() for c in self.unseen], dtype=np.object_),
                           "KNOWN_BANDS": np.array([bands.get(c, "").encode() for c in self.known], dtype=np.object_)}
         self.has_zeroshot = bool(self.unseen)
-        self._metrics_init()
+        self.metrics_on = p.get("entry_metrics", "on") == "on"
+        if self.metrics_on:
+            self._metrics_init()
 
     # ---- metrics ------------------------------------------------------------------------------------------------
     def _metrics_init(self):
@@ -111,6 +113,8 @@ class TritonPythonModel:
 
     def _count(self, described, views, errors=None, request_error=None):
         """Count one request's items: their routed views (or ``refused``) and every refusal's reason."""
+        if not self.metrics_on:
+            return
         if request_error is not None:
             for reason in refusal_reasons(request_error):
                 self._counter(self.m_refusals, reason=reason).increment(1)
@@ -123,6 +127,8 @@ class TritonPythonModel:
             self._counter(self.m_items, input=kind, bits=bits, view=view).increment(1)
 
     def _observe_scores(self, known, unseen):
+        if not self.metrics_on:
+            return
         for values, names, kind in ((known, self.known, "known"), (unseen, self.unseen, "unseen")):
             for col, name in enumerate(names):
                 metric = self.score_metrics[(kind, name)]
@@ -193,11 +199,12 @@ class TritonPythonModel:
 
     async def execute(self, requests):
         started = time.perf_counter()
-        described = [self._describe(r) for r in requests]
+        described = [self._describe(r) for r in requests] if self.metrics_on else [[]] * len(requests)
         results = await asyncio.gather(*(self._preprocess(r) for r in requests), return_exceptions=True)
         preprocessed = time.perf_counter()
-        self.batches.increment(1)
-        self.pre_us.increment(int((preprocessed - started) * 1e6))
+        if self.metrics_on:
+            self.batches.increment(1)
+            self.pre_us.increment(int((preprocessed - started) * 1e6))
         responses = [None] * len(requests)
         good_items = {}  # request index -> indices of its items that decoded
         for i, result in enumerate(results):
@@ -221,7 +228,8 @@ class TritonPythonModel:
                     self._count(described[i], [], request_error=f"scoring failed ({exc})")
                 return responses
             finally:
-                self.score_us.increment(int((time.perf_counter() - preprocessed) * 1e6))
+                if self.metrics_on:
+                    self.score_us.increment(int((time.perf_counter() - preprocessed) * 1e6))
             self._observe_scores(known, unseen)
             start = 0
             for i in order:

@@ -55,6 +55,9 @@ def serve_build(
     max_image_bytes: Annotated[int, typer.Option(help="Largest item the entry accepts (encoded IMAGE bytes, or 4 bytes "
                                                       "per PIXELS value); larger ones are refused per item before "
                                                       "they reach another model.")] = MAX_IMAGE_BYTES,
+    entry_metrics: Annotated[bool, typer.Option(help="The cxr entry's Prometheus metrics (input mix, refusals by "
+                                                     "reason, score histograms, entry latency; docs/monitoring.md) "
+                                                     "beside Triton's own.")] = True,
     summary_file: Annotated[Path | None, typer.Option("--summary", help="Also write the build summary (models, "
                                                                         "version) as JSON here.")] = None,
 ) -> None:
@@ -74,7 +77,8 @@ def serve_build(
             onnx_runtime=onnx_runtime.value, device=device.value, tensorrt=tensorrt, precision=precision.value,
             ort_threads=ort_threads,
             max_batch=max_batch, max_queue=max_queue, queue_timeout_ms=queue_timeout_ms, bls_timeout_ms=bls_timeout_ms,
-            max_image_bytes=max_image_bytes, **({"instances": instances} if instances else {}))
+            max_image_bytes=max_image_bytes, entry_metrics=entry_metrics,
+            **({"instances": instances} if instances else {}))
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()))
     with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:
