@@ -215,9 +215,10 @@ class Gateway:
             log.info("image %s from %s: no report: %s", key, calling, exc)
             self._count_refusal(str(exc).split(": ", 1)[-1])
             return SUCCESS  # stored as far as the sender is concerned: the PACS keeps the image, we report nothing
-        if self.queued() >= self.config.max_queue:
+        waiting = self.queued()
+        if waiting >= self.config.max_queue:
             log.warning("image %s from %s refused for now: %d items wait in the spool (max %d)", key, calling,
-                        self.queued(), self.config.max_queue)
+                        waiting, self.config.max_queue)
             with self._lock:
                 self.stats.queue_full += 1
             return OUT_OF_RESOURCES
@@ -250,6 +251,7 @@ class Gateway:
 
     def _score_next(self) -> bool:
         import pydicom
+        from pydicom.filebase import DicomBytesIO
 
         from serving.client import CXRClient, ServerUnavailableError
         from serving.dicom_sr import build_sr
@@ -283,9 +285,9 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - a report that cannot be written: keep the image, say why
             self._attempt_failed(item, key, f"cannot write the report: {exc}", attempts=1)
             return True
-        target = self.outbox / item.name
-        sr.save_as(target.with_name(f".{target.name}.tmp"), enforce_file_format=True)
-        os.replace(target.with_name(f".{target.name}.tmp"), target)
+        encoded = DicomBytesIO()
+        sr.save_as(encoded, enforce_file_format=True)
+        _write_atomically(self.outbox / item.name, encoded.getvalue())
         item.unlink()
         with self._lock:
             self.stats.scored += 1
