@@ -16,9 +16,10 @@ from pathlib import Path
 import yaml
 
 from cxrlt.errors import CxrltError, InvalidInputError, OperationError
+from cxrlt.platform import PIPELINE_RUNNER_SERVICE_ACCOUNT, TRAINING_EXPERIMENT
 
-EXPERIMENT = "cxrlt-retraining"
-SERVICE_ACCOUNT = "cxrlt-pipeline-runner"
+EXPERIMENT = TRAINING_EXPERIMENT
+SERVICE_ACCOUNT = PIPELINE_RUNNER_SERVICE_ACCOUNT
 #: KFP IR parameter types -> how a command-line string becomes that type
 _KINDS = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool, "LIST": list,
           "STRUCT": dict}

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from kfp import compiler
 
+from pipelines.monitor_pipeline import monitor_pipeline
 from pipelines.promotion_pipeline import promotion_pipeline
 from pipelines.training_pipeline import training_pipeline
 
-PIPELINES = {"training_pipeline": training_pipeline, "promotion_pipeline": promotion_pipeline}
+PIPELINES = {"training_pipeline": training_pipeline, "promotion_pipeline": promotion_pipeline,
+             "monitor_pipeline": monitor_pipeline}
 
 
 def compile_all(out_dir: str | Path) -> list[Path]:

@@ -65,9 +65,12 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                       min_unseen_lift: float = -1.0, launcher: str = "local", nproc: int = 1, num_nodes: int = 1,
                       epochs: int = 0, zeroshot_epochs: int = 0, cache_size: int = 0, eval_split: str = "dev",
                       removal_csv: str = "", val_fraction: float = 0.0,
-                      split_seed: int = -1, member_threads: int = 0, shared_root: str = SHARED_ROOT):
+                      split_seed: int = -1, member_threads: int = 0, shared_root: str = SHARED_ROOT,
+                      reuse_members: bool = True):
     """Settings the profile defines (cache size, members, split, gate) are read from it at run time by plan_run;
-    a parameter left at its marker (0, -1.0, -1 or []) takes the profile's value, any other value overrides it."""
+    a parameter left at its marker (0, -1.0, -1 or []) takes the profile's value, any other value overrides it.
+    ``reuse_members``: a member whose rows, profile, launch settings and code match a finished member of an earlier
+    run on the shared volume is copied instead of trained again (cxrlt.ops.member_cache)."""
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's UUID: unique, and the same in every step and loop iteration
     plan = _cluster_settings(plan_run(
         config=config, shared_root=shared_root, run_id=run_id, cache_size=cache_size,
@@ -90,9 +93,10 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
     training = {"run_id": run_id, "data_dir": data_dir, "cache": cache.outputs["cache"], "splits": splits,
                 "launcher": launcher, "nproc": nproc, "num_nodes": num_nodes, "shared_root": shared_root}
     with dsl.ParallelFor(planned_jobs.output, parallelism=2) as job:
-        member = train_member(view=job.view, member=job.member, epochs=epochs, threads=member_threads, **training)
+        member = train_member(view=job.view, member=job.member, epochs=epochs, threads=member_threads,
+                              reuse=reuse_members, **training)
         _cluster_settings(member, gpu=True).set_caching_options(False)
-    router = train_member(view="", member="router", epochs=epochs, **training)
+    router = train_member(view="", member="router", epochs=epochs, reuse=reuse_members, **training)
     _cluster_settings(router, gpu=True).set_caching_options(False)
     zs = train_zeroshot(epochs=zeroshot_epochs, **training)
     _cluster_settings(zs, gpu=True).set_caching_options(False)

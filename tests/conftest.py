@@ -14,6 +14,7 @@ import pytest
 from cxrlt import storage
 from cxrlt.data.synth import SynthConfig, generate
 from cxrlt.ops.procs import free_port, spawn, stop_group
+from tests.kfp_stub import compiled, kfp_stub  # noqa: F401 - fixtures for every module (the stub KFP API)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,8 @@ def test_synth_cli_refuses_silly_sizes(tmp_path):
     ("Traceback (most recent call last):\n", "Traceback (most recent call last):"),
     ("train-member: training frontal/pcam, frontal/cait (local)\n",
      "train-member: training frontal/pcam, frontal/cait (local)"),
+    ("            train-member: reused frontal/swin from member-cache/897e41320ee9 (same rows, profile)\n",
+     "train-member: reused frontal/swin from member-cache/897e41320ee9 (same rows, profile)"),
     ("INFO cxrlt.training.loop: zeroshot epoch 1/8 loss 2.1000, contrastive 1.9000, asl 0.1333 val known-class mAP "
      "0.1621 (best)\n", "INFO cxrlt.training.loop: zeroshot epoch 1/8 loss 2.1000, contrastive 1.9000, asl 0.1333 "
      "val known-class mAP 0.1621 (best)"),

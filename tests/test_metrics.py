@@ -116,3 +116,25 @@ def test_eval_cli_names_missing_ids_and_classes(synth_data, tmp_path):
     r3 = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "extra_col.csv"), "--labels", str(labels),
                                   "--out", str(tmp_path / "o3")])
     assert r3.exit_code == 1 and "Pneumonia" in r3.output
+
+
+def test_column_ap_and_auroc_by_hand_and_equal_to_sklearn_with_ties():
+    from cxrlt.metrics import column_ap, column_auroc
+
+    # by hand: pairs (pos, neg) 0.9>0.8, 0.9>0.1, 0.8=0.8 (one half), 0.8>0.1 -> 3.5 / 4; thresholds 0.9 (P 1, R 1/2)
+    # and 0.8 (P 2/3, R 1) -> AP = 1/2 * 1 + 1/2 * 2/3
+    y, p = np.array([[1], [0], [1], [0]]), np.array([[0.9], [0.8], [0.8], [0.1]])
+    assert column_auroc(y, p)[0] == pytest.approx(0.875, abs=1e-12)
+    assert column_ap(y, p)[0] == pytest.approx(0.5 + 1 / 3, abs=1e-12)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(2, 60))
+        y = (rng.random((n, 4)) < rng.random()).astype(int)
+        p = np.round(rng.random((n, 4)), int(rng.integers(1, 3)))  # one or two decimals: many ties
+        for j in range(4):
+            if y[:, j].any():
+                assert column_ap(y[:, [j]], p[:, [j]])[0] == pytest.approx(average_precision_score(y[:, j], p[:, j]),
+                                                                           abs=1e-12)
+            if 0 < y[:, j].sum() < n:
+                assert column_auroc(y[:, [j]], p[:, [j]])[0] == pytest.approx(roc_auc_score(y[:, j], p[:, j]),
+                                                                              abs=1e-12)

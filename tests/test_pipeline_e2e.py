@@ -66,8 +66,18 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
             "metrics", "gate_evidence"} <= set(v1.tags)
     assert json.loads(v1.tags["gate_evidence"])["passed"] is True
 
-    _run(tmp_path / "run2", synth_data, pipeline_config, mlflow_uri, min_map=1.1)  # impossible gate
+    # impossible gate, in the same root: every member's rows, profile and settings are the first run's, so each
+    # is copied from the member cache (the same checkpoints) instead of trained again
+    second = _run(tmp_path / "run1", synth_data, pipeline_config, mlflow_uri, min_map=1.1)
     assert len(client.search_model_versions(f"name='{REGISTERED_MODEL}'")) == 1, "a failed gate registers nothing"
+    jobs = {run: [json.loads(p.read_text()) for p in Path(run).rglob("location.json")] for run in
+            (first["run_dir"], second["run_dir"])}
+    jobs = {run: {tuple(j["metadata"]["networks"]): j["metadata"] for j in found if j["kind"] == "member-runs"}
+            for run, found in jobs.items()}
+    assert len(jobs[second["run_dir"]]) == 4 and second["run_dir"] != first["run_dir"]
+    for networks, meta in jobs[second["run_dir"]].items():
+        assert meta.get("reused") and meta["checkpoints"] == jobs[first["run_dir"]][networks]["checkpoints"]
+        assert not jobs[first["run_dir"]][networks].get("reused")
     assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHALLENGER_ALIAS: v1.version}
 
     labels = synth_data / "CXRLT_2026_dev_labels.csv"
@@ -75,7 +85,7 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     assert decision["promoted"] and client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: "1"}
 
     # a second version scored on the same evaluation set (same predictions -> non-inferior)
-    run_dir = next((tmp_path / "run1").glob("cxrlt-training-*"))
+    run_dir = Path(first["run_dir"])
     bundle = next(run_dir.rglob("bundle.json")).parent
     report = next(run_dir.rglob("predictions.csv")).parent
     # the evaluation report: in the evaluate step's report folder, as its KFP HTML artifact, and registered with v1
@@ -115,6 +125,14 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
         promote(labels, tracking_uri=mlflow_uri)
     with pytest.raises(RegistryError, match="gate"):
         register_bundle(bundle, {}, {"passed": False}, {}, tracking_uri=mlflow_uri)
+    # a version chosen by number, with no challenger alias: the same checks, then the champion moves to it
+    with pytest.raises(RegistryError, match="number"):
+        promote(labels, tracking_uri=mlflow_uri, version="latest")
+    with pytest.raises(RegistryError, match="version 99 cannot be read"):
+        promote(labels, tracking_uri=mlflow_uri, version="99")
+    decision = promote(labels, tracking_uri=mlflow_uri, version=v2)
+    assert decision["promoted"] and (decision["challenger"], decision["champion"]) == (v2, "1")
+    assert client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: v2}
 
     # the champion is a loadable pyfunc model and the source of the Triton repository
     from cxrlt.registry import download_bundle

@@ -8,7 +8,7 @@ from components._base import TRAIN_IMAGE
 def train_member(view: str, member: str, run_id: str, data_dir: str, cache: Input[Dataset],
                  splits: Input[Dataset], model: Output[Model], shared_root: str, launcher: str = "local",
                  nproc: int = 1, num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1,
-                 threads: int = 0) -> float:
+                 threads: int = 0, reuse: bool = True) -> float:
     """Train one ensemble member (``pcam`` also trains that view's ``cait`` on its frozen trunk) or the router into
     the run's folder on the shared volume; ``model`` records where, with the checkpoints' digests.
 
@@ -30,12 +30,14 @@ def train_member(view: str, member: str, run_id: str, data_dir: str, cache: Inpu
         epochs: override the profile's epochs (0 = profile).
         gpus_per_node: GPUs per node for a TrainJob.
         threads: intra-op threads of a local run (0 = the library's default, every core).
+        reuse: copy the job from an earlier run on the shared volume when everything that decides its weights is
+            the same (cxrlt.ops.member_cache), instead of training it again.
     """
     from cxrlt.dataplane import resolve
     from cxrlt.ops.pipeline_steps import train_networks
 
     meta = train_networks(view, member, shared_root, run_id, data_dir, resolve(cache.path), resolve(splits.path),
                           model.path, launcher=launcher, nproc=nproc, num_nodes=num_nodes, epochs=epochs,
-                          gpus_per_node=gpus_per_node, threads=threads)
+                          gpus_per_node=gpus_per_node, threads=threads, reuse=reuse)
     model.metadata.update(meta)
     return float(meta.get("best_val_score", 0.0))

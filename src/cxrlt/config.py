@@ -348,6 +348,25 @@ class GateConfig(_Strict):
                             self.subgroup_min_images, self.subgroup_min_positive_labels)
 
 
+class MonitorConfig(_Strict):
+    """Drift monitoring of the served traffic (``cxrlt monitor check`` and the monitor pipeline): a feature drifts
+    when its chi-square p-value is below p_value (Bonferroni over the features) and its PSI is at least min_psi;
+    the training pipeline is started when the input mix drifts or at least retrain_share of the findings do."""
+
+    window: Annotated[str, Field(pattern=r"^\d+[smhdw]$")] = "6h"
+    p_value: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    #: 0.1-0.2 is the usual "moderate shift" band of the population stability index, over 0.2 a large one
+    min_psi: Annotated[float, Field(gt=0)] = 0.2
+    min_items: Annotated[int, Field(ge=1)] = 200
+    retrain_share: Annotated[float, Field(gt=0, le=1)] = 0.2
+
+    def settings(self):
+        """The judgement's settings (:class:`cxrlt.drift.DriftSettings`)."""
+        from cxrlt.drift import DriftSettings
+
+        return DriftSettings(self.p_value, self.min_psi, self.min_items, self.retrain_share)
+
+
 class Profile(_Strict):
     profile: str = "custom"
     weights_mirror: str | None = Field(default=None, description="s3:// prefix of a weights mirror")
@@ -358,6 +377,7 @@ class Profile(_Strict):
     ensemble: EnsembleConfig = EnsembleConfig()
     zeroshot: ZeroShotConfig = ZeroShotConfig()
     gate: GateConfig = GateConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _sizes(self):

@@ -3,7 +3,9 @@
 synthesise -> MLflow server -> training pipeline on kfp.local (validate, preprocess, split, members + router +
 zero-shot CLIP in parallel, ensemble weights, evaluate, gate, ONNX export, register challenger) -> promote to
 champion -> Triton model repository from ``models:/cxrlt-bundle@champion`` -> tritonserver -> PNG and DICOM images
-over gRPC -> findings table. Everything it started is stopped at the end, also on failure.
+over gRPC -> findings table; meanwhile a retraining that lost most lateral images (its frontal members reused) is
+registered by its gate and refused at promotion by the subgroup rule. Everything it started is stopped at the end,
+also on failure.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrlt.platform import CHAMPION_ALIAS, REGISTERED_MODEL
+from cxrlt.platform import CHAMPION_ALIAS, PROMOTION_MARGIN, REGISTERED_MODEL
 
 CHAMPION_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"
+#: the share of the training split's lateral images the demo's second retraining loses
+LATERAL_REMOVAL = 0.3
+#: its zero-shot CLIP's epochs (the champion's: DemoOptions.zeroshot_epochs); promotion compares the known findings
+CHALLENGER_ZEROSHOT_EPOCHS = 2
 
 #: What the quiet mode shows of a pipeline run: task starts and ends, per-epoch training progress, member results,
 #: errors. Everything (kfp.local's executor JSON included) goes to the log file.
-_SHOWN = re.compile(r"Executing task|train-member: training|finished with status|epoch \d+/\d+ loss|best mAP|"
+_SHOWN = re.compile(r"Executing task|train-member: (training|reused)|finished with status|epoch \d+/\d+ loss|best mAP|"
                     r"best val|Traceback|Error|"
                     r"FAILED|pipeline finished")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -105,7 +111,7 @@ class DemoOptions:
     zeroshot_epochs: int = 8
     config: Path = Path("configs/tiny.yaml")
     verbose: bool = False
-    no_challenger: bool = False
+    no_challenger: bool = False  # skip the lateral-starved retraining and its refused promotion
     containers: bool = False
 
 
@@ -119,7 +125,6 @@ def run_demo(args: DemoOptions) -> None:
         env["TQDM_MININTERVAL"] = "5"  # progress bars in the log file: a line every few seconds, not per batch
     os.environ.update({k: env[k] for k in ("CXRLT_STATE_DIR", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
     from cxrlt.ops import mlflow_server
-    from pipelines.local_run import latest_run
     from serving import server as triton
 
     data, t0, total = work / "data", time.time(), 10
@@ -133,7 +138,7 @@ def run_demo(args: DemoOptions) -> None:
             raise SystemExit(f"--containers needs the images {', '.join(missing)}: run make images")
     quiet = {"log": log, "verbose": args.verbose}
     started_mlflow = started_triton = False
-    weakened = None
+    challenger = None
     try:
         _step(1, total, "synthetic CXR-LT dataset in PadChest's shape (synthetic data, not PadChest)")
         if not (data / "CXRLT_2026_training.csv").exists():
@@ -152,22 +157,22 @@ def run_demo(args: DemoOptions) -> None:
         env[evidence.SIGNING_KEY_ENV] = str(keys / evidence.SIGNING_KEY_FILE)
         env[evidence.VERIFY_KEY_ENV] = str(keys / evidence.VERIFY_KEY_FILE)
         print(f"evidence signing keys: {keys} (cxrlt registry keygen)", flush=True)
-        if not args.no_challenger:
-            _step(3, total, "a deliberately weakened challenger (1 epoch on 10 % of the training images) starts in "
-                            "the background; the same gate must refuse it (its verdict comes in step 9)")
-            weakened = _start_weakened_challenger(work, data, args.config.resolve(), env, runner)
         where = "DockerRunner: each component in its image" if args.containers else "SubprocessRunner"
-        _step(4, total, f"training pipeline on kfp.local ({where}): validate, preprocess, split, router + "
+        _step(3, total, f"training pipeline on kfp.local ({where}): validate, preprocess, split, router + "
                         "view members (two at a time) + zero-shot CLIP, ensemble, calibrate, evaluate, gate, register")
+        root = work / "pipeline"
+        before = _runs(root)
         _cxrlt("pipeline", "run", "--data", str(data), "--config", str(args.config.resolve()),
-               "--root", str(work / "pipeline"), "--epochs", str(args.epochs), "--zeroshot-epochs",
+               "--root", str(root), "--epochs", str(args.epochs), "--zeroshot-epochs",
                str(args.zeroshot_epochs), "--member-threads", "1", *runner, env=env, **quiet)
-        if not _print_gate(latest_run(work / "pipeline"), "challenger"):
+        main_run = _newest(_runs(root) - before)
+        if not _print_gate(main_run, "challenger"):
             raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
-                             f"evaluation report under {latest_run(work / 'pipeline') / 'evaluate' / 'report'}")
-        _step(5, total, "promote challenger -> champion (its signed gate evidence verified; non-inferiority on the "
-                        "dev set)")
-        _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), "--report",
+                             f"evaluation report under {main_run / 'evaluate' / 'report'}")
+        _step(4, total, f"promote challenger (version {_registered_version(main_run)}) -> champion (its signed gate "
+                        "evidence verified; non-inferiority on the dev set, overall and in every subgroup)")
+        _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), "--config",
+               str(args.config.resolve()), "--version", _registered_version(main_run), "--report",
                str(work / "promotion_report.html"), env=env)
         from cxrlt.registry import model_card
 
@@ -175,8 +180,15 @@ def run_demo(args: DemoOptions) -> None:
                           html_out=work / "model_card.html")
         print(f"model card of the champion (cxrlt registry card @{CHAMPION_ALIAS}): {work / 'model_card.html'} "
               f"({len(card.splitlines())} lines of Markdown, also the version's description in MLflow)")
-        print(f"evaluation report: {latest_run(work / 'pipeline') / 'evaluate' / 'report' / 'report.html'}; "
+        print(f"evaluation report: {main_run / 'evaluate' / 'report' / 'report.html'}; "
               f"promotion report: {work / 'promotion_report.html'}", flush=True)
+        if not args.no_challenger:
+            # after the first run, so that its frontal members are in the member cache; two pipelines side by side
+            # on 2 cores were slower than one after the other
+            _step(5, total, f"a retraining that lost {LATERAL_REMOVAL:.0%} of its training split's lateral images "
+                            "starts in the background; the frontal members' rows are unchanged, so they are reused "
+                            "(its verdict comes in step 9)")
+            challenger = _start_lateral_challenger(work, data, args, env, runner)
         _step(6, total, f"Triton model repository from {CHAMPION_URI} (signature and every file verified)")
         _cxrlt("serve", "build", "--bundle", CHAMPION_URI, "--out", str(work / "model_repository"),
                env=env)
@@ -213,9 +225,10 @@ def run_demo(args: DemoOptions) -> None:
         dcm = array_to_dicom(cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED), work / "example.dcm", monochrome1=True)
         _cxrlt("infer", *map(str, [*pngs, dcm]), "--url", grpc_url, "--top", "6", "--labels",
                str(data / "CXRLT_2026_test_labels.csv"), env=env)
-        if weakened is not None:
-            _step(9, total, "the weakened challenger's verdict: refused by the gate, champion unchanged")
-            _finish_weakened_challenger(*weakened, env)
+        if challenger is not None:
+            _step(9, total, "the lateral-starved challenger: registered by its gate, refused at promotion by the "
+                            "subgroup rule; champion unchanged")
+            _finish_lateral_challenger(*challenger, root, before | {main_run}, data, args.config.resolve(), env)
         _step(10, total, "done")
         print(f"Finished in {time.time() - t0:.0f} s. Everything above ran on synthetic data.")
         print(f"- pipeline outputs (metrics.json, plots, validation report): {work / 'pipeline'}")
@@ -225,9 +238,9 @@ def run_demo(args: DemoOptions) -> None:
         print(f"- findings as a DICOM SR in a PACS: docs/hospital.md, 'Try it locally' (Orthanc, `cxrlt gateway` and "
               f"storescu with {work / 'model_repository'} and {work / 'example.dcm'})")
     finally:
-        if weakened is not None and weakened[0].poll() is None:
-            weakened[0].terminate()
-            weakened[0].wait(30)
+        if challenger is not None and challenger[0].poll() is None:
+            challenger[0].terminate()
+            challenger[0].wait(30)
         if started_triton and args.containers:
             from cxrlt.ops.containers import stop_container
 
@@ -239,35 +252,82 @@ def run_demo(args: DemoOptions) -> None:
         print("stopped the servers this demo started", flush=True)
 
 
-def _start_weakened_challenger(work: Path, data: Path, config: Path, env: dict, runner: list[str]):
-    """Start a retraining with 90 % of the training images removed and one epoch, against the same gate (the
-    profile's), in the
-    background (its output goes to a log file); returns what :func:`_finish_weakened_challenger` needs."""
-    import pandas as pd
+def _runs(root: Path) -> set[Path]:
+    return set(root.glob("cxrlt-training-*")) if root.is_dir() else set()
 
-    train = pd.read_csv(data / "CXRLT_2026_training.csv", dtype={"ImageID": str})
-    removal = work / "weakened_removal.csv"
-    train[["ImageID"]].sample(frac=0.9, random_state=0).to_csv(removal, index=False)
-    root, log = work / "pipeline_weakened", work / "weakened.log"
+
+def _newest(runs: set[Path]) -> Path:
+    if not runs:
+        raise SystemExit("the pipeline run left no run folder")
+    return max(runs, key=lambda p: p.stat().st_mtime_ns)
+
+
+def _registered_version(run: Path) -> str:
+    """The registry version the run's register step created (its KFP output)."""
+    return str(json.loads((run / "register" / "executor_output.json").read_text())["parameterValues"]["Output"])
+
+
+def _start_lateral_challenger(work: Path, data: Path, args: DemoOptions, env: dict, runner: list[str]):
+    """Start a retraining whose training split lost :data:`LATERAL_REMOVAL` of its lateral images (validation keeps
+    them all), with everything else as the champion's (profile, member epochs, pipeline root, so the frontal members
+    are reused) except the zero-shot CLIP's epochs (:data:`CHALLENGER_ZEROSHOT_EPOCHS`: promotion compares the known
+    findings), in the background (its output goes to a log file); returns what :func:`_finish_lateral_challenger`
+    needs."""
+    from cxrlt.config import load_config
+    from cxrlt.data.split import split_frames
+
+    cfg = load_config(args.config)["data"]
+    train, _, _ = split_frames(data / "CXRLT_2026_training.csv", data / "padchest_metadata.csv", None,
+                               cfg["val_fraction"], cfg["split_seed"])
+    removal = work / "lateral_removal.csv"
+    lateral = train.loc[train["view"] == "lateral", ["ImageID"]]
+    lateral.sample(frac=LATERAL_REMOVAL, random_state=0).to_csv(removal, index=False)
+    log = work / "challenger.log"
     cmd = [sys.executable, "-m", "cxrlt.cli", "pipeline", "run", "--data", str(data), "--config",
-           str(config), "--root", str(root), "--epochs", "1", "--zeroshot-epochs", "1", "--member-threads", "1",
-           "--removal", str(removal), *runner]
+           str(args.config.resolve()), "--root", str(work / "pipeline"), "--epochs", str(args.epochs),
+           "--zeroshot-epochs", str(CHALLENGER_ZEROSHOT_EPOCHS), "--member-threads", "1", "--removal", str(removal),
+           *runner]
     print("$ cxrlt " + " ".join(cmd[3:]) + f"  (output: {log})", flush=True)
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    return proc, root, log
+    return proc, log
 
 
-def _finish_weakened_challenger(proc: subprocess.Popen, root: Path, log: Path, env: dict) -> None:
-    """Wait for the weakened run; its gate must refuse it, so the registry's champion does not move."""
-    from pipelines.local_run import latest_run
+def _finish_lateral_challenger(proc: subprocess.Popen, log: Path, root: Path, others: set[Path], data: Path,
+                               config: Path, env: dict) -> None:
+    """Wait for the retraining; its gate must register it (its overall numbers clear the floor) and promotion must
+    refuse it for the lateral images, so the registry's champion does not move."""
+    from cxrlt.registry import resolve_version
 
     if proc.wait():
         print("\n".join(log.read_text().splitlines()[-40:]))
         raise subprocess.CalledProcessError(proc.returncode, proc.args)
-    if _print_gate(latest_run(root), "weakened challenger"):
-        raise SystemExit("the weakened challenger passed the gate: the gate is not doing its job")
-    from cxrlt.registry import resolve_version
-
+    run = _newest(_runs(root) - others)
+    reused = [line.split(": ", 1)[1] for line in log.read_text().splitlines() if "train-member: reused" in line]
+    print("  " + ("\n  ".join(reused) if reused else "no member was reused"), flush=True)
+    if not _print_gate(run, "lateral-starved challenger"):
+        raise SystemExit("the lateral-starved challenger did not pass its gate, so promotion has nothing to judge; "
+                         f"see {log}")
+    report = root.parent / "challenger_promotion_report.html"
+    cmd = [sys.executable, "-m", "cxrlt.cli", "registry", "promote", "--labels",
+           str(data / "CXRLT_2026_dev_labels.csv"), "--config", str(config), "--version", _registered_version(run),
+           "--report", str(report)]
+    print("$ cxrlt " + " ".join(cmd[3:]), flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"promotion failed: {done.stderr[-2000:]}")
+    decision = json.loads(done.stdout)
+    print(f"  overall: mAP challenger - champion {decision['diff']:+.4f}, 95 % CI "
+          f"[{decision['ci95'][0]:.4f}, {decision['ci95'][1]:.4f}] (margin -{PROMOTION_MARGIN})")
+    print("  by subgroup (challenger - champion, paired 95 % CI; gated groups have enough images and positives):")
+    for row in decision["subgroups"]:
+        ci = f"[{row['ci95'][0]:+.4f}, {row['ci95'][1]:+.4f}]" if row.get("ci95") else ""
+        print(f"    {row['attribute']:<10} {row['group']:<8} n={row['n_images']:<4} {row['metric']} "
+              f"{row['diff']:+.4f} {ci:<20} mECE {row['challenger_mECE']:.3f}  "
+              f"{'gated' if row['gated'] else row.get('reason', 'not gated')}")
+    print(f"  decision: {'PROMOTED' if decision['promoted'] else 'REFUSED'}: {decision['reason']}")
+    print(f"  promotion report: {report}", flush=True)
+    if decision["promoted"] or "refused in subgroups" not in decision["reason"]:
+        raise SystemExit("the subgroup rule did not refuse the lateral-starved challenger")
     _, version = resolve_version(CHAMPION_URI, env["MLFLOW_TRACKING_URI"])
-    print(f"  champion is still version {version} (nothing was registered for the refused run)", flush=True)
+    print(f"  champion is still version {version}", flush=True)

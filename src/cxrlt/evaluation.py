@@ -159,6 +159,13 @@ def evaluate_system(ensemble_dir: str | Path, zeroshot_dir: str | Path, data_dir
               # zero-shot scores must depend on the image: a constant head would rank at chance
               "unseen_score_std": float(probs.std(axis=0).mean())}
     (out / "summary.json").write_text(json.dumps(result, indent=2))
+    # what drift monitoring compares served traffic with: this evaluation's scores, routed views and bit depths
+    from cxrlt.drift import declared_bit_depth, reference_features
+    from cxrlt.platform import DRIFT_REFERENCE_JSON
+
+    scores = {**{c: pred[c].to_numpy() for c in known}, **{c: probs[:, j] for j, c in enumerate(UNSEEN_CLASSES)}}
+    depths = [declared_bit_depth(data / IMAGES_DIR / i) for i in labels["ImageID"]]
+    (out / DRIFT_REFERENCE_JSON).write_text(json.dumps(reference_features(scores, pred["view"].tolist(), depths)))
     return {**result, "confusion": cm.tolist(), "router_accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
             "subgroups": subgroups}
 

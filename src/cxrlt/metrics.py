@@ -124,20 +124,52 @@ def evaluate(
     return result
 
 
+def column_ap(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
+    """Average precision of every column, equal to sklearn's ``average_precision_score(average=None)`` (tied scores
+    form one threshold; AP = sum over thresholds of recall gain x precision) without its per-call checks, which
+    dominate the bootstrap's time. Every column needs a positive."""
+    y_true, y_prob = np.asarray(y_true, dtype=np.float64), np.asarray(y_prob, dtype=np.float64)
+    order = np.argsort(-y_prob, axis=0, kind="stable")
+    scores, hits = np.take_along_axis(y_prob, order, 0), np.take_along_axis(y_true, order, 0)
+    tp = np.cumsum(hits, axis=0)
+    n_pos = tp[-1]
+    out = np.empty(y_true.shape[1])
+    for j in range(y_true.shape[1]):
+        last = np.flatnonzero(np.r_[scores[1:, j] != scores[:-1, j], True])  # the last row of each tied threshold
+        recall = tp[last, j] / n_pos[j]
+        precision = tp[last, j] / (last + 1)
+        out[j] = np.sum(np.diff(np.r_[0.0, recall]) * precision)
+    return out
+
+
+def column_auroc(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
+    """AUROC of every column by the rank-sum (Mann-Whitney) identity, ties counted one half: equal to sklearn's
+    ``roc_auc_score(average=None)``. Every column needs positives and negatives."""
+    from scipy.stats import rankdata
+
+    y_true = np.asarray(y_true, dtype=np.float64)
+    ranks = rankdata(np.asarray(y_prob, dtype=np.float64), axis=0)
+    n_pos = y_true.sum(0)
+    n_neg = len(y_true) - n_pos
+    return ((ranks * y_true).sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
 def macro_ap(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     """Macro mAP over the classes that have positives (the model-selection and gate metric)."""
+    y_true = np.asarray(y_true)
     keep = y_true.sum(0) > 0
     if not keep.any():
         return float("nan")
-    return float(np.mean(average_precision_score(y_true[:, keep], y_prob[:, keep], average=None)))
+    return float(np.mean(column_ap(y_true[:, keep], np.asarray(y_prob)[:, keep])))
 
 
 def macro_auroc(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     """Macro AUROC over the classes with both positives and negatives."""
+    y_true = np.asarray(y_true)
     both = (y_true.sum(0) > 0) & (y_true.sum(0) < len(y_true))
     if not both.any():
         return float("nan")
-    return float(np.mean(roc_auc_score(y_true[:, both], y_prob[:, both], average=None)))
+    return float(np.mean(column_auroc(y_true[:, both], np.asarray(y_prob)[:, both])))
 
 
 def selection_score(y_true: np.ndarray, logits: np.ndarray, rule: str = "mAP") -> float:

@@ -84,6 +84,9 @@ PROMOTION_MARGIN = 0.02
 GROUPS_CSV = "groups.csv"
 #: the evaluation report (one HTML page) beside the evaluation's predictions
 REPORT_HTML = "report.html"
+#: what drift monitoring compares served traffic with: the evaluation's score histograms per finding and input mix
+#: (cxrlt.drift.reference_features), written beside the predictions and registered with them
+DRIFT_REFERENCE_JSON = "drift_reference.json"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 
@@ -93,8 +96,11 @@ ROLLOUT_CONFIGMAP = "cxrlt-rollout"
 ROLLOUT_KEY = "model_version"
 ROLLOUT_ANNOTATION = "cxrlt.io/model-version"
 
+#: the KFP experiment of training runs and the service account they run as (scheduled, one-off or drift-started)
+TRAINING_EXPERIMENT = "cxrlt-retraining"
+PIPELINE_RUNNER_SERVICE_ACCOUNT = "cxrlt-pipeline-runner"
 SERVICE_ACCOUNTS = {
-    "pipeline": "cxrlt-pipeline-runner",  # in PIPELINES_NAMESPACE; may create/watch TrainJobs in NAMESPACE
+    "pipeline": PIPELINE_RUNNER_SERVICE_ACCOUNT,  # in PIPELINES_NAMESPACE; may create/watch TrainJobs in NAMESPACE
     "trainer": "cxrlt-trainer",  # TrainJob pods: no permissions, no token
 }
 #: the shared volume of pipeline steps and TrainJobs (preprocess cache, split manifests, training runs), and where

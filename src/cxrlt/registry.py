@@ -30,6 +30,7 @@ from cxrlt.errors import CxrltError
 from cxrlt.platform import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
+    DRIFT_REFERENCE_JSON,
     GROUPS_CSV,
     PROMOTION_MARGIN,
     REGISTERED_MODEL,
@@ -312,7 +313,8 @@ def register_bundle(bundle_dir: str | Path, metrics: dict, gate_evidence: dict, 
             for plot in sorted(Path(evaluation_csv).parent.glob("*.png")):  # reliability before/after, per-class AP
                 mlflow.log_artifact(str(plot), artifact_path=EVAL_ARTIFACT)
             # each image's subgroups (promotion compares versions within them), the subgroup metrics and the report
-            for extra in (GROUPS_CSV, SUBGROUPS_JSON, REPORT_HTML, "metrics.json"):
+            # and the reference that drift monitoring compares served traffic with
+            for extra in (GROUPS_CSV, SUBGROUPS_JSON, REPORT_HTML, "metrics.json", DRIFT_REFERENCE_JSON):
                 if (Path(evaluation_csv).parent / extra).is_file():
                     mlflow.log_artifact(str(Path(evaluation_csv).parent / extra), artifact_path=EVAL_ARTIFACT)
         with _pyfunc_model(bundle_dir) as arguments:
@@ -380,6 +382,21 @@ def model_card(version: str = f"@{CHAMPION_ALIAS}", name: str = REGISTERED_MODEL
     return (folder / "card.md").read_text()
 
 
+def evaluation_file(version: str, filename: str, name: str = REGISTERED_MODEL,
+                    tracking_uri: str | None = None) -> tuple[Path, str]:
+    """One file of a registered version's evaluation artifact (``@alias`` or a number), downloaded, and the
+    version's number."""
+    client = _client(tracking_uri)
+    number = _alias_version(client, name, version[1:]) if version.startswith("@") else version
+    if number is None:
+        raise RegistryError(f"{name} has no version {version}")
+    path = _evaluation_folder(client.get_model_version(name, number)) / filename
+    if not path.is_file():
+        raise RegistryError(f"{name} version {number}'s evaluation has no {filename} (registered by an older "
+                            "pipeline): register a newly trained version, or pass the file yourself")
+    return path, str(number)
+
+
 def _evaluation_folder(model_version) -> Path:
     """The evaluation artifact of a model version its caller already fetched (downloaded once)."""
     import mlflow
@@ -435,20 +452,21 @@ def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: p
 
 def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
             margin: float = PROMOTION_MARGIN, n_bootstrap: int = 200, public_key: str | Path | None = None,
-            subgroup_gate: SubgroupGate | None = None, report: str | Path | None = None) -> dict:
-    """Move ``champion`` to the challenger if its signed evidence says it passed its gate and it is non-inferior on
-    the same evaluation set: the lower end of the 95 % CI of (challenger - champion) mAP must be >= -margin, and, where
-    the challenger's evaluation carries each image's subgroups, no subgroup may fail ``subgroup_gate`` (the
-    profile's ``gate.subgroup_*``; :class:`cxrlt.subgroups.SubgroupGate`'s defaults otherwise). The whole decision
-    runs under the promotion lease, so concurrent promoters cannot both move the champion. With ``report``, the
-    challenger's evaluation report with each finding's challenger-minus-champion AP and its paired CI is written
-    there (HTML), whatever the decision."""
+            subgroup_gate: SubgroupGate | None = None, report: str | Path | None = None,
+            version: str | None = None) -> dict:
+    """Move ``champion`` to the challenger (or to ``version``, a registered version chosen by number) if its signed
+    evidence says it passed its gate and it is non-inferior on the same evaluation set: the lower end of the 95 % CI
+    of (challenger - champion) mAP must be >= -margin, and, where the challenger's evaluation carries each image's
+    subgroups, no subgroup may fail ``subgroup_gate`` (the profile's ``gate.subgroup_*``;
+    :class:`cxrlt.subgroups.SubgroupGate`'s defaults otherwise). The whole decision runs under the promotion lease,
+    so concurrent promoters cannot both move the champion. With ``report``, the challenger's evaluation report with
+    each finding's challenger-minus-champion AP and its paired CI is written there (HTML), whatever the decision."""
     from cxrlt.subgroups import SubgroupGate
 
     client = _client(tracking_uri)
     with promotion_lease(client, name):
         return _promote(client, labels_csv, name, margin, n_bootstrap, public_key, subgroup_gate or SubgroupGate(),
-                        report)
+                        report, version)
 
 
 def _write_promotion_report(path: Path, folder: Path | None, ours: pd.DataFrame | None,
@@ -487,14 +505,19 @@ def _write_promotion_report(path: Path, folder: Path | None, ours: pd.DataFrame 
 
 
 def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, public_key,
-             subgroup_gate: SubgroupGate, report: str | Path | None = None) -> dict:
+             subgroup_gate: SubgroupGate, report: str | Path | None = None, version: str | None = None) -> dict:
     from cxrlt.data.tables import read_label_csv
     from cxrlt.labels import KNOWN_CLASSES
 
-    challenger_version = _alias_version(client, name, CHALLENGER_ALIAS)
+    challenger_version = str(version) if version else _alias_version(client, name, CHALLENGER_ALIAS)
     if challenger_version is None:
         raise RegistryError(f"{name} has no {CHALLENGER_ALIAS} version to promote")
-    challenger = client.get_model_version(name, challenger_version)
+    if version and not str(version).isdigit():
+        raise RegistryError(f"version must be a registered version's number, got {version!r}")
+    try:
+        challenger = client.get_model_version(name, challenger_version)
+    except Exception as exc:  # noqa: BLE001 - MLflow's "not found" and transport errors alike: name the version
+        raise RegistryError(f"{name} version {challenger_version} cannot be read: {exc}") from exc
     verified = verify_evidence(name, challenger, public_key)
     if not json.loads(challenger.tags.get("gate_evidence", "{}")).get("passed"):
         raise RegistryError(f"version {challenger.version} did not pass its gate")

@@ -1,6 +1,19 @@
 """The ``cxrlt`` command line: one module per sub-app, all registered on the root app in :mod:`cxrlt.cli._app`."""
 
-from cxrlt.cli import data, demo, ensemble, mlflow, pipeline, registry, report, serve, task1, weights, zeroshot  # noqa: F401
+from cxrlt.cli import (  # noqa: F401
+    data,
+    demo,
+    ensemble,
+    mlflow,
+    monitor,
+    pipeline,
+    registry,
+    report,
+    serve,
+    task1,
+    weights,
+    zeroshot,
+)
 from cxrlt.cli._app import app
 
 __all__ = ["app"]

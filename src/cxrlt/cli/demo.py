@@ -24,14 +24,17 @@ def demo(
     config: Annotated[Path, typer.Option(help="Profile.")] = _DEFAULTS.config,
     verbose: Annotated[bool, typer.Option(help="Show every line of every step (kfp.local's executor JSON included) "
                                                "instead of banners, progress and results.")] = False,
-    no_challenger: Annotated[bool, typer.Option(help="Skip the weakened-challenger run.")] = False,
+    no_challenger: Annotated[bool, typer.Option(
+        help="Skip the second retraining (most lateral images removed) and its promotion, which the subgroup "
+             "rule refuses.")] = False,
     containers: Annotated[bool, typer.Option(help="Run the pipeline's components and Triton in the project's images "
                                                   "(make images; podman or Docker) instead of the project venv.")]
     = False,
 ) -> None:
     """synthesise -> MLflow -> training pipeline (kfp.local) -> gate -> register -> promote -> Triton from
-    models:/cxrlt-bundle@champion -> PNG and DICOM images over gRPC -> findings; then a weakened challenger refused
-    by the gate. Everything it started is stopped at the end, also on failure."""
+    models:/cxrlt-bundle@champion -> PNG and DICOM images over gRPC -> findings; meanwhile a retraining that lost
+    most lateral images, registered by its gate and refused at promotion by the subgroup rule.
+    Everything it started is stopped at the end, also on failure."""
     from cxrlt.demo import run_demo
 
     run_demo(DemoOptions(workdir, n_images, epochs, zeroshot_epochs, config, verbose, no_challenger, containers))

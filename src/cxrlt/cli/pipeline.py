@@ -95,6 +95,9 @@ def pipeline_run(
     runner: Annotated[Runner, typer.Option(
         help="subprocess (the project venv; fast) or docker (every component in its image, built by `make "
              "images`; through podman's Docker API where no Docker daemon runs).")] = Runner.subprocess,
+    reuse_members: Annotated[bool, typer.Option(
+        help="Copy a member from an earlier run under the same --root when its rows, profile, launch settings and "
+             "code are the same, instead of training it again.")] = True,
 ) -> None:
     """Run the training pipeline here (kfp.local), or with --host start one run on a cluster.
 
@@ -116,7 +119,7 @@ def pipeline_run(
     result = run_training_local(root, runner=runner.value, data_dir=str(data.resolve()), config=str(config.resolve()),
                                 tracking_uri=tracking_uri, epochs=epochs, zeroshot_epochs=zeroshot_epochs,
                                 removal_csv=str(removal.resolve()) if removal else "",
-                                member_threads=member_threads, **gate)
+                                member_threads=member_threads, reuse_members=reuse_members, **gate)
     typer.echo(f"pipeline finished; outputs under {result['run_dir']}")
 
 

@@ -59,6 +59,9 @@ def registry_promote(
     report: Annotated[Path | None, typer.Option(
         help="Write the challenger's evaluation report with each finding's challenger-minus-champion AP and its "
              "paired 95 % CI here (HTML), whatever the decision.")] = None,
+    version: Annotated[str | None, typer.Option(
+        help="Judge this registered version (its number) instead of the one @challenger names; the same checks "
+             "apply.")] = None,
 ) -> None:
     """champion <- challenger if its signed evidence says it passed its gate, its mAP CI (paired bootstrap) is within
     the margin, and no subgroup (sex, age band, projection) with enough images is worse beyond the profile's subgroup
@@ -69,7 +72,8 @@ def registry_promote(
     from cxrlt.registry import promote
 
     gate = load_profile(config).gate if config else GateConfig()
-    _emit(lambda: promote(labels, name, tracking_uri, margin, subgroup_gate=gate.subgroup_gate(), report=report))
+    _emit(lambda: promote(labels, name, tracking_uri, margin, subgroup_gate=gate.subgroup_gate(), report=report,
+                          version=version))
 
 
 @registry_app.command("card")

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from cxrlt.dataplane import DataPlaneError, SharedVolume, publish, run_scoped, sha256_file
 from cxrlt.errors import InvalidInputError
 from cxrlt.kinds import member_kind, riders
+from cxrlt.ops import member_cache
 
 #: the pipeline parameters' "take the profile's value" markers
 FROM_PROFILE = {"cache_size": 0, "val_fraction": 0.0, "split_seed": -1, "min_map": -1.0, "min_mauroc": -1.0,
@@ -104,8 +105,12 @@ def _verified_card(folder: Path, card_name: str) -> dict:
 
 def train_networks(view: str, member: str, shared_root: str, run_id: str, data_dir: str, cache: Path,
                    splits: Path, artifact_dir: str, launcher: str = "local", nproc: int = 1, num_nodes: int = 1,
-                   epochs: int = 0, gpus_per_node: int = 1, threads: int = 0, pod_root: str = "") -> dict:
+                   epochs: int = 0, gpus_per_node: int = 1, threads: int = 0, pod_root: str = "",
+                   reuse: bool = True) -> dict:
     """Train one job's networks into ``<run>/members/<job>/`` and publish that folder in ``artifact_dir``.
+
+    With ``reuse``, a job whose inputs match a finished job of an earlier run on the same shared volume is copied
+    from :mod:`cxrlt.ops.member_cache` instead of trained again (the metadata's ``reused`` names the entry).
 
     With ``launcher="trainjob"`` every path handed to the pods is translated from the step's view of the shared
     volume (``shared_root``) to the pods' (``pod_root``); a path that is not on the volume is refused before any job
@@ -129,10 +134,18 @@ def train_networks(view: str, member: str, shared_root: str, run_id: str, data_d
               "--cache", where(cache, "cache"), "--splits", where(splits, "splits"), "--resume"]
     if epochs:
         common += ["--epochs", str(epochs)]
-    cards = {}
     networks = job_networks(view, member, models)
+    launch = {"launcher": launcher, "nproc": nproc, "num_nodes": num_nodes, "gpus_per_node": gpus_per_node,
+              "threads": threads, "epochs": epochs}
+    cache_key, inputs = member_cache.job_key(view, key, networks, profile, splits, data_dir, cache, launch) \
+        if reuse else (None, {"not_reused": "reuse is off"})
+    if cache_key and member_cache.restore(shared_root, cache_key, job_dir):
+        print(f"train-member: reused {', '.join(networks)} from {member_cache.MEMBER_CACHE_DIR}/{cache_key[:12]} "
+              "(same rows, profile, launch settings and code)", flush=True)
+        return _publish_job(artifact_dir, job_dir, networks, reused=cache_key)
     print(f"train-member: training {', '.join(networks)} ({launcher}"
-          f"{f', {num_nodes} nodes' if launcher == 'trainjob' else ''})", flush=True)  # names the step in the log
+          f"{f', {num_nodes} nodes' if launcher == 'trainjob' else ''})"
+          f"{'' if cache_key else '; not reused: ' + inputs['not_reused']}", flush=True)  # names the step in the log
     for name in networks:
         out = job_dir / name
         args = ["train", "--member", name, "--out", where(out, "output"), *common]
@@ -141,10 +154,19 @@ def train_networks(view: str, member: str, shared_root: str, run_id: str, data_d
             args += ["--pcam-checkpoint", where(job_dir / view / trunk_of / "best.pt", "checkpoint")]
         _launch(args, launcher, f"{key}-{name.rsplit('/', 1)[-1]}", plan_run_dir, nproc, num_nodes, gpus_per_node,
                 threads)
-        cards[name] = _verified_card(out, "member.json")
+        _verified_card(out, "member.json")
+    meta = _publish_job(artifact_dir, job_dir, networks)
+    if cache_key:
+        member_cache.store(shared_root, cache_key, job_dir, inputs)
+    return meta
+
+
+def _publish_job(artifact_dir: str, job_dir: Path, networks: list[str], **extra) -> dict:
+    """Verify every network's card and checkpoint in ``job_dir`` and publish the folder; returns the metadata."""
+    cards = {name: _verified_card(job_dir / name, "member.json") for name in networks}
     first = next(iter(cards.values()))
     meta = {"networks": list(cards), "best_val_score": first["best_val_score"],
-            "checkpoints": {n: c.get("checkpoint_sha256") for n, c in cards.items()}}
+            "checkpoints": {n: c.get("checkpoint_sha256") for n, c in cards.items()}, **extra}
     publish(artifact_dir, job_dir, "member-runs", hashed=tuple(f"{n}/member.json" for n in cards), **meta)
     return meta
 
