@@ -4,6 +4,7 @@ gate registers nothing, promotion and rollback move champion; serve build pulls 
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -83,6 +84,18 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     labels = synth_data / "CXRLT_2026_dev_labels.csv"
     decision = promote(labels, tracking_uri=mlflow_uri)
     assert decision["promoted"] and client.get_registered_model(REGISTERED_MODEL).aliases == {CHAMPION_ALIAS: "1"}
+    # the drift reference the version was validated on travels with it: every finding's scores of every dev image
+    from cxrlt.drift import SCORE_EDGES
+    from cxrlt.labels import KNOWN_CLASSES, UNSEEN_CLASSES
+    from cxrlt.ops.monitor import reference_of
+
+    reference, number = reference_of(f"@{CHAMPION_ALIAS}", tracking_uri=mlflow_uri)
+    n_dev = len(pd.read_csv(labels, dtype=str))
+    assert number == "1" and set(reference) == {f"score:{c}" for c in (*KNOWN_CLASSES, *UNSEEN_CLASSES)} | {
+        "view", "bits"}
+    assert all(len(reference[f"score:{c}"]) == len(SCORE_EDGES) + 1 and sum(reference[f"score:{c}"].values()) == n_dev
+               for c in (*KNOWN_CLASSES, *UNSEEN_CLASSES))
+    assert sum(reference["view"].values()) == n_dev and reference["bits"] == {"16": n_dev}
 
     # a second version scored on the same evaluation set (same predictions -> non-inferior)
     run_dir = Path(first["run_dir"])
@@ -138,7 +151,6 @@ def test_gate_register_promote_rollback(synth_data, pipeline_config, mlflow_uri,
     from cxrlt.registry import download_bundle
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}")
-    import pandas as pd
 
     ids = pd.read_csv(labels, dtype=str)["ImageID"][:2]
     out = pyfunc.predict(pd.DataFrame({"image_path": [str(synth_data / "images" / i) for i in ids]}))
