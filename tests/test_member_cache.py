@@ -87,11 +87,13 @@ def test_store_and_restore_copy_the_whole_job(tmp_path):
     (job / "frontal" / "pcam").mkdir(parents=True)
     (job / "frontal" / "pcam" / "best.pt").write_bytes(b"weights")
     (job / "frontal" / "pcam" / "member.json").write_text("{}")
+    (job / "frontal" / "pcam" / "last.pt").write_bytes(b"optimizer state")  # resume only: not cached
     shared = tmp_path / "shared"
     assert not member_cache.restore(shared, "k1", tmp_path / "run2" / "frontal-pcam")
     entry = member_cache.store(shared, "k1", job, {"job": "frontal-pcam"})
     assert json.loads((entry / member_cache.INPUTS_FILE).read_text()) == {"job": "frontal-pcam"}
     assert [p.name for p in (shared / member_cache.MEMBER_CACHE_DIR).iterdir()] == ["k1"], "no temporary left"
+    assert not (entry / "frontal" / "pcam" / "last.pt").exists()
     # a later write into the run's folder does not reach the cached copy
     (job / "frontal" / "pcam" / "best.pt").write_bytes(b"changed")
     assert (entry / "frontal" / "pcam" / "best.pt").read_bytes() == b"weights"

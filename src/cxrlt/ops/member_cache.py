@@ -14,8 +14,9 @@ sources and the torch and timm versions. Pretrained weights enter by content: a 
 whose weights are named by a reference that can change under the same name (a tag, an S3 or MLflow URI) is
 trained again, and the step says why.
 
-``<shared>/member-cache/<key>/`` holds a copy of the job's folder and ``inputs.json`` (what the key covers); it is
-written to a temporary folder and renamed, so a crash never leaves a half-written entry.
+``<shared>/member-cache/<key>/`` holds a copy of the job's folder without its resume checkpoints (``last.pt``, with
+the optimizer state: two to four times ``best.pt``; a finished job is never resumed) and ``inputs.json`` (what the key
+covers); it is written to a temporary folder and renamed, so a crash never leaves a half-written entry.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 
 MEMBER_CACHE_DIR = "member-cache"
 INPUTS_FILE = "inputs.json"
+#: what a finished job does not need: the loop's resume checkpoint
+NOT_CACHED = ("last.pt",)
 
 
 def _digest(data: bytes) -> str:
@@ -116,7 +119,7 @@ def store(shared_root: str | Path, key: str, job_dir: Path, inputs: dict) -> Pat
         return entry
     tmp = cache / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(job_dir, tmp)
+    shutil.copytree(job_dir, tmp, ignore=shutil.ignore_patterns(*NOT_CACHED))
     (tmp / INPUTS_FILE).write_text(json.dumps(inputs, indent=2, sort_keys=True))
     try:
         os.rename(tmp, entry)
