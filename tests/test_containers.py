@@ -193,7 +193,9 @@ def test_pipeline_steps_run_in_their_images_like_subprocesses(engine, synth_data
         outputs[runner] = files
     assert outputs["docker"].keys() == outputs["subprocess"].keys() and outputs["docker"]
     cards = [p for p in outputs["docker"] if p.endswith("/member.json")]
-    assert len(cards) == 1 and cards[0].startswith("shared/runs/r1/members/")
+    # the run's member, and its copy in the member cache (the same key in the image as in the venv: same sources)
+    assert len(cards) == 2 and sorted(c.split("/")[1] for c in cards) == ["member-cache", "runs"]
+    assert any(c.startswith("shared/runs/r1/members/") for c in cards)
     for rel, path in outputs["subprocess"].items():
         other = outputs["docker"][rel]
         if path.suffix == ".npy":

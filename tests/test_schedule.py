@@ -101,11 +101,12 @@ def test_upload_names_versions_by_commit_and_is_a_no_op_when_repeated(kfp_stub, 
     first = CliRunner().invoke(app, ["pipeline", "upload", "--host", host, "--compiled", str(compiled)])
     assert first.exit_code == 0, first.output
     made = json.loads(first.stdout)
-    assert {m["version"] for m in made} == {f"promotion-pipeline-{commit}", f"training-pipeline-{commit}"}
-    assert all(m["created"] for m in made) and len(state["pipelines"]) == 2 and len(state["versions"]) == 2
+    assert {m["version"] for m in made} == {f"{name}-pipeline-{commit}" for name in ("training", "promotion",
+                                                                                   "monitor")}
+    assert all(m["created"] for m in made) and len(state["pipelines"]) == 3 and len(state["versions"]) == 3
     again = json.loads(CliRunner().invoke(app, ["pipeline", "upload", "--host", host, "--compiled",
                                                 str(compiled)]).stdout)
-    assert not any(m["created"] for m in again) and len(state["versions"]) == 2
+    assert not any(m["created"] for m in again) and len(state["versions"]) == 3
     sizes = {v["display_name"]: v["size"] for v in state["versions"].values()}
     assert sizes[f"training-pipeline-{commit}"] == (compiled / "training_pipeline.yaml").stat().st_size
 

@@ -100,7 +100,8 @@ def test_trainjob_step_fails_when_the_pods_write_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "launch_trainjob", created.append)  # the job "completes" and writes nothing
     with pytest.raises(DataPlaneError, match="wrote no member.json in .*members/frontal-swin/frontal/swin"):
         pipeline_steps.train_networks("frontal", "swin", str(shared), "r1", str(shared / "data"), shared / "cache",
-                                      shared / "splits", str(tmp_path / "art"), launcher="trainjob", num_nodes=2)
+                                      shared / "splits", str(tmp_path / "art"), launcher="trainjob", num_nodes=2,
+                                      reuse=False)  # no split manifests here to key a member on
     (body,) = created
     trainer = body["spec"]["trainer"]
     args = trainer["args"]
