@@ -23,9 +23,12 @@ def setting(synth_data, tmp_path):
 
 
 def _key(setting, view="frontal", networks=("frontal/pcam",), profile=None, splits=None, launch=LAUNCH):
+    from cxrlt.config import load_config
+
     prof, spl, data, cache = setting
-    return member_cache.job_key(view, f"{view}-x", list(networks), profile or prof, splits or spl, str(data), cache,
-                                launch)
+    profile = profile or prof
+    return member_cache.job_key(view, f"{view}-x", list(networks), profile, load_config(profile), splits or spl,
+                                str(data), cache, launch)
 
 
 def test_the_key_follows_the_views_rows_profile_launch_and_weights(setting, synth_data, tmp_path):

@@ -3,9 +3,9 @@
 synthesise -> MLflow server -> training pipeline on kfp.local (validate, preprocess, split, members + router +
 zero-shot CLIP in parallel, ensemble weights, evaluate, gate, ONNX export, register challenger) -> promote to
 champion -> Triton model repository from ``models:/cxrlt-bundle@champion`` -> tritonserver -> PNG and DICOM images
-over gRPC -> findings table; meanwhile a retraining that lost most lateral images (its frontal members reused) is
-registered by its gate and refused at promotion by the subgroup rule. Everything it started is stopped at the end,
-also on failure.
+over gRPC -> findings table; meanwhile a retraining that lost 30 % of its training laterals (its frontal members
+reused) is registered by its gate and refused at promotion by the subgroup rule. Everything it started is stopped
+at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -169,10 +169,11 @@ def run_demo(args: DemoOptions) -> None:
         if not _print_gate(main_run, "challenger"):
             raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
                              f"evaluation report under {main_run / 'evaluate' / 'report'}")
-        _step(4, total, f"promote challenger (version {_registered_version(main_run)}) -> champion (its signed gate "
-                        "evidence verified; non-inferiority on the dev set, overall and in every subgroup)")
+        registered = _registered_version(main_run)
+        _step(4, total, f"promote challenger (version {registered}) -> champion (its signed gate evidence verified; "
+                        "non-inferiority on the dev set, overall and in every subgroup)")
         _cxrlt("registry", "promote", "--labels", str(data / "CXRLT_2026_dev_labels.csv"), "--config",
-               str(args.config.resolve()), "--version", _registered_version(main_run), "--report",
+               str(args.config.resolve()), "--version", registered, "--report",
                str(work / "promotion_report.html"), env=env)
         from cxrlt.registry import model_card
 

@@ -3,7 +3,8 @@ input mix (routed view, declared bit depth), compared as histograms.
 
 The served side comes from the entry's Prometheus metrics (``cxrlt_entry_score`` buckets and
 ``cxrlt_entry_items_total``; no image or identifier leaves the server), summed over a window; the reference from the
-version's registered evaluation (its dev-set probabilities and ``input_mix.json``), binned with the same edges. Both
+version's registered evaluation (``drift_reference.json``: its dev-set probabilities, routed views and declared bit
+depths), binned with the same edges. Both
 sides are counts over the same bins, so each feature is a 2 x K contingency table: Pearson's chi-square test
 (scipy) says whether the difference is more than sampling noise, and the population stability index (PSI) says
 whether it is large enough to matter. A feature drifts when both hold (p below ``p_value`` after Bonferroni over the
@@ -12,6 +13,7 @@ features, PSI at least ``min_psi``); a window with fewer than ``min_items`` scor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +27,13 @@ from cxrlt.errors import InvalidInputError
 SCORE_EDGES: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 #: added to every bin's share before the PSI's logarithm, so an empty bin on one side stays finite
 PSI_EPSILON = 1e-4
+
+
+def le_name(le: str | float) -> str:
+    """A bucket's upper bound as both sides name its bin (``0.1``, ``+Inf``), however Prometheus formatted it
+    (``0.10``, ``+inf``)."""
+    value = float(le)
+    return "+Inf" if math.isinf(value) else str(value)
 
 
 def score_histogram(probabilities: Sequence[float]) -> list[int]:
@@ -146,11 +155,13 @@ def reference_features(scores: Mapping[str, Sequence[float]], views: Sequence[st
                        bit_depths: Sequence[str]) -> dict[str, dict[str, int]]:
     """The reference a version was validated on, in the window's shape: per finding its probabilities binned with
     :data:`SCORE_EDGES` (bins named by their ``le``), the routed views and the declared bit depths."""
-    names = [str(e) for e in SCORE_EDGES] + ["+Inf"]
+    names = [le_name(e) for e in (*SCORE_EDGES, math.inf)]
     out = {f"score:{finding}": dict(zip(names, score_histogram(values), strict=True))
            for finding, values in scores.items()}
-    out["view"] = {str(v): int(n) for v, n in zip(*np.unique(np.asarray(views, dtype=str), return_counts=True),
-                                             strict=True)}
-    out["bits"] = {str(b): int(n) for b, n in zip(*np.unique(np.asarray(bit_depths, dtype=str), return_counts=True),
-                                             strict=True)}
+    out["view"], out["bits"] = _counts(views), _counts(bit_depths)
     return out
+
+
+def _counts(values: Sequence[str]) -> dict[str, int]:
+    names, counts = np.unique(np.asarray(values, dtype=str), return_counts=True)
+    return {str(name): int(n) for name, n in zip(names, counts, strict=True)}

@@ -358,6 +358,14 @@ def _attach_card(client, name: str, version: str, run_id: str, metrics: dict, ga
     return f"runs:/{run_id}/{MODEL_CARD_ARTIFACT}"
 
 
+def _version_number(client, name: str, version: str) -> str:
+    """``@alias`` (resolved once) or a version number -> the number; an unset alias is an error naming it."""
+    number = _alias_version(client, name, version[1:]) if version.startswith("@") else version
+    if number is None:
+        raise RegistryError(f"{name} has no version {version}")
+    return number
+
+
 def model_card(version: str = f"@{CHAMPION_ALIAS}", name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
                html_out: str | Path | None = None) -> str:
     """A registered version's model card as Markdown (``@alias`` or a version number); with ``html_out``, its HTML
@@ -367,9 +375,7 @@ def model_card(version: str = f"@{CHAMPION_ALIAS}", name: str = REGISTERED_MODEL
     import mlflow
 
     client = _client(tracking_uri)
-    number = _alias_version(client, name, version[1:]) if version.startswith("@") else version
-    if number is None:
-        raise RegistryError(f"{name} has no version {version}")
+    number = _version_number(client, name, version)
     mv = client.get_model_version(name, number)
     uri = mv.tags.get("model_card")
     if not uri:
@@ -387,9 +393,7 @@ def evaluation_file(version: str, filename: str, name: str = REGISTERED_MODEL,
     """One file of a registered version's evaluation artifact (``@alias`` or a number), downloaded, and the
     version's number."""
     client = _client(tracking_uri)
-    number = _alias_version(client, name, version[1:]) if version.startswith("@") else version
-    if number is None:
-        raise RegistryError(f"{name} has no version {version}")
+    number = _version_number(client, name, version)
     path = _evaluation_folder(client.get_model_version(name, number)) / filename
     if not path.is_file():
         raise RegistryError(f"{name} version {number}'s evaluation has no {filename} (registered by an older "

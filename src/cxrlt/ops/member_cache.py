@@ -77,14 +77,13 @@ def weights_inputs(networks: list[str], models: dict) -> tuple[dict, str | None]
     return pinned, None
 
 
-def job_key(view: str, job: str, networks: list[str], profile: Path, splits: Path, data_dir: str, cache: Path,
-            launch: dict) -> tuple[str | None, dict]:
-    """(key, inputs) of one training job; key None (and inputs["not_reused"] the reason) when it cannot be reused."""
-    from cxrlt.config import load_config
+def job_key(view: str, job: str, networks: list[str], profile: Path, cfg: dict, splits: Path, data_dir: str,
+            cache: Path, launch: dict) -> tuple[str | None, dict]:
+    """(key, inputs) of one training job (``cfg``: the profile at ``profile``, loaded); key None (and
+    inputs["not_reused"] the reason) when it cannot be reused."""
     from cxrlt.data.split import training_frames
     from cxrlt.data.tables import VIEWS
 
-    cfg = load_config(profile)
     pinned, why = weights_inputs(networks, cfg["models"] or {})
     if why:
         return None, {"not_reused": why}

@@ -10,22 +10,14 @@ version's registered evaluation (``drift_reference.json``, written by the evalua
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
-from cxrlt.drift import DriftReport, DriftSettings, compare
+from cxrlt.drift import DriftReport, DriftSettings, compare, le_name
 from cxrlt.errors import CxrltError, InvalidInputError
 
 MONITOR_EXPERIMENT = "cxrlt-monitor"
 _DURATION = re.compile(r"\d+[smhdw]")
-
-
-def le_name(le: str | float) -> str:
-    """A bucket bound as :func:`cxrlt.drift.reference_features` names it (``0.1``, ``+Inf``), however the server
-    formatted it (``0.10``, ``+inf``)."""
-    value = float(le)
-    return "+Inf" if math.isinf(value) else str(value)
 
 
 class PrometheusError(CxrltError):

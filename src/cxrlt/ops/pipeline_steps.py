@@ -121,7 +121,8 @@ def train_networks(view: str, member: str, shared_root: str, run_id: str, data_d
     if launcher not in ("local", "trainjob"):
         raise InvalidInputError(f"launcher must be local or trainjob, got {launcher!r}")
     plan_run_dir, profile = run_paths(shared_root, run_id)
-    models = load_config(profile)["models"] or {}
+    cfg = load_config(profile)
+    models = cfg["models"] or {}
     key = f"{view}-{member}" if view else member
     job_dir = plan_run_dir / "members" / key
     if member == "router" and models.get("router") is None:
@@ -137,7 +138,7 @@ def train_networks(view: str, member: str, shared_root: str, run_id: str, data_d
     networks = job_networks(view, member, models)
     launch = {"launcher": launcher, "nproc": nproc, "num_nodes": num_nodes, "gpus_per_node": gpus_per_node,
               "threads": threads, "epochs": epochs}
-    cache_key, inputs = member_cache.job_key(view, key, networks, profile, splits, data_dir, cache, launch) \
+    cache_key, inputs = member_cache.job_key(view, key, networks, profile, cfg, splits, data_dir, cache, launch) \
         if reuse else (None, {"not_reused": "reuse is off"})
     if cache_key and member_cache.restore(shared_root, cache_key, job_dir):
         print(f"train-member: reused {', '.join(networks)} from {member_cache.MEMBER_CACHE_DIR}/{cache_key[:12]} "
