@@ -132,12 +132,14 @@ class TLSOptions:
 
 class CXRClient:
     """Synchronous gRPC client. ``timeout`` is per call (seconds); UNAVAILABLE is retried ``retries`` times.
-    ``tls`` connects over TLS (the server started with a certificate: ``cxrlt serve up --tls-cert ...``)."""
+    ``tls`` connects over TLS (the server started with a certificate: ``cxrlt serve up --tls-cert ...``);
+    ``model`` is the entry to call (``shadow_cxr``: the challenger a shadow-scoring server serves beside it)."""
 
     def __init__(self, url: str, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5, batch_size: int = 8,
-                 tls: TLSOptions | None = None):
+                 tls: TLSOptions | None = None, model: str = MODEL):
         import tritonclient.grpc as grpcclient
 
+        self.model = model
         self._mod = grpcclient
         self.client = grpcclient.InferenceServerClient(url, **(tls.client_kwargs() if tls else {}))
         self.url = url
@@ -158,7 +160,7 @@ class CXRClient:
         inputs, outputs = request or _inputs(self._mod, payloads)
         for attempt in range(self.retries + 1):
             try:
-                return self.client.infer(MODEL, inputs, outputs=outputs, client_timeout=self.timeout)
+                return self.client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
             except InferenceServerException as exc:
                 if "UNAVAILABLE" not in str(exc.status()) or attempt == self.retries:
                     raise

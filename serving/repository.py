@@ -3,8 +3,10 @@
 Models: ``preprocess`` (python), ``router`` and one model per view member (ONNX), a ``<view>_trunk`` when the view's
 CaiT reads the PCAM member's frozen trunk (computed once; ``<view>_pcam`` and ``<view>_cait`` then take its
 features), ``<view>_ensemble`` (platform ensemble: members in parallel, then ``<view>_combiner``), ``clip_image`` +
-``zeroshot_head`` in the ``zeroshot`` ensemble, and ``cxr`` (async BLS entry point). ONNX models run either on the
-native ``onnxruntime_onnx`` platform (production, NGC image; CPU or GPU with optional TensorRT) or through a
+``zeroshot_head`` in the ``zeroshot`` ensemble, and ``cxr`` (async BLS entry point). With a shadow bundle (a
+challenger), its own models sit beside them, every name prefixed ``shadow_`` (its entry: ``shadow_cxr``), and the
+``cxr`` entry sends a share of its items there to measure agreement (serving/models/cxr.py). ONNX models run either
+on the native ``onnxruntime_onnx`` platform (production, NGC image; CPU or GPU with optional TensorRT) or through a
 python-backend ONNX Runtime runner (the embedded default, since the bundled server only has the python backend); the
 tensor names are the same either way.
 
@@ -24,15 +26,18 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 import cxrlt.scoring
+import cxrlt.shadow
 from cxrlt.export import bundle_contracts, load_bundle
 from cxrlt.labels import UNSEEN_CLASSES
-from cxrlt.outdir import claim_output_dir
+from cxrlt.outdir import OUTPUT_MARKER, claim_output_dir
 from cxrlt.platform import MAX_IMAGE_BYTES
 from cxrlt.scoring import scoring_fields
 
 MODELS_DIR = Path(__file__).parent / "models"
 #: the one scoring module, shipped beside every python model that scores (as the image contract is)
 SCORING_FILE = {"cxrlt_scoring.py": Path(cxrlt.scoring.__file__)}
+#: the challenger's models in a repository that shadow-scores it
+SHADOW_PREFIX = "shadow_"
 ONNX_RUNTIMES = ("python", "native")
 
 
@@ -92,6 +97,13 @@ class ServingOptions(BaseModel):
                                  "they are copied to any other model")
     entry_metrics: bool = Field(True, description="the cxr entry's Prometheus metrics (input mix, refusals by "
                                 "reason, score histograms, entry latency) beside Triton's own")
+    shadow_fraction: float = Field(0.1, gt=0, le=1, description="with a shadow bundle: the share of scored items "
+                                   "the challenger scores too (in the background; the answer is the champion's)")
+    shadow_queue: int = Field(16, ge=1, description="with a shadow bundle: items in flight to the challenger at "
+                              "most; further sampled items are dropped and counted")
+    shadow_threshold: float = Field(0.5, gt=0, lt=1, description="with a shadow bundle: the operating threshold at "
+                                    "which a finding's flip between champion and challenger is counted "
+                                    "(probabilities are calibrated)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingOptions:
@@ -221,14 +233,51 @@ def _view_models(repo: Path, bundle: dict, view: str, vspec: dict, onnx: Path, s
                                  [tensor("PROBS", "TYPE_FP32", [len(known)])], steps, opts))
 
 
+def _add_prefixed(built: Path, repo: Path, prefix: str) -> list[str]:
+    """Move the models of the repository ``built`` into ``repo`` under ``prefix``: every name, every ensemble
+    step's model, and the entry's ``model_prefix`` (so it calls its own models); the entry's own metrics off (its
+    scores are not served traffic). Configs are re-read and re-written as ``ModelConfig`` messages."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    moved = []
+    for folder in sorted(p for p in built.iterdir() if p.is_dir() and p.name != OUTPUT_MARKER):
+        config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        config.name = prefix + config.name
+        for step in config.ensemble_scheduling.step:
+            step.model_name = prefix + step.model_name
+        if folder.name == "cxr":
+            config.parameters["model_prefix"].string_value = prefix
+            config.parameters["entry_metrics"].string_value = "off"
+        target = repo / config.name
+        shutil.move(str(folder), str(target))
+        (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+        moved.append(config.name)
+    return moved
+
+
 def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: ServingOptions | None = None,
-                     model_version: str | None = None) -> dict:
+                     model_version: str | None = None, shadow_dir: str | Path | None = None,
+                     shadow_version: str | None = None) -> dict:
     """Write the model repository for ``bundle_dir`` into ``out_dir`` (its previous contents replaced); returns a
-    summary. ``out_dir`` itself is kept: in a pod it is a volume's mount point, which cannot be removed."""
+    summary. ``out_dir`` itself is kept: in a pod it is a volume's mount point, which cannot be removed. With
+    ``shadow_dir`` (a challenger's bundle, ``shadow_version`` its name), the challenger is served beside the
+    champion for shadow scoring (:data:`SHADOW_PREFIX`)."""
     opts = options or ServingOptions()
     bundle_dir, repo = Path(bundle_dir), Path(out_dir)
     bundle = load_bundle(bundle_dir)
     claim_output_dir(repo, "cxrlt serve build")
+    shadow = None
+    if shadow_dir is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="cxrlt-shadow-") as tmp:
+            built = build_repository(shadow_dir, Path(tmp) / "repo", opts.model_copy(update={"entry_metrics": False}),
+                                     shadow_version)
+            _add_prefixed(Path(tmp) / "repo", repo, SHADOW_PREFIX)
+        shadow = {"shadow_model": f"{SHADOW_PREFIX}cxr", "shadow_version": built["model_version"],
+                  "shadow_fraction": str(opts.shadow_fraction), "shadow_queue": str(opts.shadow_queue),
+                  "shadow_threshold": str(opts.shadow_threshold)}
     known, zs = bundle["known_classes"], bundle["zeroshot"]
     task1, zs_contract = bundle_contracts(bundle)
     zs_contract = zs_contract or task1
@@ -284,7 +333,9 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
         params={"scoring": json.dumps(scoring_fields(bundle)), "bands": bundle["bands"],
                 "model_version": version, "bls_timeout_s": str(opts.bls_timeout_ms / 1000),
                 "max_image_bytes": str(opts.max_image_bytes),
-                "entry_metrics": "on" if opts.entry_metrics else "off"}), "cxr.py",
-                 {**SCORING_FILE, "_observe.py": MODELS_DIR / "_observe.py"})
+                "entry_metrics": "on" if opts.entry_metrics else "off", **(shadow or {})}), "cxr.py",
+                 {**SCORING_FILE, "_observe.py": MODELS_DIR / "_observe.py",
+                  "cxrlt_shadow.py": Path(cxrlt.shadow.__file__)})
     models = sorted(p.name for p in repo.iterdir() if p.is_dir())
-    return {"repository": str(repo), "models": models, "model_version": version, **opts.model_dump()}
+    return {"repository": str(repo), "models": models, "model_version": version,
+            "shadow_version": shadow["shadow_version"] if shadow else None, **opts.model_dump()}

@@ -13,6 +13,13 @@ Metrics (Triton custom metrics on the metrics port, beside the ``nv_*`` ones; ``
 ``cxrlt_entry_refusals_total`` by reason, ``cxrlt_entry_score`` (a histogram per finding with fixed buckets), and
 ``cxrlt_entry_{preprocess,scoring}_duration_us_total`` with ``cxrlt_entry_batches_total`` (their sums per batch).
 
+Shadow scoring (a repository built with a challenger): a fixed share of the scored items (``shadow_fraction``) is
+sent, after the answers are made, to the challenger's own entry (``shadow_cxr``, its models prefixed ``shadow_``)
+in a background task; the answer never waits for it and never changes. At most ``shadow_queue`` items are in
+flight; items beyond that are dropped and counted (``cxrlt_shadow_dropped_total{reason}``), as are failed shadow
+calls. Agreement is added per finding to ``cxrlt_shadow_sums_total{stat}`` (``cxrlt_shadow.py`` says which sums),
+labelled with both versions, so a window of them says how the challenger agrees with the champion.
+
 Outputs per item: 30 known-finding probabilities, 6 unseen-finding probabilities, the chosen view, its confidence,
 the served model version, an error string (empty when the item was fine), and the class names (and bands) in the
 order of the probabilities: clients key every probability by name without reading the model config, which a
@@ -28,6 +35,7 @@ import triton_python_backend_utils as pb_utils
 from _common import CalleeError, bytes_array, call, failed, invalid, parameters
 from _observe import SCORE_BUCKETS, bit_depth, input_kind, pixels_depth, refusal_reason, refusal_reasons
 from cxrlt_scoring import BundleScorer
+from cxrlt_shadow import STATS, ShadowSampler, agreement_sums
 
 IMAGE_INPUTS = ("IMAGE", "PIXELS", "BITS")
 
@@ -65,6 +73,72 @@ class TritonPythonModel:
         self.metrics_on = p.get("entry_metrics", "on") == "on"
         if self.metrics_on:
             self._metrics_init()
+        self.prefix = p.get("model_prefix", "")  # "shadow_" in the challenger's own entry
+        self.shadow_model = p.get("shadow_model", "")
+        if self.shadow_model:
+            self._shadow_init(p)
+
+    # ---- shadow scoring -----------------------------------------------------------------------------------------
+    def _shadow_init(self, p: dict):
+        self.sampler = ShadowSampler(float(p["shadow_fraction"]))
+        self.shadow_queue, self.shadow_threshold = int(p["shadow_queue"]), float(p["shadow_threshold"])
+        self.shadow_inflight, self.shadow_tasks = 0, set()
+        versions = {"champion": self.version, "challenger": p["shadow_version"]}
+        family = pb_utils.MetricFamily
+        self.m_shadow_sums = family("cxrlt_shadow_sums_total", "Per-finding sums of the challenger's agreement with "
+                                    "the champion on the shadow-scored items (stat: n, flips, abs_diff, x, y, xx, yy, "
+                                    "xy; x is the champion's score)", family.COUNTER)
+        self.m_shadow_dropped = family("cxrlt_shadow_dropped_total", "Items chosen for shadow scoring but not "
+                                       "compared (queue_full: too many in flight; failed: the challenger's call "
+                                       "failed or refused the item)", family.COUNTER)
+        self.shadow_sums = {(kind, name, stat): self.m_shadow_sums.Metric(labels={
+            "finding": name, "kind": kind, "stat": stat, **versions})
+            for kind, names in (("known", self.known), ("unseen", self.unseen)) for name in names for stat in STATS}
+        self.shadow_dropped = {reason: self.m_shadow_dropped.Metric(labels={"reason": reason, **versions})
+                               for reason in ("queue_full", "failed")}
+
+    def _shadow(self, inputs: dict, idx: np.ndarray, known: np.ndarray, unseen: np.ndarray) -> None:
+        """Send the sampled ones of one request's scored items (``idx``; their champion scores ``known``/``unseen``)
+        to the challenger in the background, or count them dropped when too many are in flight."""
+        chosen = self.sampler.take(len(idx))
+        if not chosen.any():
+            return
+        n = int(chosen.sum())
+        if self.shadow_inflight + n > self.shadow_queue:
+            self.shadow_dropped["queue_full"].increment(n)
+            return
+        sent = {name: value[idx[chosen]] for name, value in inputs.items()}
+        self.shadow_inflight += n
+        task = asyncio.get_running_loop().create_task(self._compare(sent, known[chosen], unseen[chosen]))
+        self.shadow_tasks.add(task)  # the loop keeps only weak references to its tasks
+        task.add_done_callback(self.shadow_tasks.discard)
+
+    async def _compare(self, sent: dict, known: np.ndarray, unseen: np.ndarray) -> None:
+        n = len(known)
+        try:
+            out = await call(self.shadow_model, sent, ["KNOWN_PROBS", "UNSEEN_PROBS", "ERROR", "KNOWN_CLASSES",
+                                                       "UNSEEN_CLASSES"], self.timeout_s)
+            ok = np.array([not e[0] for e in out["ERROR"]])
+            if not ok.all():
+                self.shadow_dropped["failed"].increment(int((~ok).sum()))
+            for kind, ours, names, theirs, their_names in (
+                    ("known", known, self.known, out["KNOWN_PROBS"], out["KNOWN_CLASSES"]),
+                    ("unseen", unseen, self.unseen, out["UNSEEN_PROBS"], out["UNSEEN_CLASSES"])):
+                if not ok.any() or not names or not len(their_names):
+                    continue
+                # by class name: the challenger may order (or lack) findings differently
+                column = {(c.decode() if isinstance(c, bytes) else str(c)): j for j, c in enumerate(their_names[0])}
+                shared = [i for i, name in enumerate(names) if name in column]
+                theirs_aligned = theirs[:, [column[names[i]] for i in shared]]
+                sums = agreement_sums(ours[ok][:, shared], theirs_aligned[ok], self.shadow_threshold)
+                for stat, values in sums.items():
+                    for k, i in enumerate(shared):
+                        if values[k]:
+                            self.shadow_sums[(kind, names[i], stat)].increment(float(values[k]))
+        except Exception:  # noqa: BLE001 - a failed or timed-out shadow call only counts: the answer is long gone
+            self.shadow_dropped["failed"].increment(n)
+        finally:
+            self.shadow_inflight -= n
 
     # ---- metrics ------------------------------------------------------------------------------------------------
     def _metrics_init(self):
@@ -136,15 +210,19 @@ class TritonPythonModel:
                     if np.isfinite(value):
                         metric.observe(float(value))
 
-    async def _preprocess(self, request) -> dict:
+    @staticmethod
+    def _inputs(request) -> dict:
         inputs = {}
         for name in IMAGE_INPUTS:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 inputs[name] = tensor.as_numpy()
+        return inputs
+
+    async def _preprocess(self, inputs: dict) -> dict:
         refused = over_cap(inputs, self.max_image_bytes)
         if not refused:
-            return await call("preprocess", inputs, ["TASK1_INPUT", "ZS_INPUT", "ERROR"], self.timeout_s)
+            return await call(self.prefix + "preprocess", inputs, ["TASK1_INPUT", "ZS_INPUT", "ERROR"], self.timeout_s)
         n = len(inputs["IMAGE"] if "IMAGE" in inputs else inputs["PIXELS"])
         keep = [i for i in range(n) if i not in refused]
         if not keep:
@@ -152,7 +230,7 @@ class TritonPythonModel:
         sent = {name: value[keep] for name, value in inputs.items()}  # only the items within the cap travel on
         sent["INDEX"] = np.array(keep, np.int32)[:, None]
         try:
-            out = await call("preprocess", sent, ["TASK1_INPUT", "ZS_INPUT", "ERROR"], self.timeout_s)
+            out = await call(self.prefix + "preprocess", sent, ["TASK1_INPUT", "ZS_INPUT", "ERROR"], self.timeout_s)
         except CalleeError as exc:
             if exc.timed_out:
                 raise
@@ -166,14 +244,14 @@ class TritonPythonModel:
 
     async def _view_probs(self, view: str, x: np.ndarray) -> np.ndarray:
         target = self.scorer.target(view)
-        return (await call(f"{target}_ensemble", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
+        return (await call(f"{self.prefix}{target}_ensemble", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
 
     async def _task1(self, x: np.ndarray):
         """Known-finding probabilities, view names and router confidence for a batch of preprocessed images."""
         n = len(x)
         if not self.router_classes:  # no router (HPH): the mixed ensemble serves every image
             return await self._view_probs("mixed", x), ["mixed"] * n, np.ones(n, np.float32)
-        logits = (await call("router", {"INPUT": x}, ["OUTPUT"], self.timeout_s))["OUTPUT"]
+        logits = (await call(self.prefix + "router", {"INPUT": x}, ["OUTPUT"], self.timeout_s))["OUTPUT"]
         views, confidence = self.scorer.route(logits, n)
         groups = [(view, np.flatnonzero(views == view)) for view in np.unique(views)]
         known = np.zeros((n, len(self.known)), np.float32)
@@ -185,7 +263,7 @@ class TritonPythonModel:
     async def _zeroshot(self, x: np.ndarray) -> np.ndarray:
         if not self.has_zeroshot:
             return np.full((len(x), len(self.unseen)), np.nan, np.float32)
-        return (await call("zeroshot", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
+        return (await call(self.prefix + "zeroshot", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
 
     def _response(self, pre: dict, known, unseen, views, confidence) -> "pb_utils.InferenceResponse":
         errors = [e[0].decode() if isinstance(e[0], bytes) else str(e[0]) for e in pre["ERROR"]]
@@ -200,7 +278,8 @@ class TritonPythonModel:
     async def execute(self, requests):
         started = time.perf_counter()
         described = [self._describe(r) for r in requests] if self.metrics_on else [[]] * len(requests)
-        results = await asyncio.gather(*(self._preprocess(r) for r in requests), return_exceptions=True)
+        inputs = [self._inputs(r) for r in requests]
+        results = await asyncio.gather(*(self._preprocess(x) for x in inputs), return_exceptions=True)
         preprocessed = time.perf_counter()
         if self.metrics_on:
             self.batches.increment(1)
@@ -242,6 +321,8 @@ class TritonPythonModel:
                 for j, view in zip(idx, views[start:stop], strict=True):
                     v[j] = view
                 responses[i] = self._response(pre, k, u, v, c)
+                if self.shadow_model:
+                    self._shadow(inputs[i], idx, known[start:stop], unseen[start:stop])
                 errors = [e[0].decode() if isinstance(e[0], bytes) else str(e[0]) for e in pre["ERROR"]]
                 self._count(described[i], v, errors=errors)
                 start = stop
