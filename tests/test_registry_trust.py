@@ -358,3 +358,64 @@ def test_promotion_refuses_a_challenger_better_overall_and_worse_in_one_subgroup
     assert client.get_model_version(name, first).description.startswith(f"# {name} version {first}")
     missing = CliRunner().invoke(app, ["registry", "card", "99", "--name", name, "--tracking-uri", mlflow_uri])
     assert missing.exit_code != 0
+
+
+def test_promotion_asks_for_shadow_evidence_and_records_it_in_the_audit_trail(mlflow_uri, served, tmp_path):
+    """With a shadow requirement, the pair being decided (as served: <name>/<version>) must have been shadow-scored
+    enough, flip rarely and correlate: no evidence, too few items, or one finding flipping too often are each
+    refused, naming why; a challenger that meets it is promoted and the audit trail keeps its shadow numbers."""
+    import numpy as np
+    import pandas as pd
+
+    from cxrlt.labels import KNOWN_CLASSES
+    from cxrlt.registry import audit_trail, promote, register_bundle
+    from cxrlt.shadow import ShadowRequirement, agreement_sums, pair_report
+
+    name, classes = "cxrlt-shadow-gate", list(KNOWN_CLASSES)
+    rng = np.random.default_rng(3)
+    ids = [f"img{i:03d}.png" for i in range(200)]
+    y = (rng.random((200, len(classes))) < 0.2).astype(int)
+    pd.DataFrame({"ImageID": ids, **{c: y[:, j] for j, c in enumerate(classes)}}).to_csv(tmp_path / "labels.csv",
+                                                                                         index=False)
+    scores = 0.3 * y + 0.7 * rng.random(y.shape)
+
+    def register(tag: str) -> str:
+        (tmp_path / tag).mkdir()
+        pd.DataFrame({"ImageID": ids, **{c: scores[:, j] for j, c in enumerate(classes)}}).to_csv(
+            tmp_path / tag / "predictions.csv", index=False)
+        return register_bundle(served, {"mAP": 0.5}, {"passed": True, "checks": []}, {"git_commit": tag},
+                               evaluation_csv=tmp_path / tag / "predictions.csv", name=name, tracking_uri=mlflow_uri)
+
+    def agreement(n: int, noise: float, flipped: str | None = None) -> dict:
+        x = rng.random((n, len(classes)))
+        challenger = np.clip(x + noise * rng.standard_normal(x.shape), 0, 1)
+        if flipped:
+            j = classes.index(flipped)
+            challenger[: n // 3, j] = 1 - x[: n // 3, j]  # a third of its items on the other side of 0.5
+        sums = agreement_sums(x, challenger, 0.5)
+        return {(f"{name}/{first}", f"{name}/{second}"): pair_report(
+            {("known", c): {s: float(v[j]) for s, v in sums.items()} for j, c in enumerate(classes)},
+            {"queue_full": 0.0, "failed": 0.0})}
+
+    first = register("champion")
+    assert promote(tmp_path / "labels.csv", name, mlflow_uri, n_bootstrap=50)["promoted"]
+    second = register("challenger")
+    need = ShadowRequirement(min_items=500, max_flip_rate=0.1, min_correlation=0.8)
+
+    def decide(evidence):
+        return promote(tmp_path / "labels.csv", name, mlflow_uri, n_bootstrap=50, shadow_agreement=evidence,
+                       shadow_requirement=need)
+
+    refused = decide(None)
+    assert not refused["promoted"] and "requires 500 shadow-scored items" in refused["reason"]
+    refused = decide(agreement(200, 0.01))
+    assert not refused["promoted"] and "200 shadow-scored items < the 500 required" in refused["reason"]
+    refused = decide(agreement(900, 0.01, flipped="cardiomegaly"))
+    assert not refused["promoted"] and "cardiomegaly: flip rate" in refused["reason"]
+    assert "cardiomegaly: score correlation" in refused["reason"] and "Mass" not in refused["reason"]
+    assert refused["shadow"]["items"] == 900 and refused["shadow"]["challenger"] == f"{name}/{second}"
+    promoted = decide(agreement(900, 0.01))
+    assert promoted["promoted"], promoted["reason"]
+    assert promoted["shadow"]["refusals"] == [] and promoted["shadow"]["worst_flip_rate"] <= 0.1
+    done = [m for m in audit_trail(name, mlflow_uri) if m["phase"] == "done" and m["to"] == second]
+    assert json.loads(done[-1]["evidence"])["shadow"]["items"] == 900

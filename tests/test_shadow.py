@@ -99,17 +99,24 @@ def _shadow_sums(scraped) -> dict[tuple[str, str, str], float]:
     return out
 
 
-@pytest.fixture(scope="module")
-def shadow_server(bundles, tmp_path_factory):
+def _start_shadow(bundles, root, **options):
+    """A server answering with the champion (served as cxrlt-bundle/1) and shadow-scoring the challenger (2)."""
     from serving.repository import ServingOptions, build_repository
-    from serving.server import start, stop
+    from serving.server import start
 
     champion, challenger = bundles
+    summary = build_repository(champion, root / "repo", ServingOptions(**options), "cxrlt-bundle/1",
+                               shadow_dir=challenger, shadow_version="cxrlt-bundle/2")
+    return start(root / "repo", name=f"shadow-{root.name}", http_port=0, grpc_port=0, metrics_port=0,
+                 state_dir=root / "state"), summary
+
+
+@pytest.fixture(scope="module")
+def shadow_server(bundles, tmp_path_factory):
+    from serving.server import stop
+
     root = tmp_path_factory.mktemp("shadow-triton")
-    summary = build_repository(champion, root / "repo", ServingOptions(shadow_fraction=1.0, shadow_queue=4),
-                               "cxrlt-bundle/1", shadow_dir=challenger, shadow_version="cxrlt-bundle/2")
-    handle = start(root / "repo", name=f"shadow-{root.name}", http_port=0, grpc_port=0, metrics_port=0,
-                   state_dir=root / "state")
+    handle, summary = _start_shadow(bundles, root, shadow_fraction=1.0, shadow_queue=4)
     yield handle, summary
     stop(handle.name, state_dir=root / "state")
 
@@ -175,3 +182,81 @@ def test_items_beyond_the_shadow_queue_are_dropped_and_counted(shadow_server, sy
     after = _metrics(handle)
     key = next(k for k in after if k[0] == "cxrlt_shadow_dropped_total" and dict(k[1])["reason"] == "queue_full")
     assert after[key] - before.get(key, 0.0) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("prometheus"), reason="needs Debian's prometheus (make test installs it)")
+def test_the_report_reads_the_same_agreement_from_triton_and_from_a_prometheus_scraping_it(bundles, synth_data,
+                                                                                           tmp_path):
+    """A real Prometheus scrapes a fresh shadow server (half the items shadowed) every second from before its
+    first request: `cxrlt shadow report` over a window gives the rates and correlations of the server's own totals
+    (every series starts at 0 in the window, so increase() scales them all alike and ratios are unchanged; the item
+    count is at least the true one), and --config says whether promotion's requirement is met."""
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from cxrlt.cli import app
+    from cxrlt.ops.monitor import query
+    from cxrlt.ops.procs import free_port
+    from cxrlt.ops.shadow import from_metrics, from_prometheus
+    from serving.client import CXRClient
+    from serving.server import stop
+
+    handle, _ = _start_shadow(bundles, tmp_path, shadow_fraction=0.5)
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: triton\n    static_configs:\n"
+        f"      - targets: ['{handle.host}:{handle.metrics_port}']\n")
+    proc = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the first scrape, before any traffic
+            try:
+                if query(url, "cxrlt_shadow_sums_total"):
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.5)
+        ids = pd.read_csv(synth_data / "CXRLT_2026_test_labels.csv", dtype=str)["ImageID"][:12]
+        client = CXRClient(handle.grpc_url, batch_size=2)
+        for start in range(0, 12, 4):  # traffic in three bursts between scrapes
+            client.infer_files([synth_data / "images" / i for i in ids[start:start + 4]])
+            time.sleep(1.5)
+        pair = ("cxrlt-bundle/1", "cxrlt-bundle/2")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            truth = from_metrics(f"http://{handle.host}:{handle.metrics_port}")[pair]
+            time.sleep(2.5)  # at least two scrapes after the last shadow call finished
+            if from_metrics(f"http://{handle.host}:{handle.metrics_port}")[pair]["items"] == truth["items"]:
+                break
+        window = from_prometheus(url, "10m")[pair]
+        assert window["items"] >= truth["items"] > 0
+        theirs = {(f["kind"], f["finding"]): f for f in window["findings"]}
+        for ours in truth["findings"]:
+            for key in ("flip_rate", "mean_abs_diff", "correlation"):
+                if ours[key] is None:
+                    assert theirs[(ours["kind"], ours["finding"])][key] is None
+                else:
+                    # 1e-6: Pearson's r from running sums loses digits to cancellation (n*sum(x^2) - sum(x)^2)
+                    assert theirs[(ours["kind"], ours["finding"])][key] == pytest.approx(ours[key], abs=1e-6)
+        profile = tmp_path / "profile.yaml"
+        profile.write_text("gate: {shadow_min_items: 100000}\n")
+        shown = CliRunner().invoke(app, ["shadow", "report", "--prometheus", url, "--window", "10m", "--config",
+                                         str(profile)])
+        assert shown.exit_code == 0, shown.output
+        assert "challenger cxrlt-bundle/2 shadowing champion cxrlt-bundle/1" in shown.output
+        assert "promotion's shadow requirement: NOT met" in shown.output and "< the 100000 required" in shown.output
+        as_json = CliRunner().invoke(app, ["shadow", "report", "--metrics-url",
+                                           f"http://{handle.host}:{handle.metrics_port}/metrics", "--json"])
+        assert json.loads(as_json.stdout)[0]["items"] == truth["items"]
+        none = CliRunner().invoke(app, ["shadow", "report", "--metrics-url",
+                                        f"http://{handle.host}:{handle.metrics_port}", "--challenger", "other/9"])
+        assert none.exit_code != 0 and "no shadow scoring found of other/9" in none.output
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        stop(handle.name, state_dir=tmp_path / "state")

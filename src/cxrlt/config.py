@@ -339,6 +339,20 @@ class GateConfig(_Strict):
     subgroup_max_ece: Annotated[float, Field(ge=0, le=1)] = 0.2
     subgroup_min_images: Annotated[int, Field(ge=1)] = 100
     subgroup_min_positive_labels: Annotated[int, Field(ge=1)] = 50
+    #: promotion, from the challenger's shadow scoring against the champion on served traffic (``cxrlt registry
+    #: promote --shadow-prometheus``): at least shadow_min_items compared items (0: not required), and for every
+    #: known finding a flip rate at the operating threshold <= shadow_max_flip_rate and a score correlation >=
+    #: shadow_min_correlation, over the last shadow_window
+    shadow_min_items: Annotated[int, Field(ge=0)] = 0
+    shadow_max_flip_rate: Annotated[float, Field(ge=0, le=1)] = 0.1
+    shadow_min_correlation: Annotated[float, Field(ge=-1, le=1)] = 0.8
+    shadow_window: Annotated[str, Field(pattern=r"^\d+[smhdw]$")] = "7d"
+
+    def shadow_requirement(self):
+        """The promotion's shadow rule (:class:`cxrlt.shadow.ShadowRequirement`) from these settings."""
+        from cxrlt.shadow import ShadowRequirement
+
+        return ShadowRequirement(self.shadow_min_items, self.shadow_max_flip_rate, self.shadow_min_correlation)
 
     def subgroup_gate(self):
         """The promotion's subgroup rule (:class:`cxrlt.subgroups.SubgroupGate`) from these settings."""

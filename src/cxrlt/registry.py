@@ -38,6 +38,7 @@ from cxrlt.platform import (
 )
 
 if TYPE_CHECKING:  # the subgroup metrics import torch: only promotion needs them
+    from cxrlt.shadow import ShadowRequirement
     from cxrlt.subgroups import SubgroupGate
 
 EVAL_ARTIFACT = "evaluation"
@@ -186,7 +187,7 @@ def audit_trail(name: str = REGISTERED_MODEL, tracking_uri: str | None = None, c
         token = page.token
         if not token:
             break
-    keys = ("alias", "from", "to", "reason", "time", "phase", "move_id", "actor")
+    keys = ("alias", "from", "to", "reason", "time", "phase", "move_id", "actor", "evidence")
     moves = sorted((r.data.tags for r in runs), key=lambda t: int(t["moved_at_ns"]))
     return [{k: (t.get(k) or None) for k in keys} for t in moves]
 
@@ -212,15 +213,17 @@ def _alias_version(client, name: str, alias: str) -> str | None:
                             "changed, try again") from None
 
 
-def _set_alias(client, name: str, alias: str, version: str, reason: str, expected=_UNSET) -> None:
+def _set_alias(client, name: str, alias: str, version: str, reason: str, expected=_UNSET,
+               evidence: dict | None = None) -> None:
     """Compare-and-set: move ``alias`` to ``version`` only if it still points where the decision saw it
-    (``expected``); the move is verified and recorded in the audit trail."""
+    (``expected``); the move is verified and recorded in the audit trail (with ``evidence`` as JSON, where the
+    decision had more than its reason, such as shadow scoring)."""
     previous = _alias_version(client, name, alias)
     if expected is not _UNSET and previous != expected:
         raise RegistryError(f"{name}@{alias} moved from {expected} to {previous} while this decision was being made "
                             f"(about version {expected}); nothing was changed, decide again")
     move = {"alias": alias, "from": previous, "to": str(version), "reason": reason, "move_id": uuid.uuid4().hex,
-            "actor": _actor()}
+            "actor": _actor(), **({"evidence": json.dumps(evidence)} if evidence else {})}
     _audit(client, name, {**move, "phase": "intent"})
     client.set_registered_model_alias(name, alias, version)
     now = _alias_version(client, name, alias)
@@ -457,20 +460,27 @@ def paired_bootstrap(challenger: pd.DataFrame, champion: pd.DataFrame, labels: p
 def promote(labels_csv: str | Path, name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
             margin: float = PROMOTION_MARGIN, n_bootstrap: int = 200, public_key: str | Path | None = None,
             subgroup_gate: SubgroupGate | None = None, report: str | Path | None = None,
-            version: str | None = None) -> dict:
+            version: str | None = None, shadow_agreement: dict | None = None,
+            shadow_requirement: ShadowRequirement | None = None) -> dict:
     """Move ``champion`` to the challenger (or to ``version``, a registered version chosen by number) if its signed
     evidence says it passed its gate and it is non-inferior on the same evaluation set: the lower end of the 95 % CI
     of (challenger - champion) mAP must be >= -margin, and, where the challenger's evaluation carries each image's
     subgroups, no subgroup may fail ``subgroup_gate`` (the profile's ``gate.subgroup_*``;
     :class:`cxrlt.subgroups.SubgroupGate`'s defaults otherwise). The whole decision runs under the promotion lease,
     so concurrent promoters cannot both move the champion. With ``report``, the challenger's evaluation report with
-    each finding's challenger-minus-champion AP and its paired CI is written there (HTML), whatever the decision."""
+    each finding's challenger-minus-champion AP and its paired CI is written there (HTML), whatever the decision.
+
+    Shadow scoring: ``shadow_agreement`` maps served (champion, challenger) names (``<name>/<version>``) to their
+    agreement on live traffic (:func:`cxrlt.shadow.pair_report`). Where it is given, or ``shadow_requirement`` asks
+    for a minimum sample, the pair being decided must meet ``shadow_requirement``; the agreement goes into the
+    decision and, when the champion moves, into the audit trail."""
+    from cxrlt.shadow import ShadowRequirement
     from cxrlt.subgroups import SubgroupGate
 
     client = _client(tracking_uri)
     with promotion_lease(client, name):
         return _promote(client, labels_csv, name, margin, n_bootstrap, public_key, subgroup_gate or SubgroupGate(),
-                        report, version)
+                        report, version, shadow_agreement, shadow_requirement or ShadowRequirement())
 
 
 def _write_promotion_report(path: Path, folder: Path | None, ours: pd.DataFrame | None,
@@ -508,8 +518,28 @@ def _write_promotion_report(path: Path, folder: Path | None, ours: pd.DataFrame 
         decision["per_class"] = data["deltas"]
 
 
+def _shadow_check(name: str, champion: str, challenger: str, agreement: dict | None,
+                  requirement: ShadowRequirement) -> dict | None:
+    """The shadow part of a promotion: None when neither evidence nor a minimum sample is asked for; else the
+    pair's numbers (without the per-finding rows) and the requirement's refusals."""
+    from cxrlt.shadow import judge
+
+    if agreement is None and not requirement.min_items:
+        return None
+    pair = (f"{name}/{champion}", f"{name}/{challenger}")
+    found = (agreement or {}).get(pair)
+    summary = {k: v for k, v in (found or {}).items() if k != "findings"}
+    refusals = judge(found, requirement)
+    if agreement is None:
+        refusals = [f"the profile requires {requirement.min_items} shadow-scored items and no shadow evidence was "
+                    "given (--shadow-prometheus)"]
+    return {"champion": pair[0], "challenger": pair[1], **summary, "requirement": requirement.__dict__,
+            "refusals": refusals}
+
+
 def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, public_key,
-             subgroup_gate: SubgroupGate, report: str | Path | None = None, version: str | None = None) -> dict:
+             subgroup_gate: SubgroupGate, report: str | Path | None = None, version: str | None = None,
+             shadow_agreement: dict | None = None, shadow_requirement: ShadowRequirement | None = None) -> dict:
     from cxrlt.data.tables import read_label_csv
     from cxrlt.labels import KNOWN_CLASSES
 
@@ -556,10 +586,18 @@ def _promote(client, labels_csv, name: str, margin: float, n_bootstrap: int, pub
             decision["reason"] += "; refused in subgroups: " + " | ".join(refusals)
     else:
         decision["subgroups"] = f"not checked: the challenger's evaluation carries no {GROUPS_CSV}"
+    shadow = _shadow_check(name, champion.version, challenger.version, shadow_agreement, shadow_requirement) \
+        if champion is not None and shadow_requirement is not None else None
+    if shadow is not None:
+        decision["shadow"] = shadow
+        if shadow["refusals"]:
+            decision["promoted"] = False
+            decision["reason"] += "; refused by shadow scoring: " + " | ".join(shadow["refusals"])
     if report is not None:
         _write_promotion_report(Path(report), folder, ours, theirs, labels, groups, decision, n_bootstrap)
     if decision["promoted"]:
-        _set_alias(client, name, CHAMPION_ALIAS, challenger.version, decision["reason"], expected=champion_version)
+        _set_alias(client, name, CHAMPION_ALIAS, challenger.version, decision["reason"], expected=champion_version,
+                   evidence={"shadow": shadow} if shadow is not None else None)
         if _alias_version(client, name, CHALLENGER_ALIAS) == str(challenger.version):  # a newer one keeps it
             _unset_alias(client, name, CHALLENGER_ALIAS, challenger.version, "promoted")
     return decision

@@ -11,6 +11,7 @@ Needs only numpy: the serving repository copies this file beside the entry as ``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,3 +63,49 @@ def summarise(sums: dict[str, float]) -> dict[str, float | None]:
     corr = cov / math.sqrt(var_x * var_y) if varies else None
     return {"n": int(round(n)), "flip_rate": float(sums["flips"]) / n, "mean_abs_diff": float(sums["abs_diff"]) / n,
             "correlation": None if corr is None else max(-1.0, min(1.0, corr))}
+
+
+def pair_report(sums: dict[tuple[str, str], dict[str, float]], dropped: dict[str, float]) -> dict:
+    """One champion/challenger pair's agreement: ``sums`` maps (kind, finding) to its :data:`STATS` sums,
+    ``dropped`` a reason to its count. ``items`` is the known findings' largest n (each compared item adds 1 to
+    every finding it has a score for)."""
+    findings = [{"kind": kind, "finding": finding, **summarise(values)}
+                for (kind, finding), values in sorted(sums.items())]
+    known = [f for f in findings if f["kind"] == "known"]
+    rates = [f["flip_rate"] for f in known if f["flip_rate"] is not None]
+    corrs = [f["correlation"] for f in known if f["correlation"] is not None]
+    return {"items": max((f["n"] for f in known), default=0), "dropped": {k: int(round(v)) for k, v in dropped.items()},
+            "worst_flip_rate": max(rates, default=None), "lowest_correlation": min(corrs, default=None),
+            "findings": findings}
+
+
+@dataclass(frozen=True)
+class ShadowRequirement:
+    """What promotion asks of a challenger's shadow scoring against the champion (the profile's ``gate.shadow_*``):
+    at least ``min_items`` compared items (0: no shadow evidence is required), and for every known finding a flip
+    rate at the operating threshold of at most ``max_flip_rate`` and a score correlation of at least
+    ``min_correlation`` (where the scores varied)."""
+
+    min_items: int = 0
+    max_flip_rate: float = 0.1
+    min_correlation: float = 0.8
+
+
+def judge(report: dict | None, requirement: ShadowRequirement) -> list[str]:
+    """The reasons ``requirement`` refuses a pair's agreement (``report``: :func:`pair_report`, None when no shadow
+    scoring of the pair was found); empty when it is met."""
+    if report is None:
+        return ["no shadow scoring of this challenger against the champion was found"]
+    refusals = []
+    if report["items"] < requirement.min_items:
+        refusals.append(f"{report['items']} shadow-scored items < the {requirement.min_items} required")
+    for f in report["findings"]:
+        if f["kind"] != "known" or not f["n"]:
+            continue
+        if f["flip_rate"] > requirement.max_flip_rate:
+            refusals.append(f"{f['finding']}: flip rate {f['flip_rate']:.3f} > {requirement.max_flip_rate} "
+                            f"(n={f['n']})")
+        if f["correlation"] is not None and f["correlation"] < requirement.min_correlation:
+            refusals.append(f"{f['finding']}: score correlation {f['correlation']:.3f} < "
+                            f"{requirement.min_correlation} (n={f['n']})")
+    return refusals

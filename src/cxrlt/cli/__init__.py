@@ -10,6 +10,7 @@ from cxrlt.cli import (  # noqa: F401
     registry,
     report,
     serve,
+    shadow,
     task1,
     weights,
     zeroshot,

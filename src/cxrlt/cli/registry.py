@@ -62,18 +62,33 @@ def registry_promote(
     version: Annotated[str | None, typer.Option(
         help="Judge this registered version (its number) instead of the one @challenger names; the same checks "
              "apply.")] = None,
+    shadow_prometheus: Annotated[str | None, typer.Option(
+        help="Prometheus that scrapes the Triton servers shadow-scoring the challenger: its agreement with the "
+             "champion over the profile's gate.shadow_window must meet gate.shadow_* (required when "
+             "gate.shadow_min_items > 0).")] = None,
 ) -> None:
     """champion <- challenger if its signed evidence says it passed its gate, its mAP CI (paired bootstrap) is within
     the margin, and no subgroup (sex, age band, projection) with enough images is worse beyond the profile's subgroup
-    margin or above its mECE cap; the refusal names the subgroup and its numbers. The evidence is verified with
+    margin or above its mECE cap; the refusal names the subgroup and its numbers. With --shadow-prometheus (or a
+    profile whose gate.shadow_min_items > 0), the challenger's shadow scoring on served traffic must also meet the
+    profile's flip-rate and correlation limits; that evidence goes into the audit trail. The evidence is verified with
     $CXRLT_EVIDENCE_VERIFY_KEY (PEM text or a file); one promotion at a time holds the registry's promotion lease,
     another one started meanwhile is refused."""
     from cxrlt.config import GateConfig, load_profile
     from cxrlt.registry import promote
 
     gate = load_profile(config).gate if config else GateConfig()
-    _emit(lambda: promote(labels, name, tracking_uri, margin, subgroup_gate=gate.subgroup_gate(), report=report,
-                          version=version))
+
+    def decide():
+        shadow = None
+        if shadow_prometheus:
+            from cxrlt.ops.shadow import from_prometheus
+
+            shadow = from_prometheus(shadow_prometheus, gate.shadow_window)
+        return promote(labels, name, tracking_uri, margin, subgroup_gate=gate.subgroup_gate(), report=report,
+                       version=version, shadow_agreement=shadow, shadow_requirement=gate.shadow_requirement())
+
+    _emit(decide)
 
 
 @registry_app.command("card")

@@ -58,10 +58,20 @@ def serve_build(
     entry_metrics: Annotated[bool, typer.Option(help="The cxr entry's Prometheus metrics (input mix, refusals by "
                                                      "reason, score histograms, entry latency; docs/monitoring.md) "
                                                      "beside Triton's own.")] = True,
+    shadow: Annotated[str | None, typer.Option(
+        help="A challenger to shadow-score beside the bundle (a served-bundle directory or models:/<name>@<alias>, "
+             "e.g. @challenger): the entry answers with the bundle and sends --shadow-fraction of the scored "
+             "items to the challenger in the background; cxrlt shadow report reads the agreement.")] = None,
+    shadow_fraction: Annotated[float, typer.Option(help="Share of scored items the challenger scores too.")] = 0.1,
+    shadow_queue: Annotated[int, typer.Option(help="Items in flight to the challenger at most; sampled items "
+                                                   "beyond that are dropped and counted.")] = 16,
+    shadow_threshold: Annotated[float, typer.Option(help="Operating threshold at which a finding's flip between "
+                                                         "champion and challenger is counted.")] = 0.5,
     summary_file: Annotated[Path | None, typer.Option("--summary", help="Also write the build summary (models, "
                                                                         "version) as JSON here.")] = None,
 ) -> None:
-    """Build the Triton model repository: preprocess, router, view ensembles, zero-shot head, cxr entry point.
+    """Build the Triton model repository: preprocess, router, view ensembles, zero-shot head, cxr entry point (and,
+    with --shadow, the challenger's models prefixed shadow_).
 
     Writes only OUT (and --summary if given): a registry bundle is downloaded into a temporary directory ($TMPDIR)
     that is removed afterwards, so the command runs in a pod whose only writable paths are OUT and /tmp. An alias is
@@ -77,24 +87,33 @@ def serve_build(
             onnx_runtime=onnx_runtime.value, device=device.value, tensorrt=tensorrt, precision=precision.value,
             ort_threads=ort_threads,
             max_batch=max_batch, max_queue=max_queue, queue_timeout_ms=queue_timeout_ms, bls_timeout_ms=bls_timeout_ms,
-            max_image_bytes=max_image_bytes, entry_metrics=entry_metrics,
+            max_image_bytes=max_image_bytes, entry_metrics=entry_metrics, shadow_fraction=shadow_fraction,
+            shadow_queue=shadow_queue, shadow_threshold=shadow_threshold,
             **({"instances": instances} if instances else {}))
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()))
-    with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:
-        bundle_dir, version = Path(bundle), None
-        if bundle.startswith("models:/"):
-            from cxrlt.registry import download_verified_bundle, resolve_version
+    def fetched(source: str, tmp: str) -> tuple[Path, str | None]:
+        """A bundle's directory and served version: a registry URI is resolved once and downloaded verified."""
+        if not source.startswith("models:/"):
+            return Path(source), None
+        from cxrlt.registry import download_verified_bundle, resolve_version
 
-            name, number = resolve_version(bundle)
-            bundle_dir = download_verified_bundle(name, number, tmp)
-            version = f"{name}/{number}"
-        summary = build_repository(bundle_dir, out, options, version)
+        name, number = resolve_version(source)
+        return download_verified_bundle(name, number, tmp), f"{name}/{number}"
+
+    with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:
+        bundle_dir, version = fetched(bundle, f"{tmp}/bundle")
+        shadow_dir, shadow_version = fetched(shadow, f"{tmp}/shadow") if shadow else (None, None)
+        if shadow_version is not None and shadow_version == version:
+            _fail(f"--shadow names the served version itself ({version}): shadow a different version")
+        summary = build_repository(bundle_dir, out, options, version, shadow_dir, shadow_version)
     if summary_file is not None:
         summary_file.write_text(json.dumps(summary, indent=2))
     typer.echo(f"model repository {out}: {', '.join(summary['models'])} ({onnx_runtime} ONNX on {device}, "
                f"{options.instances} instance(s) x {ort_threads} thread(s), version "
-               f"{summary['model_version']})")
+               f"{summary['model_version']}"
+               + (f"; shadow-scoring {summary['shadow_version']} on {shadow_fraction:.0%} of the items"
+                  if shadow else "") + ")")
 
 
 @serve_app.command("rollout")
