@@ -260,3 +260,28 @@ def test_the_report_reads_the_same_agreement_from_triton_and_from_a_prometheus_s
         proc.terminate()
         proc.wait(30)
         stop(handle.name, state_dir=tmp_path / "state")
+
+
+def test_serve_build_shadow_cli_writes_the_challengers_models_and_the_entrys_settings(bundles, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    from typer.testing import CliRunner
+
+    from cxrlt.cli import app
+
+    champion, challenger = bundles
+    built = CliRunner().invoke(app, ["serve", "build", "--bundle", str(champion), "--out", str(tmp_path / "repo"),
+                                     "--shadow", str(challenger), "--shadow-fraction", "0.25", "--shadow-queue", "3",
+                                     "--summary", str(tmp_path / "summary.json")])
+    assert built.exit_code == 0, built.output
+    assert "shadow-scoring local:challenger on 25% of the items" in built.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "shadow_cxr" in summary["models"] and summary["shadow_version"] == "local:challenger"
+    config = text_format.Parse((tmp_path / "repo" / "cxr" / "config.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert (params["shadow_model"], params["shadow_fraction"], params["shadow_queue"]) == ("shadow_cxr", "0.25", "3")
+    assert (tmp_path / "repo" / "cxr" / "1" / "cxrlt_shadow.py").is_file()
+    bad = CliRunner().invoke(app, ["serve", "build", "--bundle", str(champion), "--out", str(tmp_path / "r2"),
+                                   "--shadow", str(challenger), "--shadow-fraction", "1.5"])
+    assert bad.exit_code != 0 and "shadow_fraction" in bad.output
