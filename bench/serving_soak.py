@@ -14,7 +14,18 @@ Checked, and printed at the end:
 
 Usage: python bench/serving_soak.py --ensemble DIR --zeroshot DIR --images DIR [--minutes 10] [--concurrency 16]
            [--out soak.json]
-Exit status 1 when any check fails.
+
+--observed: what watching the model costs, side by side in one run. Two servers of the same bundle run at once: a
+plain one (no entry metrics, no shadow) and an observed one (the entry's metrics, and shadow scoring of the
+challenger given by --shadow-ensemble/--shadow-zeroshot, default the bundle itself, on --shadow-fraction of the
+items). The same stream goes to each in turn, in phases of --phase-minutes (plain, observed, observed, plain, ...,
+so that drift of the machine falls on both); printed: requests/s per phase, the ratio of the sides' totals, the
+observed server's memory after its warm-up and at the end, and the shadow counters. With --panels DIR, a real
+Prometheus (Debian `prometheus`) scrapes the observed server every 5 s with the alert and recording rules of
+infra/base/monitoring/, and every panel of the Grafana dashboard is drawn from its queries over the run
+(one PNG per dashboard row).
+
+Exit status 1 when any check fails (--observed: also a throughput cost above 10 % or memory growth of 10 % or more).
 """
 
 from __future__ import annotations
@@ -161,6 +172,195 @@ class Soak:
             self.counts["oversize"] += 1
 
 
+def _run_phase(soak: Soak, concurrency: int, seconds: float, seed: int) -> int:
+    """``seconds`` of the stream at ``concurrency``; returns the requests answered (refusals included)."""
+    before = sum(soak.counts.values())
+    soak.stop.clear()
+    threads = [threading.Thread(target=soak.worker, args=(seed + i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    soak.stop.set()
+    for t in threads:
+        t.join()
+    return sum(soak.counts.values()) - before
+
+
+MONITORING = Path(__file__).resolve().parent.parent / "infra" / "base" / "monitoring"
+
+
+def _start_prometheus(root: Path, target: str):
+    """A real Prometheus scraping ``target`` every 5 s with the repository's rules; returns (process, URL)."""
+    import shutil
+    import subprocess
+    import urllib.request
+
+    import yaml
+
+    from cxrlt.ops.procs import free_port
+
+    if not shutil.which("prometheus"):
+        raise SystemExit("--panels needs Debian's prometheus (apt-get install prometheus)")
+    root.mkdir(parents=True, exist_ok=True)
+    rules = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())["spec"]
+    (root / "rules.yaml").write_text(yaml.safe_dump(rules))
+    (root / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"}, "rule_files": [str(root / "rules.yaml")],
+        "scrape_configs": [{"job_name": "triton", "static_configs": [{"targets": [target]}]}]}))
+    port = free_port()
+    with open(root / "prometheus.log", "w") as log:
+        proc = subprocess.Popen(["prometheus", f"--config.file={root / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            if urllib.request.urlopen(f"{url}/-/ready", timeout=1).status == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit((root / "prometheus.log").read_text()[-2000:])
+
+
+def render_dashboard(url: str, start: float, end: float, out: Path, finding: str = "cardiomegaly") -> list[Path]:
+    """Every panel of the Grafana dashboard, drawn from its own queries against Prometheus over [start, end]
+    (``$finding`` set to ``finding``): one PNG per dashboard row; returns their paths."""
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import requests
+
+    panels = json.loads((MONITORING / "grafana-dashboard.json").read_text())["panels"]
+    rows: list[tuple[str, list[dict]]] = []
+    for panel in panels:
+        if panel["type"] == "row":
+            rows.append((panel["title"], []))
+        elif rows:
+            rows[-1][1].append(panel)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    step = max(5.0, (end - start) / 200)
+    for title, members in rows:
+        fig, axes = plt.subplots(1, len(members), figsize=(5.2 * len(members), 3.4), squeeze=False)
+        for ax, panel in zip(axes[0], members, strict=True):
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$finding", finding)
+                if panel["type"] == "heatmap":  # the last hour's bucket counts at the end, as one column of it
+                    reply = requests.get(f"{url}/api/v1/query", params={"query": expr, "time": end}, timeout=30)
+                    cumulative = sorted((float(r["metric"]["le"]), float(r["value"][1]))
+                                        for r in reply.json()["data"]["result"])
+                    counts = [c - (cumulative[i - 1][1] if i else 0.0) for i, (_, c) in enumerate(cumulative)]
+                    ax.bar(range(len(counts)), counts, color="tab:blue")
+                    ax.set_xticks(range(len(counts)), [f"{le:g}" for le, _ in cumulative], rotation=90, fontsize=7)
+                    ax.set_xlabel("score bucket (le)")
+                    continue
+                reply = requests.get(f"{url}/api/v1/query_range", params={
+                    "query": expr, "start": start, "end": end, "step": step}, timeout=30).json()
+                if reply.get("status") != "success":
+                    raise SystemExit(f"Prometheus refused {expr!r}: {reply.get('error')}")
+                for series in reply["data"]["result"]:
+                    t = [(float(v[0]) - start) / 60 for v in series["values"]]
+                    labels = series["metric"]
+                    legend = re.sub(r"\{\{(\w+)\}\}", lambda m, labels=labels: labels.get(m.group(1), ""),
+                                    target.get("legendFormat", "")) or expr[:40]
+                    ax.plot(t, [float(v[1]) for v in series["values"]], label=legend)
+                ax.set_xlabel("minutes into the soak")
+            ax.set_title(panel["title"].replace("$finding", finding), fontsize=9)
+            ax.tick_params(labelsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, loc="best")
+        fig.suptitle(f"{title} (Prometheus scraping the soak's observed server; synthetic data)", fontsize=10)
+        fig.tight_layout()
+        path = out / f"dashboard_{re.sub(r'[^a-z]+', '_', title.lower()).strip('_')}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def observed_main(args, valid: dict, dicoms: dict, tmp: Path) -> None:
+    """--observed: the plain and the observed server side by side (see the module docstring)."""
+    from cxrlt.ops.shadow import from_metrics
+    from serving.repository import ServingOptions
+
+    export_bundle(args.ensemble, args.zeroshot, tmp / "bundle")
+    shadow = tmp / "bundle"
+    if args.shadow_ensemble:
+        export_bundle(args.shadow_ensemble, args.shadow_zeroshot or args.zeroshot, tmp / "shadow")
+        shadow = tmp / "shadow"
+    build_repository(tmp / "bundle", tmp / "plain", ServingOptions(entry_metrics=False), "champion")
+    build_repository(tmp / "bundle", tmp / "observed", ServingOptions(shadow_fraction=args.shadow_fraction),
+                     "champion", shadow_dir=shadow, shadow_version="challenger")
+    servers = {side: start(tmp / side, name=f"soak-{side}", http_port=0, grpc_port=0, metrics_port=0,
+                           state_dir=tmp / "state") for side in ("plain", "observed")}
+    prometheus = None
+    try:
+        soaks = {side: Soak(h.grpc_url, valid, dicoms, refusal_cases()) for side, h in servers.items()}
+        clients = {side: soak.grpc.InferenceServerClient(servers[side].grpc_url) for side, soak in soaks.items()}
+        for side, soak in soaks.items():
+            soak.references(clients[side])
+        if args.panels:
+            observed = servers["observed"]
+            prometheus = _start_prometheus(tmp / "prometheus", f"{observed.host}:{observed.metrics_port}")
+        began = time.time()
+        for side in soaks:  # warm-up, not measured
+            _run_phase(soaks[side], args.concurrency, args.warmup_minutes * 60, 0)
+        rss_warm = _tree_rss(servers["observed"].pid)
+        order = [s for k in range(args.phases) for s in (("plain", "observed") if k % 2 == 0 else
+                                                         ("observed", "plain"))]
+        done = {"plain": 0, "observed": 0}
+        seconds = {"plain": 0.0, "observed": 0.0}
+        rss = []
+        for k, side in enumerate(order):
+            t0 = time.time()
+            n = _run_phase(soaks[side], args.concurrency, args.phase_minutes * 60, 1000 * (k + 1))
+            done[side] += n
+            seconds[side] += time.time() - t0
+            if side == "observed":
+                rss.append(_tree_rss(servers[side].pid))
+            print(f"phase {k + 1:>2} {side:>8}: {n / (time.time() - t0):7.2f} requests/s, wrong so far "
+                  f"{sum(len(s.wrong) for s in soaks.values())}, observed server RSS "
+                  f"{_tree_rss(servers['observed'].pid) / 2**20:.0f} MiB", flush=True)
+        time.sleep(6)  # the last shadow calls finish and Prometheus scrapes them
+        ended = time.time()
+        agreement = from_metrics(f"http://{servers['observed'].host}:{servers['observed'].metrics_port}")
+        ready = all(same_process(h.pid, h.start_time) and clients[s].is_server_ready() for s, h in servers.items())
+        panels = render_dashboard(prometheus[1], began, ended, args.panels) if prometheus else []
+    finally:
+        if prometheus:
+            prometheus[0].terminate()
+            prometheus[0].wait(30)
+        for side in servers:
+            stop(f"soak-{side}", state_dir=tmp / "state")
+    rate = {side: done[side] / seconds[side] for side in done}
+    pair = agreement.get(("champion", "challenger"), {})
+    summary = {"phases_per_side": args.phases, "phase_minutes": args.phase_minutes, "concurrency": args.concurrency,
+               "shadow_fraction": args.shadow_fraction, "requests_per_s": {k: round(v, 2) for k, v in rate.items()},
+               "ratio_observed_over_plain": round(rate["observed"] / rate["plain"], 4),
+               "wrong_answers": {side: len(s.wrong) for side, s in soaks.items()},
+               "wrong_examples": [w for s in soaks.values() for w in s.wrong[:5]],
+               "server_restarts": 0 if ready else 1,
+               "observed_rss_after_warmup_mib": round(rss_warm / 2**20),
+               "observed_rss_after_each_phase_mib": [round(r / 2**20) for r in rss],
+               "observed_rss_growth": round(rss[-1] / rss_warm - 1, 4),
+               "shadow_items_compared": pair.get("items"), "shadow_dropped": pair.get("dropped"),
+               "shadow_worst_flip_rate": pair.get("worst_flip_rate"),
+               "shadow_lowest_correlation": pair.get("lowest_correlation"),
+               "panels": [str(p) for p in panels]}
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=2))
+    ok = (not any(s.wrong for s in soaks.values()) and ready and rate["observed"] / rate["plain"] >= 0.9
+          and rss[-1] / rss_warm - 1 < 0.10 and (pair.get("items") or 0) > 0)
+    print("PASS" if ok else "FAIL", "(0 wrong answers, no restart, observed/plain throughput >= 0.90, observed RSS "
+          "growth after warm-up < 10 %, shadow items compared)")
+    raise SystemExit(0 if ok else 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ensemble", type=Path, required=True)
@@ -171,6 +371,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--n-images", type=int, default=24)
     ap.add_argument("--out", type=Path, default=None, help="also write the summary as JSON here")
+    ap.add_argument("--observed", action="store_true", help="plain vs observed (metrics + shadow) side by side")
+    ap.add_argument("--phases", type=int, default=4, help="--observed: phases per side")
+    ap.add_argument("--phase-minutes", type=float, default=1.0, help="--observed: minutes per phase")
+    ap.add_argument("--shadow-ensemble", type=Path, default=None, help="--observed: the challenger's ensemble")
+    ap.add_argument("--shadow-zeroshot", type=Path, default=None, help="--observed: the challenger's zero-shot model")
+    ap.add_argument("--shadow-fraction", type=float, default=0.1)
+    ap.add_argument("--panels", type=Path, default=None, help="--observed: draw the dashboard's panels here")
     args = ap.parse_args()
     paths = sorted(args.images.glob("*.png"))[: args.n_images]
     tmp = Path(tempfile.mkdtemp(prefix="cxrlt-soak-"))
@@ -180,6 +387,8 @@ def main() -> None:
     for p in paths[:6]:
         arr = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         dicoms[p.name] = array_to_dicom(arr, tmp / f"{p.stem}.dcm", monochrome1=True).read_bytes()
+    if args.observed:
+        return observed_main(args, valid, dicoms, tmp)
     export_bundle(args.ensemble, args.zeroshot, tmp / "bundle")
     build_repository(tmp / "bundle", tmp / "repo")
     server = start(tmp / "repo", name="soak", http_port=0, grpc_port=0, metrics_port=0, state_dir=tmp / "state")

@@ -104,6 +104,11 @@ class ServingOptions(BaseModel):
     shadow_threshold: float = Field(0.5, gt=0, lt=1, description="with a shadow bundle: the operating threshold at "
                                     "which a finding's flip between champion and challenger is counted "
                                     "(probabilities are calibrated)")
+    shadow_reuse_inputs: bool = Field(True, description="with a shadow bundle whose preprocessing contracts are the "
+                                      "champion's: its networks take the champion's preprocessed images (no second "
+                                      "decode); off: its own entry always gets the request's bytes")
+    shadow_flush_s: float = Field(2.0, gt=0, le=60, description="with a shadow bundle: how often the agreement sums "
+                                  "are added to the counters")
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingOptions:
@@ -275,9 +280,15 @@ def build_repository(bundle_dir: str | Path, out_dir: str | Path, options: Servi
             built = build_repository(shadow_dir, Path(tmp) / "repo", opts.model_copy(update={"entry_metrics": False}),
                                      shadow_version)
             _add_prefixed(Path(tmp) / "repo", repo, SHADOW_PREFIX)
-        shadow = {"shadow_model": f"{SHADOW_PREFIX}cxr", "shadow_version": built["model_version"],
+        shadow = {"shadow_model": f"{SHADOW_PREFIX}cxr", "shadow_prefix": SHADOW_PREFIX,
+                  "shadow_version": built["model_version"],
                   "shadow_fraction": str(opts.shadow_fraction), "shadow_queue": str(opts.shadow_queue),
-                  "shadow_threshold": str(opts.shadow_threshold)}
+                  "shadow_threshold": str(opts.shadow_threshold), "shadow_flush_s": str(opts.shadow_flush_s)}
+        challenger = load_bundle(Path(shadow_dir))
+        same = [c.to_dict() if c else None for c in bundle_contracts(bundle)] == \
+            [c.to_dict() if c else None for c in bundle_contracts(challenger)]
+        if opts.shadow_reuse_inputs and same:
+            shadow["shadow_scoring"] = json.dumps(scoring_fields(challenger))
     known, zs = bundle["known_classes"], bundle["zeroshot"]
     task1, zs_contract = bundle_contracts(bundle)
     zs_contract = zs_contract or task1

@@ -183,7 +183,7 @@ def _run_init(pod: dict, tracking_uri: str, root: Path, version: str, verify_key
             del args[args.index("--device") : args.index("--device") + 2]
     volumes = _volumes(pod, root)
     env = _pod_env(init, tracking_uri, [Path(sys.executable).parent],
-                   {P.ROLLOUT_CONFIGMAP: {P.ROLLOUT_KEY: version},
+                   {P.ROLLOUT_CONFIGMAP: {P.ROLLOUT_KEY: version, P.ROLLOUT_SHADOW_KEY: "none"},
                     P.EVIDENCE_VERIFY_CONFIGMAP: {P.EVIDENCE_VERIFY_KEY_FILE: verify_key.read_text()}})
     sandbox = _sandbox_args(pod, init, volumes, {}, env, net=True)
     result = subprocess.run([*sandbox, *_expand([*init["command"], *args], env)], capture_output=True, text=True,

@@ -127,6 +127,27 @@ def test_rollout_of_an_explicit_version_dry_run_and_refusals(kube, registry):
     assert kube.objects[CONFIGMAP]["data"][P.ROLLOUT_KEY] == "2"
 
 
+def test_rollout_pins_a_shadow_challenger_beside_the_served_version(kube, registry):
+    """--shadow pins the challenger every replica shadow-scores (same ConfigMap, pods rolled); a version cannot
+    shadow itself or one that failed its gate; none stops it; leaving it out keeps it."""
+    def run(*args):
+        return CliRunner().invoke(app, ["serve", "rollout", "--tracking-uri", registry, *args])
+
+    done = run("--version", "1", "--shadow", "@challenger")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["shadow"] == "2"
+    assert kube.objects[CONFIGMAP]["data"] == {P.ROLLOUT_KEY: "1", P.ROLLOUT_SHADOW_KEY: "2"}
+    annotations = kube.objects[DEPLOYMENT]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[P.ROLLOUT_ANNOTATION] == "1+shadow-2"
+    kept = run("--version", "1")
+    assert json.loads(kept.stdout)["shadow"] == "2" and kube.objects[CONFIGMAP]["data"][P.ROLLOUT_SHADOW_KEY] == "2"
+    assert run("--version", "2").exit_code == 1  # would shadow itself
+    assert "did not pass its gate" in run("--version", "1", "--shadow", "3").output
+    stopped = run("--version", "1", "--shadow", "none")
+    assert stopped.exit_code == 0 and kube.objects[CONFIGMAP]["data"][P.ROLLOUT_SHADOW_KEY] == "none"
+    assert kube.objects[DEPLOYMENT]["spec"]["template"]["metadata"]["annotations"][P.ROLLOUT_ANNOTATION] == "1"
+
+
 def test_the_deployment_reads_its_version_from_the_rollout_configmap():
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -149,6 +170,9 @@ def test_the_deployment_reads_its_version_from_the_rollout_configmap():
         assert not any("@" in a for a in init["args"]), "no replica resolves an alias itself"
         ref = next(e for e in init["env"] if e["name"] == "CXRLT_MODEL_VERSION")["valueFrom"]["configMapKeyRef"]
         assert ref == {"name": P.ROLLOUT_CONFIGMAP, "key": P.ROLLOUT_KEY}
+        assert f"models:/{P.REGISTERED_MODEL}/$(CXRLT_SHADOW_VERSION)" in init["args"]
+        ref = next(e for e in init["env"] if e["name"] == "CXRLT_SHADOW_VERSION")["valueFrom"]["configMapKeyRef"]
+        assert ref == {"name": P.ROLLOUT_CONFIGMAP, "key": P.ROLLOUT_SHADOW_KEY}
         assert any(d["kind"] == "ConfigMap" and d["metadata"]["name"] == P.ROLLOUT_CONFIGMAP for d in docs)
         role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "cxrlt-rollout")
         assert {n for r in role["rules"] for n in r["resourceNames"]} == {P.ROLLOUT_CONFIGMAP, P.TRITON_SERVICE}

@@ -116,7 +116,7 @@ def shadow_server(bundles, tmp_path_factory):
     from serving.server import stop
 
     root = tmp_path_factory.mktemp("shadow-triton")
-    handle, summary = _start_shadow(bundles, root, shadow_fraction=1.0, shadow_queue=4)
+    handle, summary = _start_shadow(bundles, root, shadow_fraction=1.0, shadow_queue=4, shadow_flush_s=0.2)
     yield handle, summary
     stop(handle.name, state_dir=root / "state")
 
@@ -203,7 +203,8 @@ def test_the_report_reads_the_same_agreement_from_triton_and_from_a_prometheus_s
     from serving.client import CXRClient
     from serving.server import stop
 
-    handle, _ = _start_shadow(bundles, tmp_path, shadow_fraction=0.5)
+    # the challenger's own entry gets the bytes here (the other tests: its networks get the preprocessed images)
+    handle, _ = _start_shadow(bundles, tmp_path, shadow_fraction=0.5, shadow_reuse_inputs=False)
     port = free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: triton\n    static_configs:\n"
@@ -281,7 +282,23 @@ def test_serve_build_shadow_cli_writes_the_challengers_models_and_the_entrys_set
                                model_config_pb2.ModelConfig())
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert (params["shadow_model"], params["shadow_fraction"], params["shadow_queue"]) == ("shadow_cxr", "0.25", "3")
+    # the two bundles share their preprocessing contracts: the challenger's networks take the champion's images
+    assert json.loads(params["shadow_scoring"])["views"]["frontal"]["weights"]["pcam"] == 1.0
     assert (tmp_path / "repo" / "cxr" / "1" / "cxrlt_shadow.py").is_file()
     bad = CliRunner().invoke(app, ["serve", "build", "--bundle", str(champion), "--out", str(tmp_path / "r2"),
                                    "--shadow", str(challenger), "--shadow-fraction", "1.5"])
     assert bad.exit_code != 0 and "shadow_fraction" in bad.output
+
+
+@pytest.mark.slow
+def test_the_dashboards_shadow_panels_read_what_a_shadow_server_serves(shadow_server):
+    import re
+
+    from tests.test_monitoring import referenced_metric_names
+
+    handle, _ = shadow_server
+    with urllib.request.urlopen(f"http://{handle.host}:{handle.metrics_port}/metrics", timeout=10) as r:
+        served = {re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0) for line in r.read().decode().splitlines()
+                  if line and not line.startswith("#")}
+    shadow = {m for m in referenced_metric_names() if m.startswith("cxrlt_shadow_")}
+    assert shadow == {"cxrlt_shadow_sums_total", "cxrlt_shadow_dropped_total"} and shadow <= served

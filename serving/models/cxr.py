@@ -14,16 +14,14 @@ Metrics (Triton custom metrics on the metrics port, beside the ``nv_*`` ones; ``
 ``cxrlt_entry_{preprocess,scoring}_duration_us_total`` with ``cxrlt_entry_batches_total`` (their sums per batch).
 
 Shadow scoring (a repository built with a challenger): a fixed share of the scored items (``shadow_fraction``) is
-sent, after the answers are made, to the challenger's own entry (``shadow_cxr``, its models prefixed ``shadow_``)
-in a background task; the answer never waits for it and never changes. At most ``shadow_queue`` items are in
-flight; items beyond that are dropped and counted (``cxrlt_shadow_dropped_total{reason}``), as are failed shadow
-calls. Agreement is added per finding to ``cxrlt_shadow_sums_total{stat}`` (``cxrlt_shadow.py`` says which sums),
-labelled with both versions, so a window of them says how the challenger agrees with the champion.
-
-Outputs per item: 30 known-finding probabilities, 6 unseen-finding probabilities, the chosen view, its confidence,
-the served model version, an error string (empty when the item was fine), and the class names (and bands) in the
-order of the probabilities: clients key every probability by name without reading the model config, which a
-production server restricts to administrators.
+scored by the challenger (its models prefixed ``shadow_``) in a background task after the answers are made: its
+networks take the champion's preprocessed images when the two bundles' preprocessing contracts are the same, its
+own entry (``shadow_cxr``) the request's bytes otherwise; the answer never waits for it and never changes. At most
+``shadow_queue`` items are in flight; items beyond that are dropped and counted
+(``cxrlt_shadow_dropped_total{reason}``), as are failed shadow calls. Agreement is added per finding to
+``cxrlt_shadow_sums_total{stat}`` (``cxrlt_shadow.py`` says which sums), labelled with both versions, so a window of
+them says how the challenger agrees with the champion; the sums are added every ``shadow_flush_s`` seconds (a
+metric call per sum and item would cost more than the comparison).
 """
 
 import asyncio
@@ -82,7 +80,13 @@ class TritonPythonModel:
     def _shadow_init(self, p: dict):
         self.sampler = ShadowSampler(float(p["shadow_fraction"]))
         self.shadow_queue, self.shadow_threshold = int(p["shadow_queue"]), float(p["shadow_threshold"])
-        self.shadow_inflight, self.shadow_tasks = 0, set()
+        self.shadow_flush_s = float(p.get("shadow_flush_s", "2"))
+        self.shadow_inflight, self.shadow_tasks, self.shadow_flusher = 0, set(), None
+        # the challenger's scoring when its preprocessing contracts are the champion's: the champion's preprocessed
+        # images go straight to its networks (no second decode); else its own entry gets the request's bytes
+        scoring = p.get("shadow_scoring")
+        self.shadow_scorer = BundleScorer(json.loads(scoring)) if scoring else None
+        self.shadow_prefix = p.get("shadow_prefix", "shadow_")
         versions = {"champion": self.version, "challenger": p["shadow_version"]}
         family = pb_utils.MetricFamily
         self.m_shadow_sums = family("cxrlt_shadow_sums_total", "Per-finding sums of the challenger's agreement with "
@@ -94,12 +98,15 @@ class TritonPythonModel:
         self.shadow_sums = {(kind, name, stat): self.m_shadow_sums.Metric(labels={
             "finding": name, "kind": kind, "stat": stat, **versions})
             for kind, names in (("known", self.known), ("unseen", self.unseen)) for name in names for stat in STATS}
+        self.shadow_pending: dict = {}  # sums not yet added to the counters (one metric call each, so batched)
         self.shadow_dropped = {reason: self.m_shadow_dropped.Metric(labels={"reason": reason, **versions})
                                for reason in ("queue_full", "failed")}
 
-    def _shadow(self, inputs: dict, idx: np.ndarray, known: np.ndarray, unseen: np.ndarray) -> None:
-        """Send the sampled ones of one request's scored items (``idx``; their champion scores ``known``/``unseen``)
-        to the challenger in the background, or count them dropped when too many are in flight."""
+    def _shadow(self, inputs: dict, idx: np.ndarray, known: np.ndarray, unseen: np.ndarray, t1: np.ndarray,
+                zs: np.ndarray) -> None:
+        """Send the sampled ones of one request's scored items (``idx``; their champion scores ``known``/``unseen``,
+        their preprocessed images ``t1``/``zs``) to the challenger in the background, or count them dropped when
+        too many are in flight."""
         chosen = self.sampler.take(len(idx))
         if not chosen.any():
             return
@@ -107,11 +114,56 @@ class TritonPythonModel:
         if self.shadow_inflight + n > self.shadow_queue:
             self.shadow_dropped["queue_full"].increment(n)
             return
-        sent = {name: value[idx[chosen]] for name, value in inputs.items()}
+        loop = asyncio.get_running_loop()
+        if self.shadow_flusher is None:
+            self.shadow_flusher = loop.create_task(self._flush_loop())
         self.shadow_inflight += n
-        task = asyncio.get_running_loop().create_task(self._compare(sent, known[chosen], unseen[chosen]))
+        if self.shadow_scorer is not None:
+            work = self._compare_preprocessed(t1[chosen], zs[chosen], known[chosen], unseen[chosen])
+        else:
+            work = self._compare({name: value[idx[chosen]] for name, value in inputs.items()}, known[chosen],
+                                 unseen[chosen])
+        task = loop.create_task(work)
         self.shadow_tasks.add(task)  # the loop keeps only weak references to its tasks
         task.add_done_callback(self.shadow_tasks.discard)
+
+    async def _flush_loop(self):
+        """Add the pending sums to the counters every ``shadow_flush_s`` seconds (a metric call per sum is too
+        dear to make per item)."""
+        while True:
+            await asyncio.sleep(self.shadow_flush_s)
+            pending, self.shadow_pending = self.shadow_pending, {}
+            for key, value in pending.items():
+                self.shadow_sums[key].increment(value)
+
+    def _add_agreement(self, known, unseen, their_known, their_unseen, their_known_names, their_unseen_names):
+        for kind, ours, names, theirs, their_names in (("known", known, self.known, their_known, their_known_names),
+                                                       ("unseen", unseen, self.unseen, their_unseen,
+                                                        their_unseen_names)):
+            if not len(ours) or not names or not their_names:
+                continue
+            column = {name: j for j, name in enumerate(their_names)}  # by class name, never by position
+            shared = [i for i, name in enumerate(names) if name in column]
+            aligned = theirs[:, [column[names[i]] for i in shared]]
+            sums = agreement_sums(ours[:, shared], aligned, self.shadow_threshold)
+            for stat, values in sums.items():
+                for k, i in enumerate(shared):
+                    if values[k]:
+                        key = (kind, names[i], stat)
+                        self.shadow_pending[key] = self.shadow_pending.get(key, 0.0) + float(values[k])
+
+    async def _compare_preprocessed(self, t1, zs, known, unseen) -> None:
+        n = len(known)
+        try:
+            scorer = self.shadow_scorer
+            (their_known, _, _), their_unseen = await asyncio.gather(
+                self._task1(t1, scorer, self.shadow_prefix),
+                self._zeroshot(zs, bool(scorer.unseen), self.shadow_prefix))
+            self._add_agreement(known, unseen, their_known, their_unseen, scorer.known, scorer.unseen)
+        except Exception:  # noqa: BLE001 - a failed or timed-out shadow call only counts: the answer is long gone
+            self.shadow_dropped["failed"].increment(n)
+        finally:
+            self.shadow_inflight -= n
 
     async def _compare(self, sent: dict, known: np.ndarray, unseen: np.ndarray) -> None:
         n = len(known)
@@ -121,20 +173,12 @@ class TritonPythonModel:
             ok = np.array([not e[0] for e in out["ERROR"]])
             if not ok.all():
                 self.shadow_dropped["failed"].increment(int((~ok).sum()))
-            for kind, ours, names, theirs, their_names in (
-                    ("known", known, self.known, out["KNOWN_PROBS"], out["KNOWN_CLASSES"]),
-                    ("unseen", unseen, self.unseen, out["UNSEEN_PROBS"], out["UNSEEN_CLASSES"])):
-                if not ok.any() or not names or not len(their_names):
-                    continue
-                # by class name: the challenger may order (or lack) findings differently
-                column = {(c.decode() if isinstance(c, bytes) else str(c)): j for j, c in enumerate(their_names[0])}
-                shared = [i for i, name in enumerate(names) if name in column]
-                theirs_aligned = theirs[:, [column[names[i]] for i in shared]]
-                sums = agreement_sums(ours[ok][:, shared], theirs_aligned[ok], self.shadow_threshold)
-                for stat, values in sums.items():
-                    for k, i in enumerate(shared):
-                        if values[k]:
-                            self.shadow_sums[(kind, names[i], stat)].increment(float(values[k]))
+
+            def names(rows):
+                return [c.decode() if isinstance(c, bytes) else str(c) for c in rows[0]] if len(rows) else []
+
+            self._add_agreement(known[ok], unseen[ok], out["KNOWN_PROBS"][ok], out["UNSEEN_PROBS"][ok],
+                                names(out["KNOWN_CLASSES"]), names(out["UNSEEN_CLASSES"]))
         except Exception:  # noqa: BLE001 - a failed or timed-out shadow call only counts: the answer is long gone
             self.shadow_dropped["failed"].increment(n)
         finally:
@@ -242,28 +286,31 @@ class TritonPythonModel:
         full["ERROR"][keep] = out["ERROR"]
         return full
 
-    async def _view_probs(self, view: str, x: np.ndarray) -> np.ndarray:
-        target = self.scorer.target(view)
-        return (await call(f"{self.prefix}{target}_ensemble", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
+    async def _view_probs(self, view: str, x: np.ndarray, scorer: BundleScorer, prefix: str) -> np.ndarray:
+        target = scorer.target(view)
+        return (await call(f"{prefix}{target}_ensemble", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
 
-    async def _task1(self, x: np.ndarray):
-        """Known-finding probabilities, view names and router confidence for a batch of preprocessed images."""
+    async def _task1(self, x: np.ndarray, scorer: BundleScorer | None = None, prefix: str | None = None):
+        """Known-finding probabilities, view names and router confidence for a batch of preprocessed images (by
+        this entry's models, or by the challenger's: ``scorer`` and ``prefix``)."""
+        scorer, prefix = scorer or self.scorer, self.prefix if prefix is None else prefix
         n = len(x)
-        if not self.router_classes:  # no router (HPH): the mixed ensemble serves every image
-            return await self._view_probs("mixed", x), ["mixed"] * n, np.ones(n, np.float32)
-        logits = (await call(self.prefix + "router", {"INPUT": x}, ["OUTPUT"], self.timeout_s))["OUTPUT"]
-        views, confidence = self.scorer.route(logits, n)
+        if not scorer.router_classes:  # no router (HPH): the mixed ensemble serves every image
+            return await self._view_probs("mixed", x, scorer, prefix), ["mixed"] * n, np.ones(n, np.float32)
+        logits = (await call(prefix + "router", {"INPUT": x}, ["OUTPUT"], self.timeout_s))["OUTPUT"]
+        views, confidence = scorer.route(logits, n)
         groups = [(view, np.flatnonzero(views == view)) for view in np.unique(views)]
-        known = np.zeros((n, len(self.known)), np.float32)
-        answers = await asyncio.gather(*(self._view_probs(view, x[sel]) for view, sel in groups))
+        known = np.zeros((n, len(scorer.known)), np.float32)
+        answers = await asyncio.gather(*(self._view_probs(view, x[sel], scorer, prefix) for view, sel in groups))
         for (_, sel), probs in zip(groups, answers, strict=True):
             known[sel] = probs
         return known, [str(v) for v in views], confidence.astype(np.float32)
 
-    async def _zeroshot(self, x: np.ndarray) -> np.ndarray:
-        if not self.has_zeroshot:
+    async def _zeroshot(self, x: np.ndarray, has_zeroshot: bool | None = None, prefix: str | None = None):
+        if not (self.has_zeroshot if has_zeroshot is None else has_zeroshot):
             return np.full((len(x), len(self.unseen)), np.nan, np.float32)
-        return (await call(self.prefix + "zeroshot", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
+        prefix = self.prefix if prefix is None else prefix
+        return (await call(prefix + "zeroshot", {"INPUT": x}, ["PROBS"], self.timeout_s))["PROBS"]
 
     def _response(self, pre: dict, known, unseen, views, confidence) -> "pb_utils.InferenceResponse":
         errors = [e[0].decode() if isinstance(e[0], bytes) else str(e[0]) for e in pre["ERROR"]]
@@ -322,7 +369,8 @@ class TritonPythonModel:
                     v[j] = view
                 responses[i] = self._response(pre, k, u, v, c)
                 if self.shadow_model:
-                    self._shadow(inputs[i], idx, known[start:stop], unseen[start:stop])
+                    self._shadow(inputs[i], idx, known[start:stop], unseen[start:stop], t1[start:stop],
+                                 zs[start:stop])
                 errors = [e[0].decode() if isinstance(e[0], bytes) else str(e[0]) for e in pre["ERROR"]]
                 self._count(described[i], v, errors=errors)
                 start = stop

@@ -94,6 +94,8 @@ CHALLENGER_ALIAS = "challenger"
 #: its key, and the pod-template annotation whose change rolls the Deployment
 ROLLOUT_CONFIGMAP = "cxrlt-rollout"
 ROLLOUT_KEY = "model_version"
+#: the challenger every replica shadow-scores beside the served version ("none": no shadow scoring)
+ROLLOUT_SHADOW_KEY = "shadow_version"
 ROLLOUT_ANNOTATION = "cxrlt.io/model-version"
 
 #: the KFP experiment of training runs and the service account they run as (scheduled, one-off or drift-started)

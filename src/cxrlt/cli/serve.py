@@ -61,7 +61,8 @@ def serve_build(
     shadow: Annotated[str | None, typer.Option(
         help="A challenger to shadow-score beside the bundle (a served-bundle directory or models:/<name>@<alias>, "
              "e.g. @challenger): the entry answers with the bundle and sends --shadow-fraction of the scored "
-             "items to the challenger in the background; cxrlt shadow report reads the agreement.")] = None,
+             "items to the challenger in the background; cxrlt shadow report reads the agreement. "
+             "models:/<name>/none (what the rollout ConfigMap holds when nothing is shadowed) means none.")] = None,
     shadow_fraction: Annotated[float, typer.Option(help="Share of scored items the challenger scores too.")] = 0.1,
     shadow_queue: Annotated[int, typer.Option(help="Items in flight to the challenger at most; sampled items "
                                                    "beyond that are dropped and counted.")] = 16,
@@ -101,6 +102,8 @@ def serve_build(
         name, number = resolve_version(source)
         return download_verified_bundle(name, number, tmp), f"{name}/{number}"
 
+    if shadow is not None and shadow.startswith("models:/") and shadow.rstrip("/").endswith("/none"):
+        shadow = None
     with tempfile.TemporaryDirectory(prefix="cxrlt-bundle-") as tmp:
         bundle_dir, version = fetched(bundle, f"{tmp}/bundle")
         shadow_dir, shadow_version = fetched(shadow, f"{tmp}/shadow") if shadow else (None, None)
@@ -123,6 +126,9 @@ def serve_rollout(
     model_name: Annotated[str, typer.Option(help="Registered model.")] = REGISTERED_MODEL,
     tracking_uri: Annotated[str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow URI.")] = None,
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace of the Triton Deployment.")] = "cxrlt",
+    shadow: Annotated[str | None, typer.Option(
+        help="Also pin a challenger that every replica shadow-scores beside the served version (@alias or a "
+             "number; none: stop shadow scoring) [default: leave it as it is].")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve and print; change nothing.")] = False,
 ) -> None:
     """Pin the cluster's Triton Deployment to one registered version and roll its pods (prints JSON).
@@ -131,7 +137,7 @@ def serve_rollout(
     template's cxrlt.io/model-version annotation changes, which starts the rolling update."""
     from cxrlt.ops.rollout import rollout
 
-    result = rollout(version, model_name, tracking_uri, namespace=namespace, dry_run=dry_run)
+    result = rollout(version, model_name, tracking_uri, namespace=namespace, dry_run=dry_run, shadow=shadow)
     typer.echo(json.dumps(result))
 
 

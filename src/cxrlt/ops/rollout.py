@@ -17,6 +17,7 @@ from cxrlt.platform import (
     ROLLOUT_ANNOTATION,
     ROLLOUT_CONFIGMAP,
     ROLLOUT_KEY,
+    ROLLOUT_SHADOW_KEY,
     TRITON_SERVICE,
 )
 from cxrlt.registry import RegistryError, resolve_version
@@ -47,17 +48,27 @@ def pinned_version(spec: str, name: str = REGISTERED_MODEL, tracking_uri: str | 
 
 
 def rollout(spec: str = "@champion", name: str = REGISTERED_MODEL, tracking_uri: str | None = None,
-            namespace: str = NAMESPACE, deployment: str = TRITON_SERVICE, apis=None, dry_run: bool = False) -> dict:
-    """Pin the Triton Deployment to the version ``spec`` names; returns ``{version, previous, ...}``."""
+            namespace: str = NAMESPACE, deployment: str = TRITON_SERVICE, apis=None, dry_run: bool = False,
+            shadow: str | None = None) -> dict:
+    """Pin the Triton Deployment to the version ``spec`` names; returns ``{version, previous, ...}``. ``shadow``
+    (@alias, a number, or ``none``) also pins the challenger every replica shadow-scores; None leaves it."""
     version = pinned_version(spec, name, tracking_uri)
     core, apps = apis or _kube_apis()
     current = core.read_namespaced_config_map(ROLLOUT_CONFIGMAP, namespace)
-    previous = (current.data or {}).get(ROLLOUT_KEY)
-    result = {"model": name, "requested": spec, "version": version, "previous": previous, "namespace": namespace,
-              "deployment": deployment, "applied": False}
+    data = current.data or {}
+    previous = data.get(ROLLOUT_KEY)
+    shadowed = data.get(ROLLOUT_SHADOW_KEY, "none") if shadow is None else \
+        "none" if shadow == "none" else pinned_version(shadow, name, tracking_uri)
+    if shadowed == version:
+        raise RegistryError(f"version {version} cannot shadow itself: choose another challenger, or --shadow none")
+    result = {"model": name, "requested": spec, "version": version, "previous": previous, "shadow": shadowed,
+              "namespace": namespace, "deployment": deployment, "applied": False}
     if dry_run:
         return result
-    core.patch_namespaced_config_map(ROLLOUT_CONFIGMAP, namespace, {"data": {ROLLOUT_KEY: version}})
+    core.patch_namespaced_config_map(ROLLOUT_CONFIGMAP, namespace, {"data": {ROLLOUT_KEY: version,
+                                                                             ROLLOUT_SHADOW_KEY: shadowed}})
+    # the pods roll when either version changes
+    stamp = version if shadowed == "none" else f"{version}+shadow-{shadowed}"
     apps.patch_namespaced_deployment(deployment, namespace, {"spec": {"template": {"metadata": {
-        "annotations": {ROLLOUT_ANNOTATION: version}}}}})
+        "annotations": {ROLLOUT_ANNOTATION: stamp}}}}})
     return {**result, "applied": True}
