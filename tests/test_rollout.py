@@ -133,7 +133,7 @@ def test_rollout_pins_a_shadow_challenger_beside_the_served_version(kube, regist
     def run(*args):
         return CliRunner().invoke(app, ["serve", "rollout", "--tracking-uri", registry, *args])
 
-    done = run("--version", "1", "--shadow", "@challenger")
+    done = run("--version", "1", "--shadow", "2")
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["shadow"] == "2"
     assert kube.objects[CONFIGMAP]["data"] == {P.ROLLOUT_KEY: "1", P.ROLLOUT_SHADOW_KEY: "2"}
