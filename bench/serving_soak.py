@@ -245,7 +245,7 @@ def render_dashboard(url: str, start: float, end: float, out: Path, finding: str
     written = []
     step = max(5.0, (end - start) / 200)
     for title, members in rows:
-        fig, axes = plt.subplots(1, len(members), figsize=(5.2 * len(members), 3.4), squeeze=False)
+        fig, axes = plt.subplots(1, len(members), figsize=(5.2 * len(members), 3.8), squeeze=False)
         for ax, panel in zip(axes[0], members, strict=True):
             for target in panel["targets"]:
                 expr = target["expr"].replace("$finding", finding)
@@ -262,7 +262,11 @@ def render_dashboard(url: str, start: float, end: float, out: Path, finding: str
                     "query": expr, "start": start, "end": end, "step": step}, timeout=30).json()
                 if reply.get("status") != "success":
                     raise SystemExit(f"Prometheus refused {expr!r}: {reply.get('error')}")
-                for series in reply["data"]["result"]:
+                result = reply["data"]["result"]
+                if len(result) > 6:  # a readable legend: the six series with the largest mean
+                    result = sorted(result, key=lambda r: -np.mean([float(v[1]) for v in r["values"]]))[:6]
+                    ax.text(0.01, 0.98, "6 largest shown", transform=ax.transAxes, fontsize=6, va="top")
+                for series in result:
                     t = [(float(v[0]) - start) / 60 for v in series["values"]]
                     labels = series["metric"]
                     legend = re.sub(r"\{\{(\w+)\}\}", lambda m, labels=labels: labels.get(m.group(1), ""),
