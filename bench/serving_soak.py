@@ -189,40 +189,6 @@ def _run_phase(soak: Soak, concurrency: int, seconds: float, seed: int) -> int:
 MONITORING = Path(__file__).resolve().parent.parent / "infra" / "base" / "monitoring"
 
 
-def _start_prometheus(root: Path, target: str):
-    """A real Prometheus scraping ``target`` every 5 s with the repository's rules; returns (process, URL)."""
-    import shutil
-    import subprocess
-    import urllib.request
-
-    import yaml
-
-    from cxrlt.ops.procs import free_port
-
-    if not shutil.which("prometheus"):
-        raise SystemExit("--panels needs Debian's prometheus (apt-get install prometheus)")
-    root.mkdir(parents=True, exist_ok=True)
-    rules = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())["spec"]
-    (root / "rules.yaml").write_text(yaml.safe_dump(rules))
-    (root / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"}, "rule_files": [str(root / "rules.yaml")],
-        "scrape_configs": [{"job_name": "triton", "static_configs": [{"targets": [target]}]}]}))
-    port = free_port()
-    with open(root / "prometheus.log", "w") as log:
-        proc = subprocess.Popen(["prometheus", f"--config.file={root / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            if urllib.request.urlopen(f"{url}/-/ready", timeout=1).status == 200:
-                return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit((root / "prometheus.log").read_text()[-2000:])
-
-
 def render_dashboard(url: str, start: float, end: float, out: Path, finding: str = "cardiomegaly") -> list[Path]:
     """Every panel of the Grafana dashboard, drawn from its own queries against Prometheus over [start, end]
     (``$finding`` set to ``finding``): one PNG per dashboard row; returns their paths."""
@@ -309,7 +275,13 @@ def observed_main(args, valid: dict, dicoms: dict, tmp: Path) -> None:
             soak.references(clients[side])
         if args.panels:
             observed = servers["observed"]
-            prometheus = _start_prometheus(tmp / "prometheus", f"{observed.host}:{observed.metrics_port}")
+            import yaml
+
+            from cxrlt.ops import prometheus_server
+
+            rules = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())["spec"]
+            prometheus = prometheus_server.start(tmp / "prometheus", [f"{observed.host}:{observed.metrics_port}"],
+                                                 "5s", rules)
         began = time.time()
         for side in soaks:  # warm-up, not measured
             _run_phase(soaks[side], args.concurrency, args.warmup_minutes * 60, 0)
@@ -333,11 +305,10 @@ def observed_main(args, valid: dict, dicoms: dict, tmp: Path) -> None:
         ended = time.time()
         agreement = from_metrics(f"http://{servers['observed'].host}:{servers['observed'].metrics_port}")
         ready = all(same_process(h.pid, h.start_time) and clients[s].is_server_ready() for s, h in servers.items())
-        panels = render_dashboard(prometheus[1], began, ended, args.panels) if prometheus else []
+        panels = render_dashboard(prometheus.url, began, ended, args.panels) if prometheus else []
     finally:
         if prometheus:
-            prometheus[0].terminate()
-            prometheus[0].wait(30)
+            prometheus.stop()
         for side in servers:
             stop(f"soak-{side}", state_dir=tmp / "state")
     rate = {side: done[side] / seconds[side] for side in done}

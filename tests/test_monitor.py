@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -58,7 +57,7 @@ def _openmetrics(path, start, phases, rng):
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory):
     """Prometheus over blocks backfilled with promtool: 6 h like the reference, 1 h gap, 6 h of 8-bit lateral."""
-    from cxrlt.ops.procs import free_port
+    from cxrlt.ops import prometheus_server
 
     root = tmp_path_factory.mktemp("prometheus")
     rng = np.random.default_rng(1)
@@ -68,28 +67,13 @@ def prometheus(tmp_path_factory):
                                                   (steps, {"lateral_share": 0.8, "bits8": 0.9})], rng)
     subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(root / "entry.om"),
                     str(root / "data")], check=True, capture_output=True)
-    (root / "prometheus.yml").write_text("global:\n  scrape_interval: 1h\nscrape_configs: []\n")
-    port = free_port()
-    with open(root / "prometheus.log", "w") as log:
-        proc = subprocess.Popen(["prometheus", f"--config.file={root / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if urllib.request.urlopen(f"{url}/-/ready", timeout=1).status == 200:
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError((root / "prometheus.log").read_text()[-2000:])
+    prometheus = prometheus_server.start(root, interval="1h")
+    url = prometheus.url
     reference = reference_features(*_draw(np.random.default_rng(2), 2000))
     (root / "reference.json").write_text(json.dumps(reference))
     yield {"url": url, "reference": root / "reference.json", "unshifted_at": start + steps * STEP_S,
            "shifted_at": end}
-    proc.terminate()
-    proc.wait(30)
+    prometheus.stop()
 
 
 def _check(prom, at, *extra):

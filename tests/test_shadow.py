@@ -192,27 +192,19 @@ def test_the_report_reads_the_same_agreement_from_triton_and_from_a_prometheus_s
     first request: `cxrlt shadow report` over a window gives the rates and correlations of the server's own totals
     (every series starts at 0 in the window, so increase() scales them all alike and ratios are unchanged; the item
     count is at least the true one), and --config says whether promotion's requirement is met."""
-    import subprocess
-
     from typer.testing import CliRunner
 
     from cxrlt.cli import app
+    from cxrlt.ops import prometheus_server
     from cxrlt.ops.monitor import query
-    from cxrlt.ops.procs import free_port
     from cxrlt.ops.shadow import from_metrics, from_prometheus
     from serving.client import CXRClient
     from serving.server import stop
 
     # the challenger's own entry gets the bytes here (the other tests: its networks get the preprocessed images)
     handle, _ = _start_shadow(bundles, tmp_path, shadow_fraction=0.5, shadow_reuse_inputs=False)
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: triton\n    static_configs:\n"
-        f"      - targets: ['{handle.host}:{handle.metrics_port}']\n")
-    proc = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    prometheus = prometheus_server.start(tmp_path / "prometheus", [f"{handle.host}:{handle.metrics_port}"], "1s")
+    url = prometheus.url
     try:
         deadline = time.time() + 60
         while time.time() < deadline:  # the first scrape, before any traffic
@@ -258,8 +250,7 @@ def test_the_report_reads_the_same_agreement_from_triton_and_from_a_prometheus_s
                                         f"http://{handle.host}:{handle.metrics_port}", "--challenger", "other/9"])
         assert none.exit_code != 0 and "no shadow scoring found of other/9" in none.output
     finally:
-        proc.terminate()
-        proc.wait(30)
+        prometheus.stop()
         stop(handle.name, state_dir=tmp_path / "state")
 
 
