@@ -83,6 +83,9 @@ def run_training_local(pipeline_root: str | Path, runner: str = "subprocess", ku
             env[SIGNING_KEY_ENV] = key_text(signing_key())
         give_to_container_user(root)
         with docker_api():
+            from cxrlt.ops.containers import podman_missing_container_is_not_found
+
+            podman_missing_container_is_not_found()  # a step that exits at once must not fail the run
             local.init(runner=local.DockerRunner(network_mode="host", environment=env), pipeline_root=str(root),
                        raise_on_error=True)
             training_pipeline(**params)

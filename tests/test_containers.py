@@ -247,3 +247,29 @@ def test_serve_images_front_door_accepts_the_configuration_the_cli_writes(engine
                    "-c", "/front/nginx.conf", check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "syntax is ok" in checked.stderr and "test is successful" in checked.stderr
+
+
+def test_podmans_no_such_container_answer_is_docker_not_found():
+    """The race kfp.local's DockerRunner tolerates (a step removed before its logs are read) reaches it as
+    NotFound through podman too; any other server error stays an APIError."""
+    import docker.api.client as api_client
+    import docker.errors
+    import requests
+
+    from cxrlt.ops.containers import podman_missing_container_is_not_found
+
+    def error(status: int, message: str):
+        response = requests.Response()
+        response.status_code, response._content = status, json.dumps({"message": message}).encode()
+        return requests.exceptions.HTTPError(response=response)
+
+    podman_missing_container_is_not_found()
+    podman_missing_container_is_not_found()  # idempotent
+    with pytest.raises(docker.errors.NotFound):
+        api_client.create_api_error_from_http_exception(error(500, "container abc does not exist in database: "
+                                                                   "no such container"))
+    with pytest.raises(docker.errors.APIError) as other:
+        api_client.create_api_error_from_http_exception(error(500, "disk full"))
+    assert not isinstance(other.value, docker.errors.NotFound)
+    with pytest.raises(docker.errors.NotFound):
+        api_client.create_api_error_from_http_exception(error(404, "no such container"))

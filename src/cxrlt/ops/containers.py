@@ -145,3 +145,28 @@ def start_triton(repository: Path, name: str, image: str, http_port: int, grpc_p
 def stop_container(name: str, timeout: int = 20) -> None:
     subprocess.run([*engine_command(), "stop", "-t", str(timeout), name], stdin=subprocess.DEVNULL,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=container_env())
+
+
+def podman_missing_container_is_not_found() -> None:
+    """Make docker-py raise ``NotFound`` for podman's answer about a container it has already removed.
+
+    kfp.local's DockerRunner starts each step with ``auto_remove=True`` and catches ``NotFound`` when a step exits
+    before its logs are streamed. Docker answers that race with 404; podman's Docker-compatible API answers 500
+    "no such container", which docker-py turns into a plain ``APIError`` and the pipeline run fails although the step
+    finished. Idempotent; other errors are untouched."""
+    import docker.api.client as api_client
+    import docker.errors as errors
+
+    if getattr(api_client.create_api_error_from_http_exception, "_cxrlt_podman", False):
+        return
+    original = errors.create_api_error_from_http_exception
+
+    def mapped(e):
+        response = e.response
+        if response is not None and response.status_code == 500 and \
+                "no such container" in (response.text or "").lower():
+            raise errors.NotFound(e, response=response, explanation=(response.text or "").strip()) from e
+        return original(e)
+
+    mapped._cxrlt_podman = True
+    api_client.create_api_error_from_http_exception = mapped
