@@ -22,6 +22,11 @@ own entry (``shadow_cxr``) the request's bytes otherwise; the answer never waits
 ``cxrlt_shadow_sums_total{stat}`` (``cxrlt_shadow.py`` says which sums), labelled with both versions, so a window of
 them says how the challenger agrees with the champion; the sums are added every ``shadow_flush_s`` seconds (a
 metric call per sum and item would cost more than the comparison).
+
+Outputs per item: 30 known-finding probabilities, 6 unseen-finding probabilities, the chosen view, its confidence,
+the served model version, an error string (empty when the item was fine), and the class names (and bands) in the
+order of the probabilities: clients key every probability by name without reading the model config, which a
+production server restricts to administrators.
 """
 
 import asyncio
