@@ -128,7 +128,7 @@ class TritonPythonModel:
         else:
             work = self._compare({name: value[idx[chosen]] for name, value in inputs.items()}, known[chosen],
                                  unseen[chosen])
-        task = loop.create_task(work)
+        task = loop.create_task(self._guarded(n, work))
         self.shadow_tasks.add(task)  # the loop keeps only weak references to its tasks
         task.add_done_callback(self.shadow_tasks.discard)
 
@@ -157,37 +157,34 @@ class TritonPythonModel:
                         key = (kind, names[i], stat)
                         self.shadow_pending[key] = self.shadow_pending.get(key, 0.0) + float(values[k])
 
-    async def _compare_preprocessed(self, t1, zs, known, unseen) -> None:
-        n = len(known)
+    async def _guarded(self, n: int, work) -> None:
+        """One background comparison of ``n`` items: a failure only counts (the answer is long gone), and the items
+        leave the in-flight count either way."""
         try:
-            scorer = self.shadow_scorer
-            (their_known, _, _), their_unseen = await asyncio.gather(
-                self._task1(t1, scorer, self.shadow_prefix),
-                self._zeroshot(zs, bool(scorer.unseen), self.shadow_prefix))
-            self._add_agreement(known, unseen, their_known, their_unseen, scorer.known, scorer.unseen)
-        except Exception:  # noqa: BLE001 - a failed or timed-out shadow call only counts: the answer is long gone
+            await work
+        except Exception:  # noqa: BLE001 - a failed or timed-out shadow call is counted, never raised
             self.shadow_dropped["failed"].increment(n)
         finally:
             self.shadow_inflight -= n
+
+    async def _compare_preprocessed(self, t1, zs, known, unseen) -> None:
+        scorer = self.shadow_scorer
+        (their_known, _, _), their_unseen = await asyncio.gather(
+            self._task1(t1, scorer, self.shadow_prefix), self._zeroshot(zs, bool(scorer.unseen), self.shadow_prefix))
+        self._add_agreement(known, unseen, their_known, their_unseen, scorer.known, scorer.unseen)
 
     async def _compare(self, sent: dict, known: np.ndarray, unseen: np.ndarray) -> None:
-        n = len(known)
-        try:
-            out = await call(self.shadow_model, sent, ["KNOWN_PROBS", "UNSEEN_PROBS", "ERROR", "KNOWN_CLASSES",
-                                                       "UNSEEN_CLASSES"], self.timeout_s)
-            ok = np.array([not e[0] for e in out["ERROR"]])
-            if not ok.all():
-                self.shadow_dropped["failed"].increment(int((~ok).sum()))
+        out = await call(self.shadow_model, sent, ["KNOWN_PROBS", "UNSEEN_PROBS", "ERROR", "KNOWN_CLASSES",
+                                                   "UNSEEN_CLASSES"], self.timeout_s)
+        ok = np.array([not e[0] for e in out["ERROR"]])
+        if not ok.all():
+            self.shadow_dropped["failed"].increment(int((~ok).sum()))
 
-            def names(rows):
-                return [c.decode() if isinstance(c, bytes) else str(c) for c in rows[0]] if len(rows) else []
+        def names(rows):
+            return [c.decode() if isinstance(c, bytes) else str(c) for c in rows[0]] if len(rows) else []
 
-            self._add_agreement(known[ok], unseen[ok], out["KNOWN_PROBS"][ok], out["UNSEEN_PROBS"][ok],
-                                names(out["KNOWN_CLASSES"]), names(out["UNSEEN_CLASSES"]))
-        except Exception:  # noqa: BLE001 - a failed or timed-out shadow call only counts: the answer is long gone
-            self.shadow_dropped["failed"].increment(n)
-        finally:
-            self.shadow_inflight -= n
+        self._add_agreement(known[ok], unseen[ok], out["KNOWN_PROBS"][ok], out["UNSEEN_PROBS"][ok],
+                            names(out["KNOWN_CLASSES"]), names(out["UNSEEN_CLASSES"]))
 
     # ---- metrics ------------------------------------------------------------------------------------------------
     def _metrics_init(self):
