@@ -189,6 +189,12 @@ class TrainConfig(_Optimisation):
     num_workers: Annotated[int, Field(ge=0)] = 0
     seed: int = 0
     amp: bool = True
+    #: the step's speed on a GPU (cxrlt.training.step): NHWC layout, torch.compile mode, fused AdamW, and steps
+    #: between host reads of the running loss; they change how fast a step runs, not what it computes
+    channels_last: bool = False
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
+    fused_optimizer: bool = False
+    log_every: PositiveInt = 1
     #: checkpoint selection: validation mAP, or seed 000's "mAP, mAUC and BCE on the augmented validation set"
     select_on: Literal["mAP", "mAP+mAUC-BCE"] = "mAP"
     #: per-network settings, keyed by kind (``pcam``), view (``lateral``) or both (``lateral/pcam``); applied in that

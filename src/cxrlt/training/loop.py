@@ -72,12 +72,13 @@ def per_rank_batch(batch: int, info: D.DistInfo) -> int:
 def fit(task: Task, *, name: str, model: nn.Module, net: nn.Module, loader: Iterable, epochs: int,
         steps_per_epoch: int, optimizer: torch.optim.Optimizer, scheduler, ema, out_dir: Path, seed: int,
         info: D.DistInfo, epoch_hooks: Iterable = (), grad_clip: float = 0.0, resume: bool = False,
-        progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> LoopState:
+        progress: bool = True, on_epoch: Callable[[dict], None] | None = None, log_every: int = 1) -> LoopState:
     """Train ``net`` (``model`` itself, or its DDP wrapper) for ``epochs`` with ``task``; see the module docstring.
 
     ``epoch_hooks`` are the objects whose ``set_epoch`` is called before each epoch (the sampler, the augmenting
     dataset); the first of them with a ``state_dict`` (the sampler) is saved and restored with the checkpoint.
-    ``on_epoch`` receives each epoch's record on rank 0 (MLflow logging)."""
+    ``on_epoch`` receives each epoch's record on rank 0 (MLflow logging). The running loss stays on the device and
+    is read (a host-device sync) every ``log_every`` steps for the progress bar, and once at the epoch's end."""
     out_dir = Path(out_dir)
     hooks = list(epoch_hooks)
     sampler = next((h for h in hooks if hasattr(h, "state_dict")), None)
@@ -96,7 +97,7 @@ def fit(task: Task, *, name: str, model: nn.Module, net: nn.Module, loader: Iter
             hook.set_epoch(epoch)
         torch.manual_seed(seed * 1000 + epoch * 10 + info.rank)  # dropout/drop-path: a function of the epoch
         net.train()
-        total, seen, parts = 0.0, 0, {}
+        total, seen, parts = torch.zeros((), dtype=torch.float64), 0, {}
         bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not (progress and info.is_main))
         for step, batch in enumerate(bar):
@@ -108,11 +109,15 @@ def fit(task: Task, *, name: str, model: nn.Module, net: nn.Module, loader: Iter
             optimizer.step()
             scheduler.step_update(epoch * steps_per_epoch + step + 1)
             ema.update(model, step=epoch * steps_per_epoch + step)
-            total += loss.item() * n
+            if total.device != loss.device:
+                total = total.to(loss.device)
+            total += loss.detach().double() * n
             seen += n
             for key, value in named.items():
                 parts[key] = parts.get(key, 0.0) + value * n
-            bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if (step + 1) % log_every == 0:
+                bar.set_postfix(loss=f"{total.item() / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        total = total.item()
         score = float(task.validate(ema.module, epoch))  # plain floats: checkpoints load with weights_only=True
         count = sum(D.gather_objects(seen, info))
         record = {"epoch": epoch, "train_loss": float(sum(D.gather_objects(total, info)) / count),

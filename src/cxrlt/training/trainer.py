@@ -1,6 +1,7 @@
 """``cxrlt train``: train the router or one ensemble member, as a plain process or under ``torchrun``.
 
-AdamW + per-step cosine schedule with warm-up, gradient clipping, EMA, AMP on GPU; deterministic on CPU. Every epoch
+AdamW + per-step cosine schedule with warm-up, gradient clipping, EMA; on GPU the profile's fast step (bf16,
+channels_last, torch.compile, fused AdamW: :mod:`cxrlt.training.step`); deterministic on CPU. Every epoch
 writes a full checkpoint (model, EMA, optimiser, scheduler, sampler, epoch, best score) atomically, so ``--resume``
 continues a killed run to the same result as an uninterrupted one. The best EMA weights by validation mAP (router:
 accuracy) are kept in ``best.pt``; validation logits with TTA go to ``val_logits.csv`` for ensemble fitting.
@@ -37,6 +38,7 @@ from cxrlt.training.augment import AugmentConfig
 from cxrlt.training.data import ImageStore, ManifestDataset
 from cxrlt.training.loop import fit, make_ema, per_rank_batch
 from cxrlt.training.sampler import EpochShardedSampler, repeat_factors
+from cxrlt.training.step import StepOptions
 from cxrlt.tta import TTAModel
 
 log = logging.getLogger(__name__)
@@ -143,8 +145,10 @@ def train_member(req: TrainRequest) -> dict:
         if (ts["sampler"] == "repeat_factor" and not router) else None
     sampler = EpochShardedSampler(len(train_ds), factors, seed, info.rank, info.world_size)
     batch = int(ts["batch_size"])
+    # pinned host memory lets the step's copy to the GPU overlap compute; workers are not persistent because each
+    # epoch's augmentation seeds reach them through the dataset's set_epoch
     loader = DataLoader(train_ds, batch_size=per_rank_batch(batch, info), sampler=sampler, drop_last=True,
-                        num_workers=int(ts["num_workers"]))
+                        num_workers=int(ts["num_workers"]), pin_memory=device.type == "cuda")
     val_loader, select_loader = (
         DataLoader(ds, batch_size=max(1, batch // info.world_size), num_workers=int(ts["num_workers"]),
                    sampler=EpochShardedSampler(len(ds), None, seed, info.rank, info.world_size, False))
@@ -161,23 +165,24 @@ def train_member(req: TrainRequest) -> dict:
         counts = y_train.sum(0).astype(int).tolist()
         criterion = build_loss(ts["loss"], counts, **ts.get("loss_kwargs", {}))
     weights = model.weights  # where the pretrained weights came from (None: random init), for the member card
-    model.to(device)
+    step = StepOptions.from_settings(ts, device)
+    step.place(model)
     ema = make_ema(model, ts)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(ts["lr"]), weight_decay=float(ts["weight_decay"]))
+    optimizer = step.adamw(params, lr=float(ts["lr"]), weight_decay=float(ts["weight_decay"]))
     steps = len(loader)
     scheduler = CosineLRScheduler(optimizer, t_initial=epochs * steps, lr_min=float(ts["lr"]) * ts["min_lr_ratio"],
                                   warmup_t=int(ts["warmup_epochs"] * steps),
                                   warmup_lr_init=float(ts["lr"]) * ts["warmup_lr_ratio"],
                                   warmup_prefix=True, t_in_epochs=False)
-    net = DistributedDataParallel(model) if info.enabled else model
-    task = MemberTask(criterion, device, bool(ts["amp"]) and device.type == "cuda", router, rule, y_val,
-                      select_loader, info, len(val_ds))
+    net = step.compiled(DistributedDataParallel(model) if info.enabled else model)
+    task = MemberTask(criterion, step, router, rule, y_val, select_loader, info, len(val_ds))
     mlflow_run = _mlflow_start(req, cfg, info)
     state = fit(task, name=req.member, model=model, net=net, loader=loader, epochs=epochs, steps_per_epoch=steps,
                 optimizer=optimizer, scheduler=scheduler, ema=ema, out_dir=out, seed=seed, info=info,
                 epoch_hooks=(sampler, train_ds), grad_clip=float(ts["grad_clip"] or 0), resume=req.resume,
-                progress=req.progress, on_epoch=lambda record: _mlflow_log_epoch(mlflow_run, record, task.label))
+                progress=req.progress, log_every=step.log_every,
+                on_epoch=lambda record: _mlflow_log_epoch(mlflow_run, record, task.label))
     best, best_epoch, history = state.best, state.best_epoch, state.history
 
     summary = _finish(req, cfg, info, device, model, val_loader, val_df, y_val, router, view, kind, best, best_epoch,
@@ -193,16 +198,16 @@ class MemberTask:
 
     metric = "val_score"
 
-    def __init__(self, criterion: nn.Module, device: torch.device, amp: bool, router: bool, rule: str,
+    def __init__(self, criterion: nn.Module, step: StepOptions, router: bool, rule: str,
                  y_val: np.ndarray, select_loader: DataLoader, info: D.DistInfo, n_val: int):
-        self.criterion, self.device, self.amp, self.router, self.rule = criterion, device, amp, router, rule
+        self.criterion, self.step, self.device, self.router, self.rule = criterion, step, step.device, router, rule
         self.y_val, self.select_loader, self.info, self.n_val = y_val, select_loader, info, n_val
         self.label = "val_accuracy" if router else ("val_mAP" if rule == "mAP" else "val_mAP+mAUC-BCE")
 
     def loss(self, net: nn.Module, batch, epoch: int, step: int) -> tuple[torch.Tensor, int, dict]:
         x, y, _ = batch
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        x, y = self.step.inputs(x), y.to(self.device, non_blocking=True)
+        with self.step.autocast():
             logits = net(x)
         loss = self.criterion(logits.float(), y)
         if getattr(self.criterion, "reduction", "mean") == "sum":
