@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,8 @@ from cxrlt.cli._app import DataDir, _fail, app
 from cxrlt.config import DataConfig
 
 _SPLIT_DEFAULTS = DataConfig()  # the profile's split, so `data split` and a pipeline run agree
+
+CacheFormat = StrEnum("CacheFormat", ["png", "shards"])
 
 data_app = typer.Typer(help="Generate, validate, preprocess and split CXR-LT data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -67,14 +70,20 @@ def data_validate(
 @data_app.command("preprocess")
 def data_preprocess(
     data: DataDir,
-    out: Annotated[Path, typer.Option(help="Cache directory for the resized 16-bit PNGs.")],
+    out: Annotated[Path, typer.Option(help="Cache directory for the resized 16-bit images.")],
     size: Annotated[int, typer.Option(help="Output side in pixels (square, zero-padded).")] = 512,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     max_failures: Annotated[int, typer.Option(help="Exit non-zero when more images than this fail.")] = 0,
+    cache_format: Annotated[CacheFormat, typer.Option(
+        "--format", help="png: one 16-bit PNG per image (half the disk); shards: memory-mapped uint16 shards with "
+                         "an index, read without decoding (for GPU training, where PNG decoding starves the step)."
+    )] = CacheFormat.png,
+    shard_images: Annotated[int, typer.Option(help="Images per shard file (--format shards).")] = 1024,
 ) -> None:
     """Materialise the preprocessed image cache (percentile clip, pad to square, resize); skips what is done."""
     from cxrlt.data.images import PreprocessConfig
     from cxrlt.data.preprocess import FAILURES_CSV, build_cache
+    from cxrlt.data.shards import build_shards
     from cxrlt.data.tables import DEV_LABELS_CSV, IMAGES_DIR, TEST_LABELS_CSV, TRAINING_CSV, read_id_list
 
     ids: list[str] = []
@@ -83,7 +92,11 @@ def data_preprocess(
             ids += read_id_list(data / name)
     if not ids:
         _fail(f"{data}: no ImageIDs found in {TRAINING_CSV} or the dev/test label CSVs")
-    report = build_cache(ids, data / IMAGES_DIR, out, PreprocessConfig(size=size), workers=workers)
+    if cache_format == CacheFormat.shards:
+        report = build_shards(ids, data / IMAGES_DIR, out, PreprocessConfig(size=size), workers=workers,
+                              shard_images=shard_images)
+    else:
+        report = build_cache(ids, data / IMAGES_DIR, out, PreprocessConfig(size=size), workers=workers)
     typer.echo(f"cache {out}: {report.written} written, {report.skipped} already done, "
                f"{len(report.failures)} failed")
     if report.failures:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from cxrlt.data.images import PreprocessConfig, load_preprocessed
 from cxrlt.data.preprocess import CACHE_CONFIG, CACHE_LAYOUT, cached_name
+from cxrlt.data.shards import SHARD_LAYOUT, ShardCache
 from cxrlt.errors import CxrltError
 from cxrlt.training.augment import AugmentConfig, augment
 from cxrlt.training.sampler import sample_rng
@@ -40,6 +41,8 @@ class ImageStore:
                  cache_size: int | None = None):
         self.image_dir, self.preprocess, self.size = Path(image_dir), preprocess, preprocess.size
         self.cache_dir = Path(cache_dir) if cache_dir and self._cache_matches(Path(cache_dir), cache_size) else None
+        self.shards = ShardCache(self.cache_dir, self._cached_size) \
+            if self.cache_dir is not None and self._layout == SHARD_LAYOUT else None
         self._memory: dict[str, np.ndarray] = {}
 
     def _cache_matches(self, cache_dir: Path, cache_size: int | None) -> bool:
@@ -48,10 +51,12 @@ class ImageStore:
             raise CacheMismatchError(f"{cache_dir} is not a preprocess cache (no {CACHE_CONFIG}); make one with "
                                      "cxrlt data preprocess")
         stored = json.loads((cache_dir / CACHE_CONFIG).read_text())
-        if stored.get("layout") != CACHE_LAYOUT:
-            raise CacheMismatchError(f"cache {cache_dir} has file layout {stored.get('layout', 1)}, this cxrlt reads "
-                                     f"layout {CACHE_LAYOUT}; preprocess again into a new directory")
+        self._layout = stored.get("layout", 1)
+        if self._layout not in (CACHE_LAYOUT, SHARD_LAYOUT):
+            raise CacheMismatchError(f"cache {cache_dir} has file layout {self._layout}, this cxrlt reads layout "
+                                     f"{CACHE_LAYOUT} (PNG) or {SHARD_LAYOUT}; preprocess again into a new directory")
         cached = PreprocessConfig.from_dict(stored)
+        self._cached_size = cached.size
         if cache_size is not None and cached.size != cache_size:
             raise CacheMismatchError(f"cache {cache_dir} holds {cached.size} px images; the profile's data.cache_size "
                                      f"is {cache_size} px (preprocess again at {cache_size}, or use its cache)")
@@ -72,13 +77,16 @@ class ImageStore:
     def load(self, image_id: str) -> np.ndarray:
         if image_id in self._memory:
             return self._memory[image_id]
-        if self.cache_dir is not None and (self.cache_dir / cached_name(image_id)).exists():
+        if self.shards is not None and image_id in self.shards:
+            img = self.shards.load(image_id).astype(np.float32)
+        elif self.shards is None and self.cache_dir is not None and (self.cache_dir / cached_name(image_id)).exists():
             img = cv2.imread(str(self.cache_dir / cached_name(image_id)), cv2.IMREAD_UNCHANGED).astype(np.float32)
-            img /= 65535.0
-            if img.shape[0] != self.size:
-                img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
-            return img
-        return load_preprocessed(self.image_dir / image_id, self.preprocess)
+        else:
+            return load_preprocessed(self.image_dir / image_id, self.preprocess)
+        img /= 65535.0
+        if img.shape[0] != self.size:
+            img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return img
 
     def preload(self, image_ids, progress: bool = True) -> None:
         for image_id in tqdm(list(dict.fromkeys(image_ids)), desc="load images", unit="img", disable=not progress):
