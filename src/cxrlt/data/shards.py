@@ -4,7 +4,7 @@ A 512 px 16-bit PNG costs a few milliseconds of zlib per read; a GPU step of the
 every millisecond. Here the same preprocessed squares (what :mod:`cxrlt.data.preprocess` writes as PNGs) lie
 uncompressed in ``shard-NNNNN.u16`` files, ``shard_images`` per file, each one ``(rows, size, size)`` little-endian
 uint16 in C order; ``index.csv`` maps ``ImageID`` to ``(shard, row)``. A read is a page-cache copy. 160,000 PadChest
-images at 512 px take 84 GB (the PNGs about 45 GB).
+images at 512 px take 84 GB uncompressed.
 
 Written shard by shard, each in one worker, to a temporary name that is renamed when complete; the index and
 ``cache_config.json`` (the contract plus ``layout``) are written last, so an interrupted build leaves no index that

@@ -69,6 +69,16 @@ def per_rank_batch(batch: int, info: D.DistInfo) -> int:
     return batch // info.world_size
 
 
+def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                      grad_clip: float = 0.0) -> None:
+    """Backward, gradient clipping (0: none) and the optimizer step; nothing here waits for the device."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, float(grad_clip))
+    optimizer.step()
+
+
 def fit(task: Task, *, name: str, model: nn.Module, net: nn.Module, loader: Iterable, epochs: int,
         steps_per_epoch: int, optimizer: torch.optim.Optimizer, scheduler, ema, out_dir: Path, seed: int,
         info: D.DistInfo, epoch_hooks: Iterable = (), grad_clip: float = 0.0, resume: bool = False,
@@ -102,11 +112,7 @@ def fit(task: Task, *, name: str, model: nn.Module, net: nn.Module, loader: Iter
                    disable=not (progress and info.is_main))
         for step, batch in enumerate(bar):
             loss, n, named = task.loss(net, batch, epoch, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, float(grad_clip))
-            optimizer.step()
+            optimisation_step(loss, optimizer, params, grad_clip)
             scheduler.step_update(epoch * steps_per_epoch + step + 1)
             ema.update(model, step=epoch * steps_per_epoch + step)
             if total.device != loss.device:
