@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One short GPU check (run on a lent GPU machine; CI never needs it): paper-profile training throughput of every
+# One short GPU check (run on a lent GPU machine; CI never needs it): bench/gpu/check.py (fast step, loader, compiled
+# and AOT inference against the measured bf16 peak; docs/performance.md), then paper-profile training throughput of every
 # member, the CheXzero-size CLIP step, and a real `cxrlt train` under torchrun (nccl + bf16 autocast) on synthetic
 # 512 px images. Usage: bash bench/gpu_check.sh [LOGDIR]
 set -uo pipefail
@@ -8,6 +9,7 @@ mkdir -p "$LOG"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$LOG/gpu.txt"
 python3 -c "import torch, timm, open_clip; print('torch', torch.__version__, 'timm', timm.__version__, 'open_clip', open_clip.__version__)" | tee -a "$LOG/gpu.txt"
+timeout 480 python3 bench/gpu/check.py --out "$LOG/check" 2>&1 | grep -v Warning | tee "$LOG/check.txt"
 timeout 200 python3 bench/train_throughput.py --profiles tiny paper --steps 5 2>&1 | grep -v Warning | tee "$LOG/train_throughput.txt"
 timeout 100 python3 bench/zeroshot_throughput.py --profiles tiny paper --steps 5 2>&1 | grep -v Warning | tee "$LOG/zeroshot_throughput.txt"
 D=$(mktemp -d)

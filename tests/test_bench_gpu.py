@@ -26,7 +26,7 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
     assert all(report["loader"][f"{cache}/{n}"] > 0 for cache in ("png", "shards") for n in (1, 2))
     inference = report["inference"]
     modes = [m for m in inference if m != "flops_per_image"]
-    assert modes == ["eager fp32", "compiled float32", "AOT float32 .pt2"]
+    assert modes == ["eager fp32", "AOT float32 .pt2"]  # --tiny skips the pipeline's torch.compile
     for mode in modes:
         # fp32 on CPU everywhere: compiled and AOT compute what eager computes up to reordered sums
         assert inference[mode]["max_abs_diff"] <= 1e-3, (mode, inference[mode])
