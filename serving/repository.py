@@ -17,8 +17,6 @@ with ``json_format.ParseDict``: a misspelt field or a wrong enum fails here, at 
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -29,6 +27,7 @@ import cxrlt.scoring
 import cxrlt.shadow
 from cxrlt.export import bundle_contracts, load_bundle
 from cxrlt.labels import UNSEEN_CLASSES
+from cxrlt.machine import usable_cpus
 from cxrlt.outdir import OUTPUT_MARKER, claim_output_dir
 from cxrlt.platform import MAX_IMAGE_BYTES
 from cxrlt.scoring import scoring_fields
@@ -39,34 +38,6 @@ SCORING_FILE = {"cxrlt_scoring.py": Path(cxrlt.scoring.__file__)}
 #: the challenger's models in a repository that shadow-scores it
 SHADOW_PREFIX = "shadow_"
 ONNX_RUNTIMES = ("python", "native")
-
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
-    """The CPUs this container may use by its CPU limit (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us`` over
-    ``cpu.cfs_period_us``), rounded up; None when it has no limit. A Kubernetes pod's ``limits.cpu: 4`` reads 4 here,
-    while the node's affinity mask shows every core of a 96-core machine."""
-    v2 = root / "cpu.max"
-    if v2.exists():
-        quota, _, period = v2.read_text().strip().partition(" ")
-        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period or 100000)))
-    quota_file, period_file = root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"
-    if quota_file.exists() and period_file.exists():
-        quota = int(quota_file.read_text())
-        return None if quota <= 0 else max(1, math.ceil(quota / int(period_file.read_text())))
-    return None
-
-
-def _cores(cgroup_root: Path = CGROUP_ROOT) -> int:
-    """CPUs available to this process: its affinity mask, capped by its container's CPU limit."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    limit = cgroup_cpu_limit(cgroup_root)
-    return min(cores, limit) if limit else cores
 
 
 class ServingOptions(BaseModel):
@@ -81,7 +52,7 @@ class ServingOptions(BaseModel):
     device: Literal["cpu", "gpu"] = Field("cpu", description="where the native ONNX models run (KIND_CPU/KIND_GPU)")
     tensorrt: bool = Field(False, description="GPU only: TensorRT execution accelerator for the ONNX models")
     precision: Literal["fp32", "fp16"] = Field("fp32", description="TensorRT precision (fp16 only with --tensorrt)")
-    instances: int = Field(default_factory=lambda: max(1, _cores() // 2), ge=1, le=64,
+    instances: int = Field(default_factory=lambda: max(1, usable_cpus() // 2), ge=1, le=64,
                            description="instances of every compute model (ONNX, preprocess, heads)")
     gpu_instances: int = Field(1, ge=1, le=8, description="GPU only: instances of every ONNX model per visible GPU")
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per instance")

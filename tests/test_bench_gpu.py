@@ -23,7 +23,8 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
     for member in report["train"].values():
         for side in ("eager", "fast"):
             assert member[side]["images_per_s"] > 0 and member[side]["flops_per_image"] > 0
-    assert all(report["loader"][f"{cache}/{n}"] > 0 for cache in ("png", "shards") for n in (1, 2))
+    assert all(report["loader"][f"{cache}/{n}"] > 0 for cache in ("png", "shards", "shards-noaug") for n in (1, 2))
+    assert report["loader"]["device_augment"] > 0
     inference = report["inference"]
     modes = [m for m in inference if m != "flops_per_image"]
     assert modes == ["eager fp32", "AOT float32 .pt2"]  # --tiny skips the pipeline's torch.compile
@@ -31,4 +32,5 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
         # fp32 on CPU everywhere: compiled and AOT compute what eager computes up to reordered sums
         assert inference[mode]["max_abs_diff"] <= 1e-3, (mode, inference[mode])
         assert inference[mode]["images_per_s"] > 0 and inference[mode]["p50_ms_batch1"] > 0
-    assert report["loader"]["cores_to_feed_1_2x"] > 0 and "cores per GPU to feed" in result.stdout
+    assert report["loader"]["cores_to_feed_1_2x/shards"] > 0 and "cores per GPU to feed" in result.stdout
+    assert report["loader"]["cores_to_feed_1_2x/shards-noaug"] > 0

@@ -772,11 +772,11 @@ def test_overload_is_refused_quickly_and_model_calls_time_out(strict_server, ima
 def test_instance_counts_follow_the_pods_cpu_limit_not_the_nodes_cores(tmp_path, files, expected):
     import os
 
-    from serving.repository import _cores, cgroup_cpu_limit
+    from cxrlt.machine import cgroup_cpu_limit, usable_cpus
 
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert cgroup_cpu_limit(tmp_path) == expected
     affinity = len(os.sched_getaffinity(0))
-    assert _cores(tmp_path) == (min(affinity, expected) if expected else affinity)
+    assert usable_cpus(tmp_path) == (min(affinity, expected) if expected else affinity)

@@ -9,7 +9,8 @@ One command, side by side in one run, every figure also as a fraction of this de
    (``MemberTask.loss`` + :func:`cxrlt.training.loop.optimisation_step` + EMA) on random batches, so the loader
    does not limit it;
 3. loader: images/s of the training dataset (the profile's augmentation) reading the PNG cache and the uint16 shard
-   cache, with 1 and 2 worker processes: images/s per core, and the cores a GPU needs to feed the fast step 1.2x;
+   cache, and from the shards without augmentation (``augment_on: device``), with 1 and 2 worker processes; the
+   augmentation's images/s on the device; images/s per core, and the cores a GPU needs to feed the fast step 1.2x;
 4. inference: the whole pipeline (router, PCAM, Swin, CaiT over the PCAM trunk, the CLIP image tower) at batch 1
    (p50 ms) and batch 64 (images/s): eager fp32, eager bf16, torch.compile (bf16 on GPU) and the AOTInductor
    package (``torch.export`` + ``aoti_compile_and_package``, loaded back from its ``.pt2`` file), each checked
@@ -47,7 +48,7 @@ from cxrlt.data.synth import SynthConfig, generate
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.losses import build_loss
 from cxrlt.models.factory import build_member, build_router
-from cxrlt.training.augment import AugmentConfig
+from cxrlt.training.augment import AugmentConfig, DeviceAugment
 from cxrlt.training.data import ImageStore, ManifestDataset
 from cxrlt.training.loop import make_ema, optimisation_step
 from cxrlt.training.step import StepOptions
@@ -152,9 +153,10 @@ def loader_rates(cfg: dict, data: Path, workdir: Path, workers: tuple[int, ...],
     aug = AugmentConfig.from_dict(train_settings(cfg, "frontal/pcam").get("augment"))
     targets = ids[list(KNOWN_CLASSES)].to_numpy()
     out = {}
-    for name in ("png", "shards"):
-        store = ImageStore(data / "images", contract, workdir / name)
-        ds = ManifestDataset(ids, store, targets, aug, seed=0)
+    # the third row: what the loader still does when the augmentation runs on the device (augment_on: device)
+    for name, cache, augmented in (("png", "png", True), ("shards", "shards", True), ("shards-noaug", "shards", False)):
+        store = ImageStore(data / "images", contract, workdir / cache)
+        ds = ManifestDataset(ids, store, targets, aug if augmented else None, seed=0, normalize=augmented)
         for n in workers:
             loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=n, drop_last=True,
                                 generator=torch.Generator().manual_seed(0))
@@ -166,6 +168,17 @@ def loader_rates(cfg: dict, data: Path, workdir: Path, workers: tuple[int, ...],
             out[f"{name}/{n}"] = batches * batch / (time.perf_counter() - t0)
             del it
     return out
+
+
+def device_augment_rate(cfg: dict, device: torch.device, batch: int, repeats: int) -> float:
+    """Images/s of the profile's augmentation run on ``device`` for a batch (``augment_on: device``; every image
+    gets CLAHE, the worst case)."""
+    contract = task1_preprocess(cfg)
+    aug = AugmentConfig.from_dict({**train_settings(cfg, "frontal/pcam").get("augment", {}), "clahe_p": 1.0})
+    augment = DeviceAugment(aug, contract.channels, contract.mean, contract.std)
+    x = torch.rand(batch, 1, contract.size, contract.size, device=device)
+    times = timed(lambda: augment(x, 0, 0), device, repeats)
+    return batch / statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------------------------- inference
@@ -253,22 +266,26 @@ def export_aot(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
         return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
 
 
-def loader_section(cfg: dict, work: Path, tiny: bool, train: dict) -> dict:
+def loader_section(cfg: dict, work: Path, tiny: bool, train: dict, device: torch.device) -> dict:
     size = task1_preprocess(cfg).size
     generate(work / "data", SynthConfig(n_images=64 if tiny else 512, size=max(size, 64), seed=0,
                                         workers=min(8, os.cpu_count() or 1)), progress=False)
     batch, batches, workers = (8, 4, (1, 2)) if tiny else (32, 12, (1, 2))
     rates = loader_rates(cfg, work / "data", work, workers, batch, batches)
     print(f"\nloader ({size} px, the profile's augmentation, batches of {batch}; images/s)", flush=True)
-    print(f"{'cache':<7} " + " ".join(f"{f'{n} worker(s)':>12}" for n in workers) + f" {'1 -> 2':>7}")
-    for name in ("png", "shards"):
-        print(f"{name:<7} " + " ".join(f"{rates[f'{name}/{n}']:>12.1f}" for n in workers)
+    print(f"{'cache':<12} " + " ".join(f"{f'{n} worker(s)':>12}" for n in workers) + f" {'1 -> 2':>7}")
+    for name in ("png", "shards", "shards-noaug"):
+        print(f"{name:<12} " + " ".join(f"{rates[f'{name}/{n}']:>12.1f}" for n in workers)
               + f" {rates[f'{name}/2'] / rates[f'{name}/1']:>7.2f}")
+    rates["device_augment"] = device_augment_rate(cfg, device, batch, 3 if tiny else 10)
+    print(f"augmentation on the device ({device.type}, CLAHE on every image): {rates['device_augment']:.0f} img/s",
+          flush=True)
     if train:
         fastest = max(m["fast"]["images_per_s"] for m in train.values())
-        rates["cores_to_feed_1_2x"] = 1.2 * fastest / rates["shards/1"]
-        print(f"cores per GPU to feed the fastest step 1.2x from shards: {1.2 * fastest:.0f} img/s / "
-              f"{rates['shards/1']:.0f} per core = {rates['cores_to_feed_1_2x']:.1f}", flush=True)
+        for name in ("shards", "shards-noaug"):
+            rates[f"cores_to_feed_1_2x/{name}"] = 1.2 * fastest / rates[f"{name}/1"]
+            print(f"cores per GPU to feed the fastest step 1.2x from {name}: {1.2 * fastest:.0f} img/s / "
+                  f"{rates[f'{name}/1']:.0f} per core = {rates[f'cores_to_feed_1_2x/{name}']:.1f}", flush=True)
     return rates
 
 
@@ -347,7 +364,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "loader" in args.sections:
-            report["loader"] = loader_section(cfg, work, tiny, report["train"])
+            report["loader"] = loader_section(cfg, work, tiny, report["train"], device)
         if "inference" in args.sections:
             report["inference"] = inference_section(cfg, device, work, tiny, of_peak)
     report["seconds"] = time.perf_counter() - started

@@ -186,7 +186,11 @@ class TrainConfig(_Optimisation):
     sampler_threshold: Fraction = 0.01
     sampler_cap: Annotated[float, Field(ge=1)] = 10.0
     augment: AugmentSettings = AugmentSettings()
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    #: where the random affine and CLAHE run: in the loader's workers (per image, OpenCV) or on the training device
+    #: (per batch, after the copy), for a GPU whose loader cores cannot keep up (cxrlt.training.augment)
+    augment_on: Literal["loader", "device"] = "loader"
+    #: loader worker processes; ``auto``: this process's share of the usable CPUs, less one (cxrlt.machine)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = 0
     seed: int = 0
     amp: bool = True
     #: the step's speed on a GPU (cxrlt.training.step): NHWC layout, torch.compile mode, fused AdamW, and steps
@@ -298,7 +302,7 @@ class ZeroShotConfig(_Optimisation):
     tta: Literal["none", "flip", "medium"] = "none"
     augment: AugmentSettings = AugmentSettings(flip_p=0.0, rotate_deg=5, scale=(0.95, 1.05), clahe_p=0.0)
     seed: int = 0
-    num_workers: Annotated[int, Field(ge=0)] = 0
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = 0
 
     @field_validator("model")
     @classmethod

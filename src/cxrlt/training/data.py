@@ -97,10 +97,12 @@ class ManifestDataset(Dataset):
     """(image tensor (C, S, S), target vector, row index) for each manifest row; augmentation seeded per sample."""
 
     def __init__(self, manifest: pd.DataFrame, store: ImageStore, targets: np.ndarray,
-                 augment_cfg: AugmentConfig | None = None, seed: int = 0, allow_flip: bool = True):
+                 augment_cfg: AugmentConfig | None = None, seed: int = 0, allow_flip: bool = True,
+                 normalize: bool = True):
         self.ids = manifest["ImageID"].tolist()
         self.store, self.targets = store, np.asarray(targets, dtype=np.float32)
         self.augment_cfg, self.seed, self.allow_flip = augment_cfg, seed, allow_flip
+        self.normalize = normalize  # False: the [0, 1] image (1, S, S), for augmentation on the training device
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -113,5 +115,5 @@ class ManifestDataset(Dataset):
         img = self.store.load(self.ids[index])
         if self.augment_cfg is not None:
             img = augment(img, sample_rng(self.seed, self.epoch, index), self.augment_cfg, self.allow_flip)
-        x = torch.from_numpy(self.store.preprocess.normalize(img))
+        x = torch.from_numpy(self.store.preprocess.normalize(img) if self.normalize else img[None])
         return x, torch.from_numpy(self.targets[index]), index

@@ -31,10 +31,11 @@ from cxrlt.errors import InvalidInputError
 from cxrlt.kinds import member_kind, member_kinds
 from cxrlt.labels import KNOWN_CLASSES
 from cxrlt.losses import build_loss
+from cxrlt.machine import loader_workers
 from cxrlt.metrics import evaluate, selection_score
 from cxrlt.models.factory import ROUTER_CLASSES, build_member, build_router
 from cxrlt.training import distributed as D
-from cxrlt.training.augment import AugmentConfig
+from cxrlt.training.augment import AugmentConfig, DeviceAugment
 from cxrlt.training.data import ImageStore, ManifestDataset
 from cxrlt.training.loop import fit, make_ema, per_rank_batch
 from cxrlt.training.sampler import EpochShardedSampler, repeat_factors
@@ -135,7 +136,11 @@ def train_member(req: TrainRequest) -> dict:
     if cfg["data"].get("preload", True):
         store.preload(pd.concat([train_df["ImageID"], val_df["ImageID"]]), progress=req.progress and info.is_main)
     aug = AugmentConfig.from_dict(ts.get("augment"))
-    train_ds = ManifestDataset(train_df, store, y_train, aug, seed, allow_flip=not router)
+    on_device = ts["augment_on"] == "device"
+    device_augment = DeviceAugment(aug, contract.channels, contract.mean, contract.std, seed,
+                                   allow_flip=not router) if on_device else None
+    train_ds = ManifestDataset(train_df, store, y_train, None if on_device else aug, seed, allow_flip=not router,
+                               normalize=not on_device)
     val_ds = ManifestDataset(val_df, store, y_val)
     rule = "mAP" if router else ts["select_on"]
     # seed 000 selects on the *augmented* validation set (fixed augmentations per image, the same every epoch);
@@ -147,10 +152,11 @@ def train_member(req: TrainRequest) -> dict:
     batch = int(ts["batch_size"])
     # pinned host memory lets the step's copy to the GPU overlap compute; workers are not persistent because each
     # epoch's augmentation seeds reach them through the dataset's set_epoch
+    workers = loader_workers(ts["num_workers"])
     loader = DataLoader(train_ds, batch_size=per_rank_batch(batch, info), sampler=sampler, drop_last=True,
-                        num_workers=int(ts["num_workers"]), pin_memory=device.type == "cuda")
+                        num_workers=workers, pin_memory=device.type == "cuda")
     val_loader, select_loader = (
-        DataLoader(ds, batch_size=max(1, batch // info.world_size), num_workers=int(ts["num_workers"]),
+        DataLoader(ds, batch_size=max(1, batch // info.world_size), num_workers=workers,
                    sampler=EpochShardedSampler(len(ds), None, seed, info.rank, info.world_size, False))
         for ds in (val_ds, select_ds))
     if len(loader) == 0:
@@ -176,7 +182,7 @@ def train_member(req: TrainRequest) -> dict:
                                   warmup_lr_init=float(ts["lr"]) * ts["warmup_lr_ratio"],
                                   warmup_prefix=True, t_in_epochs=False)
     net = step.compiled(DistributedDataParallel(model) if info.enabled else model)
-    task = MemberTask(criterion, step, router, rule, y_val, select_loader, info, len(val_ds))
+    task = MemberTask(criterion, step, router, rule, y_val, select_loader, info, len(val_ds), device_augment)
     mlflow_run = _mlflow_start(req, cfg, info)
     state = fit(task, name=req.member, model=model, net=net, loader=loader, epochs=epochs, steps_per_epoch=steps,
                 optimizer=optimizer, scheduler=scheduler, ema=ema, out_dir=out, seed=seed, info=info,
@@ -199,13 +205,17 @@ class MemberTask:
     metric = "val_score"
 
     def __init__(self, criterion: nn.Module, step: StepOptions, router: bool, rule: str,
-                 y_val: np.ndarray, select_loader: DataLoader, info: D.DistInfo, n_val: int):
+                 y_val: np.ndarray, select_loader: DataLoader, info: D.DistInfo, n_val: int,
+                 device_augment: DeviceAugment | None = None):
         self.criterion, self.step, self.device, self.router, self.rule = criterion, step, step.device, router, rule
         self.y_val, self.select_loader, self.info, self.n_val = y_val, select_loader, info, n_val
+        self.device_augment = device_augment  # augment_on: device; the loader then hands over [0, 1] images
         self.label = "val_accuracy" if router else ("val_mAP" if rule == "mAP" else "val_mAP+mAUC-BCE")
 
     def loss(self, net: nn.Module, batch, epoch: int, step: int) -> tuple[torch.Tensor, int, dict]:
         x, y, _ = batch
+        if self.device_augment is not None:
+            x = self.device_augment(x.to(self.device, non_blocking=True), epoch, step, self.info.rank)
         x, y = self.step.inputs(x), y.to(self.device, non_blocking=True)
         with self.step.autocast():
             logits = net(x)

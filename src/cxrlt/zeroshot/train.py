@@ -29,6 +29,7 @@ from cxrlt.data.tables import IMAGES_DIR
 from cxrlt.dataplane import sha256_file
 from cxrlt.errors import InvalidInputError
 from cxrlt.labels import KNOWN_CLASSES
+from cxrlt.machine import loader_workers
 from cxrlt.metrics import macro_ap
 from cxrlt.training import distributed as D
 from cxrlt.training.augment import AugmentConfig
@@ -108,8 +109,8 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     sampler = EpochShardedSampler(len(train_ds), None, seed, info.rank, info.world_size)
     batch = int(zs["batch_size"])
     loader = DataLoader(train_ds, batch_size=per_rank_batch(batch, info), sampler=sampler, drop_last=True,
-                        num_workers=int(zs["num_workers"]))
-    val_loader = DataLoader(val_ds, batch_size=batch, num_workers=int(zs["num_workers"]))
+                        num_workers=loader_workers(zs["num_workers"]))
+    val_loader = DataLoader(val_ds, batch_size=batch, num_workers=loader_workers(zs["num_workers"]))
     if len(loader) == 0:
         raise InvalidInputError(f"{len(train_ds)} training images is less than one batch of {batch}")
 
