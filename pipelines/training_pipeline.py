@@ -110,8 +110,8 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                     min_map=plan.outputs["min_map"], min_mauroc=plan.outputs["min_mauroc"],
                     max_ece=plan.outputs["max_ece"], min_unseen_lift=plan.outputs["min_unseen_lift"])
     with dsl.If(decision.outputs["Output"] == "pass", name="register-challenger"):
-        bundle = _cluster_settings(export_onnx(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"]),
-                                   s3=False)
+        bundle = _cluster_settings(export_onnx(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"],
+                                               config=profile), s3=False)
         registered = register(bundle=bundle.outputs["bundle"], report=scores.outputs["report"],
                               evidence=decision.outputs["evidence"], tracking_uri=tracking_uri,
                               data_hash=validated.outputs["Output"], config=profile, model_name=REGISTERED_MODEL)

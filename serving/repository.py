@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, model_validator
 
 import cxrlt.scoring
 import cxrlt.shadow
+from cxrlt.errors import InvalidInputError
 from cxrlt.export import bundle_contracts, load_bundle
 from cxrlt.labels import UNSEEN_CLASSES
 from cxrlt.machine import usable_cpus
@@ -37,7 +38,8 @@ MODELS_DIR = Path(__file__).parent / "models"
 SCORING_FILE = {"cxrlt_scoring.py": Path(cxrlt.scoring.__file__)}
 #: the challenger's models in a repository that shadow-scores it
 SHADOW_PREFIX = "shadow_"
-ONNX_RUNTIMES = ("python", "native")
+ONNX_RUNTIMES = ("python", "native", "aoti")
+PROGRAMS_DIR = "programs"
 
 
 class ServingOptions(BaseModel):
@@ -48,13 +50,17 @@ class ServingOptions(BaseModel):
     (cgroup ``cpu.max``), never the node's core count. On GPUs, ``gpu_instances`` of every ONNX model run on each
     GPU the pod sees (Triton's KIND_GPU places them per visible device)."""
 
-    onnx_runtime: Literal["python", "native"] = "python"
+    #: python: ONNX Runtime in the python backend (CPU); native: the onnxruntime_onnx backend (CPU or GPU);
+    #: aoti: the bundle's torch.export programs compiled here with AOTInductor, run by the python backend
+    onnx_runtime: Literal["python", "native", "aoti"] = "python"
     device: Literal["cpu", "gpu"] = Field("cpu", description="where the native ONNX models run (KIND_CPU/KIND_GPU)")
     tensorrt: bool = Field(False, description="GPU only: TensorRT execution accelerator for the ONNX models")
     precision: Literal["fp32", "fp16"] = Field("fp32", description="TensorRT precision (fp16 only with --tensorrt)")
     instances: int = Field(default_factory=lambda: max(1, usable_cpus() // 2), ge=1, le=64,
                            description="instances of every compute model (ONNX, preprocess, heads)")
     gpu_instances: int = Field(1, ge=1, le=8, description="GPU only: instances of every ONNX model per visible GPU")
+    cuda_graph_batches: list[int] = Field([1, 2, 4, 8], description="aoti on GPU: batch sizes replayed as CUDA "
+                                          "graphs (a request is padded to the next one; larger batches run directly)")
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per instance")
     max_batch: int = Field(16, ge=1, le=1024, description="largest batch any model runs (images)")
     batch_delay_us: int = Field(1000, ge=0, description="how long a request may wait at the cxr entry for others to "
@@ -87,8 +93,11 @@ class ServingOptions(BaseModel):
             raise ValueError("TensorRT needs --device gpu")
         if self.precision != "fp32" and not self.tensorrt:
             raise ValueError("fp16 is applied by TensorRT: add --tensorrt (and --device gpu)")
-        if self.device == "gpu" and self.onnx_runtime != "native":
-            raise ValueError("GPU serving uses the native ONNX Runtime backend (--onnx-runtime native)")
+        if self.device == "gpu" and self.onnx_runtime == "python":
+            raise ValueError("GPU serving runs the native ONNX Runtime backend (--onnx-runtime native) or the "
+                             "AOTInductor packages (--onnx-runtime aoti)")
+        if self.tensorrt and self.onnx_runtime != "native":
+            raise ValueError("TensorRT is an accelerator of the native ONNX Runtime backend (--onnx-runtime native)")
         return self
 
 
@@ -179,10 +188,30 @@ def _onnx_model(repo: Path, name: str, onnx_file: Path, in_dims: list[int], out_
                                     kind="KIND_GPU" if gpu else "KIND_CPU",
                                     instances=opts.gpu_instances if gpu else None,
                                     optimization=accelerators), {"model.onnx": onnx_file})
+    elif opts.onnx_runtime == "aoti":
+        import tempfile
+
+        from cxrlt.export import compile_program
+
+        program = onnx_file.parent.parent / PROGRAMS_DIR / f"{name}.pt2"
+        if not program.exists():
+            raise InvalidInputError(f"{program} is missing: --onnx-runtime aoti compiles the bundle's torch.export "
+                                    "programs (export with `cxrlt export --programs`, or a profile with "
+                                    "inference.export_programs: true)")
+        gpu = opts.device == "gpu"
+        device, dtype = ("cuda", "bfloat16") if gpu else ("cpu", "float32")
+        with tempfile.TemporaryDirectory(prefix="cxrlt-aoti-") as tmp:
+            package = compile_program(program, Path(tmp) / "model.pt2", device, dtype)
+            params = {"model_file": "model.pt2", "device": device, "dtype": dtype,
+                      "cuda_graph_batches": ",".join(map(str, opts.cuda_graph_batches)) if gpu else ""}
+            _python_model(repo, compute_config(name, inputs, outputs, opts, params=params,
+                                               kind="KIND_GPU" if gpu else "KIND_CPU",
+                                               instances=opts.gpu_instances if gpu else None),
+                          "network_runner.py", {"model.pt2": package, "_engines.py": MODELS_DIR / "_engines.py"})
     else:
         _python_model(repo, compute_config(name, inputs, outputs, opts, params={
-            "onnx_file": "model.onnx", "intra_op_threads": str(opts.ort_threads)}), "onnx_runner.py",
-            {"model.onnx": onnx_file})
+            "model_file": "model.onnx", "intra_op_threads": str(opts.ort_threads)}), "network_runner.py",
+            {"model.onnx": onnx_file, "_engines.py": MODELS_DIR / "_engines.py"})
 
 
 def _view_models(repo: Path, bundle: dict, view: str, vspec: dict, onnx: Path, shape: list[int],

@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.flop_counter import FlopCounterMode
 
 from cxrlt.config import load_config, task1_preprocess, train_settings, zeroshot_settings
@@ -158,8 +158,10 @@ def loader_rates(cfg: dict, data: Path, workdir: Path, workers: tuple[int, ...],
         store = ImageStore(data / "images", contract, workdir / cache)
         ds = ManifestDataset(ids, store, targets, aug if augmented else None, seed=0, normalize=augmented)
         for n in workers:
-            loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=n, drop_last=True,
-                                generator=torch.Generator().manual_seed(0))
+            # drawn with replacement: the timed batches do not depend on how many images the split holds
+            sampler = RandomSampler(ds, replacement=True, num_samples=(batches + 1) * batch,
+                                    generator=torch.Generator().manual_seed(0))
+            loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=n, drop_last=True)
             it = iter(loader)
             next(it)  # workers started and warm
             t0 = time.perf_counter()

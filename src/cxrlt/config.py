@@ -224,6 +224,9 @@ class InferenceConfig(_Strict):
     #: average TTA views on logits (seed 000) or on probabilities (HPH)
     tta_merge: Literal["logit", "probability"] = "logit"
     normal_gate_alpha: Annotated[float, Field(ge=0)] | None = None
+    #: the export step also writes every network as a torch.export program (programs/<name>.pt2 in the bundle),
+    #: which ``serve build --onnx-runtime aoti`` compiles with AOTInductor for the serving GPU
+    export_programs: bool = False
 
 
 class EnsembleConfig(_Strict):

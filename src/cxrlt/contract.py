@@ -228,6 +228,8 @@ class Bundle(_Ensembled):
     views: dict[str, BundleView]
     zeroshot: ZeroShotScoring | None = None
     lineage: dict[str, Any] = {}
+    #: every network also as a torch.export program (programs/<name>.pt2), for the AOTInductor runtime
+    programs: bool = False
 
     def scoring(self) -> dict[str, Any]:
         """The plain form :class:`cxrlt.scoring.BundleScorer` reads (it runs where cxrlt and pydantic are not)."""

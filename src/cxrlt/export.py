@@ -9,6 +9,8 @@ A *served bundle* is a directory:
                                      view's CaiT reads the same frozen trunk; then <view>_pcam/<view>_cait.onnx take
                                      these features, (B, T, F, h, w) -> (B, 30), and the trunk runs once for both
     onnx/clip_image.onnx             (B, C2, S2, S2) -> (B, D) normalised image embedding
+    programs/<name>.pt2              with ``programs``: each network above as a ``torch.export`` program (dynamic
+                                     batch), compiled for a device by ``serve build --onnx-runtime aoti``
 
 ``bundle.json["preprocess"]`` and ``bundle.json["zeroshot"]["preprocess"]`` are the preprocessing contracts (size,
 channels, mean/std, percentiles, pixel limit) that every consumer of the bundle reads.
@@ -42,18 +44,23 @@ from cxrlt.tta import FeatureHeadTTA, TrunkTTA, TTAModel
 BUNDLE_JSON = Bundle.FILE
 INPUT_NAME, OUTPUT_NAME = "INPUT", "OUTPUT"
 OPSET = 17
+#: the largest batch an exported program (and the AOTInductor package compiled from it) accepts
+MAX_PROGRAM_BATCH = 256
+PROGRAMS_DIR = "programs"
 
 
 def export_onnx(module: nn.Module, image_size: int, path: str | Path, channels: int = 1,
-                input_shape: tuple[int, ...] | None = None) -> Path:
+                input_shape: tuple[int, ...] | None = None, program: Path | None = None) -> Path:
     """Export a (B, C, S, S) -> (B, ...) module (or one over ``input_shape`` per item) with a dynamic batch axis and
-    check the graph."""
+    check the graph; with ``program``, also its ``torch.export`` program there (:func:`export_program`)."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
     example = torch.zeros(2, *(input_shape or (channels, image_size, image_size)))
+    if program is not None:
+        export_program(module, example, program)
     # nn.MultiheadAttention's inference fast path (ViT CLIP towers) has no ONNX export: trace the plain path
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -72,6 +79,38 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
                           dynamo=False)
 
 
+def export_program(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """The module as a ``torch.export`` program with a dynamic batch axis (1 to :data:`MAX_PROGRAM_BATCH`), saved
+    to ``path``: the device-independent form that ``cxrlt serve build --onnx-runtime aoti`` compiles with
+    AOTInductor for the serving machine's device and precision (a compiled package is specific to both)."""
+    from torch.export import Dim, export
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = Dim("batch", min=1, max=MAX_PROGRAM_BATCH)
+    with torch.no_grad():
+        program = export(module.eval(), (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def compile_program(program_path: str | Path, package_path: str | Path, device: str = "cpu",
+                    dtype: str = "float32") -> Path:
+    """AOTInductor-compile an exported program (:func:`export_program`) for ``device`` with weights and inputs in
+    ``dtype`` (bf16 on a GPU, for its tensor cores) into a ``.pt2`` package; the package is specific to the device,
+    the dtype and this torch, so it is made where it is served (``serve build --onnx-runtime aoti``)."""
+    from torch.export import Dim, export
+
+    program = torch.export.load(str(program_path))
+    if device != "cpu" or dtype != "float32":  # the program is fp32 on CPU: re-export at the serving device/dtype
+        target = {"device": torch.device(device), "dtype": getattr(torch, dtype)}
+        module = program.module().to(**target)
+        example = program.example_inputs[0][0].to(**target)
+        with torch.no_grad():
+            program = export(module, (example,), dynamic_shapes=({0: Dim("batch", min=1, max=MAX_PROGRAM_BATCH)},))
+    Path(package_path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(package_path)))
+
+
 def onnx_outputs(path: str | Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
@@ -80,9 +119,14 @@ def onnx_outputs(path: str | Path, x: np.ndarray) -> np.ndarray:
 
 
 def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out_dir: str | Path,
-                  lineage: dict | None = None) -> dict:
-    """Write the served bundle (see the module docstring) and return ``bundle.json``'s content."""
+                  lineage: dict | None = None, programs: bool = False) -> dict:
+    """Write the served bundle (see the module docstring) and return ``bundle.json``'s content; ``programs``: each
+    network's ``torch.export`` program too (``programs/<name>.pt2``), for the AOTInductor runtime."""
     ens, out = Path(ensemble_dir), Path(out_dir)
+
+    def program(name: str) -> Path | None:
+        return out / PROGRAMS_DIR / f"{name}.pt2" if programs else None
+
     spec = load_spec(ens)
     has_router = bool(spec["router"])
     if not has_router and "mixed" not in spec["views"]:
@@ -93,7 +137,7 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
     size, channels = contract.size, contract.channels
     if has_router:
         router, _ = load_member(ens / spec["router"])
-        export_onnx(router, size, out / "onnx" / "router.onnx", channels)
+        export_onnx(router, size, out / "onnx" / "router.onnx", channels, program=program("router"))
     views = {}
     merge = spec["tta_merge"]
     for view, vspec in spec["views"].items():
@@ -104,7 +148,8 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
                      and shares_trunk(models[kind_of], models[kind])), None)
         if pair:
             trunk = TrunkTTA(models[pair[0]], spec["tta"])
-            path = export_onnx(trunk, size, out / "onnx" / f"{view}_trunk.onnx", channels)
+            path = export_onnx(trunk, size, out / "onnx" / f"{view}_trunk.onnx", channels,
+                               program=program(f"{view}_trunk"))
             with torch.no_grad():
                 feature_shape = list(trunk.eval()(torch.zeros(1, channels, size, size)).shape[1:])
             entry["shared_trunk"] = {"model": path.stem, "members": list(pair), "features": feature_shape}
@@ -112,9 +157,10 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
             name = f"{view}_{kind}"
             if pair and kind in pair:
                 export_onnx(FeatureHeadTTA(model, merge), size, out / "onnx" / f"{name}.onnx",
-                            input_shape=tuple(feature_shape))
+                            input_shape=tuple(feature_shape), program=program(name))
             else:
-                export_onnx(TTAModel(model, spec["tta"], merge), size, out / "onnx" / f"{name}.onnx", channels)
+                export_onnx(TTAModel(model, spec["tta"], merge), size, out / "onnx" / f"{name}.onnx", channels,
+                            program=program(name))
             members[kind] = name
         views[view] = {"members": members, "weights": vspec["weights"], **entry}
     bundle = {"cxrlt_version": __version__, "known_classes": list(KNOWN_CLASSES),
@@ -122,14 +168,14 @@ def export_bundle(ensemble_dir: str | Path, zeroshot_dir: str | Path | None, out
               "tta_merge": spec["tta_merge"], "combine": spec["combine"], "calibration": spec["calibration"],
               "normal_gate_alpha": spec["normal_gate_alpha"], "views": views,
               "preprocess": contract.to_dict(),
-              "bands": spec["bands"], "zeroshot": None, "lineage": lineage or {}}
+              "bands": spec["bands"], "zeroshot": None, "lineage": lineage or {}, "programs": programs}
     if zeroshot_dir is not None:
         from cxrlt.zeroshot.predict import ZeroShotPredictor
 
         predictor = ZeroShotPredictor(zeroshot_dir)
         scoring = predictor.export_pieces(out / "zeroshot", list(UNSEEN_CLASSES))
         export_onnx(predictor.image_encoder(), predictor.image_size, out / "onnx" / "clip_image.onnx",
-                    predictor.preprocess.channels)
+                    predictor.preprocess.channels, program=program("clip_image"))
         bundle["zeroshot"] = {"classes": scoring["classes"], "image_size": predictor.image_size, "a": scoring["a"],
                               "b": scoring["b"], "prompts": scoring["prompts"],
                               "preprocess": predictor.preprocess.to_dict()}

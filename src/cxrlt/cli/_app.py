@@ -41,7 +41,7 @@ class Split(StrEnum):
 
 
 #: serving choices; each value is its member's name (StrEnum's functional form)
-OnnxRuntime = StrEnum("OnnxRuntime", ["python", "native"])
+OnnxRuntime = StrEnum("OnnxRuntime", ["python", "native", "aoti"])
 Device = StrEnum("Device", ["cpu", "gpu"])
 Precision = StrEnum("Precision", ["fp32", "fp16"])
 

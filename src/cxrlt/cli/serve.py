@@ -20,11 +20,13 @@ def export_cmd(
     ensemble: Annotated[Path, typer.Option(help="Ensemble directory (cxrlt ensemble build).")],
     out: Annotated[Path, typer.Option(help=_OUT_HELP.format(what="Served-bundle"))],
     zeroshot: Annotated[Path | None, typer.Option(help="Zero-shot model directory.")] = None,
+    programs: Annotated[bool, typer.Option(help="Also each network as a torch.export program (programs/*.pt2), "
+                                                "for serve build --onnx-runtime aoti.")] = False,
 ) -> None:
     """Export every served network to ONNX (dynamic batch axis) with the metadata serving needs."""
     from cxrlt.export import export_bundle
 
-    bundle = export_bundle(ensemble, zeroshot, out)
+    bundle = export_bundle(ensemble, zeroshot, out, programs=programs)
     typer.echo(f"served bundle {out}: views {list(bundle['views'])}, zero-shot {'yes' if bundle['zeroshot'] else 'no'}")
 
 
@@ -38,9 +40,11 @@ def serve_build(
     bundle: Annotated[str, typer.Option(help="Served-bundle directory, or models:/<name>@<alias> from MLflow.")],
     out: Annotated[Path, typer.Option(help=_OUT_HELP.format(what="Model repository"))],
     onnx_runtime: Annotated[OnnxRuntime, typer.Option(help="python (ONNX Runtime in the python backend; embedded "
-                                                           "default) or native (onnxruntime_onnx; NGC image).")]
+                                                           "default), native (onnxruntime_onnx; NGC image) or aoti "
+                                                           "(the bundle's torch.export programs compiled here with "
+                                                           "AOTInductor; bf16 and CUDA graphs on a GPU).")]
     = OnnxRuntime.python,
-    device: Annotated[Device, typer.Option(help="gpu: native runtime, KIND_GPU instances.")] = Device.cpu,
+    device: Annotated[Device, typer.Option(help="gpu: KIND_GPU instances (native or aoti runtime).")] = Device.cpu,
     tensorrt: Annotated[bool, typer.Option(help="GPU: TensorRT execution accelerator for the ONNX models.")] = False,
     precision: Annotated[Precision, typer.Option(help="TensorRT precision.")] = Precision.fp32,
     instances: Annotated[int | None, typer.Option(help="Instances per compute model [default: half the cores].")]
