@@ -8,7 +8,10 @@ LOG=${1:-gpu_check_out}
 mkdir -p "$LOG"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$LOG/gpu.txt"
-python3 -c "import torch, timm, open_clip; print('torch', torch.__version__, 'timm', timm.__version__, 'open_clip', open_clip.__version__)" | tee -a "$LOG/gpu.txt"
+# kornia (the augmentation on the device) is not on the GPU machine: its wheels travel in bench/gpu/wheels, made here with
+#   pip download --no-deps -d bench/gpu/wheels kornia==0.9.0 kornia_rs==0.2.0 --only-binary :all: --python-version 3.X
+python3 -c "import kornia" 2>/dev/null || python3 -m pip install --quiet --no-index --find-links bench/gpu/wheels kornia kornia_rs 2>&1 | tail -2
+python3 -c "import torch, timm, open_clip, kornia; print('torch', torch.__version__, 'timm', timm.__version__, 'open_clip', open_clip.__version__, 'kornia', kornia.__version__)" | tee -a "$LOG/gpu.txt"
 timeout 480 python3 bench/gpu/check.py --out "$LOG/check" 2>&1 | grep -v Warning | tee "$LOG/check.txt"
 timeout 200 python3 bench/train_throughput.py --profiles tiny paper --steps 5 2>&1 | grep -v Warning | tee "$LOG/train_throughput.txt"
 timeout 100 python3 bench/zeroshot_throughput.py --profiles tiny paper --steps 5 2>&1 | grep -v Warning | tee "$LOG/zeroshot_throughput.txt"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +28,11 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
     assert all(report["loader"][f"{cache}/{n}"] > 0 for cache in ("png", "shards", "shards-noaug") for n in (1, 2))
     assert report["loader"]["device_augment"] > 0
     inference = report["inference"]
-    modes = [m for m in inference if m != "flops_per_image"]
+    served = inference["served"]  # the serving code's path: export_program -> compile_program -> AotiEngine
+    assert served["router"]["max_abs_diff"] <= 1e-4 and served["router"]["images_per_s"] > 0
+    assert served["router"]["cuda_graph_batches"] == []  # CUDA graphs only on a GPU
+    assert served["request_path"]["p50_ms_batch1"] == pytest.approx(served["router"]["p50_ms_batch1"])
+    modes = [m for m in inference if m not in ("flops_per_image", "served")]
     assert modes == ["eager fp32", "AOT float32 .pt2"]  # --tiny skips the pipeline's torch.compile
     for mode in modes:
         # fp32 on CPU everywhere: compiled and AOT compute what eager computes up to reordered sums

@@ -14,14 +14,17 @@ One command, side by side in one run, every figure also as a fraction of this de
 4. inference: the whole pipeline (router, PCAM, Swin, CaiT over the PCAM trunk, the CLIP image tower) at batch 1
    (p50 ms) and batch 64 (images/s): eager fp32, eager bf16, torch.compile (bf16 on GPU) and the AOTInductor
    package (``torch.export`` + ``aoti_compile_and_package``, loaded back from its ``.pt2`` file), each checked
-   against eager fp32 (max |difference| of the outputs).
+   against eager fp32 (max |difference| of the outputs);
+5. served networks: each through the serving code's own AOTInductor path (``export_program`` -> ``compile_program``
+   -> the python-backend runner's ``AotiEngine``, bf16 with a CUDA graph at batch 1 on a GPU), against eager fp32.
 
 Usage on a GPU (meant to finish within 8 minutes on one H200; not yet timed there):
 ``python bench/gpu/check.py --out gpu_check_out``
 In ``make test``: ``python bench/gpu/check.py --device cpu --tiny --out DIR`` (the tiny profile's networks, small
 images and batches; compiles one member's training step and the AOT packages, not the pipeline's torch.compile).
-Needs torch, timm, open_clip; the wheels the GPU machine lacks: none. Writes ``check.json`` and prints one table per
-section.
+Needs torch, timm, open_clip and kornia (the augmentation on the device); the wheels the GPU machine lacks:
+kornia and kornia_rs (about 3 MB; ``bench/gpu_check.sh`` installs them from ``bench/gpu/wheels`` when they are
+missing). Writes ``check.json`` and prints one table per section.
 """
 
 from __future__ import annotations
@@ -53,11 +56,14 @@ from cxrlt.training.data import ImageStore, ManifestDataset
 from cxrlt.training.loop import make_ema, optimisation_step
 from cxrlt.training.step import StepOptions
 from cxrlt.training.trainer import MemberTask
+from cxrlt.tta import FeatureHeadTTA, TrunkTTA, TTAModel
 from cxrlt.zeroshot.model import DualBranchCLIP, ImageEncoder, build_clip
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = ("pcam", "swin", "cait", "router")
 SECTIONS = ("train", "loader", "inference")
+#: the networks of a served request (serving/repository.py's models for a view with a shared trunk)
+SERVED = ("router", "trunk", "pcam", "cait", "swin", "clip_image")
 
 
 def sync(device: torch.device) -> None:
@@ -259,6 +265,69 @@ def inference_rates(cfg: dict, device: torch.device, big_batch: int, repeats: in
     return results
 
 
+def served_networks(cfg: dict, names: tuple[str, ...]) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """The networks as the model repository serves them (``cxrlt export``'s wrappers with the profile's TTA): the
+    router, the view's shared PCAM trunk, the PCAM and CaiT heads over its features, Swin, and the CLIP image
+    tower; each with its per-item input shape."""
+    contract = task1_preprocess(cfg)
+    size, chans = contract.size, contract.channels
+    tta, merge = cfg["inference"]["tta"], cfg["inference"]["tta_merge"]
+    torch.manual_seed(0)
+    pcam = build_network("pcam", cfg, size, chans).eval()
+    image = (chans, size, size)
+    trunk = TrunkTTA(pcam, tta).eval()
+    with torch.no_grad():
+        features = tuple(trunk(torch.zeros(1, *image)).shape[1:])
+    zs = zeroshot_settings(cfg)
+    builders = {
+        "router": lambda: (build_network("router", cfg, size, chans), image),
+        "trunk": lambda: (trunk, image),
+        "pcam": lambda: (FeatureHeadTTA(pcam, merge), features),
+        "cait": lambda: (FeatureHeadTTA(build_network("cait", cfg, size, chans), merge), features),
+        "swin": lambda: (TTAModel(build_network("swin", cfg, size, chans), tta, merge), image),
+        "clip_image": lambda: (ImageEncoder(DualBranchCLIP(build_clip(zs)[0], int(zs["context_length"]))),
+                               (int(zs["preprocess"]["channels"]), int(zs["image_size"]), int(zs["image_size"]))),
+    }
+    return {name: (module.eval(), item) for name in names for module, item in [builders[name]()]}
+
+
+def served_rates(cfg: dict, device: torch.device, names: tuple[str, ...], big_batch: int, repeats: int,
+                 workdir: Path) -> dict:
+    """Each served network through the serving code's own path: ``cxrlt.export.export_program`` (dynamic batch)
+    -> ``compile_program`` for this device (bf16 on CUDA) -> the runner's ``AotiEngine`` (CUDA graphs for batch 1
+    on CUDA), against the eager fp32 network; batch 1 p50 and batch ``big_batch`` images/s per network, and the
+    request path's sum (router + trunk + heads + Swin + CLIP run one after another: an upper bound, the view's
+    members run in parallel in the repository)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "serving" / "models"))
+    from _engines import AotiEngine
+
+    from cxrlt.export import compile_program, export_program
+
+    bf16 = device.type == "cuda"
+    dtype = "bfloat16" if bf16 else "float32"
+    out: dict = {}
+    for name, (module, item) in served_networks(cfg, names).items():
+        t0 = time.perf_counter()
+        program = export_program(module, torch.zeros(2, *item), workdir / "programs" / f"{name}.pt2")
+        package = compile_program(program, workdir / "packages" / f"{name}.pt2", device.type, dtype)
+        engine = AotiEngine(str(package), item, device.type, dtype, graph_batches=(1,) if bf16 else ())
+        build_s = time.perf_counter() - t0
+        x1, xb = torch.randn(1, *item).numpy(), torch.randn(big_batch, *item).numpy()
+        with torch.no_grad():
+            reference = module.float()(torch.from_numpy(xb)).numpy()
+        diff = float(abs(engine(xb) - reference).max())
+        engine(x1)
+        p50 = statistics.median(timed(lambda e=engine, x=x1: e(x), device, repeats * 2)) * 1e3
+        seconds = statistics.median(timed(lambda e=engine, x=xb: e(x), device, repeats))
+        out[name] = {"p50_ms_batch1": p50, "images_per_s": big_batch / seconds, "max_abs_diff": diff,
+                     "build_s": build_s, "cuda_graph_batches": sorted(engine.graphs)}
+    out["request_path"] = {"p50_ms_batch1": sum(r["p50_ms_batch1"] for r in out.values()),
+                           "images_per_s": 1 / sum(1 / r["images_per_s"] for r in out.values())}
+    return out
+
+
 def export_aot(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """``torch.export`` at the example's batch size, compiled ahead of time into a ``.pt2`` package. One package
     per batch size: static shapes let Inductor specialise (and CUDA graphs capture) them; a dynamic batch dimension
@@ -291,7 +360,8 @@ def loader_section(cfg: dict, work: Path, tiny: bool, train: dict, device: torch
     return rates
 
 
-def inference_section(cfg: dict, device: torch.device, work: Path, tiny: bool, of_peak) -> dict:
+def inference_section(cfg: dict, device: torch.device, work: Path, tiny: bool, of_peak,
+                      served_names: tuple[str, ...] = ("router",)) -> dict:
     big = 16 if tiny else 64
     # the make-test run skips torch.compile of the pipeline (it compiles a training step already; Inductor builds
     # the AOT packages too): about 1.5 minutes less on 2 cores
@@ -301,11 +371,21 @@ def inference_section(cfg: dict, device: torch.device, work: Path, tiny: bool, o
     print(f"{'mode':<16} {'p50 ms (b=1)':>12} {'img/s (b=' + str(big) + ')':>13} {'% peak':>7} {'max |d|':>9} "
           f"{'build s':>8}")
     for mode, r in inference.items():
-        if mode == "flops_per_image":
+        if mode in ("flops_per_image", "served"):
             continue
         print(f"{mode:<16} {r['p50_ms_batch1']:>12.2f} {r['images_per_s']:>13.1f} "
               f"{100 * of_peak(inference['flops_per_image'], r['images_per_s']):>6.2f}% "
               f"{r['max_abs_diff']:>9.2e} {r['build_s']:>8.1f}")
+    # the make-test run compiles one served network (about 30 s on 2 cores); --served chooses on a GPU
+    names = ("router",) if tiny else served_names
+    served = served_rates(cfg, device, names, big, 3 if tiny else 20, work)
+    inference["served"] = served
+    print(f"\nserved networks (serve build --onnx-runtime aoti: export_program -> compile_program -> the runner's "
+          f"engine{', CUDA graph at batch 1' if device.type == 'cuda' else ''}), batch 1 p50 and batch {big}")
+    print(f"{'network':<16} {'p50 ms (b=1)':>12} {'img/s (b=' + str(big) + ')':>13} {'max |d|':>9} {'build s':>8}")
+    for name, r in served.items():
+        print(f"{name:<16} {r['p50_ms_batch1']:>12.2f} {r['images_per_s']:>13.1f} "
+              f"{r.get('max_abs_diff', float('nan')):>9.2e} {r.get('build_s', float('nan')):>8.1f}", flush=True)
     return inference
 
 
@@ -318,6 +398,9 @@ def main() -> None:
     ap.add_argument("--members", nargs="+", default=list(MEMBERS), choices=MEMBERS)
     ap.add_argument("--steps", type=int, default=None, help="timed training steps per member (default 20; tiny 3)")
     ap.add_argument("--out", type=Path, default=Path("gpu_check_out"))
+    ap.add_argument("--served", nargs="+", default=["router", "trunk", "pcam"], choices=SERVED,
+                    help="served networks compiled through serve build's AOTInductor path (each compile takes "
+                         "about a minute; default: the router and the PCAM path; --tiny: the router)")
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                     help="what to measure (default: all; the peak is always measured)")
     args = ap.parse_args()
@@ -368,7 +451,7 @@ def main() -> None:
         if "loader" in args.sections:
             report["loader"] = loader_section(cfg, work, tiny, report["train"], device)
         if "inference" in args.sections:
-            report["inference"] = inference_section(cfg, device, work, tiny, of_peak)
+            report["inference"] = inference_section(cfg, device, work, tiny, of_peak, tuple(args.served))
     report["seconds"] = time.perf_counter() - started
     (args.out / "check.json").write_text(json.dumps(report, indent=2))
     print(f"\n{report['seconds']:.0f} s; {args.out / 'check.json'}")
