@@ -58,6 +58,20 @@ def test_compiled_package_computes_what_the_onnx_file_computes(program_bundle, t
     assert MAX_PROGRAM_BATCH >= 64
 
 
+def test_a_bf16_package_is_re_exported_from_the_fp32_program(program_bundle, tmp_path):
+    """The GPU build's path (weights and inputs moved to the serving dtype, the program exported again, then
+    compiled), taken on CPU: bf16 keeps 8 bits of mantissa, so the logits agree with fp32 to about 1 % of their
+    scale, not to float32's rounding."""
+    package = compile_program(program_bundle / "programs" / "router.pt2", tmp_path / "router_bf16.pt2", "cpu",
+                              "bfloat16")
+    item = (1, 32, 32)
+    x = np.random.default_rng(1).standard_normal((3, *item)).astype(np.float32)
+    expected = onnx_outputs(str(program_bundle / "onnx" / "router.onnx"), x)
+    got = AotiEngine(str(package), item, "cpu", "bfloat16")(x)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 0.02 * np.abs(expected).max() + 1e-3
+
+
 def test_aoti_repository_serves_the_packages_with_the_shared_runner(program_bundle, tmp_path, monkeypatch):
     """The repository's configs for the aoti runtime (CPU and GPU). Compiling all eight networks takes minutes on
     2 cores, so the compile step here copies the program (the compile itself is the test above)."""
