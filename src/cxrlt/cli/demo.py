@@ -25,8 +25,8 @@ def demo(
     verbose: Annotated[bool, typer.Option(help="Show every line of every step (kfp.local's executor JSON included) "
                                                "instead of banners, progress and results.")] = False,
     no_challenger: Annotated[bool, typer.Option(
-        help="Skip the second retraining (most lateral images removed) and its promotion, which the subgroup "
-             "rule refuses.")] = False,
+        help="Skip the second retraining (a longer frontal schedule, 30 % of the lateral images removed) and its "
+             "promotion, which the subgroup rule refuses.")] = False,
     containers: Annotated[bool, typer.Option(help="Run the pipeline's components and Triton in the project's images "
                                                   "(make images; podman or Docker) instead of the project venv.")]
     = False,
