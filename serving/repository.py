@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, model_validator
 import cxrlt.scoring
 import cxrlt.shadow
 from cxrlt.errors import InvalidInputError
-from cxrlt.export import bundle_contracts, load_bundle
+from cxrlt.export import PROGRAMS_DIR, bundle_contracts, load_bundle
 from cxrlt.labels import UNSEEN_CLASSES
 from cxrlt.machine import usable_cpus
 from cxrlt.outdir import OUTPUT_MARKER, claim_output_dir
@@ -39,7 +39,6 @@ SCORING_FILE = {"cxrlt_scoring.py": Path(cxrlt.scoring.__file__)}
 #: the challenger's models in a repository that shadow-scores it
 SHADOW_PREFIX = "shadow_"
 ONNX_RUNTIMES = ("python", "native", "aoti")
-PROGRAMS_DIR = "programs"
 
 
 class ServingOptions(BaseModel):
@@ -176,6 +175,10 @@ def _python_model(repo: Path, spec: dict, source: str, files: dict[str, Path] | 
 def _onnx_model(repo: Path, name: str, onnx_file: Path, in_dims: list[int], out_dims: list[int],
                 opts: ServingOptions) -> None:
     inputs, outputs = [tensor("INPUT", "TYPE_FP32", in_dims)], [tensor("OUTPUT", "TYPE_FP32", out_dims)]
+    gpu = opts.device == "gpu"
+    # where the network runs: gpu_instances per visible GPU, or the CPU instance count
+    placement = {"kind": "KIND_GPU", "instances": opts.gpu_instances} if gpu else {"kind": "KIND_CPU"}
+    runner_files = {"_engines.py": MODELS_DIR / "_engines.py"}
     if opts.onnx_runtime == "native":
         accelerators = None
         if opts.tensorrt:
@@ -183,11 +186,8 @@ def _onnx_model(repo: Path, name: str, onnx_file: Path, in_dims: list[int], out_
                                                       "max_workspace_size_bytes": str(1 << 30)}}
             accelerators = {"execution_accelerators": {"gpu_execution_accelerator": [trt]}}
         params = {"intra_op_thread_count": str(opts.ort_threads), "inter_op_thread_count": "1"}
-        gpu = opts.device == "gpu"
         _write(repo, compute_config(name, inputs, outputs, opts, platform="onnxruntime_onnx", params=params,
-                                    kind="KIND_GPU" if gpu else "KIND_CPU",
-                                    instances=opts.gpu_instances if gpu else None,
-                                    optimization=accelerators), {"model.onnx": onnx_file})
+                                    optimization=accelerators, **placement), {"model.onnx": onnx_file})
     elif opts.onnx_runtime == "aoti":
         import tempfile
 
@@ -198,20 +198,17 @@ def _onnx_model(repo: Path, name: str, onnx_file: Path, in_dims: list[int], out_
             raise InvalidInputError(f"{program} is missing: --onnx-runtime aoti compiles the bundle's torch.export "
                                     "programs (export with `cxrlt export --programs`, or a profile with "
                                     "inference.export_programs: true)")
-        gpu = opts.device == "gpu"
         device, dtype = ("cuda", "bfloat16") if gpu else ("cpu", "float32")
         with tempfile.TemporaryDirectory(prefix="cxrlt-aoti-") as tmp:
             package = compile_program(program, Path(tmp) / "model.pt2", device, dtype)
             params = {"model_file": "model.pt2", "device": device, "dtype": dtype,
                       "cuda_graph_batches": ",".join(map(str, opts.cuda_graph_batches)) if gpu else ""}
-            _python_model(repo, compute_config(name, inputs, outputs, opts, params=params,
-                                               kind="KIND_GPU" if gpu else "KIND_CPU",
-                                               instances=opts.gpu_instances if gpu else None),
-                          "network_runner.py", {"model.pt2": package, "_engines.py": MODELS_DIR / "_engines.py"})
+            _python_model(repo, compute_config(name, inputs, outputs, opts, params=params, **placement),
+                          "network_runner.py", {"model.pt2": package, **runner_files})
     else:
         _python_model(repo, compute_config(name, inputs, outputs, opts, params={
             "model_file": "model.onnx", "intra_op_threads": str(opts.ort_threads)}), "network_runner.py",
-            {"model.onnx": onnx_file, "_engines.py": MODELS_DIR / "_engines.py"})
+            {"model.onnx": onnx_file, **runner_files})
 
 
 def _view_models(repo: Path, bundle: dict, view: str, vspec: dict, onnx: Path, shape: list[int],

@@ -83,14 +83,17 @@ def export_program(module: nn.Module, example: torch.Tensor, path: Path) -> Path
     """The module as a ``torch.export`` program with a dynamic batch axis (1 to :data:`MAX_PROGRAM_BATCH`), saved
     to ``path``: the device-independent form that ``cxrlt serve build --onnx-runtime aoti`` compiles with
     AOTInductor for the serving machine's device and precision (a compiled package is specific to both)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(_export_batch_dynamic(module.eval(), example), str(path))
+    return path
+
+
+def _export_batch_dynamic(module: nn.Module, example: torch.Tensor):
+    """``torch.export`` of ``module`` with its batch axis dynamic from 1 to :data:`MAX_PROGRAM_BATCH`."""
     from torch.export import Dim, export
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    batch = Dim("batch", min=1, max=MAX_PROGRAM_BATCH)
     with torch.no_grad():
-        program = export(module.eval(), (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
-    return path
+        return export(module, (example,), dynamic_shapes=({0: Dim("batch", min=1, max=MAX_PROGRAM_BATCH)},))
 
 
 def compile_program(program_path: str | Path, package_path: str | Path, device: str = "cpu",
@@ -98,15 +101,10 @@ def compile_program(program_path: str | Path, package_path: str | Path, device: 
     """AOTInductor-compile an exported program (:func:`export_program`) for ``device`` with weights and inputs in
     ``dtype`` (bf16 on a GPU, for its tensor cores) into a ``.pt2`` package; the package is specific to the device,
     the dtype and this torch, so it is made where it is served (``serve build --onnx-runtime aoti``)."""
-    from torch.export import Dim, export
-
     program = torch.export.load(str(program_path))
     if device != "cpu" or dtype != "float32":  # the program is fp32 on CPU: re-export at the serving device/dtype
         target = {"device": torch.device(device), "dtype": getattr(torch, dtype)}
-        module = program.module().to(**target)
-        example = program.example_inputs[0][0].to(**target)
-        with torch.no_grad():
-            program = export(module, (example,), dynamic_shapes=({0: Dim("batch", min=1, max=MAX_PROGRAM_BATCH)},))
+        program = _export_batch_dynamic(program.module().to(**target), program.example_inputs[0][0].to(**target))
     Path(package_path).parent.mkdir(parents=True, exist_ok=True)
     return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(package_path)))
 

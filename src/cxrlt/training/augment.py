@@ -4,9 +4,10 @@ training device (``train.augment_on: device``), the same transformation either w
 Horizontal flip p 0.5, rotation +-20 deg, scale 0.9-1.1, translation <= 5 %, CLAHE p 0.3 (the projection-aware
 solution's settings). CLAHE equalises a 256-bin histogram per tile, as albumentations' CLAHE (the papers' library)
 does: OpenCV's CLAHE of a 16-bit image has 65,536 bins, so its clip limit (clip x tile pixels / bins) falls below
-one count per bin, which is a different, near-global equalisation, and it took 9 ms per 512 px image against
-0.3 ms (docs/performance.md). On the device, kornia's CLAHE is the same 256-bin algorithm (within 0.03 of OpenCV's
-on the same image, tested) and the affine is one ``grid_sample`` for the batch with OpenCV's geometry.
+one count per bin, which is a different, near-global equalisation, and it took 14 ms per 512 px image against
+1.8 ms (``bench/loader_costs.py``, docs/performance.md). On the device, kornia's CLAHE is the same 256-bin
+algorithm (within 0.03 of OpenCV's on the same image, tested) and the affine is one ``grid_sample`` for the batch
+with OpenCV's geometry.
 """
 
 from __future__ import annotations
