@@ -55,3 +55,40 @@ def test_the_recorded_process_itself_is_stopped(tmp_path):
     assert stop_group(proc.pid, timeout=5, started=start_time(proc.pid)) is True
     proc.wait(timeout=10)
     assert not alive(proc.pid)
+
+
+def _child(code: str, **env) -> str:
+    import os
+
+    # without the variables by which MLflow turns telemetry off on its own (pytest's, CI providers')
+    dropped = ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI",
+               "JENKINS_URL", "BUILDKITE", "TF_BUILD", "TRAVIS", "CIRCLECI")
+    base = {k: v for k, v in os.environ.items() if k not in dropped}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**base, **env}).stdout.strip()
+
+
+def test_importing_cxrlt_turns_mlflow_telemetry_off_for_the_process_and_its_children():
+    code = ("import cxrlt, subprocess, sys\n"
+            "from mlflow.telemetry.utils import is_telemetry_disabled\n"
+            "read = 'import os; print(os.environ[\"MLFLOW_DISABLE_TELEMETRY\"])'\n"
+            "child = subprocess.run([sys.executable, '-c', read], capture_output=True, text=True).stdout.strip()\n"
+            "print(is_telemetry_disabled(), child)")
+    assert _child(code) == "True true"
+    # the control: the same environment without cxrlt has MLflow's telemetry on
+    assert _child("from mlflow.telemetry.utils import is_telemetry_disabled; print(is_telemetry_disabled())") == "False"
+    # a choice the user made is kept
+    assert _child("import cxrlt, os; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])",
+                  MLFLOW_DISABLE_TELEMETRY="false") == "false"
+
+
+def test_idle_priority_applies_to_the_child_only():
+    import os
+
+    from cxrlt.demo import idle_priority
+
+    code = "import os; print(os.sched_getscheduler(0) == os.SCHED_IDLE or os.getpriority(os.PRIO_PROCESS, 0) == 19)"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           preexec_fn=idle_priority)
+    assert child.stdout.strip() == "True"
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE
