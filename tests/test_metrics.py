@@ -52,6 +52,27 @@ def test_ece_by_hand():
     assert calibration_error(p, y, n_bins=10) == pytest.approx(0.45 * 0.5 + 0.05 * 0.5)
 
 
+def test_column_ece_by_hand_and_against_torchmetrics():
+    from cxrlt.metrics import column_calibration_errors, macro_ece
+
+    # the hand example above in column 0; column 1: p = 1.0 (its own bin) with y = 0 -> |0 - 1| * 1/4, and three
+    # p = 0.1 with y = 0, 0, 1 in one bin -> |1/3 - 0.1| * 3/4
+    p = np.array([[0.05, 1.0], [0.05, 0.1], [0.95, 0.1], [0.95, 0.1]])
+    y = np.array([[0, 0], [1, 0], [1, 0], [1, 1]])
+    got = column_calibration_errors(y, p)
+    assert got == pytest.approx([0.45 * 0.5 + 0.05 * 0.5, 0.25 + (1 / 3 - 0.1) * 0.75], abs=1e-12)
+    assert macro_ece(y, p) == pytest.approx(np.mean(got), abs=1e-12)
+    # torchmetrics, column by column, on scores with ties at the bin edges, 0 and 1
+    rng = np.random.default_rng(3)
+    p = np.round(rng.random((300, 7)), 1)
+    y = (rng.random((300, 7)) < p).astype(int)
+    for bins in (10, 15):
+        expected = [calibration_error(p[:, j], y[:, j], n_bins=bins) for j in range(7)]
+        assert column_calibration_errors(y, p, bins) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="probabilities"):
+        column_calibration_errors(y, p - 0.5)
+
+
 def test_bands_and_bootstrap():
     y, p = _random_task(3, c=3)
     res = evaluate(y, p, ["a", "b", "c"], bands={"a": "head", "b": "tail", "c": "tail"}, n_bootstrap=50)

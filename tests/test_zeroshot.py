@@ -228,3 +228,25 @@ def test_zeroshot_killed_run_resumes_to_the_same_weights(synth_data, tmp_path):
     b = torch.load(tmp_path / "k" / "last.pt", weights_only=False)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_channels_last_trains_the_same_clip(synth_data, tmp_path):
+    """The NHWC layout changes how fast the image tower runs, not what one epoch computes: the same loss and the
+    same weights as the contiguous layout, within float32 summation order."""
+    from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
+
+    runs = {}
+    for channels_last in (False, True):
+        cfg = {"profile": "test", "data": {"val_fraction": 0.2, "split_seed": 0},
+               "zeroshot": {**TINY_ZS, "epochs": 1, "batch_size": 32, "channels_last": channels_last}}
+        out = tmp_path / str(channels_last)
+        card = train_zeroshot(ZeroShotRequest(cfg, synth_data, out, progress=False))
+        runs[channels_last] = card, torch.load(out / "last.pt", weights_only=False)["model"]
+    (plain, a), (nhwc, b) = runs[False], runs[True]
+    assert nhwc["settings"]["channels_last"] and not plain["settings"]["channels_last"]
+    for key in ("train_loss", "contrastive", "asl", "val_known_mAP"):
+        assert nhwc["history"][0][key] == pytest.approx(plain["history"][0][key], rel=1e-4), key
+    # AdamW divides by the gradient's running scale, so a rounding difference in a near-zero gradient can move a weight
+    # by up to a step of lr (1e-3) either way: no weight may be further apart than one such step
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-3, msg=k)

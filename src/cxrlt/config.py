@@ -306,6 +306,8 @@ class ZeroShotConfig(_Optimisation):
     augment: AugmentSettings = AugmentSettings(flip_p=0.0, rotate_deg=5, scale=(0.95, 1.05), clahe_p=0.0)
     seed: int = 0
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = 0
+    #: NHWC weights and inputs for a convolutional image tower (cxrlt.training.step): what it computes is unchanged
+    channels_last: bool = False
 
     @field_validator("model")
     @classmethod

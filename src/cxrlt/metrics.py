@@ -204,12 +204,31 @@ def stratified_resample(strata: np.ndarray, rng: np.random.Generator) -> np.ndar
     return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
 
 
+def column_calibration_errors(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """:func:`calibration_error` of every column at once (the bootstrap calls it for every class of every replicate).
+
+    The same bins as torchmetrics (``bucketize(right=True) - 1`` over ``linspace(0, 1, n_bins + 1)``, so p = 1 has a
+    bin of its own), and the same sum: a bin's weight times |accuracy - confidence| is |sum(y - p) over the bin| / n.
+    """
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.float64)
+    if not ((y_prob >= 0) & (y_prob <= 1)).all():
+        raise InvalidInputError("calibration error needs probabilities in [0, 1]; got values outside it or NaN")
+    n, k = y_prob.shape
+    slots = n_bins + 1
+    edges = torch.linspace(0, 1, slots, dtype=torch.float64).numpy()  # torch's edges: numpy's differ by an ulp
+    bins = np.searchsorted(edges, y_prob, side="right") - 1
+    flat = (bins + slots * np.arange(k)).ravel()
+    gap = np.bincount(flat, weights=(y_true - y_prob).ravel(), minlength=slots * k).reshape(k, slots)
+    return np.abs(gap).sum(axis=1) / n
+
+
 def macro_ece(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     """Mean per-class ECE (10 equal-width bins, L1) over the classes with positives (``EvalResult.summary``'s mECE)."""
     keep = np.flatnonzero(np.asarray(y_true).sum(0) > 0)
     if not len(keep):
         return float("nan")
-    return float(np.mean([calibration_error(y_prob[:, j], y_true[:, j]) for j in keep]))
+    return float(np.mean(column_calibration_errors(np.asarray(y_true)[:, keep], np.asarray(y_prob)[:, keep])))
 
 
 def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n: int = 200, seed: int = 0, alpha: float = 0.05,

@@ -37,6 +37,7 @@ from cxrlt.training.checkpoint import atomic_save
 from cxrlt.training.data import ImageStore, ManifestDataset
 from cxrlt.training.loop import fit, make_ema, per_rank_batch
 from cxrlt.training.sampler import EpochShardedSampler, sample_rng
+from cxrlt.training.step import StepOptions
 from cxrlt.zeroshot.bank import load_bank, prompts_for
 from cxrlt.zeroshot.loss import DualBranchLoss
 from cxrlt.zeroshot.model import DualBranchCLIP, build_clip, tokenize
@@ -116,7 +117,8 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
 
     ctx = int(zs["context_length"])
     clip, weights = build_clip(zs, weights=True, mirror=cfg.get("weights_mirror"))
-    model = DualBranchCLIP(clip, ctx, float(zs["asl_scale_init"]), float(zs["asl_bias_init"])).to(device)
+    step = StepOptions(device, channels_last=bool(zs["channels_last"]))
+    model = step.place(DualBranchCLIP(clip, ctx, float(zs["asl_scale_init"]), float(zs["asl_bias_init"])))
     if not zs["train"]:  # HPH: training-free, the pretrained CLIP scores the prompts as it is
         score = known_class_map(model, val_loader, bank, train_classes, zs, device)
         card = _card(cfg, zs, weights, held_out, train_classes, -1, score, [], info) | {"training_free": True}
@@ -137,7 +139,7 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
                                   warmup_t=int(zs["warmup_epochs"] * steps),
                                   warmup_lr_init=float(zs["lr"]) * zs["warmup_lr_ratio"],
                                   warmup_prefix=True, t_in_epochs=False)
-    task = ZeroShotTask(model, criterion, guard, bank, train_classes, zs, seed, device, info, val_loader)
+    task = ZeroShotTask(model, criterion, guard, bank, train_classes, zs, seed, step, info, val_loader)
     run = _mlflow_start(zs, cfg, held_out, info)
     state = fit(task, name="zeroshot", model=model, net=net, loader=loader, epochs=epochs, steps_per_epoch=steps,
                 optimizer=optimizer, scheduler=scheduler, ema=ema, out_dir=out, seed=seed, info=info,
@@ -168,9 +170,10 @@ class ZeroShotTask:
     label = "val known-class mAP"
 
     def __init__(self, model: DualBranchCLIP, criterion: DualBranchLoss, guard: LeakGuard, bank, classes: list[str],
-                 zs: dict, seed: int, device: torch.device, info: D.DistInfo, val_loader: DataLoader):
+                 zs: dict, seed: int, step: StepOptions, info: D.DistInfo, val_loader: DataLoader):
         self.model, self.criterion, self.guard, self.bank, self.classes = model, criterion, guard, bank, classes
-        self.zs, self.seed, self.device, self.info, self.val_loader = zs, seed, device, info, val_loader
+        self.zs, self.seed, self.step, self.info, self.val_loader = zs, seed, step, info, val_loader
+        self.device = step.device
         self.ctx = int(zs["context_length"])
 
     def loss(self, net: nn.Module, batch, epoch: int, step: int) -> tuple[torch.Tensor, int, dict]:
@@ -181,7 +184,7 @@ class ZeroShotTask:
         class_prompts = [(p := prompts_for(self.bank[c], self.zs["prompts"]))[int(prompt_rng.integers(len(p)))]
                          for c in self.classes]
         self.guard.check_texts(texts + class_prompts)
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = self.step.inputs(x), y.to(self.device)
         img, txt, cls = net(x, tokenize(texts, self.ctx).to(self.device),
                             tokenize(class_prompts, self.ctx).to(self.device))
         m = self.model
