@@ -1,7 +1,9 @@
 """Benchmark: dual-branch CLIP training samples/s (contrastive + ASL step) per profile, with the text-side cost.
 
 Prints image-only forward, full training step and the ratio, so the cost of encoding reports and class prompts
-every step is visible. Usage: python bench/zeroshot_throughput.py [--profiles tiny paper] [--steps 5]
+every step is visible, then the training step with the image tower in NHWC (``zeroshot.channels_last``) against the
+contiguous layout, side by side in the same process. Usage:
+    python bench/zeroshot_throughput.py [--profiles tiny paper] [--steps 5]
 """
 
 from __future__ import annotations
@@ -69,19 +71,28 @@ def run_profile(profile: str, steps_arg: int, device: torch.device) -> None:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             model.encode_image(x)
 
-    for fn in (step, image_only):
+    def rate(fn) -> float:
         fn()
-    rates = {}
-    for name, fn in (("train step", step), ("image forward", image_only)):
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
             fn()
         _sync(device)
-        rates[name] = steps * batch / (time.perf_counter() - t0)
+        return steps * batch / (time.perf_counter() - t0)
+
+    rates = {"train step": rate(step), "image forward": rate(image_only)}
     print(f"{profile:<6} model={zs['model']:<8} size={zs['image_size']:<4} batch={batch:<4} "
           f"train {rates['train step']:8.1f} samples/s | image forward {rates['image forward']:8.1f} samples/s "
           f"| forward/train {rates['image forward'] / rates['train step']:.1f}")
+    layouts = {}
+    for _ in range(2):  # alternated, so that a drift of the machine's speed does not favour one layout
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            model.to(memory_format=fmt)
+            x = x.contiguous(memory_format=fmt)
+            layouts.setdefault(fmt, []).append(rate(step))
+    plain, nhwc = (max(layouts[f]) for f in (torch.contiguous_format, torch.channels_last))
+    print(f"{profile:<6} train step, contiguous {plain:8.1f} samples/s | channels_last {nhwc:8.1f} samples/s "
+          f"| x {nhwc / plain:.2f} (best of 2 each)")
 
 
 if __name__ == "__main__":
