@@ -27,8 +27,8 @@ def _key(setting, view="frontal", networks=("frontal/pcam",), profile=None, spli
 
     prof, spl, data, cache = setting
     profile = profile or prof
-    return member_cache.job_key(view, f"{view}-x", list(networks), profile, load_config(profile), splits or spl,
-                                str(data), cache, launch)
+    return member_cache.job_key(view, f"{view}-x", list(networks), load_config(profile), splits or spl, str(data),
+                                cache, launch)
 
 
 def test_the_key_follows_the_views_rows_profile_launch_and_weights(setting, synth_data, tmp_path):
@@ -65,6 +65,23 @@ def test_the_key_follows_the_views_rows_profile_launch_and_weights(setting, synt
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "lr": 2e-3}}))
     assert _key(setting, profile=other)[0] != frontal
+    # an override decides only the networks it names: another network's override, a comment or the key order does
+    # not retrain this job; its own override does
+    train = TINY_CONFIG["train"]
+    for name, overrides, same_frontal in (("lateral", {"lateral/pcam": {"epochs": 9}}, True),
+                                          ("swin", {"swin": {"lr": 5e-4}}, True),
+                                          ("own", {"frontal/pcam": {"epochs": 9}}, False),
+                                          ("view", {"frontal": {"weight_decay": 0.01}}, False)):
+        changed = tmp_path / f"override-{name}.yaml"
+        changed.write_text(yaml.safe_dump({**TINY_CONFIG, "train": {
+            **train, "overrides": {**(train.get("overrides") or {}), **overrides}}}))
+        assert (_key(setting, profile=changed)[0] == frontal) is same_frontal, name
+    lateral_override = tmp_path / "override-lateral.yaml"
+    assert _key(setting, "lateral", ("lateral/pcam",), profile=lateral_override)[0] != lateral
+    reordered = tmp_path / "reordered.yaml"
+    reordered.write_text("# the same profile, commented, its keys in another order\n"
+                         + yaml.safe_dump(dict(reversed(list(TINY_CONFIG.items()))), sort_keys=False))
+    assert _key(setting, profile=reordered)[0] == frontal
     assert _key(setting, launch={**LAUNCH, "nproc": 2})[0] != frontal
     assert _key(setting, launch={**LAUNCH, "epochs": 3})[0] != frontal
 

@@ -2,12 +2,14 @@
 
 A retraining whose data changed for one projection only (a site's lateral exports stopped, a relabelled frontal
 subset) trains the same networks again for the other views: on CPU the training is deterministic, so those members
-come out bit for bit as before (the synthetic demo checks it), and on a GPU they differ only by nondeterministic
+come out bit for bit as before, and on a GPU they differ only by nondeterministic
 kernels. KFP's own cache cannot help: the member step reads the split of every view and writes into the run's
 folder on the shared volume, so its inputs change with any view and its cached outputs point into an old run.
 
 A job (a member with its riders, or the router) is reused when its key matches a finished job of an earlier run on
-the same shared volume. The key covers: the run's profile (bytes), the job and its networks, the training and
+the same shared volume. The key covers: the run's profile as it applies to the job (every section, with ``train``
+resolved for each of the job's networks, so an override of another network, a comment or the key order does not
+retrain it; :func:`job_settings`), the job and its networks, the training and
 validation rows the job's view trains on (labels included), the preprocess cache (named by the data's hash and the
 cache settings), the epoch override, the launch settings (launcher, processes, nodes, GPUs, threads), the cxrlt
 sources and the torch and timm versions. Pretrained weights enter by content: a local file by its sha256; a job
@@ -77,10 +79,21 @@ def weights_inputs(networks: list[str], models: dict) -> tuple[dict, str | None]
     return pinned, None
 
 
-def job_key(view: str, job: str, networks: list[str], profile: Path, cfg: dict, splits: Path, data_dir: str,
-            cache: Path, launch: dict) -> tuple[str | None, dict]:
-    """(key, inputs) of one training job (``cfg``: the profile at ``profile``, loaded); key None (and
-    inputs["not_reused"] the reason) when it cannot be reused."""
+def job_settings(cfg: dict, networks: list[str]) -> dict:
+    """The validated profile as it decides one job's weights: every section as it is, but ``train`` replaced by each
+    network's resolved settings (``cxrlt.config.train_settings``: its kind's, view's and own overrides applied)."""
+    from cxrlt.config import train_settings
+
+    settings = {k: v for k, v in cfg.items() if k != "train"}
+    settings["train"] = {name: {k: v for k, v in train_settings(cfg, name).items() if k != "overrides"}
+                         for name in networks}
+    return settings
+
+
+def job_key(view: str, job: str, networks: list[str], cfg: dict, splits: Path, data_dir: str, cache: Path,
+            launch: dict) -> tuple[str | None, dict]:
+    """(key, inputs) of one training job (``cfg``: the run's validated profile); key None (and inputs["not_reused"]
+    the reason) when it cannot be reused."""
     from cxrlt.data.split import training_frames
     from cxrlt.data.tables import VIEWS
 
@@ -91,7 +104,8 @@ def job_key(view: str, job: str, networks: list[str], profile: Path, cfg: dict, 
                                  cfg["train"]["label_source"])
     if view in VIEWS:
         train, val = train[train["view"] == view], val[val["view"] == view]
-    inputs = {"job": job, "networks": networks, "profile_sha256": _digest(Path(profile).read_bytes()),
+    settings = json.dumps(job_settings(cfg, networks), sort_keys=True, default=str).encode()
+    inputs = {"job": job, "networks": networks, "settings_sha256": _digest(settings),
               "train_rows": len(train), "train_sha256": _rows_digest(train), "val_rows": len(val),
               "val_sha256": _rows_digest(val), "preprocess_cache": Path(cache).name, "weights": pinned,
               "launch": launch, "code_sha256": code_digest()}

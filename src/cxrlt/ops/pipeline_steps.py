@@ -138,11 +138,11 @@ def train_networks(view: str, member: str, shared_root: str, run_id: str, data_d
     networks = job_networks(view, member, models)
     launch = {"launcher": launcher, "nproc": nproc, "num_nodes": num_nodes, "gpus_per_node": gpus_per_node,
               "threads": threads, "epochs": epochs}
-    cache_key, inputs = member_cache.job_key(view, key, networks, profile, cfg, splits, data_dir, cache, launch) \
+    cache_key, inputs = member_cache.job_key(view, key, networks, cfg, splits, data_dir, cache, launch) \
         if reuse else (None, {"not_reused": "reuse is off"})
     if cache_key and member_cache.restore(shared_root, cache_key, job_dir):
         print(f"train-member: reused {', '.join(networks)} from {member_cache.MEMBER_CACHE_DIR}/{cache_key[:12]} "
-              "(same rows, profile, launch settings and code)", flush=True)
+              "(same rows, settings, launch and code)", flush=True)
         return _publish_job(artifact_dir, job_dir, networks, reused=cache_key)
     print(f"train-member: training {', '.join(networks)} ({launcher}"
           f"{f', {num_nodes} nodes' if launcher == 'trainjob' else ''})"
