@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cxrlt.ops import mlflow_server
-from cxrlt.ops.procs import alive, same_process, start_time, stop_group
+from cxrlt.ops.procs import alive, idle_priority, same_process, start_time, stop_group
 from serving import server
 
 
@@ -84,8 +84,6 @@ def test_importing_cxrlt_turns_mlflow_telemetry_off_for_the_process_and_its_chil
 
 def test_idle_priority_applies_to_the_child_only():
     import os
-
-    from cxrlt.demo import idle_priority
 
     code = "import os; print(os.sched_getscheduler(0) == os.SCHED_IDLE or os.getpriority(os.PRIO_PROCESS, 0) == 19)"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

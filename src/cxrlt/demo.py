@@ -284,6 +284,7 @@ def _start_lateral_challenger(work: Path, data: Path, args: DemoOptions, env: di
 
     from cxrlt.config import load_config
     from cxrlt.data.split import split_frames
+    from cxrlt.ops.procs import idle_priority
 
     cfg = load_config(args.config)["data"]
     train, _, _ = split_frames(data / "CXRLT_2026_training.csv", data / "padchest_metadata.csv", None,
@@ -305,15 +306,6 @@ def _start_lateral_challenger(work: Path, data: Path, args: DemoOptions, env: di
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, preexec_fn=idle_priority)
     return proc, log, root
-
-
-def idle_priority() -> None:
-    """Make the calling process (and what it starts) take only CPU time nobody else wants: ``SCHED_IDLE`` where
-    Linux offers it, else the lowest nice level. Run in the child before ``exec`` (``preexec_fn``)."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19)
 
 
 def _finish_lateral_challenger(proc: subprocess.Popen, log: Path, root: Path, data: Path, config: Path,

@@ -1,4 +1,5 @@
-"""Background servers started and stopped by PID (MLflow, S3): state files, readiness polling, clean stop."""
+"""Background processes: servers started and stopped by PID (MLflow, S3), state files, readiness polling, clean stop,
+and idle CPU priority for work that should only use spare cycles."""
 
 from __future__ import annotations
 
@@ -75,6 +76,15 @@ def spawn(cmd: list[str], log_file: Path, env: dict | None = None, cwd: str | Pa
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+
+
+def idle_priority() -> None:
+    """Make the calling process (and what it starts) take only CPU time nobody else wants: ``SCHED_IDLE`` where
+    Linux offers it, else the lowest nice level. Run in the child before ``exec`` (``preexec_fn``)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
 
 
 def wait_ready(proc: subprocess.Popen, url: str, timeout: float, log_file: Path, what: str) -> None:
