@@ -65,12 +65,14 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                       min_unseen_lift: float = -1.0, launcher: str = "local", nproc: int = 1, num_nodes: int = 1,
                       epochs: int = 0, zeroshot_epochs: int = 0, cache_size: int = 0, eval_split: str = "dev",
                       removal_csv: str = "", val_fraction: float = 0.0,
-                      split_seed: int = -1, member_threads: int = 0, shared_root: str = SHARED_ROOT,
-                      reuse_members: bool = True):
+                      split_seed: int = -1, member_threads: int = 0, solo_threads: int = 0,
+                      shared_root: str = SHARED_ROOT, reuse_members: bool = True):
     """Settings the profile defines (cache size, members, split, gate) are read from it at run time by plan_run;
     a parameter left at its marker (0, -1.0, -1 or []) takes the profile's value, any other value overrides it.
     ``reuse_members``: a member whose rows, profile, launch settings and code match a finished member of an earlier
-    run on the shared volume is copied instead of trained again (cxrlt.ops.member_cache)."""
+    run on the shared volume is copied instead of trained again (cxrlt.ops.member_cache). Local runs:
+    ``member_threads`` is each member job's intra-op threads (two run side by side), ``solo_threads`` the router's and
+    the CLIP's, which kfp.local runs one at a time (0: every core; 1 where something else shares the machine)."""
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's UUID: unique, and the same in every step and loop iteration
     plan = _cluster_settings(plan_run(
         config=config, shared_root=shared_root, run_id=run_id, cache_size=cache_size,
@@ -96,9 +98,10 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
         member = train_member(view=job.view, member=job.member, epochs=epochs, threads=member_threads,
                               reuse=reuse_members, **training)
         _cluster_settings(member, gpu=True).set_caching_options(False)
-    router = train_member(view="", member="router", epochs=epochs, reuse=reuse_members, **training)
+    router = train_member(view="", member="router", epochs=epochs, threads=solo_threads, reuse=reuse_members,
+                          **training)
     _cluster_settings(router, gpu=True).set_caching_options(False)
-    zs = train_zeroshot(epochs=zeroshot_epochs, **training)
+    zs = train_zeroshot(epochs=zeroshot_epochs, threads=solo_threads, **training)
     _cluster_settings(zs, gpu=True).set_caching_options(False)
     ensemble = _cluster_settings(fit_ensemble(members=dsl.Collected(member.outputs["model"]),
                                               router=router.outputs["model"], config=profile, data_dir=data_dir),

@@ -25,6 +25,9 @@ def test_synth_cli_refuses_silly_sizes(tmp_path):
     ("frontal/pcam epoch 1/4:  4%|| 1/27\rINFO cxrlt.training.trainer: frontal/pcam epoch 1/4 loss 1.48 val_mAP 0.14\n",
      "INFO cxrlt.training.trainer: frontal/pcam epoch 1/4 loss 1.48 val_mAP 0.14"),
     ("    [KFP Executor 2026-11-26 15:08:48,208 INFO]: Looking for component `validate_data`\n", None),
+    # a step that trains in its own process logs through the KFP executor's handler
+    ("    [KFP Executor 2026-12-03 13:11:41,382 INFO]: frontal/pcam epoch 6/6 loss 0.5194 val_mAP 0.5776 (best)\n",
+     "frontal/pcam epoch 6/6 loss 0.5194 val_mAP 0.5776 (best)"),
     ('                    "outputFile": "/tmp/x/gate/Output"\n', None),
     ("synth images: 100%|##########| 2000/2000\n", None),
     ("Traceback (most recent call last):\n", "Traceback (most recent call last):"),

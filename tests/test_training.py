@@ -108,3 +108,47 @@ def test_mlflow_logging_when_tracking_uri_is_set(synth_data, config_path, tmp_pa
     assert [m.step for m in history] == [0, 1]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"member.json", "val_per_class_ap.png"} <= artifacts
+
+
+def test_a_one_process_pipeline_job_trains_in_the_steps_process_like_cxrlt_train(synth_data, tmp_path, monkeypatch):
+    """launcher=local, nproc=1: the step trains in its own process (no child, no second import of torch and timm),
+    with the job's intra-op threads for the job only, and reaches the weights ``cxrlt train`` reaches in a child
+    process with the same number of threads."""
+    import pandas as pd
+
+    from cxrlt.config import load_config, task1_preprocess
+    from cxrlt.data.preprocess import build_cache
+    from cxrlt.data.split import split_dataset
+    from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV
+    from cxrlt.ops import launch, pipeline_steps
+
+    shared = tmp_path / "shared"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "data": {**CONFIG["data"], "cache_size": 32},
+                                      "train": {**CONFIG["train"], "epochs": 1}}))
+    plan = pipeline_steps.plan_run(str(config), str(shared), "r1")
+    cfg = load_config(plan.profile)
+    split_dataset(synth_data / TRAINING_CSV, shared / "splits", synth_data / PADCHEST_METADATA_CSV,
+                  val_fraction=cfg["data"]["val_fraction"], seed=cfg["data"]["split_seed"])
+    ids = pd.read_csv(synth_data / TRAINING_CSV, dtype={"ImageID": str})["ImageID"]
+    build_cache(ids, synth_data / IMAGES_DIR, shared / "cache", task1_preprocess(cfg), progress=False)
+
+    def no_child(*args, **kwargs):
+        raise AssertionError(f"a one-process local job started a child: {args[0]}")
+
+    monkeypatch.setattr(launch.subprocess, "Popen", no_child)
+    threads = torch.get_num_threads()
+    meta = pipeline_steps.train_networks("frontal", "swin", str(shared), "r1", str(synth_data), shared / "cache",
+                                         shared / "splits", str(tmp_path / "art"), threads=1, reuse=False)
+    assert torch.get_num_threads() == threads, "the job's thread count leaked into the step"
+    assert meta["networks"] == ["frontal/swin"]
+    here = shared / "runs" / "r1" / "members" / "frontal-swin" / "frontal" / "swin"
+    monkeypatch.undo()
+    child = _train(["--member", "frontal/swin", "--config", plan.profile, "--data", str(synth_data), "--cache",
+                    str(shared / "cache"), "--splits", str(shared / "splits"), "--out", str(tmp_path / "child")],
+                   {"OMP_NUM_THREADS": "1"})
+    assert child.returncode == 0, child.stderr[-3000:]
+    a, b = _weights(here / "last.pt"), _weights(tmp_path / "child" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)

@@ -39,13 +39,15 @@ _SHOWN = re.compile(r"Executing task|train-member: (training|reused)|finished wi
                     r"best val|Traceback|Error|"
                     r"FAILED|pipeline finished")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: kfp.local's logging prefix, and the KFP executor's (a step's own log lines, such as in-process training's)
+_PREFIX = re.compile(r"^.*? - INFO - |^\[KFP Executor [^\]]*\]: ")
 
 
 def shown(raw: str) -> str | None:
     """The part of one output line the quiet mode prints (ANSI colours, progress-bar frames and the logging prefix
     removed), or None when only the log file keeps it."""
     line = _ANSI.sub("", raw.split("\r")[-1]).strip()
-    return re.sub(r"^.*? - INFO - ", "", line)[:160] if _SHOWN.search(line) else None
+    return _PREFIX.sub("", line)[:160] if _SHOWN.search(line) else None
 
 
 def _step(n: int, total: int, title: str) -> None:
@@ -177,7 +179,7 @@ def run_demo(args: DemoOptions) -> None:
         before = _runs(root)
         _cxrlt("pipeline", "run", "--data", str(data), "--config", str(args.config.resolve()),
                "--root", str(root), "--epochs", str(args.epochs), "--zeroshot-epochs",
-               str(args.zeroshot_epochs), "--member-threads", "1", *runner, env=env, **quiet)
+               str(args.zeroshot_epochs), "--member-threads", "1", "--solo-threads", "1", *runner, env=env, **quiet)
         main_run = _newest(_runs(root) - before)
         if not _print_gate(main_run, "challenger"):
             raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
@@ -300,7 +302,8 @@ def _start_lateral_challenger(work: Path, data: Path, args: DemoOptions, env: di
     log, root = work / "challenger.log", work / CHALLENGER_ROOT
     cmd = [sys.executable, "-m", "cxrlt.cli", "pipeline", "run", "--data", str(data), "--config",
            str(challenger_profile), "--root", str(root), "--epochs", str(args.epochs),
-           "--zeroshot-epochs", str(CHALLENGER_ZEROSHOT_EPOCHS), "--member-threads", "1", "--removal", str(removal),
+           "--zeroshot-epochs", str(CHALLENGER_ZEROSHOT_EPOCHS), "--member-threads", "1", "--solo-threads", "1",
+           "--removal", str(removal),
            *runner]
     print("$ cxrlt " + " ".join(cmd[3:]) + f"  (idle priority; output: {log})", flush=True)
     with open(log, "w") as sink:

@@ -10,6 +10,8 @@ weights fails in seconds, not hours later after the data steps.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -86,26 +88,33 @@ def check_weights(config) -> list[dict]:
     network: ``ok`` with the source and sha256, ``random`` for ``pretrained: null``, or ``failed`` with the error,
     which names where it looked and the command that fixes it. Every network is tried, so one run lists them all."""
     from cxrlt.errors import CxrltError
-    from cxrlt.models.factory import build_member, build_router
-    from cxrlt.zeroshot.model import build_clip
 
     cfg = load_config(config)
     mirror = cfg.get("weights_mirror")
     contract = task1_preprocess(cfg)
     models = cfg["models"] or {}
-    jobs = []
-    for name, net in models.items():
-        if net is None:
-            continue
-        if name == "router":
-            jobs.append((name, net["pretrained"],
-                         lambda net=net: build_router(net, contract.channels, True, mirror).weights))
-        else:
-            jobs.append((name, net["pretrained"], lambda name=name: build_member(
-                name, models, len(KNOWN_CLASSES), contract.size, contract.channels, for_loading=True, weights=True,
-                mirror=mirror).weights))
+
+    # the builders import timm and open_clip (seconds of CPU) only for networks that have weights to load
+    def router(net: dict):
+        from cxrlt.models.factory import build_router
+
+        return build_router(net, contract.channels, True, mirror).weights
+
+    def member(name: str):
+        from cxrlt.models.factory import build_member
+
+        return build_member(name, models, len(KNOWN_CLASSES), contract.size, contract.channels, for_loading=True,
+                            weights=True, mirror=mirror).weights
+
+    def clip(zs: dict):
+        from cxrlt.zeroshot.model import build_clip
+
+        return build_clip(zs, weights=True, mirror=mirror)[1]
+
+    jobs = [(name, net["pretrained"], partial(router, net) if name == "router" else partial(member, name))
+            for name, net in models.items() if net is not None]
     zs = zeroshot_settings(cfg)
-    jobs.append(("zeroshot", zs["pretrained"], lambda: build_clip(zs, weights=True, mirror=mirror)[1]))
+    jobs.append(("zeroshot", zs["pretrained"], partial(clip, zs)))
     rows = []
     for name, spec, build in jobs:
         row = {"network": name, "pretrained": spec}

@@ -28,13 +28,12 @@ def train_cmd(
                       ] = None,
 ) -> None:
     """Train the router or one ensemble member (plain process, or under torchrun --nproc_per_node N)."""
-    from cxrlt.training.trainer import TrainRequest, train_member
+    from cxrlt.training.trainer import TrainRequest, result_line, train_member
 
     summary = train_member(TrainRequest(member, config, data, out, resume, pcam_checkpoint, cache, epochs,
                                         splits=splits))
     if int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(f"{member}: best {summary['val_metric']} {summary['best_val_score']:.4f} at epoch "
-                   f"{summary['best_epoch'] + 1}; TTA validation {summary['val_tta']}; run dir {out}")
+        typer.echo(result_line(summary, out))
 
 
 @app.command("predict")

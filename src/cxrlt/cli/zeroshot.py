@@ -75,20 +75,9 @@ def zeroshot_calibrate(
     splits: Annotated[Path | None, typer.Option(help="Manifests from `cxrlt data split` (for --split val).")] = None,
 ) -> None:
     """Fit a Platt calibration of the zero-shot scores on the *known* classes; it is applied to unseen ones."""
-    from cxrlt.labels import KNOWN_CLASSES
-    from cxrlt.zeroshot.predict import ZeroShotPredictor
-    from cxrlt.zeroshot.proxy import labelled_eval_set
+    from cxrlt.zeroshot.proxy import calibrate_on_known
 
-    predictor = ZeroShotPredictor(model)
-    classes = [c for c in KNOWN_CLASSES if c in predictor.card["train_classes"]]
-    from cxrlt.config import DataConfig
-
-    defaults = DataConfig()
-    data_split = predictor.card.get("data_split", {"val_fraction": defaults.val_fraction,
-                                                   "split_seed": defaults.split_seed})
-    labels, images = labelled_eval_set(data, split, predictor.preprocess, data_split["val_fraction"],
-                                       data_split["split_seed"], splits)
-    cal = predictor.fit_calibration(images, labels[classes].to_numpy(), classes)
+    cal = calibrate_on_known(model, data, split, splits)
     typer.echo(f"calibration a={cal['a']:.3f} b={cal['b']:.3f} ({cal['scoring']}), saved to {model}/zeroshot.json")
 
 

@@ -7,6 +7,7 @@ Kubernetes API, streams their conditions, and fails with the job's own reason.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -61,6 +62,23 @@ def launch_local(cli_args: list[str], nproc: int = 1, out=None, threads: int = 0
     if proc.returncode != 0:
         what = " ".join(cli_args[:2])
         raise OperationError(f"cxrlt {what} failed (exit {proc.returncode}):\n{''.join(tail)[-4000:]}")
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int):
+    """torch's intra-op threads set to ``threads`` for the block (0: left as they are), then restored: the
+    in-process counterpart of the ``OMP_NUM_THREADS`` that :func:`launch_local` gives a child."""
+    if threads <= 0:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def trainjob_name(prefix: str, cli_args: list[str], run_key: str) -> str:

@@ -4,8 +4,9 @@
   the cache size, the members, the split and the gate; pipeline parameters only override (0, -1 or an empty list
   mean "the profile's"). It also copies the profile onto the shared volume, so every step and TrainJob pod reads
   the same bytes.
-- :func:`train_networks` trains one job's networks, locally (torchrun) or as a Kubeflow Trainer TrainJob whose pods
-  see only the shared volume, then verifies what they wrote (member card, checkpoint digest) and publishes it.
+- :func:`train_networks` trains one job's networks, locally or as a Kubeflow Trainer TrainJob whose pods see only
+  the shared volume, then verifies what they wrote (member card, checkpoint digest) and publishes it. A local run of
+  one process trains in the step's own process (:func:`in_process`); more processes run under torchrun.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ def job_networks(view: str, member: str, models: dict) -> list[str]:
     if member.endswith("-only"):
         return [f"{view}/{member.removesuffix('-only')}"]
     return [f"{view}/{member}", *(f"{view}/{r}" for r in riders(member) if models.get(r) is not None)]
+
+
+def in_process(launcher: str, nproc: int) -> bool:
+    """Whether a job trains in the step's own process: a local run of one process. A ``cxrlt`` child would only
+    import torch, timm and the rest again (about 7 s of CPU per network on a 2-core machine, where the demo trains
+    nine networks per pipeline), and the step already isolates the job."""
+    return launcher == "local" and nproc == 1
 
 
 def _launch(args: list[str], launcher: str, key: str, run_dir: str, nproc: int, num_nodes: int,
@@ -149,17 +157,33 @@ def train_networks(view: str, member: str, shared_root: str, run_id: str, data_d
           f"{'' if cache_key else '; not reused: ' + inputs['not_reused']}", flush=True)  # names the step in the log
     for name in networks:
         out = job_dir / name
-        args = ["train", "--member", name, "--out", where(out, "output"), *common]
         trunk_of = member_kind(name.rsplit("/", 1)[-1]).reads_trunk_of if name != "router" else None
-        if trunk_of:
-            args += ["--pcam-checkpoint", where(job_dir / view / trunk_of / "best.pt", "checkpoint")]
-        _launch(args, launcher, f"{key}-{name.rsplit('/', 1)[-1]}", plan_run_dir, nproc, num_nodes, gpus_per_node,
-                threads)
+        trunk = job_dir / view / trunk_of / "best.pt" if trunk_of else None
+        if in_process(launcher, nproc):
+            _train_network_here(name, profile, data_dir, out, cache, splits, epochs, trunk, threads)
+        else:
+            args = ["train", "--member", name, "--out", where(out, "output"), *common]
+            if trunk is not None:
+                args += ["--pcam-checkpoint", where(trunk, "checkpoint")]
+            _launch(args, launcher, f"{key}-{name.rsplit('/', 1)[-1]}", plan_run_dir, nproc, num_nodes,
+                    gpus_per_node, threads)
         _verified_card(out, "member.json")
     meta = _publish_job(artifact_dir, job_dir, networks)
     if cache_key:
         member_cache.store(shared_root, cache_key, job_dir, inputs)
     return meta
+
+
+def _train_network_here(name: str, profile: Path, data_dir: str, out: Path, cache: Path, splits: Path, epochs: int,
+                        trunk: Path | None, threads: int) -> None:
+    """``cxrlt train`` for one network, in this process (:func:`in_process`), with ``threads`` intra-op threads."""
+    from cxrlt.ops.launch import intra_op_threads
+    from cxrlt.training.trainer import TrainRequest, result_line, train_member
+
+    with intra_op_threads(threads):
+        summary = train_member(TrainRequest(name, profile, Path(data_dir), out, resume=True, pcam_checkpoint=trunk,
+                                            cache_dir=cache, epochs=epochs or None, splits=splits))
+    print(result_line(summary, out), flush=True)
 
 
 def _publish_job(artifact_dir: str, job_dir: Path, networks: list[str], **extra) -> dict:
@@ -174,10 +198,12 @@ def _publish_job(artifact_dir: str, job_dir: Path, networks: list[str], **extra)
 
 def train_zeroshot_run(shared_root: str, run_id: str, data_dir: str, cache: Path, splits: Path,
                        artifact_dir: str, alpha: float = 1.5, launcher: str = "local", nproc: int = 1,
-                       num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1, pod_root: str = "") -> dict:
-    """Fine-tune the dual-branch CLIP into ``<run>/zeroshot`` (locally or as a TrainJob), calibrate it on the
-    training split's validation part in this step, verify and publish it."""
-    from cxrlt.ops.launch import launch_local
+                       num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1, pod_root: str = "",
+                       threads: int = 0) -> dict:
+    """Fine-tune the dual-branch CLIP into ``<run>/zeroshot`` (locally, in this process for one process, or as a
+    TrainJob), calibrate it on the training split's validation part in this step, verify and publish it.
+    ``threads``: intra-op threads of a local run (0: every core)."""
+    from cxrlt.ops.launch import intra_op_threads
     from cxrlt.platform import SHARED_ROOT
 
     if launcher not in ("local", "trainjob"):
@@ -186,17 +212,30 @@ def train_zeroshot_run(shared_root: str, run_id: str, data_dir: str, cache: Path
     out = plan_run_dir / "zeroshot"
     volume = SharedVolume(shared_root, pod_root or SHARED_ROOT)
     where = (lambda p, what: volume.to_pod(p, what)) if launcher == "trainjob" else (lambda p, what: str(p))
-    args = ["zeroshot", "train", "--config", where(profile, "profile"), "--data", where(data_dir, "data_dir"),
-            "--out", where(out, "output"), "--alpha", str(alpha), "--cache", where(cache, "cache"),
-            "--splits", where(splits, "splits"), "--resume"]
-    if epochs:
-        args += ["--epochs", str(epochs)]
-    _launch(args, launcher, "zeroshot", plan_run_dir, nproc, num_nodes, gpus_per_node, 0)
+    if in_process(launcher, nproc):
+        from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
+
+        with intra_op_threads(threads):
+            trained = train_zeroshot(ZeroShotRequest(profile, Path(data_dir), out, resume=True, cache_dir=cache,
+                                                     epochs=epochs or None, alpha=alpha, splits=splits))
+        print(f"zeroshot: best known-class validation mAP {trained['best_val_known_mAP']:.4f} at epoch "
+              f"{trained['best_epoch'] + 1}; model {out}", flush=True)
+    else:
+        args = ["zeroshot", "train", "--config", where(profile, "profile"), "--data", where(data_dir, "data_dir"),
+                "--out", where(out, "output"), "--alpha", str(alpha), "--cache", where(cache, "cache"),
+                "--splits", where(splits, "splits"), "--resume"]
+        if epochs:
+            args += ["--epochs", str(epochs)]
+        _launch(args, launcher, "zeroshot", plan_run_dir, nproc, num_nodes, gpus_per_node, threads)
     card = _verified_card(out, "zeroshot.json")
     if card["settings"].get("calibration", "platt") == "platt":
         # Platt calibration on the known classes of the training split's validation part (monotonic: AP unchanged)
-        launch_local(["zeroshot", "calibrate", "--model", str(out), "--data", data_dir, "--split", "val",
-                      "--splits", str(splits)])
+        from cxrlt.zeroshot.proxy import calibrate_on_known
+
+        with intra_op_threads(threads):
+            cal = calibrate_on_known(out, data_dir, "val", splits)
+        print(f"zeroshot: calibration a={cal['a']:.3f} b={cal['b']:.3f} ({cal['scoring']}) on the known classes",
+              flush=True)
     card = json.loads((out / "zeroshot.json").read_text())
     meta = {"best_val_known_mAP": card["best_val_known_mAP"], "checkpoint_sha256": card.get("checkpoint_sha256")}
     publish(artifact_dir, out, "zeroshot-run", hashed=("zeroshot.json",), **meta)

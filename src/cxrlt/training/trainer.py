@@ -198,6 +198,13 @@ def train_member(req: TrainRequest) -> dict:
     return summary
 
 
+def result_line(summary: dict, out_dir: str | Path) -> str:
+    """The line ``cxrlt train`` prints for a trained network (a pipeline step that trains in its own process logs
+    the same)."""
+    return (f"{summary['member']}: best {summary['val_metric']} {summary['best_val_score']:.4f} at epoch "
+            f"{summary['best_epoch'] + 1}; TTA validation {summary['val_tta']}; run dir {out_dir}")
+
+
 class MemberTask:
     """A member or the router in :func:`cxrlt.training.loop.fit`: logits -> the profile's loss; selection on the
     (augmented, for seed 000's rule) validation set."""

@@ -43,6 +43,24 @@ def labelled_eval_set(data_dir: str | Path, source: str, preprocess: PreprocessC
     return labels, np.stack([load_preprocessed(data_dir / IMAGES_DIR / i, preprocess) for i in labels["ImageID"]])
 
 
+def calibrate_on_known(model_dir: str | Path, data_dir: str | Path, source: str = "val",
+                       splits: str | Path | None = None) -> dict:
+    """Fit the model's Platt calibration on the *known* classes it trained on, with the labelled images of
+    :func:`labelled_eval_set` (the split its card records), and save it in its card; it is applied to unseen
+    findings. Returns the calibration (slope ``a``, bias ``b``, scoring)."""
+    from cxrlt.config import DataConfig
+    from cxrlt.labels import KNOWN_CLASSES
+
+    predictor = ZeroShotPredictor(model_dir)
+    classes = [c for c in KNOWN_CLASSES if c in predictor.card["train_classes"]]
+    defaults = DataConfig()
+    data_split = predictor.card.get("data_split", {"val_fraction": defaults.val_fraction,
+                                                   "split_seed": defaults.split_seed})
+    labels, images = labelled_eval_set(data_dir, source, predictor.preprocess, data_split["val_fraction"],
+                                       data_split["split_seed"], splits)
+    return predictor.fit_calibration(images, labels[classes].to_numpy(), classes)
+
+
 def proxy_validate(config, data_dir: str | Path, out_dir: str | Path, groups: list[str] | None = None,
                    epochs: int | None = None, splits: str | Path | None = None) -> dict:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
