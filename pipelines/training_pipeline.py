@@ -1,8 +1,9 @@
-"""The retraining pipeline: check weights -> validate -> preprocess -> split -> (members, router, zero-shot in
-parallel) -> fit ensemble -> evaluate -> gate -> export -> register (challenger).
+"""The retraining pipeline: check weights -> validate -> preprocess -> split -> (zero-shot CLIP, members, router in
+one loop) -> fit ensemble -> evaluate -> gate -> export -> register (challenger).
 
-One *flat* ParallelFor over the (view, member) jobs that ``plan_jobs`` reads from the profile: kfp.local mixes up
-nested loop items, and the same shape compiles for a cluster. Side-effect steps have caching off.
+One *flat* ParallelFor over every training job that ``plan_jobs`` reads from the profile (the CLIP, the (view,
+member) jobs, the router): kfp.local mixes up nested loop items and runs only a loop's items side by side, and the
+same shape compiles for a cluster, where each job is a pod or TrainJob of its own. Side-effect steps have caching off.
 
 The big files (preprocess cache, split manifests, training runs) live on the shared volume (``cxrlt-cache`` PVC at
 ``/data``), and the artifacts between steps carry only their locations (:mod:`cxrlt.dataplane`): a TrainJob's pods
@@ -22,7 +23,6 @@ from components.preprocess.component import preprocess
 from components.register.component import register
 from components.split_projection.component import split_projection
 from components.train_member.component import train_member
-from components.train_zeroshot.component import train_zeroshot
 from components.validate_data.component import validate_data
 from cxrlt.evidence import SIGNING_KEY_ENV
 from cxrlt.platform import (
@@ -65,14 +65,13 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
                       min_unseen_lift: float = -1.0, launcher: str = "local", nproc: int = 1, num_nodes: int = 1,
                       epochs: int = 0, zeroshot_epochs: int = 0, cache_size: int = 0, eval_split: str = "dev",
                       removal_csv: str = "", val_fraction: float = 0.0,
-                      split_seed: int = -1, member_threads: int = 0, solo_threads: int = 0,
-                      shared_root: str = SHARED_ROOT, reuse_members: bool = True):
+                      split_seed: int = -1, member_threads: int = 0, shared_root: str = SHARED_ROOT,
+                      reuse_members: bool = True):
     """Settings the profile defines (cache size, members, split, gate) are read from it at run time by plan_run;
     a parameter left at its marker (0, -1.0, -1 or []) takes the profile's value, any other value overrides it.
     ``reuse_members``: a member whose rows, profile, launch settings and code match a finished member of an earlier
-    run on the shared volume is copied instead of trained again (cxrlt.ops.member_cache). Local runs:
-    ``member_threads`` is each member job's intra-op threads (two run side by side), ``solo_threads`` the router's and
-    the CLIP's, which kfp.local runs one at a time (0: every core; 1 where something else shares the machine)."""
+    run on the shared volume is copied instead of trained again (cxrlt.ops.member_cache). ``member_threads``: each
+    local training job's intra-op threads (two run side by side; 0: every core)."""
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's UUID: unique, and the same in every step and loop iteration
     plan = _cluster_settings(plan_run(
         config=config, shared_root=shared_root, run_id=run_id, cache_size=cache_size,
@@ -95,25 +94,20 @@ def training_pipeline(data_dir: str, config: str, tracking_uri: str, jobs: list 
     training = {"run_id": run_id, "data_dir": data_dir, "cache": cache.outputs["cache"], "splits": splits,
                 "launcher": launcher, "nproc": nproc, "num_nodes": num_nodes, "shared_root": shared_root}
     with dsl.ParallelFor(planned_jobs.output, parallelism=2) as job:
-        member = train_member(view=job.view, member=job.member, epochs=epochs, threads=member_threads,
-                              reuse=reuse_members, **training)
-        _cluster_settings(member, gpu=True).set_caching_options(False)
-    router = train_member(view="", member="router", epochs=epochs, threads=solo_threads, reuse=reuse_members,
-                          **training)
-    _cluster_settings(router, gpu=True).set_caching_options(False)
-    zs = train_zeroshot(epochs=zeroshot_epochs, threads=solo_threads, **training)
-    _cluster_settings(zs, gpu=True).set_caching_options(False)
-    ensemble = _cluster_settings(fit_ensemble(members=dsl.Collected(member.outputs["model"]),
-                                              router=router.outputs["model"], config=profile, data_dir=data_dir),
-                                 s3=False)
-    scores = _cluster_settings(evaluate(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"],
+        trained = train_member(view=job.view, member=job.member, epochs=epochs, zeroshot_epochs=zeroshot_epochs,
+                               threads=member_threads, reuse=reuse_members, **training)
+        _cluster_settings(trained, gpu=True).set_caching_options(False)
+    ensemble = _cluster_settings(fit_ensemble(trained=dsl.Collected(trained.outputs["model"]), config=profile,
+                                              data_dir=data_dir), s3=False)
+    zeroshot = ensemble.outputs["zeroshot"]
+    scores = _cluster_settings(evaluate(ensemble=ensemble.outputs["ensemble"], zeroshot=zeroshot,
                                         data_dir=data_dir, split=eval_split), s3=False)
     decision = gate(mAP=scores.outputs["mAP"], mAUROC=scores.outputs["mAUROC"], mECE=scores.outputs["mECE"],
                     unseen_mAP=scores.outputs["unseen_mAP"], unseen_prevalence=scores.outputs["unseen_prevalence"],
                     min_map=plan.outputs["min_map"], min_mauroc=plan.outputs["min_mauroc"],
                     max_ece=plan.outputs["max_ece"], min_unseen_lift=plan.outputs["min_unseen_lift"])
     with dsl.If(decision.outputs["Output"] == "pass", name="register-challenger"):
-        bundle = _cluster_settings(export_onnx(ensemble=ensemble.outputs["ensemble"], zeroshot=zs.outputs["model"],
+        bundle = _cluster_settings(export_onnx(ensemble=ensemble.outputs["ensemble"], zeroshot=zeroshot,
                                                config=profile), s3=False)
         registered = register(bundle=bundle.outputs["bundle"], report=scores.outputs["report"],
                               evidence=decision.outputs["evidence"], tracking_uri=tracking_uri,

@@ -319,7 +319,24 @@ def test_compiled_pipeline_takes_cache_size_members_split_and_gate_from_the_prof
     assert plan.cache_size == 512 and plan.min_mauroc == 0.75 and plan.run_dir == str(tmp_path / "shared/runs/run-1")
     assert Path(plan.profile).read_text() == Path(paper).read_text()  # the run's copy on the shared volume
     jobs = plan_jobs.python_func(config=plan.profile, jobs=[])
-    assert jobs == [{"view": v, "member": m} for v in ("frontal", "lateral", "mixed") for m in ("pcam", "swin")]
+    # one loop trains everything: the CLIP first (the longest job), the members, the router
+    assert jobs == [{"view": "", "member": "zeroshot"},
+                    *({"view": v, "member": m} for v in ("frontal", "lateral", "mixed") for m in ("pcam", "swin")),
+                    {"view": "", "member": "router"}]
+    named = plan_jobs.python_func(config=plan.profile, jobs=[{"view": "frontal", "member": "swin"},
+                                                             {"view": "", "member": "router"}])
+    assert named == [{"view": "", "member": "zeroshot"}, {"view": "frontal", "member": "swin"},
+                     {"view": "", "member": "router"}]  # named jobs still get the CLIP and one router
+    # the CLIP and the router are items of that loop: no training step runs outside it
+    assert {t["componentRef"]["name"] for t in tasks.values()}.isdisjoint({"comp-train-member", "comp-train-zeroshot"})
+    assert tasks["fit-ensemble"]["inputs"]["artifacts"]["trained"]["taskOutputArtifact"]["producerTask"] == \
+        loop["taskInfo"]["name"]
+    assert tasks["evaluate"]["inputs"]["artifacts"]["zeroshot"]["taskOutputArtifact"] == {
+        "producerTask": "fit-ensemble", "outputArtifactKey": "zeroshot"}
+    export = next(t for c in ir["components"].values() for t in c.get("dag", {}).get("tasks", {}).values()
+                  if t["taskInfo"]["name"] == "export-onnx")
+    assert export["inputs"]["artifacts"]["zeroshot"] == {
+        "componentInputArtifact": "pipelinechannel--fit-ensemble-zeroshot"}
     assert plan_run.python_func(config=paper, shared_root=str(tmp_path / "s"), run_id="r", cache_size=640,
                                 min_mauroc=0.8).cache_size == 640  # a parameter overrides
     with pytest.raises(ValueError, match="smaller than the profile's data.image_size 512"):
@@ -345,3 +362,24 @@ def test_training_refuses_a_cache_of_another_size_or_scaling(synth_data, tmp_pat
         ImageStore(synth_data / IMAGES_DIR, bits, tmp_path / "c32", cache_size=32)
     assert ImageStore(synth_data / IMAGES_DIR, bits, tmp_path / "c32").cache_dir is None  # CLIP: raw files instead
     assert ImageStore(synth_data / IMAGES_DIR, contract, tmp_path / "c32", cache_size=32).cache_dir is not None
+
+
+def test_fit_ensemble_splits_the_loops_outputs_into_members_and_the_one_zero_shot_run(tmp_path):
+    """The training loop publishes members, the router and the CLIP alike; the ensemble step takes the member runs
+    and passes the CLIP's run on, and refuses a loop that published no zero-shot run, or two."""
+    from cxrlt.dataplane import DataPlaneError, publish
+    from cxrlt.ops.pipeline_steps import collect_trained
+
+    arts = {}
+    for name, kind in (("frontal-pcam", "member-runs"), ("router", "member-runs"), ("zeroshot", "zeroshot-run")):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "card.json").write_text(name)
+        arts[name] = str(tmp_path / "art" / name)
+        publish(arts[name], tmp_path / "runs" / name, kind)
+    members, clip = collect_trained([arts["zeroshot"], arts["frontal-pcam"], arts["router"]])
+    assert members == [tmp_path / "runs" / "frontal-pcam", tmp_path / "runs" / "router"]
+    assert clip == tmp_path / "runs" / "zeroshot"
+    with pytest.raises(DataPlaneError, match="published 0 zero-shot runs"):
+        collect_trained([arts["frontal-pcam"], arts["router"]])
+    with pytest.raises(DataPlaneError, match="published 2 zero-shot runs"):
+        collect_trained([arts["zeroshot"], arts["zeroshot"], arts["router"]])

@@ -43,12 +43,14 @@ def plan_run(config: str, shared_root: str, run_id: str, cache_size: int = 0, va
 
 @dsl.component(base_image=TOOLS_IMAGE, install_kfp_package=False)
 def plan_jobs(config: str, jobs: list = []) -> list:  # noqa: B006 - KFP needs a literal default
-    """The (view, member) training jobs: the profile's networks unless ``jobs`` names others.
+    """The run's training jobs, for one loop: the zero-shot CLIP, the (view, member) jobs (the profile's unless
+    ``jobs`` names others) and the router.
 
     Args:
         config: profile YAML path.
-        jobs: [{"view": ..., "member": ...}] to train instead of the profile's ([] = the profile's).
+        jobs: [{"view": ..., "member": ...}] to train instead of the profile's members ([] = the profile's).
     """
-    from cxrlt.config import load_config, pipeline_jobs
+    from cxrlt.config import load_config
+    from cxrlt.ops.pipeline_steps import training_jobs
 
-    return list(jobs) or pipeline_jobs(load_config(config))
+    return training_jobs(load_config(config), list(jobs))

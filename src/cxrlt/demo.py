@@ -173,13 +173,13 @@ def run_demo(args: DemoOptions) -> None:
                             "in the background at idle CPU priority (its verdict comes in step 9)")
             challenger = _start_lateral_challenger(work, data, args, env, runner)
         where = "DockerRunner: each component in its image" if args.containers else "SubprocessRunner"
-        _step(4, total, f"training pipeline on kfp.local ({where}): validate, preprocess, split, router + "
-                        "view members (two at a time) + zero-shot CLIP, ensemble, calibrate, evaluate, gate, register")
+        _step(4, total, f"training pipeline on kfp.local ({where}): validate, preprocess, split, zero-shot CLIP + "
+                        "view members + router (two at a time), ensemble, calibrate, evaluate, gate, register")
         root = work / "pipeline"
         before = _runs(root)
         _cxrlt("pipeline", "run", "--data", str(data), "--config", str(args.config.resolve()),
                "--root", str(root), "--epochs", str(args.epochs), "--zeroshot-epochs",
-               str(args.zeroshot_epochs), "--member-threads", "1", "--solo-threads", "1", *runner, env=env, **quiet)
+               str(args.zeroshot_epochs), "--member-threads", "1", *runner, env=env, **quiet)
         main_run = _newest(_runs(root) - before)
         if not _print_gate(main_run, "challenger"):
             raise SystemExit("the challenger did not pass the gate, so there is nothing to promote; see the "
@@ -302,8 +302,7 @@ def _start_lateral_challenger(work: Path, data: Path, args: DemoOptions, env: di
     log, root = work / "challenger.log", work / CHALLENGER_ROOT
     cmd = [sys.executable, "-m", "cxrlt.cli", "pipeline", "run", "--data", str(data), "--config",
            str(challenger_profile), "--root", str(root), "--epochs", str(args.epochs),
-           "--zeroshot-epochs", str(CHALLENGER_ZEROSHOT_EPOCHS), "--member-threads", "1", "--solo-threads", "1",
-           "--removal", str(removal),
+           "--zeroshot-epochs", str(CHALLENGER_ZEROSHOT_EPOCHS), "--member-threads", "1", "--removal", str(removal),
            *runner]
     print("$ cxrlt " + " ".join(cmd[3:]) + f"  (idle priority; output: {log})", flush=True)
     with open(log, "w") as sink:

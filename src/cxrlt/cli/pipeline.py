@@ -91,10 +91,7 @@ def pipeline_run(
         help="Gate: minimum unseen mAP over chance; 0 = off [default: profile's gate.min_unseen_lift].")] = None,
     removal: Annotated[Path | None, typer.Option(help="CSV of ImageIDs to drop before splitting.")] = None,
     member_threads: Annotated[int, typer.Option(
-        help="Threads per member training (two run side by side); 0 = every core each.")] = 0,
-    solo_threads: Annotated[int, typer.Option(
-        help="Threads of the router's and the zero-shot CLIP's training, which run one at a time; 0 = every core, "
-             "1 where another run shares the machine.")] = 0,
+        help="Threads per training job (members, router and CLIP; two run side by side); 0 = every core each.")] = 0,
     runner: Annotated[Runner, typer.Option(
         help="subprocess (the project venv; fast) or docker (every component in its image, built by `make "
              "images`; through podman's Docker API where no Docker daemon runs).")] = Runner.subprocess,
@@ -122,8 +119,7 @@ def pipeline_run(
     result = run_training_local(root, runner=runner.value, data_dir=str(data.resolve()), config=str(config.resolve()),
                                 tracking_uri=tracking_uri, epochs=epochs, zeroshot_epochs=zeroshot_epochs,
                                 removal_csv=str(removal.resolve()) if removal else "",
-                                member_threads=member_threads, solo_threads=solo_threads,
-                                reuse_members=reuse_members, **gate)
+                                member_threads=member_threads, reuse_members=reuse_members, **gate)
     typer.echo(f"pipeline finished; outputs under {result['run_dir']}")
 
 

@@ -68,6 +68,24 @@ def run_paths(shared_root: str | Path, run_id: str) -> tuple[Path, Path]:
     return run_dir, run_dir / "profile.yaml"
 
 
+#: the training loop's jobs besides the ensemble members: the zero-shot CLIP first (the longest job: kfp.local starts
+#: a loop's items in order, two at a time) and the router (a no-op for a profile without one)
+ZEROSHOT_JOB = {"view": "", "member": "zeroshot"}
+ROUTER_JOB = {"view": "", "member": "router"}
+
+
+def training_jobs(cfg: dict, jobs: list[dict] | None = None) -> list[dict]:
+    """Every training job of a run, for one loop: the CLIP, the (view, member) jobs (``jobs``, or the profile's:
+    :func:`cxrlt.config.pipeline_jobs`), the router. On a cluster each is a pod or TrainJob of its own; on kfp.local
+    the loop is the only place where steps run side by side, so the router and the CLIP share the cores with the
+    members instead of running alone afterwards."""
+    from cxrlt.config import pipeline_jobs
+
+    special = (ZEROSHOT_JOB["member"], ROUTER_JOB["member"])
+    members = [dict(j) for j in jobs if j["member"] not in special] if jobs else pipeline_jobs(cfg)
+    return [ZEROSHOT_JOB, *members, ROUTER_JOB]
+
+
 def job_networks(view: str, member: str, models: dict) -> list[str]:
     """The networks one pipeline job trains, in order: a kind, then the kinds that read its frozen trunk
     (:func:`cxrlt.kinds.riders`: ``pcam`` also trains its view's ``cait``) where the profile defines them;
@@ -172,6 +190,33 @@ def train_networks(view: str, member: str, shared_root: str, run_id: str, data_d
     if cache_key:
         member_cache.store(shared_root, cache_key, job_dir, inputs)
     return meta
+
+
+def train_job(view: str, member: str, shared_root: str, run_id: str, data_dir: str, cache: Path, splits: Path,
+              artifact_dir: str, epochs: int = 0, zeroshot_epochs: int = 0, **launch) -> dict:
+    """One job of :func:`training_jobs`: the zero-shot CLIP (:func:`train_zeroshot_run`, ``zeroshot_epochs``) or
+    networks of the ensemble (:func:`train_networks`, ``epochs``). The metadata's ``best_val_score`` is the job's
+    selection score (the CLIP's: its known-class validation mAP)."""
+    if member == ZEROSHOT_JOB["member"]:
+        launch.pop("reuse", None)  # the CLIP is not cached between runs
+        meta = train_zeroshot_run(shared_root, run_id, data_dir, cache, splits, artifact_dir, epochs=zeroshot_epochs,
+                                  **launch)
+        return {**meta, "best_val_score": meta["best_val_known_mAP"]}
+    return train_networks(view, member, shared_root, run_id, data_dir, cache, splits, artifact_dir, epochs=epochs,
+                          **launch)
+
+
+def collect_trained(artifact_dirs: list[str]) -> tuple[list[Path], Path]:
+    """What the training loop published, split by kind: the member-run folders (the router's included) and the one
+    zero-shot run."""
+    from cxrlt.dataplane import read_location, resolve
+
+    members, zeroshot = [], []
+    for artifact in artifact_dirs:
+        (zeroshot if read_location(artifact).kind == "zeroshot-run" else members).append(resolve(artifact))
+    if len(zeroshot) != 1:
+        raise DataPlaneError(f"the training loop published {len(zeroshot)} zero-shot runs; one was expected")
+    return members, zeroshot[0]
 
 
 def _train_network_here(name: str, profile: Path, data_dir: str, out: Path, cache: Path, splits: Path, epochs: int,

@@ -1,1 +1,0 @@
-"""KFP component: train_zeroshot."""
