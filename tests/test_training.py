@@ -110,28 +110,36 @@ def test_mlflow_logging_when_tracking_uri_is_set(synth_data, config_path, tmp_pa
     assert {"member.json", "val_per_class_ap.png"} <= artifacts
 
 
-def test_a_one_process_pipeline_job_trains_in_the_steps_process_like_cxrlt_train(synth_data, tmp_path, monkeypatch):
-    """launcher=local, nproc=1: the step trains in its own process (no child, no second import of torch and timm),
-    with the job's intra-op threads for the job only, and reaches the weights ``cxrlt train`` reaches in a child
-    process with the same number of threads."""
+def _shared_volume(tmp_path, synth_data, cfg: dict):
+    """A pipeline run's shared volume as plan_run, preprocess and the split step leave it: (root, run's profile)."""
     import pandas as pd
 
     from cxrlt.config import load_config, task1_preprocess
     from cxrlt.data.preprocess import build_cache
     from cxrlt.data.split import split_dataset
     from cxrlt.data.tables import IMAGES_DIR, PADCHEST_METADATA_CSV, TRAINING_CSV
-    from cxrlt.ops import launch, pipeline_steps
+    from cxrlt.ops import pipeline_steps
 
     shared = tmp_path / "shared"
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**CONFIG, "data": {**CONFIG["data"], "cache_size": 32},
-                                      "train": {**CONFIG["train"], "epochs": 1}}))
+    config = tmp_path / "profile.yaml"
+    config.write_text(yaml.safe_dump(cfg))
     plan = pipeline_steps.plan_run(str(config), str(shared), "r1")
     cfg = load_config(plan.profile)
     split_dataset(synth_data / TRAINING_CSV, shared / "splits", synth_data / PADCHEST_METADATA_CSV,
                   val_fraction=cfg["data"]["val_fraction"], seed=cfg["data"]["split_seed"])
     ids = pd.read_csv(synth_data / TRAINING_CSV, dtype={"ImageID": str})["ImageID"]
     build_cache(ids, synth_data / IMAGES_DIR, shared / "cache", task1_preprocess(cfg), progress=False)
+    return shared, plan.profile
+
+
+def test_a_one_process_pipeline_job_trains_in_the_steps_process_like_cxrlt_train(synth_data, tmp_path, monkeypatch):
+    """launcher=local, nproc=1: the step trains in its own process (no child, no second import of torch and timm),
+    with the job's intra-op threads for the job only, and reaches the weights ``cxrlt train`` reaches in a child
+    process with the same number of threads."""
+    from cxrlt.ops import launch, pipeline_steps
+
+    shared, profile = _shared_volume(tmp_path, synth_data, {**CONFIG, "data": {**CONFIG["data"], "cache_size": 32},
+                                                            "train": {**CONFIG["train"], "epochs": 1}})
 
     def no_child(*args, **kwargs):
         raise AssertionError(f"a one-process local job started a child: {args[0]}")
@@ -144,7 +152,7 @@ def test_a_one_process_pipeline_job_trains_in_the_steps_process_like_cxrlt_train
     assert meta["networks"] == ["frontal/swin"]
     here = shared / "runs" / "r1" / "members" / "frontal-swin" / "frontal" / "swin"
     monkeypatch.undo()
-    child = _train(["--member", "frontal/swin", "--config", plan.profile, "--data", str(synth_data), "--cache",
+    child = _train(["--member", "frontal/swin", "--config", profile, "--data", str(synth_data), "--cache",
                     str(shared / "cache"), "--splits", str(shared / "splits"), "--out", str(tmp_path / "child")],
                    {"OMP_NUM_THREADS": "1"})
     assert child.returncode == 0, child.stderr[-3000:]
@@ -152,3 +160,21 @@ def test_a_one_process_pipeline_job_trains_in_the_steps_process_like_cxrlt_train
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_the_pipelines_clip_job_trains_with_the_profiles_alpha(synth_data, tmp_path):
+    """The loop's zero-shot job takes the ASL weight from the profile (here 0.25, not the 1.5 default), trains and
+    calibrates the CLIP, and reports its known-class validation mAP as the job's score."""
+    from cxrlt.dataplane import read_location
+    from cxrlt.ops import pipeline_steps
+
+    zs = {**CONFIG["zeroshot"], "alpha": 0.25}
+    shared, _ = _shared_volume(tmp_path, synth_data, {**CONFIG, "data": {**CONFIG["data"], "cache_size": 32},
+                                                      "zeroshot": zs})
+    meta = pipeline_steps.train_job("", "zeroshot", str(shared), "r1", str(synth_data), shared / "cache",
+                                    shared / "splits", str(tmp_path / "art"), zeroshot_epochs=1, reuse=True)
+    card = json.loads((shared / "runs" / "r1" / "zeroshot" / "zeroshot.json").read_text())
+    assert card["settings"]["alpha"] == 0.25 and len(card["history"]) == 1
+    assert card["calibration"]["scoring"] == card["settings"]["scoring"]  # calibrated in the step
+    assert meta["best_val_score"] == meta["best_val_known_mAP"] == card["best_val_known_mAP"]
+    assert read_location(tmp_path / "art").kind == "zeroshot-run"

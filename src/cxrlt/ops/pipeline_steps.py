@@ -242,12 +242,13 @@ def _publish_job(artifact_dir: str, job_dir: Path, networks: list[str], **extra)
 
 
 def train_zeroshot_run(shared_root: str, run_id: str, data_dir: str, cache: Path, splits: Path,
-                       artifact_dir: str, alpha: float = 1.5, launcher: str = "local", nproc: int = 1,
+                       artifact_dir: str, alpha: float | None = None, launcher: str = "local", nproc: int = 1,
                        num_nodes: int = 1, epochs: int = 0, gpus_per_node: int = 1, pod_root: str = "",
                        threads: int = 0) -> dict:
     """Fine-tune the dual-branch CLIP into ``<run>/zeroshot`` (locally, in this process for one process, or as a
     TrainJob), calibrate it on the training split's validation part in this step, verify and publish it.
-    ``threads``: intra-op threads of a local run (0: every core)."""
+    ``threads``: intra-op threads of a local run (0: every core); ``alpha``: the ASL branch's weight (None: the
+    profile's ``zeroshot.alpha``)."""
     from cxrlt.ops.launch import intra_op_threads
     from cxrlt.platform import SHARED_ROOT
 
@@ -267,8 +268,8 @@ def train_zeroshot_run(shared_root: str, run_id: str, data_dir: str, cache: Path
               f"{trained['best_epoch'] + 1}; model {out}", flush=True)
     else:
         args = ["zeroshot", "train", "--config", where(profile, "profile"), "--data", where(data_dir, "data_dir"),
-                "--out", where(out, "output"), "--alpha", str(alpha), "--cache", where(cache, "cache"),
-                "--splits", where(splits, "splits"), "--resume"]
+                "--out", where(out, "output"), "--cache", where(cache, "cache"), "--splits", where(splits, "splits"),
+                "--resume", *(["--alpha", str(alpha)] if alpha is not None else [])]
         if epochs:
             args += ["--epochs", str(epochs)]
         _launch(args, launcher, "zeroshot", plan_run_dir, nproc, num_nodes, gpus_per_node, threads)
