@@ -83,7 +83,7 @@ def training_jobs(cfg: dict, jobs: list[dict] | None = None) -> list[dict]:
 
     special = (ZEROSHOT_JOB["member"], ROUTER_JOB["member"])
     members = [dict(j) for j in jobs if j["member"] not in special] if jobs else pipeline_jobs(cfg)
-    return [ZEROSHOT_JOB, *members, ROUTER_JOB]
+    return [dict(ZEROSHOT_JOB), *members, dict(ROUTER_JOB)]
 
 
 def job_networks(view: str, member: str, models: dict) -> list[str]:
