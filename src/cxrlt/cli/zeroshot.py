@@ -28,12 +28,11 @@ def zeroshot_train(
                                                      "source).")] = None,
 ) -> None:
     """Fine-tune CLIP with contrastive + alpha * ASL on label-synthesised reports (torchrun-capable)."""
-    from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
+    from cxrlt.zeroshot.train import ZeroShotRequest, result_line, train_zeroshot
 
     held = [c.strip() for c in hold_out.split(",") if c.strip()]
     card = train_zeroshot(ZeroShotRequest(config, data, out, held, resume, cache, epochs, alpha, splits=splits))
-    typer.echo(f"best known-class validation mAP {card['best_val_known_mAP']:.4f} at epoch {card['best_epoch'] + 1}; "
-               f"model {out}")
+    typer.echo(result_line(card, out))
 
 
 @zeroshot_app.command("predict")

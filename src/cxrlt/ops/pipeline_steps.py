@@ -259,13 +259,12 @@ def train_zeroshot_run(shared_root: str, run_id: str, data_dir: str, cache: Path
     volume = SharedVolume(shared_root, pod_root or SHARED_ROOT)
     where = (lambda p, what: volume.to_pod(p, what)) if launcher == "trainjob" else (lambda p, what: str(p))
     if in_process(launcher, nproc):
-        from cxrlt.zeroshot.train import ZeroShotRequest, train_zeroshot
+        from cxrlt.zeroshot.train import ZeroShotRequest, result_line, train_zeroshot
 
         with intra_op_threads(threads):
             trained = train_zeroshot(ZeroShotRequest(profile, Path(data_dir), out, resume=True, cache_dir=cache,
                                                      epochs=epochs or None, alpha=alpha, splits=splits))
-        print(f"zeroshot: best known-class validation mAP {trained['best_val_known_mAP']:.4f} at epoch "
-              f"{trained['best_epoch'] + 1}; model {out}", flush=True)
+        print(f"zeroshot: {result_line(trained, out)}", flush=True)
     else:
         args = ["zeroshot", "train", "--config", where(profile, "profile"), "--data", where(data_dir, "data_dir"),
                 "--out", where(out, "output"), "--cache", where(cache, "cache"), "--splits", where(splits, "splits"),

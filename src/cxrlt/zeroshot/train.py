@@ -162,6 +162,13 @@ def train_zeroshot(req: ZeroShotRequest) -> dict:
     return card
 
 
+def result_line(card: dict, out_dir: str | Path) -> str:
+    """The line ``cxrlt zeroshot train`` prints for a trained CLIP (a pipeline step that trains it in its own process
+    logs the same)."""
+    return (f"best known-class validation mAP {card['best_val_known_mAP']:.4f} at epoch {card['best_epoch'] + 1}; "
+            f"model {out_dir}")
+
+
 class ZeroShotTask:
     """The dual-branch CLIP in :func:`cxrlt.training.loop.fit`: a synthesised report per image and one prompt per
     training class (both leak-guarded) -> contrastive + alpha x ASL; selection on the known classes' zero-shot mAP."""
