@@ -378,7 +378,7 @@ def test_fit_ensemble_splits_the_loops_outputs_into_members_and_the_one_zero_sho
         publish(arts[name], tmp_path / "runs" / name, kind)
     members, clip = collect_trained([arts["zeroshot"], arts["frontal-pcam"], arts["router"]])
     assert members == [tmp_path / "runs" / "frontal-pcam", tmp_path / "runs" / "router"]
-    assert clip == tmp_path / "runs" / "zeroshot"
+    assert Path(clip.path) == tmp_path / "runs" / "zeroshot" and clip.kind == "zeroshot-run"
     with pytest.raises(DataPlaneError, match="published 0 zero-shot runs"):
         collect_trained([arts["frontal-pcam"], arts["router"]])
     with pytest.raises(DataPlaneError, match="published 2 zero-shot runs"):

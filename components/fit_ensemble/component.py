@@ -33,7 +33,7 @@ def fit_ensemble(trained: Input[list[Model]], config: str, data_dir: str, ensemb
         for folder in members:
             shutil.copytree(folder, tmp, dirs_exist_ok=True)
         spec = build_ensemble(tmp, ensemble.path, Path(data_dir) / "CXRLT_2026_training.csv", load_config(config))
-    publish(zeroshot.path, clip, "zeroshot-run", hashed=("zeroshot.json",))
+    publish(zeroshot.path, clip.path, clip.kind, hashed=clip.hashed, **clip.metadata)
     weights = {v: s["weights"] for v, s in spec["views"].items()}
     ensemble.metadata.update({"weights": weights, "views": list(spec["views"])})
     return json.dumps(weights)

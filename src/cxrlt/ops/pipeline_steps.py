@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from cxrlt.dataplane import DataPlaneError, SharedVolume, publish, run_scoped, sha256_file
+from cxrlt.dataplane import DataPlaneError, Location, SharedVolume, publish, run_scoped, sha256_file
 from cxrlt.errors import InvalidInputError
 from cxrlt.kinds import member_kind, riders
 from cxrlt.ops import member_cache
@@ -206,14 +206,18 @@ def train_job(view: str, member: str, shared_root: str, run_id: str, data_dir: s
                           **launch)
 
 
-def collect_trained(artifact_dirs: list[str]) -> tuple[list[Path], Path]:
-    """What the training loop published, split by kind: the member-run folders (the router's included) and the one
-    zero-shot run."""
+def collect_trained(artifact_dirs: list[str]) -> tuple[list[Path], Location]:
+    """What the training loop published, split by kind (each checked by :func:`cxrlt.dataplane.resolve`): the
+    member-run folders (the router's included) and the location of the one zero-shot run, to publish again as it is."""
     from cxrlt.dataplane import read_location, resolve
 
     members, zeroshot = [], []
     for artifact in artifact_dirs:
-        (zeroshot if read_location(artifact).kind == "zeroshot-run" else members).append(resolve(artifact))
+        folder, location = resolve(artifact), read_location(artifact)
+        if location.kind == "zeroshot-run":
+            zeroshot.append(location)
+        else:
+            members.append(folder)
     if len(zeroshot) != 1:
         raise DataPlaneError(f"the training loop published {len(zeroshot)} zero-shot runs; one was expected")
     return members, zeroshot[0]
